@@ -1,0 +1,36 @@
+"""Command-line interface: parse, call the library, render. Each module registers its commands."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from synth import __version__
+from synth.cli.common import app
+
+# Importing the command modules registers their commands on `app`.
+from synth.cli import adapt as _adapt  # noqa: F401,E402
+from synth.cli import export as _export  # noqa: F401,E402
+from synth.cli import generate as _generate  # noqa: F401,E402
+from synth.cli import evolve as _evolve  # noqa: F401,E402
+from synth.cli import clean as _clean  # noqa: F401,E402
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"synth {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Build instruction-tuning and preference datasets for text and image-text LLMs."""
+
+
+def main() -> None:
+    app()

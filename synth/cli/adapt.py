@@ -1,0 +1,3 @@
+"""Commands: adapt (see synth/adapt)."""
+
+from synth.cli.common import command, console  # noqa: F401

@@ -1,0 +1,3 @@
+"""Commands: generate (see synth/generate)."""
+
+from synth.cli.common import command, console  # noqa: F401

@@ -1,0 +1,313 @@
+"""The data model: chat messages with text and image parts, SFT samples, preference pairs, provenance.
+
+On disk and in memory a dataset is a `datasets.Dataset` whose columns load straight into TRL:
+
+- SFT: ``messages`` (list of ``{role, content}``), ``images`` (``Sequence(Image())``, one per image
+  part, in order; only present when the dataset has images), ``id``, ``meta``.
+- Preferences: ``prompt`` (messages), ``chosen`` / ``rejected`` (assistant messages), ``images``, ``id``,
+  ``meta``.
+
+Text-only datasets keep ``content`` as a plain string. Image-text datasets use the parts form everywhere
+(``[{"type": "text", "text": ...}, {"type": "image", "text": None}]``), because an Arrow column holds one
+type. ``meta`` is stored as a JSON string: provenance keys differ between samples and Arrow structs would
+force one schema on all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from typing import Annotated, Any, Iterable, Iterator, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["system", "user", "assistant"]
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ImagePart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["image"] = "image"
+
+
+Part = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+    content: Union[str, list[Part]]
+
+    @property
+    def text(self) -> str:
+        """All text of the message, image parts left out."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    @property
+    def image_count(self) -> int:
+        if isinstance(self.content, str):
+            return 0
+        return sum(1 for p in self.content if isinstance(p, ImagePart))
+
+
+class Provenance(BaseModel):
+    """Typed view of the common ``meta`` keys; other keys are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+    source: str | None = None
+    template: str | None = None
+    variant: int | None = None
+    operator: str | None = None
+    parent_id: str | None = None
+    round: int | None = None
+    model: str | None = None
+    scores: dict[str, float] = Field(default_factory=dict)
+
+
+class Sample(BaseModel):
+    """One SFT conversation. ``images`` holds PIL images, encoded bytes, paths or ``{"bytes", "path"}``."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    messages: list[Message]
+    images: list[Any] = Field(default_factory=list)
+    id: str = ""
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.id:
+            self.id = content_id(self.messages, self.images)
+
+
+class PreferencePair(BaseModel):
+    """A prompt with a preferred and a dispreferred assistant reply (DPO)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
+    images: list[Any] = Field(default_factory=list)
+    id: str = ""
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.id:
+            self.id = content_id(self.prompt + self.chosen + self.rejected, self.images)
+
+
+# ---------------------------------------------------------------- ids
+
+
+def image_bytes(image: Any) -> bytes:
+    """Encoded bytes of an image given in any of the accepted forms (used for hashing and export)."""
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, dict):
+        if image.get("bytes"):
+            return image["bytes"]
+        if image.get("path"):
+            with open(image["path"], "rb") as f:
+                return f.read()
+        raise ValueError("image entry has neither bytes nor path")
+    if isinstance(image, str):
+        with open(image, "rb") as f:
+            return f.read()
+    # PIL image: re-encode losslessly.
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_hash(image: Any) -> str:
+    """Hash of the encoded bytes; a decoded PIL image is hashed by its pixels (encoders differ)."""
+    if hasattr(image, "tobytes") and hasattr(image, "mode"):
+        h = hashlib.sha256(f"{image.mode}:{image.size}".encode())
+        h.update(image.tobytes())
+        return h.hexdigest()
+    return hashlib.sha256(image_bytes(image)).hexdigest()
+
+
+def _plain_messages(messages: Iterable[Message | dict]) -> list[dict]:
+    out = []
+    for m in messages:
+        d = m.model_dump() if isinstance(m, Message) else m
+        content = d["content"]
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        else:
+            content = [
+                {"type": "text", "text": p["text"] or ""} if p["type"] == "text" else {"type": "image"}
+                for p in content
+            ]
+        out.append({"role": d["role"], "content": content})
+    return out
+
+
+def content_id(messages: Iterable[Message | dict], images: Iterable[Any] = (), extra: str = "") -> str:
+    """Stable id: a hash of the conversation text and the image bytes, so reruns and dedup line up."""
+    h = hashlib.sha256()
+    h.update(json.dumps(_plain_messages(messages), sort_keys=True, ensure_ascii=False).encode())
+    for image in images:
+        h.update(image_hash(image).encode())
+    h.update(extra.encode())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- Arrow layout
+
+
+def message_feature(multimodal: bool):
+    from datasets import Value
+
+    if multimodal:
+        return [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}]
+    return [{"role": Value("string"), "content": Value("string")}]
+
+
+def sft_features(multimodal: bool):
+    from datasets import Features, Image, Sequence, Value
+
+    cols: dict[str, Any] = {"id": Value("string"), "messages": message_feature(multimodal)}
+    if multimodal:
+        cols["images"] = Sequence(Image())
+    cols["meta"] = Value("string")
+    return Features(cols)
+
+
+def preference_features(multimodal: bool):
+    from datasets import Features, Image, Sequence, Value
+
+    cols: dict[str, Any] = {
+        "id": Value("string"),
+        "prompt": message_feature(multimodal),
+        "chosen": message_feature(multimodal),
+        "rejected": message_feature(multimodal),
+    }
+    if multimodal:
+        cols["images"] = Sequence(Image())
+    cols["meta"] = Value("string")
+    return Features(cols)
+
+
+def messages_to_arrow(messages: Iterable[Message | dict], multimodal: bool) -> list[dict]:
+    """Messages in the column form: parts with ``text=None`` for images when multimodal."""
+    out = []
+    for m in _plain_messages(messages):
+        content = m["content"]  # always parts here
+        if multimodal:
+            content = [{"type": p["type"], "text": p.get("text")} for p in content]
+        else:
+            content = "".join(p.get("text") or "" for p in content if p["type"] == "text")
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def messages_from_arrow(messages: list[dict]) -> list[Message]:
+    out = []
+    for m in messages:
+        content = m["content"]
+        if not isinstance(content, str):
+            content = [
+                TextPart(text=p["text"] or "") if p["type"] == "text" else ImagePart() for p in content
+            ]
+        out.append(Message(role=m["role"], content=content))
+    return out
+
+
+def dump_meta(meta: dict) -> str:
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def load_meta(value: Any) -> dict:
+    if isinstance(value, dict):
+        return value
+    return json.loads(value) if value else {}
+
+
+def is_multimodal(samples: Iterable[Sample | PreferencePair]) -> bool:
+    return any(s.images for s in samples)
+
+
+def sample_to_row(sample: Sample, multimodal: bool) -> dict:
+    row = {"id": sample.id, "messages": messages_to_arrow(sample.messages, multimodal), "meta": dump_meta(sample.meta)}
+    if multimodal:
+        row["images"] = list(sample.images)
+    return row
+
+
+def row_to_sample(row: dict) -> Sample:
+    return Sample(
+        id=row.get("id") or "",
+        messages=messages_from_arrow(row["messages"]),
+        images=list(row.get("images") or []),
+        meta=load_meta(row.get("meta")),
+    )
+
+
+def pair_to_row(pair: PreferencePair, multimodal: bool) -> dict:
+    row = {
+        "id": pair.id,
+        "prompt": messages_to_arrow(pair.prompt, multimodal),
+        "chosen": messages_to_arrow(pair.chosen, multimodal),
+        "rejected": messages_to_arrow(pair.rejected, multimodal),
+        "meta": dump_meta(pair.meta),
+    }
+    if multimodal:
+        row["images"] = list(pair.images)
+    return row
+
+
+def row_to_pair(row: dict) -> PreferencePair:
+    return PreferencePair(
+        id=row.get("id") or "",
+        prompt=messages_from_arrow(row["prompt"]),
+        chosen=messages_from_arrow(row["chosen"]),
+        rejected=messages_from_arrow(row["rejected"]),
+        images=list(row.get("images") or []),
+        meta=load_meta(row.get("meta")),
+    )
+
+
+def samples_to_dataset(samples: Iterable[Sample]):
+    """Build a `datasets.Dataset` in the SFT layout (images column only when some sample has images)."""
+    from datasets import Dataset
+
+    samples = list(samples)
+    multimodal = is_multimodal(samples)
+    rows = [sample_to_row(s, multimodal) for s in samples]
+    return Dataset.from_list(rows, features=sft_features(multimodal))
+
+
+def pairs_to_dataset(pairs: Iterable[PreferencePair]):
+    from datasets import Dataset
+
+    pairs = list(pairs)
+    multimodal = is_multimodal(pairs)
+    rows = [pair_to_row(p, multimodal) for p in pairs]
+    return Dataset.from_list(rows, features=preference_features(multimodal))
+
+
+def dataset_to_samples(dataset) -> Iterator[Sample]:
+    for row in dataset:
+        yield row_to_sample(row)
+
+
+def dataset_to_pairs(dataset) -> Iterator[PreferencePair]:
+    for row in dataset:
+        yield row_to_pair(row)
+
+
+def dataset_kind(dataset) -> Literal["sft", "preference", "other"]:
+    cols = set(dataset.column_names)
+    if {"prompt", "chosen", "rejected"} <= cols:
+        return "preference"
+    if "messages" in cols:
+        return "sft"
+    return "other"

@@ -1,0 +1,89 @@
+"""jinja2 rendering for prompts and adaptation templates: sandboxed, and strict about unknown variables.
+
+Templates are user-editable files, so they run in a `SandboxedEnvironment`; a variable a template uses but
+the record lacks is an error naming the template, its line and the record (never a silent empty string).
+"""
+
+from __future__ import annotations
+
+import functools
+import traceback
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from synth.errors import SynthError
+from synth.paths import templates_dir
+
+
+class TemplateError(SynthError):
+    pass
+
+
+def _make_env(loader: jinja2.BaseLoader | None = None) -> SandboxedEnvironment:
+    env = SandboxedEnvironment(
+        loader=loader,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["letter"] = lambda i: "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[int(i)]
+    env.filters["fmt"] = lambda value, spec: format(value, spec)
+    return env
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> SandboxedEnvironment:
+    """The shared environment; file templates are looked up under `templates/`."""
+    return _make_env(jinja2.FileSystemLoader(str(templates_dir())))
+
+
+def _template_line(exc: BaseException, filename: str | None) -> int | None:
+    line = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        name = frame.f_code.co_filename
+        if name == "<template>" or (filename and name == filename):
+            line = lineno
+    return line
+
+
+def compile_template(source: str, name: str) -> jinja2.Template:
+    """Compile template text (e.g. a variant from a YAML template set); syntax errors name `name`."""
+    try:
+        return environment().from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"{name}, line {e.lineno}: template syntax error: {e.message}") from e
+
+
+def load_template(path: str) -> jinja2.Template:
+    """A template file under `templates/` by relative path, e.g. ``prompts/self_instruct.jinja``."""
+    try:
+        return environment().get_template(path)
+    except jinja2.TemplateNotFound as e:
+        raise TemplateError(f"template '{path}' not found under {templates_dir()}") from e
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"{e.filename or path}:{e.lineno}: template syntax error: {e.message}") from e
+
+
+def render(template: jinja2.Template, variables: dict[str, Any], name: str, record_id: str | None = None) -> str:
+    """Render with a clear error (template name, line, record id) for undefined variables and bad calls."""
+    try:
+        return template.render(variables)
+    except jinja2.UndefinedError as e:
+        line = _template_line(e, template.filename)
+        where = f"{name}" + (f", line {line}" if line else "")
+        rec = f" (record {record_id})" if record_id else ""
+        raise TemplateError(
+            f"{where}: unknown template variable: {e.message}{rec}; available: {', '.join(sorted(variables))}"
+        ) from e
+    except jinja2.TemplateError as e:
+        rec = f" (record {record_id})" if record_id else ""
+        raise TemplateError(f"{name}: template error: {e}{rec}") from e
+
+
+def render_file(path: str, record_id: str | None = None, **variables: Any) -> str:
+    """Render a template file under `templates/` (prompts, cards)."""
+    return render(load_template(path), variables, path, record_id)

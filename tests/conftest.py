@@ -1,0 +1,18 @@
+"""Shared fixtures. Everything runs offline: no Hub, no network beyond 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep synth's user cache per test session, except the converted embedded model (slow to build)."""
+    monkeypatch.setenv("SYNTH_CACHE_DIR", os.environ.get("SYNTH_TEST_CACHE_DIR") or str(tmp_path_factory.getbasetemp() / "synth-cache"))
