@@ -1,0 +1,3 @@
+"""Commands: mix."""
+
+from synth.cli.common import command, console  # noqa: F401

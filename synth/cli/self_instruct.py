@@ -1,0 +1,3 @@
+"""Commands: self_instruct."""
+
+from synth.cli.common import command, console  # noqa: F401
