@@ -1,0 +1,43 @@
+"""Export SFT and preference datasets to the formats trainers read: TRL, LLaMA-Factory, LLaVA, OpenAI.
+
+`export_dataset(source, out, fmt)` reads any dataset `synth.io.read_dataset` reads (or takes a
+`datasets.Dataset`), converts every row, and writes OUT atomically. See each module for its format.
+"""
+
+from __future__ import annotations
+
+import os
+
+from synth.errors import SynthError
+from synth.export.common import Exporter, ExportSummary, OnError, run_export
+from synth.export.llamafactory import LlamaFactoryExporter
+from synth.export.llava import LlavaExporter
+from synth.export.openai_chat import OpenAIExporter
+from synth.export.trl import TrlExporter
+
+EXPORTERS: dict[str, type[Exporter]] = {e.name: e for e in (TrlExporter, LlamaFactoryExporter, LlavaExporter, OpenAIExporter)}
+FORMATS = tuple(EXPORTERS)
+
+
+def export_dataset(
+    source,
+    out: str | os.PathLike,
+    fmt: str,
+    *,
+    overwrite: bool = False,
+    name: str | None = None,
+    jsonl: bool = False,
+    on_error: OnError = "fail",
+    split: str | None = None,
+    show_progress: bool = True,
+) -> ExportSummary:
+    """Export `source` to the folder `out` in format `fmt` (one of `FORMATS`)."""
+    exporter = EXPORTERS.get(fmt)
+    if exporter is None:
+        raise SynthError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    return run_export(
+        source, out, exporter, overwrite=overwrite, name=name, jsonl=jsonl, on_error=on_error, split=split, show_progress=show_progress
+    )
+
+
+__all__ = ["EXPORTERS", "FORMATS", "ExportSummary", "export_dataset"]

@@ -1,0 +1,400 @@
+"""Exporters: each format round-trips to the source samples (text and image bytes), placeholder counts hold,
+bad rows are named (or skipped into a rejects file), and output is all-or-nothing."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from synth.cli import app
+from synth.demo_data import make_row
+from synth.errors import SynthError
+from synth.export import export_dataset
+from synth.io import read_dataset
+from synth.records import (
+    ImagePart,
+    Message,
+    PreferencePair,
+    Sample,
+    TextPart,
+    pairs_to_dataset,
+    samples_to_dataset,
+)
+
+# ---------------------------------------------------------------- source datasets
+
+
+def _png(index: int, size: int = 96) -> bytes:
+    return make_row(index, seed=3, size=size)["image"]["bytes"]
+
+
+def _jpeg(index: int) -> bytes:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(_png(index))).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def user(*parts) -> Message:
+    return Message(role="user", content=[TextPart(text=p) if isinstance(p, str) else p for p in parts])
+
+
+def assistant(text: str, multimodal: bool = True) -> Message:
+    return Message(role="assistant", content=[TextPart(text=text)] if multimodal else text)
+
+
+def sft_samples() -> list[Sample]:
+    return [
+        Sample(messages=[user(ImagePart(), "Describe the image."), assistant("Two shapes.")], images=[_png(0)], meta={"source": "demo", "template": "brief"}),
+        Sample(
+            messages=[
+                Message(role="system", content=[TextPart(text="Answer briefly.")]),
+                user("What colour is it? ", ImagePart()),
+                assistant("Red."),
+                user("And its shape?"),
+                assistant("A circle."),
+            ],
+            images=[_jpeg(1)],
+            meta={"source": "demo", "variant": 2},
+        ),
+        Sample(messages=[user("No image here: what is 2+2?"), assistant("4")], meta={"source": "text"}),
+    ]
+
+
+def multi_image_sample() -> Sample:
+    return Sample(messages=[user(ImagePart(), ImagePart(), "Which is larger?"), assistant("The first.")], images=[_png(2), _png(3)])
+
+
+def pairs() -> list[PreferencePair]:
+    return [
+        PreferencePair(
+            prompt=[user(ImagePart(), "How many shapes?")],
+            chosen=[assistant("Three.")],
+            rejected=[assistant("Seven.")],
+            images=[_png(4)],
+            meta={"model": "judge"},
+        ),
+        PreferencePair(prompt=[user("Say hi.")], chosen=[assistant("Hi!")], rejected=[assistant("No.")]),
+    ]
+
+
+def _save(dataset, folder: Path) -> Path:
+    dataset.save_to_disk(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sources")
+    text_only = [Sample(messages=[Message(role="user", content="Hi"), Message(role="assistant", content="Hello")])]
+    return {
+        "sft": _save(samples_to_dataset(sft_samples()), root / "sft"),
+        "multi": _save(samples_to_dataset(sft_samples() + [multi_image_sample()]), root / "multi"),
+        "pref": _save(pairs_to_dataset(pairs()), root / "pref"),
+        "text": _save(samples_to_dataset(text_only), root / "text"),
+        "literal": _save(
+            samples_to_dataset([sft_samples()[0], Sample(messages=[user(ImagePart(), "What does <image> mean?"), assistant("A tag.")], images=[_png(5)])]),
+            root / "literal",
+        ),
+    }
+
+
+def _source_rows(path: Path) -> list[dict]:
+    from datasets import Image as ImageFeature
+    from datasets import List
+
+    dataset = read_dataset(path)
+    return list(dataset.cast_column("images", List(ImageFeature(decode=False))))
+
+
+def _flat(message: dict, token: str = "<image>") -> str:
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(p["text"] if p["type"] == "text" else token for p in content)
+
+
+# ---------------------------------------------------------------- TRL
+
+
+def test_trl_parquet_round_trips_messages_meta_and_image_bytes(sources, tmp_path):
+    from datasets import Image as ImageFeature
+    from datasets import List, load_dataset
+
+    summary = export_dataset(sources["sft"], tmp_path / "trl", "trl", show_progress=False)
+    assert summary.rows == 3 and summary.embedded_images == 2 and summary.files == ["trl.parquet"]
+    loaded = load_dataset("parquet", data_files=str(tmp_path / "trl" / "trl.parquet"), split="train")
+    assert isinstance(loaded.features["images"].feature, ImageFeature)  # decodes straight into PIL for TRL
+    raw = loaded.cast_column("images", List(ImageFeature(decode=False)))
+    source = _source_rows(sources["sft"])
+    for got, want in zip(raw, source, strict=True):
+        assert got["id"] == want["id"]
+        assert got["messages"] == want["messages"]
+        assert json.loads(got["meta"]) == json.loads(want["meta"])
+        assert [i["bytes"] for i in got["images"]] == [i["bytes"] for i in want["images"]]
+    assert loaded[1]["images"][0].format == "JPEG"
+
+
+def test_trl_jsonl_writes_images_once_as_files(sources, tmp_path):
+    from datasets import load_dataset
+
+    out = tmp_path / "trl"
+    summary = export_dataset(sources["sft"], out, "trl", jsonl=True, name="shapes", show_progress=False)
+    assert summary.files == ["shapes.jsonl", "images/ (2 files)"] and summary.image_files == 2
+    loaded = load_dataset("json", data_files=str(out / "shapes.jsonl"), split="train")
+    source = _source_rows(sources["sft"])
+    for got, want in zip(loaded, source, strict=True):
+        assert got["messages"] == want["messages"]
+        assert [(out / p).read_bytes() for p in got["images"]] == [i["bytes"] for i in want["images"]]
+    assert sorted(p.suffix for p in (out / "images").iterdir()) == [".jpg", ".png"]
+
+
+def test_trl_preference_parquet_keeps_the_columns(sources, tmp_path):
+    from datasets import load_dataset
+
+    export_dataset(sources["pref"], tmp_path / "p", "trl", show_progress=False)
+    loaded = load_dataset("parquet", data_files=str(tmp_path / "p" / "p.parquet"), split="train")
+    assert loaded.column_names == ["id", "prompt", "chosen", "rejected", "images", "meta"]
+    source = list(read_dataset(sources["pref"]))
+    for column in ("prompt", "chosen", "rejected", "id"):
+        assert loaded[column] == [r[column] for r in source]
+    assert loaded[0]["images"][0].tobytes() == Image.open(io.BytesIO(_png(4))).convert("RGB").tobytes()
+
+
+def test_trl_text_only_keeps_string_content(sources, tmp_path):
+    from datasets import load_dataset
+
+    export_dataset(sources["text"], tmp_path / "t", "trl", show_progress=False)
+    loaded = load_dataset("parquet", data_files=str(tmp_path / "t" / "t.parquet"), split="train")
+    assert "images" not in loaded.column_names
+    assert loaded[0]["messages"] == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+
+
+# ---------------------------------------------------------------- LLaMA-Factory
+
+
+def test_llamafactory_sft_rows_and_dataset_info(sources, tmp_path):
+    out = tmp_path / "lf"
+    summary = export_dataset(sources["sft"], out, "llamafactory", name="shapes_sft", show_progress=False)
+    assert summary.files == ["shapes_sft.json", "dataset_info.json", "images/ (2 files)"]
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert info == {
+        "shapes_sft": {
+            "file_name": "shapes_sft.json",
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "images": "images"},
+            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant", "system_tag": "system"},
+        }
+    }
+    rows = json.loads((out / "shapes_sft.json").read_text())
+    source = _source_rows(sources["sft"])
+    assert len(rows) == len(source)
+    for row, want in zip(rows, source):
+        assert isinstance(row["images"], list)
+        assert sum(m["content"].count("<image>") for m in row["messages"]) == len(row["images"])
+        assert row["messages"] == [{"role": m["role"], "content": _flat(m)} for m in want["messages"]]
+        assert [(out / p).read_bytes() for p in row["images"]] == [i["bytes"] for i in want["images"]]
+    assert rows[1]["messages"][1]["content"] == "What colour is it? <image>"  # the token stays where the image was
+    assert rows[2]["images"] == []
+
+
+def test_llamafactory_preference_entry_is_ranking(sources, tmp_path):
+    out = tmp_path / "lf"
+    export_dataset(sources["pref"], out, "llamafactory", jsonl=True, show_progress=False)
+    entry = json.loads((out / "dataset_info.json").read_text())["lf"]
+    assert entry["ranking"] is True and entry["file_name"] == "lf.jsonl"
+    assert entry["columns"] == {"messages": "messages", "images": "images", "chosen": "chosen", "rejected": "rejected"}
+    rows = [json.loads(line) for line in (out / "lf.jsonl").read_text().splitlines()]
+    assert rows[0]["messages"] == [{"role": "user", "content": "<image>How many shapes?"}]
+    assert rows[0]["chosen"] == {"role": "assistant", "content": "Three."}
+    assert rows[0]["rejected"] == {"role": "assistant", "content": "Seven."}
+    assert rows[1]["images"] == []
+
+
+def test_llamafactory_token_mismatch_names_the_row(sources, tmp_path):
+    bad_id = _source_rows(sources["literal"])[1]["id"]
+    with pytest.raises(SynthError, match=rf"row 1 \(id {bad_id}\): 2 '<image>' token\(s\) in the text but 1 image"):
+        export_dataset(sources["literal"], tmp_path / "lf", "llamafactory", show_progress=False)
+    assert not (tmp_path / "lf").exists()
+    assert list(tmp_path.iterdir()) == []  # no temp folder left behind either
+
+
+def test_on_error_skip_writes_rejects_beside_the_output(sources, tmp_path):
+    out = tmp_path / "lf"
+    summary = export_dataset(sources["literal"], out, "llamafactory", on_error="skip", show_progress=False)
+    assert summary.rows == 1 and summary.skipped == 1
+    rejects = [json.loads(line) for line in (tmp_path / "lf.rejects.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["reason"]) for r in rejects] == [(1, "image_token_mismatch")]
+    assert len(json.loads((out / "lf.json").read_text())) == 1
+    # A clean re-export over it removes the stale rejects file.
+    export_dataset(sources["sft"], out, "llamafactory", overwrite=True, show_progress=False)
+    assert not (tmp_path / "lf.rejects.jsonl").exists()
+
+
+# ---------------------------------------------------------------- LLaVA
+
+
+def test_llava_conversations_and_single_image(sources, tmp_path):
+    out = tmp_path / "llava"
+    export_dataset(sources["sft"], out, "llava", show_progress=False)
+    rows = json.loads((out / "llava.json").read_text())
+    source = _source_rows(sources["sft"])
+    assert rows[0] == {
+        "id": source[0]["id"],
+        "image": rows[0]["image"],
+        "conversations": [{"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": "Two shapes."}],
+    }
+    assert (out / rows[0]["image"]).read_bytes() == source[0]["images"][0]["bytes"]
+    # The system prompt goes in front of the first human turn; the image token leads it.
+    assert rows[1]["conversations"][0]["value"] == "<image>\nAnswer briefly.\n\nWhat colour is it? "
+    assert [c["from"] for c in rows[1]["conversations"]] == ["human", "gpt", "human", "gpt"]
+    assert "image" not in rows[2]
+    assert rows[2]["conversations"][0]["value"] == "No image here: what is 2+2?"
+
+
+def test_llava_multi_image_row_is_an_error_or_skipped(sources, tmp_path):
+    bad_id = _source_rows(sources["multi"])[3]["id"]
+    with pytest.raises(SynthError, match=rf"row 3 \(id {bad_id}\): 2 images; LLaVA holds at most one"):
+        export_dataset(sources["multi"], tmp_path / "llava", "llava", show_progress=False)
+    assert not (tmp_path / "llava").exists()
+
+    summary = export_dataset(sources["multi"], tmp_path / "llava", "llava", on_error="skip", show_progress=False)
+    assert summary.rows == 3 and summary.skipped == 1
+    reject = json.loads((tmp_path / "llava.rejects.jsonl").read_text())
+    assert reject["id"] == bad_id and reject["reason"] == "multi_image"
+
+
+def test_llava_refuses_preference_data_and_jsonl(sources, tmp_path):
+    with pytest.raises(SynthError, match="SFT data only"):
+        export_dataset(sources["pref"], tmp_path / "x", "llava", show_progress=False)
+    with pytest.raises(SynthError, match="drop --jsonl"):
+        export_dataset(sources["sft"], tmp_path / "x", "llava", jsonl=True, show_progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- OpenAI
+
+
+def _data_url_bytes(url: str) -> tuple[str, bytes]:
+    head, data = url.split(",", 1)
+    return head, base64.b64decode(data)
+
+
+def test_openai_chat_rows_embed_images_as_data_urls(sources, tmp_path):
+    out = tmp_path / "oa"
+    summary = export_dataset(sources["sft"], out, "openai", show_progress=False)
+    assert summary.embedded_images == 2 and summary.image_files == 0 and not (out / "images").exists()
+    rows = [json.loads(line) for line in (out / "oa.jsonl").read_text().splitlines()]
+    assert list(rows[0]) == ["messages"]
+    first = rows[0]["messages"][0]["content"]
+    assert first[1] == {"type": "text", "text": "Describe the image."}
+    head, data = _data_url_bytes(first[0]["image_url"]["url"])
+    assert head == "data:image/png;base64" and data == _png(0)
+    head, data = _data_url_bytes(rows[1]["messages"][1]["content"][1]["image_url"]["url"])
+    assert head == "data:image/jpeg;base64" and data == _jpeg(1)
+    assert rows[1]["messages"][0] == {"role": "system", "content": "Answer briefly."}
+    assert rows[0]["messages"][1] == {"role": "assistant", "content": "Two shapes."}
+    assert rows[2]["messages"] == [{"role": "user", "content": "No image here: what is 2+2?"}, {"role": "assistant", "content": "4"}]
+
+
+def test_openai_preference_format(sources, tmp_path):
+    out = tmp_path / "oa"
+    export_dataset(sources["pref"], out, "openai", show_progress=False)
+    rows = [json.loads(line) for line in (out / "oa.jsonl").read_text().splitlines()]
+    assert set(rows[0]) == {"input", "preferred_output", "non_preferred_output"}
+    assert rows[0]["preferred_output"] == [{"role": "assistant", "content": "Three."}]
+    assert rows[0]["non_preferred_output"] == [{"role": "assistant", "content": "Seven."}]
+    assert _data_url_bytes(rows[0]["input"]["messages"][0]["content"][0]["image_url"]["url"])[1] == _png(4)
+    assert rows[1]["input"] == {"messages": [{"role": "user", "content": "Say hi."}]}
+
+
+def test_openai_refuses_images_in_assistant_turns(tmp_path):
+    sample = Sample(messages=[user("Draw it."), Message(role="assistant", content=[ImagePart()])], images=[_png(6)])
+    source = _save(samples_to_dataset([sample]), tmp_path / "src")
+    with pytest.raises(SynthError, match=rf"id {sample.id}\): an image in a 'assistant' message"):
+        export_dataset(source, tmp_path / "oa", "openai", show_progress=False)
+
+
+# ---------------------------------------------------------------- sources, atomicity, CLI
+
+
+def test_jsonl_source_with_relative_image_paths_round_trips(sources, tmp_path):
+    first = tmp_path / "trl"
+    export_dataset(sources["sft"], first, "trl", jsonl=True, show_progress=False)
+    export_dataset(first / "trl.jsonl", tmp_path / "llava", "llava", show_progress=False)
+    rows = json.loads((tmp_path / "llava" / "llava.json").read_text())
+    assert (tmp_path / "llava" / rows[0]["image"]).read_bytes() == _png(0)
+
+
+def test_image_path_escaping_the_dataset_is_refused(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    row = {"id": "r1", "messages": [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "hi"}]},
+                                    {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}],
+           "images": ["../../etc/passwd"], "meta": "{}"}
+    (source / "data.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(SynthError, match=r"row 0 \(id r1\).*outside the dataset folder"):
+        export_dataset(source / "data.jsonl", tmp_path / "out", "llamafactory", show_progress=False)
+
+
+def test_a_dataset_that_is_not_sft_or_preference_is_refused(tmp_path):
+    from synth.demo_data import write_demo_data
+
+    write_demo_data(tmp_path / "demo", count=2)
+    with pytest.raises(SynthError, match="not an SFT dataset.*synth adapt"):
+        export_dataset(tmp_path / "demo", tmp_path / "out", "trl", show_progress=False)
+
+
+def test_existing_output_needs_overwrite_and_a_failed_overwrite_keeps_it(sources, tmp_path):
+    out = tmp_path / "lf"
+    export_dataset(sources["sft"], out, "llamafactory", show_progress=False)
+    before = (out / "lf.json").read_bytes()
+    with pytest.raises(SynthError, match="already exists; pass --overwrite"):
+        export_dataset(sources["pref"], out, "llamafactory", show_progress=False)
+    with pytest.raises(SynthError, match="token"):
+        export_dataset(sources["literal"], out, "llamafactory", overwrite=True, show_progress=False)
+    assert (out / "lf.json").read_bytes() == before
+    export_dataset(sources["pref"], out, "llamafactory", overwrite=True, show_progress=False)
+    assert (out / "lf.json").read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lf"]
+
+
+def test_unknown_format_is_a_clear_error(sources, tmp_path):
+    with pytest.raises(SynthError, match="unknown export format 'alpaca'; choose one of trl, llamafactory, llava, openai"):
+        export_dataset(sources["sft"], tmp_path / "x", "alpaca")
+
+
+def test_cli_export_prints_a_summary_and_errors_in_one_line(sources, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(sources["sft"]), "--format", "llamafactory", "--out", str(tmp_path / "lf")])
+    assert result.exit_code == 0, result.output
+    assert "exported 3 sft rows (2 image files) as llamafactory" in result.output
+    assert "lf.json, dataset_info.json, images/ (2 files)" in result.output
+
+    result = runner.invoke(app, ["export", str(sources["multi"]), "--format", "llava", "--out", str(tmp_path / "llava")])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "row 3" in result.output and "Traceback" not in result.output
+
+    result = runner.invoke(app, ["export", str(sources["multi"]), "-f", "llava", "-o", str(tmp_path / "llava"), "--on-error", "skip"])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 rows" in result.output
+
+
+@pytest.mark.slow  # importing trl takes ~10-30 s on 2 shared cores; no model needed
+def test_trl_export_fits_trl_data_utils(sources, tmp_path):
+    from datasets import load_dataset
+    from trl.data_utils import is_conversational, prepare_multimodal_messages
+
+    export_dataset(sources["sft"], tmp_path / "sft", "trl", show_progress=False)
+    export_dataset(sources["pref"], tmp_path / "pref", "trl", show_progress=False)
+    sft = load_dataset("parquet", data_files=str(tmp_path / "sft" / "sft.parquet"), split="train")
+    pref = load_dataset("parquet", data_files=str(tmp_path / "pref" / "pref.parquet"), split="train")
+    for row in list(sft) + list(pref):
+        assert is_conversational(row)
+    filled = prepare_multimodal_messages(sft[0]["messages"], sft[0]["images"])
+    assert filled[0]["content"][0]["image"].size == (96, 96)
