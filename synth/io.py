@@ -210,7 +210,11 @@ def write_dataset(dataset, out: str | os.PathLike, overwrite: bool = False, num_
     """`save_to_disk` into a temp folder, then rename into place."""
     out = check_output(out, overwrite)
     with atomic_path(out, overwrite) as tmp:
-        dataset.save_to_disk(str(tmp), num_proc=num_proc)
+        if len(dataset) == 0:
+            # save_to_disk picks zero shards for an empty dataset, which load_from_disk cannot read back
+            dataset.save_to_disk(str(tmp), num_shards=1)
+        else:
+            dataset.save_to_disk(str(tmp), num_proc=num_proc)
     return out
 
 

@@ -1,0 +1,195 @@
+"""Adaptation throughput: the engine (`synth.adapt.adapt`) vs a plain Python loop, measured in one run.
+
+Both sides read the same source from disk, render with the same compiled templates and the same variant
+choice (`synth.adapt.Renderer.render_record`), and write a `save_to_disk` dataset. The engine maps Arrow
+batches and builds the rows directly; the baseline iterates rows one by one, builds pydantic `Sample`s
+and converts them with `samples_to_dataset` (the obvious hand-written script).
+
+    .venv/bin/python bench/adapt_bench.py            # 100k text records, 2k image records
+    .venv/bin/python bench/adapt_bench.py --quick    # 5k / 200, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+WORDS = [
+    "river",
+    "city",
+    "council",
+    "library",
+    "bridge",
+    "museum",
+    "garden",
+    "station",
+    "market",
+    "harbour",
+    "valley",
+    "forest",
+    "mountain",
+    "school",
+    "engine",
+    "signal",
+    "window",
+    "letter",
+    "summer",
+    "winter",
+    "morning",
+    "evening",
+    "festival",
+    "village",
+    "island",
+    "castle",
+    "tower",
+    "road",
+]
+
+
+def make_text_source(folder: Path, count: int) -> Path:
+    """SQuAD-shaped rows (context, question, answers) as Parquet."""
+    from datasets import Dataset
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(count):
+        context = " ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 90))) + "."
+        answer = rng.choice(WORDS)
+        rows.append(
+            {
+                "id": f"t{i}",
+                "context": context,
+                "question": f"Which {rng.choice(WORDS)} is near the {rng.choice(WORDS)}?",
+                "answers": {"text": [answer], "answer_start": [0]},
+            }
+        )
+    path = folder / "text.parquet"
+    Dataset.from_list(rows).to_parquet(str(path))
+    return path
+
+
+def make_image_source(folder: Path, count: int, size: int = 128) -> Path:
+    """Shapes-like rows (image bytes + three QA pairs) as a save_to_disk folder."""
+    from datasets import Dataset, Features, Image, List, Value
+    from PIL import Image as PILImage
+    from PIL import ImageDraw
+
+    rng = random.Random(0)
+    colors = {"red": (220, 40, 40), "blue": (40, 70, 220), "green": (40, 170, 60)}
+
+    def rows():
+        for i in range(count):
+            image = PILImage.new("RGB", (size, size), (250, 250, 250))
+            draw = ImageDraw.Draw(image)
+            name = rng.choice(list(colors))
+            x, y = rng.randint(0, size // 2), rng.randint(0, size // 2)
+            draw.ellipse((x, y, x + size // 3, y + size // 3), fill=colors[name])
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            qa = [
+                {"question": "What color is the circle?", "answer": name},
+                {"question": "How many circles are there?", "answer": "1"},
+                {"question": "Is there a square?", "answer": "no"},
+            ]
+            yield {"id": f"img{i}", "image": {"bytes": buf.getvalue(), "path": None}, "qa": qa}
+
+    qa_feature = List({"question": Value("string"), "answer": Value("string")})
+    features = Features({"id": Value("string"), "image": Image(), "qa": qa_feature})
+    path = folder / "images"
+    Dataset.from_generator(rows, features=features).save_to_disk(str(path))
+    return path
+
+
+def run_engine(source: Path, template: str, out: Path, num_proc: int) -> tuple[float, int]:
+    from synth.adapt import adapt
+
+    start = time.perf_counter()
+    result = adapt(source, template, out, num_proc=num_proc, overwrite=True)
+    return time.perf_counter() - start, result.samples
+
+
+def run_loop(source: Path, template: str, out: Path) -> tuple[float, int]:
+    """The baseline: a plain Python loop over the rows with the same rendering."""
+    from datasets import Image
+
+    from synth.adapt import Renderer, load_template_set
+    from synth.io import dataset_base_dir, read_dataset, write_dataset
+    from synth.records import Sample, messages_from_arrow, samples_to_dataset
+
+    start = time.perf_counter()
+    ts = load_template_set(template)
+    dataset = read_dataset(source)
+    if ts.multimodal:
+        dataset = dataset.cast_column("image", Image(decode=False))
+    renderer = Renderer(ts, seed=0, source_name=str(source), base_dir=dataset_base_dir(source))
+    samples = []
+    for index, row in enumerate(dataset):
+        record_id = str(row.get("id") or f"row-{index}")
+        for s in renderer.render_record(row, record_id):
+            images = [img["bytes"] for img in s["images"]]
+            samples.append(
+                Sample(messages=messages_from_arrow(s["messages"]), images=images, id=s["id"], meta=s["meta"])
+            )
+    write_dataset(samples_to_dataset(samples), out, overwrite=True)
+    return time.perf_counter() - start, len(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes (5k text, 200 images)")
+    parser.add_argument("--text", type=int, default=None, help="text records (default 100000)")
+    parser.add_argument("--images", type=int, default=None, help="image records (default 2000)")
+    parser.add_argument("--num-proc", type=int, default=1, help="worker processes for the engine")
+    args = parser.parse_args()
+    n_text = args.text or (5_000 if args.quick else 100_000)
+    n_images = args.images or (200 if args.quick else 2_000)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    work = Path(tempfile.mkdtemp(prefix="adapt-bench-"))
+    try:
+        console.print(f"building sources: {n_text:,} text records, {n_images:,} image records ...")
+        cases = [
+            ("text", "text_qa_extractive", make_text_source(work, n_text), n_text),
+            ("image", "vqa_open", make_image_source(work, n_images), n_images),
+        ]
+        table = Table(title=f"synth adapt vs plain Python loop (engine num_proc={args.num_proc}, one run)")
+        for column in ("source", "template", "records", "samples", "engine rec/s", "loop rec/s", "ratio"):
+            table.add_column(column, justify="right", no_wrap=True)
+        for kind, template, source, count in cases:
+            engine_s, samples = run_engine(source, template, work / f"{kind}-engine", args.num_proc)
+            loop_s, loop_samples = run_loop(source, template, work / f"{kind}-loop")
+            assert samples == loop_samples, (samples, loop_samples)
+            table.add_row(
+                kind,
+                template,
+                f"{count:,}",
+                f"{samples:,}",
+                f"{count / engine_s:,.0f}",
+                f"{count / loop_s:,.0f}",
+                f"{loop_s / engine_s:.2f}x",
+            )
+        console.print(table)
+        console.print(
+            f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; times include reading the source and writing the output"
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,602 @@
+"""The adaptation engine: a template set applied to a dataset through `datasets.Dataset.map`.
+
+The source stays in Arrow (memory-mapped) and is processed in batches, in `num_proc` processes, straight
+into a cache file; nothing holds the whole dataset in Python lists. Images travel as encoded bytes
+(image columns are cast to ``Image(decode=False)``) and are only opened to check they are readable.
+Rows are built directly in the SFT layout of `synth.records` (no per-record pydantic validation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synth.adapt.template_set import TemplateSet, load_template_set
+from synth.errors import SynthError
+from synth.records import content_id, dump_meta, sft_features
+from synth.templating import TemplateError
+
+ID_COLUMN = "id"
+REJECT_COLUMN = "_reject"
+REJECT_DETAIL_COLUMN = "_reject_detail"
+STAGE_NAME = "adapt"
+
+
+class FieldError(SynthError):
+    """A record lacks a field a template set reads (or it has the wrong shape)."""
+
+
+class ImageError(SynthError):
+    """A record's image is missing, unreadable or corrupt."""
+
+
+def reject_reason(error: BaseException) -> str:
+    """Short stable key for the rejects file and the summary."""
+    if isinstance(error, TemplateError):
+        return "template_error"
+    if isinstance(error, ImageError):
+        return "bad_image"
+    if isinstance(error, FieldError):
+        return "missing_field"
+    return "bad_record"
+
+
+# ---------------------------------------------------------------- deterministic choices
+
+
+def stable_int(*parts: Any) -> int:
+    """A 64-bit integer from the parts; stable across processes and runs (unlike Python's `hash`)."""
+    key = "\x1f".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+
+
+def choose_variant(seed: int, set_name: str, record_id: str, turn: int, count: int) -> int:
+    """Which instruction variant a record (and turn) gets; the set name keeps sets from moving in lockstep."""
+    return stable_int(seed, set_name, record_id, turn) % count
+
+
+def shuffled_options(options: list, seed: int, record_id: str, turn: int) -> list:
+    """The options in a deterministic per-record (and per-turn) order."""
+    order = list(options)
+    random.Random(stable_int(seed, record_id, turn, "options")).shuffle(order)
+    return order
+
+
+# ---------------------------------------------------------------- reading fields
+
+
+_MISSING = object()
+
+
+def get_path(row: dict, path: str, record_id: str) -> Any:
+    """Follow a dotted path (``answers.text.0``) through structs and lists."""
+    value: Any = row
+    walked = []
+    for key in path.split("."):
+        if isinstance(value, dict):
+            value = value.get(key, _MISSING)
+        elif isinstance(value, (list, tuple)) and key.lstrip("-").isdigit():
+            index = int(key)
+            value = value[index] if -len(value) <= index < len(value) else _MISSING
+        else:
+            value = _MISSING
+        if value is _MISSING:
+            where = ".".join(walked) or "the record"
+            raise FieldError(f"record {record_id}: field '{path}' not found ({where} has no '{key}')")
+        walked.append(key)
+    return value
+
+
+def as_items(value: Any, variable: str, record_id: str) -> list:
+    """A list of items; a struct of equal-length lists (a `Sequence` of structs) becomes a list of dicts."""
+    if value is None:
+        return []
+    if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
+        keys = list(value)
+        return [dict(zip(keys, vals)) for vals in zip(*value.values())]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise FieldError(f"record {record_id}: variable '{variable}' must be a list, got {type(value).__name__}")
+
+
+def image_bytes_of(value: Any, base_dir: Path | None, record_id: str) -> tuple[bytes, str]:
+    """Encoded bytes of an image cell (Image(decode=False) dict, path string or raw bytes) and where it came from."""
+    from synth.io import resolve_image_path
+
+    if value is None:
+        raise ImageError(f"record {record_id}: no image (the image column is empty)")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value), "(inline bytes)"
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return value["bytes"], value.get("path") or "(inline bytes)"
+        if not value.get("path"):
+            raise ImageError(f"record {record_id}: image entry has neither bytes nor path")
+        # Absolute paths here were written by `datasets` itself (image folders); relative ones are the user's.
+        raw = value["path"]
+        path = Path(raw) if os.path.isabs(raw) else resolve_image_path(base_dir or Path.cwd(), raw, record_id)
+    elif isinstance(value, str):
+        path = resolve_image_path(base_dir or Path.cwd(), value, record_id)
+    else:
+        raise ImageError(f"record {record_id}: unsupported image value of type {type(value).__name__}")
+    try:
+        return path.read_bytes(), str(path)
+    except OSError as e:
+        raise ImageError(f"record {record_id}: unreadable image {path}: {e.strerror or e}") from e
+
+
+def check_image(data: bytes, record_id: str, where: str) -> None:
+    """Parse the header and (for PNG) the chunk checksums without decoding pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"record {record_id}: unreadable or corrupt image {where}: not a recognised image format"
+        ) from None
+    except Exception as e:  # PIL raises many types for broken files
+        raise ImageError(
+            f"record {record_id}: unreadable or corrupt image {where}: {str(e) or type(e).__name__}"
+        ) from e
+
+
+# ---------------------------------------------------------------- rendering
+
+
+class Renderer:
+    """Turns one source row into sample rows (SFT layout). Picklable: workers compile their own templates."""
+
+    def __init__(
+        self,
+        template_set: TemplateSet,
+        seed: int = 0,
+        source_name: str = "",
+        base_dir: str | Path | None = None,
+        label_names: dict[str, list[str]] | None = None,
+        verify_images: bool = True,
+    ):
+        self.ts = template_set
+        self.seed = seed
+        self.source_name = source_name
+        self.base_dir = Path(base_dir) if base_dir else None
+        self.label_names = label_names or {}
+        self.verify_images = verify_images
+        self._text_variables = [
+            (var, path)
+            for var, path in template_set.variables.items()
+            if not (var == "image" and template_set.multimodal)
+        ]
+
+    # -- one record
+
+    def variables(self, row: dict, record_id: str) -> dict[str, Any]:
+        values: dict[str, Any] = dict(self.ts.constants)
+        for var, path in self._text_variables:
+            # plain column names are the common case: skip the path walk
+            value = row[path] if path in row else get_path(row, path, record_id)
+            if value is None:  # jinja would print "None" into the sample
+                raise FieldError(f"record {record_id}: field '{path}' (variable '{var}') is empty (null)")
+            names = self.label_names.get(var)
+            if names is not None and isinstance(value, int) and 0 <= value < len(names):
+                value = names[value]
+            values[var] = value
+        return values
+
+    def image(self, row: dict, record_id: str) -> dict:
+        column = self.ts.variables["image"]
+        data, where = image_bytes_of(get_path(row, column, record_id), self.base_dir, record_id)
+        if self.verify_images:
+            check_image(data, record_id, where)
+        return {"bytes": data, "path": None}
+
+    def turn_variables(self, base: dict, item: Any, record_id: str, turn: int) -> dict:
+        v = dict(base)
+        if item is not None:
+            if isinstance(item, dict):
+                v.update(item)
+            v["item"] = item
+            v["index"] = turn
+        mc = self.ts.multiple_choice
+        if mc is not None:
+            options = v.get(mc.options)
+            answer = v.get(mc.answer)
+            if not isinstance(options, list) or not options:
+                raise FieldError(
+                    f"record {record_id}: multiple choice needs a non-empty list in '{mc.options}'"
+                )
+            if answer not in options:
+                raise FieldError(f"record {record_id}: answer {answer!r} is not among the options {options}")
+            options = shuffled_options(options, self.seed, record_id, turn)
+            index = options.index(answer)
+            v[mc.options] = options
+            v["answer_index"] = index
+            v["answer_letter"] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[index]
+        return v
+
+    def render_turn(self, v: dict, record_id: str, turn: int) -> tuple[int, str, str]:
+        compiled = self.ts.compiled
+        k = choose_variant(self.seed, self.ts.name, record_id, turn, len(compiled.instructions))
+        instruction = compiled.instructions[k](v, record_id).strip()
+        answer = compiled.answer(v, record_id).strip()
+        if not instruction or not answer:
+            which = "answer" if instruction else f"instructions[{k}]"
+            raise FieldError(f"record {record_id}: template set '{self.ts.name}' {which} rendered empty text")
+        return k, instruction, answer
+
+    def render_system(self, v: dict, record_id: str) -> str | None:
+        compiled = self.ts.compiled
+        if compiled.system is None:
+            return None
+        return compiled.system(v, record_id).strip()
+
+    def build(
+        self, system: str | None, turns: list[tuple[str, str]], image: dict | None
+    ) -> tuple[list, list]:
+        """Messages (and images) in the Arrow layout: parts when multimodal, plain strings otherwise."""
+        messages = []
+        if self.ts.multimodal:
+            if system is not None:
+                messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+            for i, (instruction, answer) in enumerate(turns):
+                parts = [{"type": "text", "text": instruction}]
+                if i == 0:  # the image goes with the first user turn only
+                    image_part = {"type": "image", "text": None}
+                    parts = (
+                        [image_part, *parts] if self.ts.image_position == "before" else [*parts, image_part]
+                    )
+                messages.append({"role": "user", "content": parts})
+                messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+            return messages, [image]
+        if system is not None:
+            messages.append({"role": "system", "content": system})
+        for instruction, answer in turns:
+            messages.append({"role": "user", "content": instruction})
+            messages.append({"role": "assistant", "content": answer})
+        return messages, []
+
+    def render_record(self, row: dict, record_id: str) -> list[dict]:
+        """All samples of one source row: ``{"id", "messages", "images", "meta"}`` (meta as a dict)."""
+        base = self.variables(row, record_id)
+        image = self.image(row, record_id) if self.ts.multimodal else None
+        image_list = [image["bytes"]] if image else []
+        meta_base = {
+            "source": self.source_name,
+            "source_id": record_id,
+            "template": self.ts.name,
+            "task": self.ts.task,
+        }
+        items_cfg = self.ts.items
+
+        if items_cfg is None:
+            v = self.turn_variables(base, None, record_id, 0)
+            k, instruction, answer = self.render_turn(v, record_id, 0)
+            messages, images = self.build(self.render_system(v, record_id), [(instruction, answer)], image)
+            return [
+                {
+                    "id": content_id(messages, image_list),
+                    "messages": messages,
+                    "images": images,
+                    "meta": {**meta_base, "variant": k},
+                }
+            ]
+
+        items = as_items(base[items_cfg.variable], items_cfg.variable, record_id)
+        indexed = list(enumerate(items))
+        if items_cfg.unique:
+            seen = Counter(it.get(items_cfg.unique) if isinstance(it, dict) else it for it in items)
+            indexed = [
+                (i, it)
+                for i, it in indexed
+                if seen[it.get(items_cfg.unique) if isinstance(it, dict) else it] == 1
+            ]
+
+        samples = []
+        if items_cfg.mode == "expand":
+            for turn, item in indexed:
+                v = self.turn_variables(base, item, record_id, turn)
+                k, instruction, answer = self.render_turn(v, record_id, turn)
+                messages, images = self.build(
+                    self.render_system(v, record_id), [(instruction, answer)], image
+                )
+                meta = {**meta_base, "variant": k, "item": turn}
+                samples.append(
+                    {
+                        "id": content_id(messages, image_list),
+                        "messages": messages,
+                        "images": images,
+                        "meta": meta,
+                    }
+                )
+            return samples
+
+        # group: one conversation per `max_turns` items, the image in its first user turn
+        size = items_cfg.max_turns
+        for start in range(0, len(indexed), size):
+            chunk = indexed[start : start + size]
+            turns, variants, system = [], [], None
+            for turn, item in chunk:
+                v = self.turn_variables(base, item, record_id, turn)
+                if system is None:
+                    system = self.render_system(v, record_id)
+                k, instruction, answer = self.render_turn(v, record_id, turn)
+                turns.append((instruction, answer))
+                variants.append(k)
+            messages, images = self.build(system, turns, image)
+            meta = {**meta_base, "variants": variants, "items": [t for t, _ in chunk]}
+            samples.append(
+                {"id": content_id(messages, image_list), "messages": messages, "images": images, "meta": meta}
+            )
+        return samples
+
+    # -- a batch, as `Dataset.map(batched=True, with_indices=True)` calls it
+
+    def map_batch(
+        self, batch: dict[str, list], indices: list[int], skip_errors: bool = False
+    ) -> dict[str, list]:
+        columns = list(batch)
+        ids = batch.get(ID_COLUMN)
+        out: dict[str, list] = {
+            "id": [],
+            "messages": [],
+            "meta": [],
+            REJECT_COLUMN: [],
+            REJECT_DETAIL_COLUMN: [],
+        }
+        if self.ts.multimodal:
+            out["images"] = []
+        for i, (index, values) in enumerate(zip(indices, zip(*batch.values()))):
+            row = dict(zip(columns, values))
+            record_id = str(ids[i]) if ids is not None and ids[i] is not None else f"row-{index}"
+            try:
+                samples = self.render_record(row, record_id)
+            except Exception as e:
+                if not skip_errors:
+                    if isinstance(e, SynthError):
+                        raise
+                    raise SynthError(f"record {record_id}: {type(e).__name__}: {e}") from e
+                # A rejected record keeps one placeholder row (its source id and why); dropped after the map.
+                out["id"].append(record_id)
+                out["messages"].append([])
+                out["meta"].append("")
+                out[REJECT_COLUMN].append(reject_reason(e))
+                out[REJECT_DETAIL_COLUMN].append(
+                    str(e) if isinstance(e, SynthError) else f"record {record_id}: {type(e).__name__}: {e}"
+                )
+                if self.ts.multimodal:
+                    out["images"].append([])
+                continue
+            for s in samples:
+                out["id"].append(s["id"])
+                out["messages"].append(s["messages"])
+                out["meta"].append(dump_meta(s["meta"]))
+                out[REJECT_COLUMN].append(None)
+                out[REJECT_DETAIL_COLUMN].append(None)
+                if self.ts.multimodal:
+                    out["images"].append(s["images"])
+        return out
+
+
+# ---------------------------------------------------------------- whole datasets
+
+
+@dataclass
+class AdaptResult:
+    dataset: Any  # datasets.Dataset in the SFT layout
+    records: int
+    rejects: list[dict] = field(default_factory=list)
+    out: Path | None = None
+    rejects_file: Path | None = None
+
+    @property
+    def samples(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.rejects)
+
+    def reasons(self) -> Counter:
+        return Counter(r["reason"] for r in self.rejects)
+
+
+def check_columns(dataset, ts: TemplateSet, source_name: str) -> None:
+    available = dataset.column_names
+    for var, column in ts.columns.items():
+        if column not in available:
+            raise SynthError(
+                f"{source_name}: template set '{ts.name}' reads column '{column}' (variable '{var}'), "
+                f"which the dataset lacks (columns: {', '.join(available)}); pass --map {var}=COLUMN"
+            )
+
+
+def _prepare(dataset, ts: TemplateSet):
+    """Only the columns the set reads (+ id); image columns as encoded bytes; ClassLabel names."""
+    from datasets import ClassLabel, Image
+
+    needed = sorted(set(ts.columns.values()) | ({ID_COLUMN} & set(dataset.column_names)))
+    dataset = dataset.select_columns(needed)
+    if ts.multimodal:
+        column = ts.columns["image"]
+        if isinstance(dataset.features[column], Image) and dataset.features[column].decode:
+            dataset = dataset.cast_column(column, Image(decode=False))
+    label_names = {
+        var: dataset.features[path].names
+        for var, path in ts.variables.items()
+        if path in dataset.features and isinstance(dataset.features[path], ClassLabel)
+    }
+    return dataset, label_names
+
+
+def _output_features(multimodal: bool):
+    from datasets import Value
+
+    features = sft_features(multimodal)
+    features[REJECT_COLUMN] = Value("string")
+    features[REJECT_DETAIL_COLUMN] = Value("string")
+    return features
+
+
+def adapt_dataset(
+    dataset,
+    template_set: TemplateSet,
+    *,
+    seed: int = 0,
+    source_name: str = "",
+    base_dir: str | Path | None = None,
+    num_proc: int | None = None,
+    on_error: str = "fail",
+    cache_dir: str | Path | None = None,
+    batch_size: int = 1000,
+    verify_images: bool = True,
+) -> AdaptResult:
+    """Apply a template set to a `datasets.Dataset`; returns the adapted dataset and the rejected records.
+
+    `cache_dir` is where the map writes its Arrow files (default: a temporary folder of `datasets`); the
+    source folder is never written to.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if on_error not in ("fail", "skip"):
+        raise SynthError(f"--on-error must be 'fail' or 'skip', not '{on_error}'")
+    ts = template_set
+    check_columns(dataset, ts, source_name or "source")
+    records = len(dataset)
+    if records == 0:  # `map` would not run at all, so the output columns would be missing
+        from datasets import Dataset
+
+        features = sft_features(ts.multimodal)
+        return AdaptResult(dataset=Dataset.from_dict({k: [] for k in features}, features=features), records=0)
+    dataset, label_names = _prepare(dataset, ts)
+    renderer = Renderer(ts, seed, source_name, base_dir, label_names, verify_images)
+
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            [
+                dataset._fingerprint,
+                ts.model_dump(mode="json"),
+                seed,
+                source_name,
+                str(base_dir),
+                on_error,
+                verify_images,
+            ],
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:32]
+    cache_file = str(Path(cache_dir) / f"adapt-{fingerprint}.arrow") if cache_dir else None
+    num_proc = num_proc if num_proc and num_proc > 1 and records > 1 else None
+    mapped = dataset.map(
+        renderer.map_batch,
+        batched=True,
+        batch_size=batch_size,
+        with_indices=True,
+        fn_kwargs={"skip_errors": on_error == "skip"},
+        remove_columns=dataset.column_names,
+        features=_output_features(ts.multimodal),
+        num_proc=num_proc,
+        cache_file_name=cache_file,
+        load_from_cache_file=False,
+        new_fingerprint=fingerprint,
+        desc=f"adapting with {ts.name}",
+    )
+
+    rejects: list[dict] = []
+    flags = pc.is_valid(mapped.data.column(REJECT_COLUMN))
+    rejected_count = pc.sum(flags).as_py() or 0
+    if rejected_count:
+        rejected = np.flatnonzero(flags.to_numpy(zero_copy_only=False))
+        part = mapped.select(rejected).select_columns([ID_COLUMN, REJECT_COLUMN, REJECT_DETAIL_COLUMN])
+        rejects = [
+            {
+                "id": r[ID_COLUMN],
+                "stage": STAGE_NAME,
+                "reason": r[REJECT_COLUMN],
+                "detail": r[REJECT_DETAIL_COLUMN],
+            }
+            for r in part
+        ]
+        mapped = mapped.select(np.flatnonzero(~flags.to_numpy(zero_copy_only=False)))
+    mapped = mapped.remove_columns([REJECT_COLUMN, REJECT_DETAIL_COLUMN])
+    return AdaptResult(dataset=mapped, records=records, rejects=rejects)
+
+
+def parse_mapping(pairs: Iterable[str]) -> dict[str, str]:
+    """``["var=column", ...]`` from the CLI into a dict, with a clear error for a malformed pair."""
+    mapping = {}
+    for pair in pairs:
+        var, sep, column = pair.partition("=")
+        if not sep or not var.strip() or not column.strip():
+            raise SynthError(f"--map '{pair}': expected VARIABLE=COLUMN, e.g. --map caption=text")
+        mapping[var.strip()] = column.strip()
+    return mapping
+
+
+def adapt(
+    source: str | os.PathLike,
+    template: str | os.PathLike | TemplateSet,
+    out: str | os.PathLike,
+    *,
+    split: str | None = None,
+    seed: int = 0,
+    num_proc: int | None = None,
+    limit: int | None = None,
+    mapping: dict[str, str] | None = None,
+    on_error: str = "fail",
+    overwrite: bool = False,
+    verify_images: bool = True,
+) -> AdaptResult:
+    """Read SOURCE, adapt it with a template set, write the SFT dataset atomically to OUT (+ rejects file)."""
+    from synth.io import (
+        check_output,
+        dataset_base_dir,
+        read_dataset,
+        rejects_path,
+        write_dataset,
+        write_jsonl,
+    )
+
+    ts = template if isinstance(template, TemplateSet) else load_template_set(template)
+    if mapping:
+        ts = ts.with_mapping(mapping)
+    out = check_output(out, overwrite)
+    dataset = read_dataset(source, split)
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The map's Arrow files live beside the output (same disk) and go away once the result is saved.
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.adapt-", dir=out.parent) as cache_dir:
+        result = adapt_dataset(
+            dataset,
+            ts,
+            seed=seed,
+            source_name=str(source),
+            base_dir=dataset_base_dir(source),
+            num_proc=num_proc,
+            on_error=on_error,
+            cache_dir=cache_dir,
+            verify_images=verify_images,
+        )
+        write_dataset(result.dataset, out, overwrite=overwrite)
+    from datasets import load_from_disk
+
+    result.dataset = load_from_disk(str(out))
+    result.out = out
+    rejects_file = rejects_path(out)
+    if result.rejects:
+        write_jsonl(result.rejects, rejects_file)
+        result.rejects_file = rejects_file
+    elif rejects_file.exists():
+        rejects_file.unlink()  # a stale file from an earlier run would be misleading
+    return result

@@ -1,0 +1,186 @@
+"""Template sets: YAML files that say how to turn rows of a labelled dataset into instruction samples.
+
+A template set names a task, maps template variables to source columns (dotted paths reach into structs
+and lists: ``answers.text.0``), lists several paraphrased instruction templates (one is picked per record,
+deterministically) and an answer template. List-valued fields (QA pairs, objects) are either expanded
+(one sample per item) or grouped into one multi-turn conversation per image, LLaVA-style.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from synth.errors import SynthError, validation_message
+from synth.paths import templates_dir
+from synth.templating import compile_template, fast_renderer
+
+MIN_VARIANTS = 5
+
+
+class ItemsConfig(BaseModel):
+    """How a list-valued variable becomes samples. Each item's keys become template variables (and ``item``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    variable: str = Field(description="template variable that holds the list (e.g. qa, objects)")
+    mode: Literal["expand", "group"] = Field(
+        "expand", description="expand: one sample per item; group: one multi-turn conversation per record"
+    )
+    max_turns: int = Field(
+        8, ge=1, description="group mode: a longer list is split into several conversations"
+    )
+    unique: str | None = Field(
+        None, description="drop items whose value for this key repeats within a record (ambiguous references)"
+    )
+
+
+class MultipleChoiceConfig(BaseModel):
+    """Shuffle an item's options deterministically and expose the answer's letter."""
+
+    model_config = ConfigDict(extra="forbid")
+    options: str = Field("options", description="variable holding the list of option strings")
+    answer: str = Field("answer", description="variable holding the correct option's text")
+
+
+class TemplateSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    task: str
+    description: str
+    modality: Literal["image", "text"]
+    variables: dict[str, str] = Field(
+        description="template variable -> source column (dotted paths allowed); 'image' is the image column"
+    )
+    constants: dict[str, Any] = Field(default_factory=dict)
+    system: str | None = None
+    instructions: list[str] = Field(min_length=MIN_VARIANTS)
+    answer: str
+    image_position: Literal["before", "after", "none"] | None = None
+    items: ItemsConfig | None = None
+    multiple_choice: MultipleChoiceConfig | None = None
+
+    # Where the set came from (file path), for error messages; not part of the YAML.
+    origin: str = Field("<memory>", exclude=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> TemplateSet:
+        if self.image_position is None:
+            self.image_position = "before" if self.modality == "image" else "none"
+        if self.modality == "image":
+            if self.image_position == "none":
+                raise ValueError("an image template set needs image_position 'before' or 'after'")
+            if "image" not in self.variables:
+                raise ValueError("an image template set must map the variable 'image' to the image column")
+        elif self.image_position != "none":
+            raise ValueError("a text template set cannot place an image (image_position must be 'none')")
+        if self.items and self.items.variable not in self.variables:
+            raise ValueError(f"items.variable '{self.items.variable}' is not one of the mapped variables")
+        clash = set(self.constants) & set(self.variables)
+        if clash:
+            raise ValueError(f"names used both as constants and variables: {', '.join(sorted(clash))}")
+        return self
+
+    @property
+    def multimodal(self) -> bool:
+        return self.modality == "image"
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """Variable -> top-level source column it reads."""
+        return {var: path.split(".", 1)[0] for var, path in self.variables.items()}
+
+    def with_mapping(self, overrides: dict[str, str]) -> TemplateSet:
+        """A copy with some variables mapped to other columns (the CLI's ``--map var=column``)."""
+        unknown = sorted(set(overrides) - set(self.variables))
+        if unknown:
+            raise SynthError(
+                f"--map {unknown[0]}: template set '{self.name}' has no variable '{unknown[0]}' "
+                f"(variables: {', '.join(sorted(self.variables))})"
+            )
+        return self.model_copy(update={"variables": {**self.variables, **overrides}})
+
+    # Compiled templates are built once per process (workers compile their own; see __getstate__).
+    @cached_property
+    def compiled(self) -> CompiledTemplates:
+        return CompiledTemplates(self)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["__dict__"] = {k: v for k, v in state["__dict__"].items() if k != "compiled"}
+        return state
+
+
+class CompiledTemplates:
+    """The set's templates compiled once, as render functions ``fn(variables, record_id) -> str``.
+
+    Names used in errors say which set, file, key and variant.
+    """
+
+    def __init__(self, ts: TemplateSet):
+        where = f"template set '{ts.name}' ({ts.origin})"
+        self.instructions = [
+            self._compile(t, f"{where} instructions[{i}]") for i, t in enumerate(ts.instructions)
+        ]
+        self.answer = self._compile(ts.answer, f"{where} answer")
+        self.system = self._compile(ts.system, f"{where} system") if ts.system else None
+
+    @staticmethod
+    def _compile(source: str, name: str):
+        return fast_renderer(compile_template(source, name), name)
+
+
+# ---------------------------------------------------------------- finding and loading
+
+
+def shipped_dir() -> Path:
+    return templates_dir() / "adapt"
+
+
+def shipped_names() -> list[str]:
+    return sorted(p.stem for p in shipped_dir().glob("*.yaml"))
+
+
+def load_template_set_file(path: str | Path) -> TemplateSet:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SynthError(f"{path}: cannot read template set: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise SynthError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', None) or e}") from e
+    if not isinstance(data, dict):
+        raise SynthError(f"{path}: a template set must be a YAML mapping (name, task, instructions, ...)")
+    try:
+        ts = TemplateSet.model_validate({**data, "origin": str(path)})
+    except ValidationError as e:
+        raise SynthError(validation_message(e, str(path))) from e
+    _ = ts.compiled  # compile now: syntax errors surface before any data is read
+    return ts
+
+
+def load_template_set(name_or_path: str | Path) -> TemplateSet:
+    """A shipped set by name (``caption_brief``) or a YAML file by path."""
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise SynthError(f"{path}: no such template set file")
+        return load_template_set_file(path)
+    shipped = shipped_dir() / f"{text}.yaml"
+    if shipped.is_file():
+        return load_template_set_file(shipped)
+    raise SynthError(
+        f"unknown template set '{text}' (known: {', '.join(shipped_names())}); "
+        "pass a shipped name or a path to a .yaml file"
+    )
+
+
+def list_template_sets() -> list[TemplateSet]:
+    return [load_template_set_file(shipped_dir() / f"{n}.yaml") for n in shipped_names()]
