@@ -55,8 +55,12 @@ def _find_bad_json_line(path: Path) -> tuple[int, str] | None:
 
 
 def _load_files(builder: str, files: list[str], source: str):
+    import datasets
     from datasets import load_dataset
 
+    # datasets logs its own error before raising; ours below is the one line users should see.
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity_error()
     try:
         return load_dataset(builder, data_files=files, split="train")
     except Exception as e:  # datasets raises many types; find the real cause for the user
@@ -67,6 +71,8 @@ def _load_files(builder: str, files: list[str], source: str):
                     if bad:
                         raise SynthError(f"{f}:{bad[0]}: malformed JSON line ({bad[1]}); fix or remove it") from e
         raise SynthError(f"{source}: cannot read as {builder}: {_first_line(e)}") from e
+    finally:
+        datasets.logging.set_verbosity(verbosity)
 
 
 def _first_line(e: BaseException) -> str:
