@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+# The loopback OpenAI-compatible test server and its fixtures (llm_server, llm_backend, ...).
+pytest_plugins = ["tests.llm_fixtures"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

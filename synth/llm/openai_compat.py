@@ -1,0 +1,549 @@
+"""Backend for any OpenAI-compatible server: OpenAI, vLLM, SGLang, Ollama, llama.cpp server, TGI.
+
+How a batch is served:
+
+- a fixed pool of `concurrency` workers takes requests in order (memory does not grow with the batch);
+- each HTTP call picks the least-busy replica (several `base_urls`); a replica that keeps failing is set
+  aside for `replica_cooldown` seconds while another one can serve;
+- optional requests/tokens-per-minute limits (token buckets; tokens estimated before, corrected after);
+- retries with exponential backoff and jitter on 429, 5xx, timeouts, dropped connections and malformed
+  bodies, honouring ``Retry-After`` (seconds or HTTP-date) — the SDK's own retries are off so every retry
+  is counted;
+- `n` > 1 (topped up with extra calls when a server ignores `n`), images as data URLs, structured output
+  (``response_format`` + local validation, repair and re-ask);
+- whatever happens, each request gets one `Completion`; a failure has `error` set with its reason.
+
+The API key comes only from the environment (``OPENAI_API_KEY`` by default) and is never stored in the
+config, so config dumps, caches and logs cannot leak it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from synth.errors import SynthError
+from synth.llm.base import Backend, ChatRequest, Completion, Usage
+from synth.llm.images import image_data_url
+from synth.llm.structured import parse_structured, reask_messages, response_format
+from synth.llm.usage import Prices
+from synth.records import Message
+
+log = logging.getLogger(__name__)
+
+OPENAI_URL = "https://api.openai.com/v1"
+NO_KEY = "sk-no-key-needed"  # local servers ignore the key, but the SDK wants one
+RETRY_STATUSES = {408, 409, 425, 429}
+FATAL_STATUSES = {401, 403, 404}  # every later request would fail the same way
+
+
+class OpenAIConfig(BaseModel):
+    """Options of the OpenAI-compatible backend. The key is read from the env var `api_key_env`."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    base_urls: list[str] = Field(
+        default_factory=list, description="replicas of one model; default $OPENAI_BASE_URL (comma-separated) or OpenAI")
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(16, ge=1)
+    rpm: float | None = Field(None, gt=0, description="requests per minute limit")
+    tpm: float | None = Field(None, gt=0, description="tokens per minute limit")
+    max_retries: int = Field(5, ge=0)
+    timeout: float = Field(120.0, gt=0, description="seconds per HTTP call")
+    backoff_base: float = Field(0.5, ge=0)
+    backoff_max: float = Field(20.0, ge=0)
+    max_retry_after: float = Field(120.0, ge=0, description="cap on a server's Retry-After")
+    max_image_side: int = Field(1024, ge=16)
+    max_reask: int = Field(2, ge=0, description="structured output: re-asks with the validation error")
+    json_schema: bool = Field(True, description="send response_format json_schema when a schema is set")
+    prices: Prices | None = None
+    replica_failures: int = Field(3, ge=1, description="consecutive failures before a replica is set aside")
+    replica_cooldown: float = Field(30.0, ge=0)
+    supports_images: bool = True
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None, replica_fault: bool = True):
+        super().__init__(reason)
+        self.retry_after = retry_after
+        self.replica_fault = replica_fault
+
+
+class _ItemFailed(Exception):
+    """This request cannot be served (bad request, unreadable image...): record it, don't retry."""
+
+
+@dataclass(eq=False)
+class _Replica:
+    url: str
+    in_flight: int = 0
+    failures: int = 0  # consecutive
+    cooldown_until: float = 0.0
+    not_before: float = 0.0  # from Retry-After
+
+
+class _Bucket:
+    """Token bucket that allows going into debt (a big request waits for a full bucket, not forever)."""
+
+    def __init__(self, per_minute: float):
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate)  # at most one second's worth at once: smooth, never over the limit
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_time(self, amount: float) -> float:
+        self._refill()
+        need = min(amount, self.capacity)
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+    def take(self, amount: float) -> None:
+        self.level -= amount
+
+    def give_back(self, amount: float) -> None:
+        self.level = min(self.capacity, self.level + amount)
+
+
+class _LoopState:
+    """What must belong to one event loop: HTTP clients, the concurrency semaphore, the limiter lock."""
+
+    def __init__(self, loop, clients: dict[str, Any], concurrency: int):
+        self.loop = loop
+        self.clients = clients
+        self.semaphore = asyncio.Semaphore(concurrency)
+        self.limit_lock = asyncio.Lock()
+
+
+def parse_retry_after(headers) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``Retry-After`` (seconds or an HTTP-date)."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class OpenAIBackend(Backend):
+    supports_images = True
+
+    def __init__(self, config: OpenAIConfig | None = None, **options: Any):
+        super().__init__()
+        self.config = config or OpenAIConfig(**options)
+        self.model_name = self.config.model
+        self.supports_images = self.config.supports_images
+        urls = self.config.base_urls or (os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).split(",")
+        urls = [u.strip() for u in urls if u.strip()]
+        self.replicas = [_Replica(url.rstrip("/")) for url in urls]
+        if not os.environ.get(self.config.api_key_env) and any(_needs_key(r.url) for r in self.replicas):
+            raise SynthError(f"no API key: set {self.config.api_key_env} (or use --base-url for a local "
+                             "server, or --backend local)")
+        self._state: _LoopState | None = None
+        self._state_lock = threading.Lock()
+        self._send_schema = self.config.json_schema
+        self._fatal: str | None = None
+        self._rpm = _Bucket(self.config.rpm) if self.config.rpm else None
+        self._tpm = _Bucket(self.config.tpm) if self.config.tpm else None
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(model={self.model_name!r}, base_urls={[r.url for r in self.replicas]})"
+
+    # ------------------------------------------------------------ clients
+
+    def _loop_state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._state
+        if state is not None and state.loop is loop:
+            return state
+        with self._state_lock:
+            if self._state is None or self._state.loop is not loop:
+                self._state = _LoopState(loop, {r.url: self._client(r.url) for r in self.replicas},
+                                         self.config.concurrency)
+            return self._state
+
+    def _client(self, url: str):
+        import openai
+
+        limits_type = type(openai.DEFAULT_CONNECTION_LIMITS)
+        size = self.config.concurrency
+        http = openai.DefaultAsyncHttpxClient(
+            limits=limits_type(max_connections=size, max_keepalive_connections=size),
+            timeout=self.config.timeout,
+        )
+        return openai.AsyncOpenAI(
+            base_url=url,
+            api_key=os.environ.get(self.config.api_key_env) or NO_KEY,
+            max_retries=0,  # ours, counted and honouring Retry-After
+            timeout=self.config.timeout,
+            http_client=http,
+        )
+
+    async def aclose(self) -> None:
+        """Close this event loop's connections (async users call it when done)."""
+        state = self._state
+        if state is not None and state.loop is asyncio.get_running_loop():
+            self._state = None
+            for client in state.clients.values():
+                await client.close()
+
+    def close(self) -> None:
+        state, self._state = self._state, None
+        if state is None:
+            return
+        loop = state.loop
+        if not loop.is_closed() and not loop.is_running():
+            for client in state.clients.values():
+                loop.run_until_complete(client.close())
+
+    def complete(self, requests: Sequence[ChatRequest], progress=None) -> list[Completion]:
+        """Sync wrapper; closes this call's connections before its event loop ends."""
+
+        async def run():
+            try:
+                return await self.acomplete(requests, progress)
+            finally:
+                await self.aclose()
+
+        return run_sync(run)
+
+    # ------------------------------------------------------------ batch
+
+    async def acomplete(self, requests: Sequence[ChatRequest], progress=None) -> list[Completion]:
+        state = self._loop_state()
+        results: list[Completion | None] = [None] * len(requests)
+        order = iter(range(len(requests)))
+
+        async def worker():
+            for i in order:  # shared iterator: each worker takes the next request
+                completion = await self._serve(state, requests[i])
+                results[i] = completion
+                if progress is not None:
+                    progress(completion)
+
+        workers = min(self.config.concurrency, len(requests))
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return results  # type: ignore[return-value]
+
+    async def _serve(self, state: _LoopState, request: ChatRequest) -> Completion:
+        usage = Usage()
+        try:
+            messages = self._messages(request.messages, request.images)
+            texts, finishes = await self._sample(state, request, messages, request.n, usage)
+            parsed, error = None, None
+            if request.schema_model is not None:
+                parsed, error = await self._structured(state, request, texts, finishes, usage)
+        except _ItemFailed as e:
+            return self._failed(request, str(e), usage)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug or an unexpected server reply must not sink the batch
+            log.exception("unexpected error serving a request")
+            return self._failed(request, f"unexpected error: {type(e).__name__}: {e}", usage)
+        if error:
+            with self.usage.lock:
+                self.usage.failures += 1
+        return Completion(key=request.key, texts=texts, finish_reasons=finishes, parsed=parsed, usage=usage,
+                          error=error)
+
+    def _failed(self, request: ChatRequest, reason: str, usage: Usage) -> Completion:
+        with self.usage.lock:
+            self.usage.failures += 1
+        return Completion(key=request.key, usage=usage, error=reason)
+
+    async def _sample(self, state, request: ChatRequest, messages: list[dict], n: int,
+                      usage: Usage) -> tuple[list[str], list[str]]:
+        """`n` choices; servers that ignore `n` get extra calls for the rest."""
+        texts: list[str] = []
+        finishes: list[str] = []
+        while len(texts) < n:
+            seed = request.seed + len(texts) if (request.seed is not None and texts) else request.seed
+            choices = await self._call(state, request, messages, n - len(texts), seed, usage)
+            if not choices:
+                raise _ItemFailed("server returned no choices")
+            for text, finish in choices[: n - len(texts)]:
+                texts.append(text)
+                finishes.append(finish)
+        return texts, finishes
+
+    async def _structured(self, state, request: ChatRequest, texts: list[str], finishes: list[str],
+                          usage: Usage) -> tuple[list[Any], str | None]:
+        """Validate every choice; re-ask (bounded) with the validation error for the ones that fail."""
+        parsed: list[Any] = []
+        errors: list[str] = []
+        for index, text in enumerate(texts):
+            value, error = parse_structured(text, request.schema_model)
+            reasks = 0
+            while error is not None and reasks < self.config.max_reask:
+                reasks += 1
+                retry_messages = self._messages(
+                    reask_messages(request.messages, text, error, request.schema_model), request.images)
+                (text, finish), *_ = await self._call(state, request, retry_messages, 1, request.seed, usage)
+                texts[index], finishes[index] = text, finish
+                value, error = parse_structured(text, request.schema_model)
+            parsed.append(value)
+            if error is not None:
+                errors.append(f"choice {index}: {error} (after {reasks} re-asks)")
+        return parsed, ("invalid structured output: " + "; ".join(errors)) if errors else None
+
+    # ------------------------------------------------------------ one call, with retries
+
+    async def _call(self, state: _LoopState, request: ChatRequest, messages: list[dict], n: int,
+                    seed: int | None, usage: Usage) -> list[tuple[str, str]]:
+        params: dict[str, Any] = {"model": self.config.model, "messages": messages}
+        if n != 1:
+            params["n"] = n
+        for name in ("temperature", "top_p", "max_tokens", "stop"):
+            value = getattr(request, name)
+            if value is not None:
+                params[name] = value
+        if seed is not None:
+            params["seed"] = seed
+        estimate = self._estimate_tokens(messages, request.max_tokens, n) if self._tpm else 0
+        cfg = self.config
+        last_failed: _Replica | None = None
+        attempt = 0
+        while True:
+            if self._fatal:
+                raise _ItemFailed(self._fatal)
+            with_schema = request.schema_model is not None and self._send_schema
+            if with_schema:
+                params["response_format"] = response_format(request.schema_model)
+            else:
+                params.pop("response_format", None)
+            await self._limit(state, estimate)
+            replica = await self._pick(last_failed)
+            try:
+                async with state.semaphore:
+                    replica.in_flight += 1
+                    try:
+                        data = await self._post(state.clients[replica.url], params)
+                    finally:
+                        replica.in_flight -= 1
+                        with self.usage.lock:
+                            self.usage.requests += 1
+                choices, prompt_tokens, completion_tokens = _read_choices(data)
+            except _Retryable as e:
+                failure: _Retryable | None = e
+            except _ItemFailed as e:
+                if with_schema and _rejects_schema(str(e)):
+                    # This server has no structured output: validate locally only, from now on.
+                    if self._send_schema:
+                        log.warning("server rejected response_format json_schema; validating replies locally only")
+                    self._send_schema = False
+                    continue
+                raise
+            else:
+                failure = None
+            if failure is None:
+                replica.failures = 0
+                self._account(usage, prompt_tokens, completion_tokens, estimate)
+                return choices
+            now = time.monotonic()
+            if failure.replica_fault:
+                replica.failures += 1
+                if replica.failures >= cfg.replica_failures and len(self.replicas) > 1:
+                    replica.cooldown_until = now + cfg.replica_cooldown
+                    replica.failures = cfg.replica_failures - 1  # one more failure after the cooldown benches it again
+                    log.warning("replica %s set aside for %.0f s after repeated failures", replica.url,
+                                cfg.replica_cooldown)
+            if self._tpm is not None:
+                self._tpm.give_back(estimate)
+            if attempt >= cfg.max_retries:
+                raise _ItemFailed(f"{failure} (gave up after {attempt} retries)")
+            attempt += 1
+            last_failed = replica
+            with self.usage.lock:
+                self.usage.retries += 1
+            if failure.retry_after is not None:
+                # The replica asked for a pause: it waits in _pick; another replica may serve meanwhile.
+                replica.not_before = max(replica.not_before, now + min(failure.retry_after, cfg.max_retry_after))
+            else:
+                ceiling = min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))
+                await asyncio.sleep(ceiling * (0.5 + random.random() / 2))
+
+    async def _post(self, client, params: dict) -> dict:
+        import openai
+
+        try:
+            # A plain POST (the SDK's documented way for custom requests): same auth, errors and
+            # connection pool as `chat.completions.create`, without its per-call typed-dict transform
+            # and response model building, which cost more CPU than the rest of a call.
+            text = await client.post("/chat/completions", body=params, cast_to=str)
+        except openai.APIStatusError as e:
+            status = e.status_code
+            reason = f"HTTP {status}: {_short(e.message)}"
+            if status in RETRY_STATUSES or status >= 500:
+                return_after = parse_retry_after(e.response.headers) if e.response is not None else None
+                raise _Retryable(reason, return_after, replica_fault=status != 429) from None
+            if status in FATAL_STATUSES:
+                hint = f" (check {self.config.api_key_env})" if status in (401, 403) else " (check the model name)"
+                self._fatal = reason + hint
+                raise _ItemFailed(self._fatal) from None
+            raise _ItemFailed(reason) from None
+        except openai.APITimeoutError:
+            raise _Retryable(f"timed out after {self.config.timeout:g} s") from None
+        except openai.APIConnectionError as e:
+            cause = e.__cause__ or e
+            raise _Retryable(f"connection error: {type(cause).__name__}: {_short(str(cause))}") from None
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise _Retryable(f"malformed response body (not JSON): {_short(text)}") from None
+
+    async def _pick(self, avoid: _Replica | None) -> _Replica:
+        """Least-busy replica, not cooling down, preferring one other than the one that just failed."""
+        replicas = self.replicas
+        if len(replicas) == 1:
+            replica = replicas[0]
+        else:
+            now = time.monotonic()
+            ready = [r for r in replicas if r.cooldown_until <= now] or replicas
+            replica = min(ready, key=lambda r: (max(0.0, r.not_before - now), r is avoid, r.in_flight))
+        wait = replica.not_before - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return replica
+
+    async def _limit(self, state: _LoopState, estimate: float) -> None:
+        if self._rpm is None and self._tpm is None:
+            return
+        async with state.limit_lock:  # first come, first served
+            while True:
+                wait = max(self._rpm.wait_time(1) if self._rpm else 0.0,
+                           self._tpm.wait_time(estimate) if self._tpm else 0.0)
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+            if self._rpm:
+                self._rpm.take(1)
+            if self._tpm:
+                self._tpm.take(estimate)
+
+    @staticmethod
+    def _estimate_tokens(messages: list[dict], max_tokens: int | None, n: int) -> float:
+        chars = 0
+        for m in messages:
+            content = m["content"]
+            if isinstance(content, str):
+                chars += len(content)
+            else:
+                chars += sum(len(p.get("text", "")) for p in content) + 800 * sum(
+                    1 for p in content if p.get("type") == "image_url")
+        return chars / 4 + (max_tokens or 256) * n
+
+    def _account(self, usage: Usage, prompt_tokens: int, completion_tokens: int, estimate: float) -> None:
+        usage.prompt_tokens += prompt_tokens
+        usage.completion_tokens += completion_tokens
+        if self._tpm is not None:
+            self._tpm.give_back(estimate - (prompt_tokens + completion_tokens))
+        prices = self.config.prices
+        with self.usage.lock:
+            self.usage.prompt_tokens += prompt_tokens
+            self.usage.completion_tokens += completion_tokens
+            if prices is not None:
+                self.usage.cost = (self.usage.cost or 0.0) + prices.cost(prompt_tokens, completion_tokens)
+
+    # ------------------------------------------------------------ messages
+
+    def _messages(self, messages: list[Message], images: list[Any]) -> list[dict]:
+        """Chat messages in the OpenAI wire format; image parts take `images` in order, as data URLs."""
+        out = []
+        next_image = 0
+        for m in messages:
+            if isinstance(m.content, str):
+                out.append({"role": m.role, "content": m.content})
+                continue
+            parts = []
+            for part in m.content:
+                if part.type == "text":
+                    parts.append({"type": "text", "text": part.text})
+                    continue
+                if next_image >= len(images):
+                    raise _ItemFailed(f"the messages have more image parts than images ({len(images)})")
+                try:
+                    url = image_data_url(images[next_image], self.config.max_image_side)
+                except Exception as e:
+                    raise _ItemFailed(f"image {next_image} is unreadable: {_short(str(e))}") from None
+                parts.append({"type": "image_url", "image_url": {"url": url}})
+                next_image += 1
+            out.append({"role": m.role, "content": parts})
+        if next_image != len(images):
+            raise _ItemFailed(f"{len(images)} images but {next_image} image parts in the messages")
+        return out
+
+
+def _read_choices(data: Any) -> tuple[list[tuple[str, str]], int, int]:
+    try:
+        choices = [((c.get("message") or {}).get("content") or "", c.get("finish_reason") or "stop")
+                   for c in sorted(data["choices"], key=lambda c: c.get("index", 0))]
+        usage = data.get("usage") or {}
+        return choices, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise _Retryable(f"malformed response (no choices): {_short(json.dumps(data)[:200])}") from None
+
+
+def _rejects_schema(reason: str) -> bool:
+    lowered = reason.lower()
+    return reason.startswith(("HTTP 400", "HTTP 422")) and (
+        "response_format" in lowered or "json_schema" in lowered or "schema" in lowered)
+
+
+def _needs_key(url: str) -> bool:
+    return (urlparse(url).hostname or "").endswith("openai.com")
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def run_sync(make_coroutine):
+    """Run a coroutine to the end from sync code, also when called inside a running loop (notebooks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make_coroutine())
+    result: list[Any] = []
+    error: list[BaseException] = []
+
+    def target():
+        try:
+            result.append(asyncio.run(make_coroutine()))
+        except BaseException as e:  # re-raised below in the caller's thread
+            error.append(e)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]

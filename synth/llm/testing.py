@@ -1,0 +1,456 @@
+"""A loopback OpenAI-compatible HTTP server for tests and benchmarks. It is a test fixture, never a model.
+
+It speaks real HTTP/1.1 (keep-alive) on 127.0.0.1 with `asyncio` streams, so one process sustains
+thousands of concurrent requests. Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models`` and
+``GET /_stats`` (counters, for benchmarks that run the server in another process).
+
+Replies: by default the assistant echoes the text of the last user message. `script()` changes that:
+
+- ``server.script("fixed reply")`` — always this text;
+- ``server.script({"marker": "reply", "other": ["first", "second"]})`` — a key matches when it occurs in a
+  user message (the last user message is checked first, then earlier ones); a list is a queue: each
+  matching request takes the next entry and the last entry repeats;
+- ``server.script(fn)`` — ``fn(body) -> str | list[str] | dict | None``; a list gives one text per choice,
+  a dict may set ``content`` and ``finish_reason``; ``None`` falls back to the echo.
+
+Faults are rules checked in order, the first one that fires wins::
+
+    server.fault("429", first=2, retry_after=1)     # the next 2 requests get 429 + Retry-After: 1
+    server.fault("500", every=3)                    # every 3rd request
+    server.fault("drop", marker="BOOM", times=1)    # once, for a request whose user text contains BOOM
+
+Kinds: ``"429"`` (with ``retry_after`` seconds, as an HTTP-date when ``retry_after_date=True``), ``"500"``,
+``"503"``, ``"status"`` (any ``status``), ``"slow"`` (waits ``delay`` seconds before answering),
+``"drop"`` (closes the connection without answering), ``"truncate"`` (announces the full length, sends
+half, closes), ``"non_json"`` (200 with an HTML body), ``"broken_json"`` (a valid response whose message
+content is broken JSON, for structured-output tests).
+
+Everything the server received is in `requests` (parsed JSON bodies, in arrival order) and `headers`;
+`request_count` and `max_in_flight` count every chat request, including faulted ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import email.utils
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+FAULT_KINDS = {"429", "500", "503", "status", "slow", "drop", "truncate", "non_json", "broken_json"}
+BROKEN_JSON = '{"answer": "unterminated, "items": [1, 2,'
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests",
+            500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+@dataclass
+class FaultRule:
+    kind: str
+    first: int | None = None
+    every: int | None = None
+    marker: str | None = None
+    times: int | None = None
+    retry_after: float | None = None
+    retry_after_date: bool = False
+    delay: float = 30.0
+    status: int = 500
+    seen: int = 0
+    fired: int = 0
+
+    def fires(self, user_texts: list[str]) -> bool:
+        if self.marker is not None and not any(self.marker in t for t in user_texts):
+            return False
+        self.seen += 1
+        if self.times is not None and self.fired >= self.times:
+            return False
+        if self.first is not None and self.seen > self.first:
+            return False
+        if self.every is not None and self.seen % self.every != 0:
+            return False
+        self.fired += 1
+        return True
+
+
+@dataclass
+class _Reply:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    action: str = "send"  # send | drop | truncate
+
+
+def _user_texts(body: dict) -> list[str]:
+    """Text of the user messages, the last one first."""
+    texts = []
+    for message in reversed(body.get("messages") or []):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text") or "" for p in content if p.get("type") == "text")
+        texts.append(content or "")
+    return texts
+
+
+def _count_tokens(text: str) -> int:
+    # A stand-in tokenizer: whitespace words. Deterministic, so tests can assert usage totals.
+    return len(text.split())
+
+
+class LLMTestServer:
+    """The server; use as a context manager (background thread) or `start()`/`stop()`."""
+
+    def __init__(self, latency: float = 0.0, model: str = "test-model", host: str = "127.0.0.1",
+                 port: int = 0, record: bool = True, ignore_n: bool = False,
+                 reject_response_format: bool = False):
+        self.latency = latency
+        self.model = model
+        self.host = host
+        self.port = port
+        self.record = record
+        #: answer one choice whatever `n` asks (some servers do)
+        self.ignore_n = ignore_n
+        #: answer 400 to `response_format` json_schema requests (servers without structured output)
+        self.reject_response_format = reject_response_format
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._handlers: set[asyncio.Task] = set()
+        self.reset()
+
+    # ------------------------------------------------------------ controls
+
+    def reset(self) -> None:
+        """Forget scripts, faults and recorded requests."""
+        with self._lock:
+            self._script: Any = None
+            self._queues: dict[str, list] = {}
+            self.rules: list[FaultRule] = []
+            self.requests: list[dict] = []
+            self.headers: list[dict[str, str]] = []
+            self.request_count = 0
+            self.in_flight = 0
+            self.max_in_flight = 0
+
+    def script(self, replies: Any) -> None:
+        """Set the replies: a string, a {marker: reply-or-queue} dict, a callable, or None for the echo."""
+        with self._lock:
+            self._script = replies
+            self._queues = {k: list(v) for k, v in replies.items() if isinstance(v, list)} if isinstance(
+                replies, dict) else {}
+
+    def fault(self, kind: str | int, *, first: int | None = None, every: int | None = None,
+              marker: str | None = None, times: int | None = None, retry_after: float | None = None,
+              retry_after_date: bool = False, delay: float = 30.0, status: int | None = None) -> FaultRule:
+        """Add a fault rule (see the module doc); returns it so a test can read `fired`."""
+        kind = str(kind)
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; one of {sorted(FAULT_KINDS)}")
+        if status is None:
+            status = int(kind) if kind.isdigit() else 500
+        rule = FaultRule(kind, first, every, marker, times, retry_after, retry_after_date, delay, status)
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self.rules = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    # ------------------------------------------------------------ lifecycle (thread)
+
+    def start(self) -> "LLMTestServer":
+        started = threading.Event()
+        errors: list[BaseException] = []
+
+        def run():
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._bind())
+            except BaseException as e:  # reported to the starting thread
+                errors.append(e)
+                started.set()
+                return
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(self._shutdown())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="llm-test-server", daemon=True)
+        self._thread.start()
+        started.wait()
+        if errors:
+            raise errors[0]
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> "LLMTestServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    async def _bind(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        if self._handlers:
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+
+    async def serve_forever(self) -> None:
+        """Run in the current loop until cancelled (process mode)."""
+        await self._bind()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self._shutdown()
+
+    # ------------------------------------------------------------ HTTP
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._handlers.add(task)
+        try:
+            while True:
+                request_line = await reader.readline()
+                if not request_line:
+                    break
+                method, path, _ = request_line.decode("latin-1").split(" ", 2)
+                headers: dict[str, str] = {}
+                while True:
+                    line = await reader.readline()
+                    if line in (b"\r\n", b"\n", b""):
+                        break
+                    name, _, value = line.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length") or 0)
+                raw = await reader.readexactly(length) if length else b""
+                reply = await self._route(method, path.split("?", 1)[0], headers, raw)
+                if reply.action == "drop":
+                    break
+                head = [f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Status')}",
+                        f"Content-Length: {len(reply.body)}",
+                        "Content-Type: " + reply.headers.pop("Content-Type", "application/json")]
+                head += [f"{k}: {v}" for k, v in reply.headers.items()]
+                payload = ("\r\n".join(head) + "\r\n\r\n").encode() + reply.body
+                if reply.action == "truncate":
+                    writer.write(payload[: len(payload) - len(reply.body) // 2])
+                    await writer.drain()
+                    break
+                writer.write(payload)
+                await writer.drain()
+                if headers.get("connection", "").lower() == "close":
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+
+    async def _route(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> _Reply:
+        if method == "GET" and path.rstrip("/").endswith("/models"):
+            data = {"object": "list", "data": [{"id": self.model, "object": "model", "created": 0,
+                                                 "owned_by": "synth-test-server"}]}
+            return _Reply(body=json.dumps(data).encode())
+        if method == "GET" and path == "/_stats":
+            data = {"requests": self.request_count, "max_in_flight": self.max_in_flight}
+            return _Reply(body=json.dumps(data).encode())
+        if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
+            return _Reply(404, json.dumps({"error": {"message": f"no route {method} {path}"}}).encode())
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _Reply(400, b'{"error": {"message": "body is not JSON"}}')
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._chat(body, headers)
+        finally:
+            self.in_flight -= 1
+
+    async def _chat(self, body: dict, headers: dict[str, str]) -> _Reply:
+        user_texts = _user_texts(body)
+        with self._lock:
+            self.request_count += 1
+            if self.record:
+                self.requests.append(body)
+                self.headers.append(headers)
+            rule = next((r for r in self.rules if r.fires(user_texts)), None)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        kind = rule.kind if rule else None
+        if kind == "slow":
+            await asyncio.sleep(rule.delay)
+        elif kind == "drop":
+            return _Reply(action="drop")
+        elif kind in ("429", "500", "503", "status"):
+            extra = {}
+            if rule.retry_after is not None:
+                extra["Retry-After"] = (email.utils.formatdate(time.time() + rule.retry_after, usegmt=True)
+                                        if rule.retry_after_date else f"{rule.retry_after:g}")
+            message = json.dumps({"error": {"message": f"injected fault {rule.status}", "type": "test"}})
+            return _Reply(rule.status, message.encode(), extra)
+        elif kind == "non_json":
+            return _Reply(200, b"<html><body>502 Bad Gateway</body></html>", {"Content-Type": "text/html"})
+        if self.reject_response_format and (body.get("response_format") or {}).get("type") == "json_schema":
+            message = {"error": {"message": "response_format json_schema is not supported", "type": "invalid"}}
+            return _Reply(400, json.dumps(message).encode())
+
+        n = 1 if self.ignore_n else int(body.get("n") or 1)
+        choices = []
+        for index in range(n):
+            content, finish = self._reply_text(body, user_texts, index)
+            if kind == "broken_json":
+                content = BROKEN_JSON
+            choices.append({"index": index, "finish_reason": finish,
+                            "message": {"role": "assistant", "content": content}})
+        prompt_tokens = sum(_count_tokens(t) for t in _all_texts(body)) + 1
+        completion_tokens = sum(_count_tokens(c["message"]["content"]) for c in choices)
+        data = {
+            "id": f"chatcmpl-test-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or self.model,
+            "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+        return _Reply(body=json.dumps(data).encode(), action="truncate" if kind == "truncate" else "send")
+
+    def _reply_text(self, body: dict, user_texts: list[str], index: int) -> tuple[str, str]:
+        script = self._script
+        reply: Any = None
+        if callable(script):
+            reply = script(body)
+        elif isinstance(script, str):
+            reply = script
+        elif isinstance(script, dict):
+            reply = self._match(script, user_texts)
+        if reply is None:
+            reply = user_texts[0] if user_texts else ""
+        if isinstance(reply, list):
+            reply = reply[index % len(reply)] if reply else ""
+        if isinstance(reply, dict):
+            return str(reply.get("content", "")), str(reply.get("finish_reason", "stop"))
+        return str(reply), "stop"
+
+    def _match(self, script: dict, user_texts: list[str]) -> Any:
+        for text in user_texts:
+            for key, value in script.items():
+                if key in text:
+                    if key in self._queues:
+                        with self._lock:
+                            queue = self._queues[key]
+                            return queue.pop(0) if len(queue) > 1 else (queue[0] if queue else "")
+                    return value
+        return None
+
+
+def _all_texts(body: dict) -> list[str]:
+    out = []
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if isinstance(content, list):
+            out.extend(p.get("text") or "" for p in content if p.get("type") == "text")
+        elif content:
+            out.append(content)
+    return out
+
+
+def image_urls(body: dict) -> list[str]:
+    """The image URLs (data URLs) in a recorded request body, in order."""
+    urls = []
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if isinstance(content, list):
+            urls.extend(p["image_url"]["url"] for p in content if p.get("type") == "image_url")
+    return urls
+
+
+# ---------------------------------------------------------------- process mode
+
+
+class ServerProcess:
+    """The server in its own process (benchmarks: keeps its CPU off the client's event loop)."""
+
+    def __init__(self, latency: float = 0.0, model: str = "test-model", record: bool = False):
+        self.args = [sys.executable, "-m", "synth.llm.testing", "--latency", str(latency), "--model", model]
+        if record:
+            self.args.append("--record")
+        self.proc: subprocess.Popen | None = None
+        self.base_url = ""
+
+    def __enter__(self) -> "ServerProcess":
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("LISTENING "):
+            self.proc.kill()
+            raise RuntimeError(f"test server did not start: {line!r}")
+        self.base_url = line.split(" ", 1)[1]
+        return self
+
+    def stats(self) -> dict:
+        import httpx
+
+        return httpx.get(self.base_url.rsplit("/v1", 1)[0] + "/_stats").json()
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Loopback OpenAI-compatible test server (a fixture, not a model).")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--model", default="test-model")
+    parser.add_argument("--record", action="store_true", help="keep request bodies (memory grows)")
+    args = parser.parse_args(argv)
+    server = LLMTestServer(latency=args.latency, model=args.model, port=args.port, record=args.record)
+
+    async def run():
+        task = asyncio.ensure_future(server.serve_forever())
+        while not server._server:
+            await asyncio.sleep(0.01)
+        print(f"LISTENING {server.base_url}", flush=True)
+        await task
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
