@@ -1,3 +1,156 @@
-"""Commands: clean (see synth/clean)."""
+"""Commands: filter, dedup, decontaminate (see synth/clean)."""
 
-from synth.cli.common import command, console  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from synth.cli.common import command, console
+
+DATASET_HELP = "Dataset: save_to_disk folder, Parquet/JSONL/CSV file or folder, or Hub id."
+
+
+def _print_result(result, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("stage", style="bold")
+    table.add_column("reason")
+    table.add_column("records", justify="right")
+    table.add_row("input", "read", f"{result.read:,}")
+    for name, stats in result.stages:
+        if not stats["dropped"]:
+            table.add_row(name, "dropped", "0")
+        for reason, count in sorted(stats["dropped"].items(), key=lambda kv: -kv[1]):
+            table.add_row(name, f"dropped: {reason}", f"{count:,}")
+    share = f" ({result.kept / result.read:.1%})" if result.read else ""
+    table.add_row("output", "kept", f"{result.kept:,}{share}", style="green")
+    console.print(table)
+    for name, rows in result.summaries.items():
+        if not rows:
+            continue
+        summary = Table(title=f"{name}: hits per benchmark")
+        for key in rows[0]:
+            summary.add_column(key, justify="left" if key == "benchmark" else "right")
+        for row in rows:
+            summary.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
+        console.print(summary)
+    line = f"wrote {result.kept:,} records to [bold]{result.out}[/]"
+    if result.rejects_file:
+        line += f"; rejects: {result.rejects_file}"
+    console.print(line, soft_wrap=True)
+
+
+class _LazyBackend:
+    """Builds the LLM backend only when a filter asks for one (the judge), and remembers it to close."""
+
+    def __init__(self, backend, model, base_url, concurrency, cache):
+        self.args = (backend, model, base_url)
+        self.options = {"concurrency": concurrency, "cache": cache}
+        self.built = []
+
+    def __call__(self):
+        from synth.llm.factory import make_backend
+
+        self.built.append(make_backend(*self.args, **self.options))
+        return self.built[-1]
+
+
+@command("filter")
+def filter_(
+    dataset: str = typer.Argument(..., help=DATASET_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (save_to_disk)."),
+    filters: list[str] = typer.Option([], "--filter", "-f", help="NAME or NAME:key=value,... (repeatable, applied in order)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML list of filters: [{length: {min_answer_words: 3}}, dedup, ...]."),
+    split: Optional[str] = typer.Option(None, help="Split to read when the source has several."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N records."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="judge: openai or local (default: local, or openai with --base-url)."),
+    model: Optional[str] = typer.Option(None, "--model", help="judge: model name or path (default local: the embedded Gemma 3 270M)."),
+    base_url: Optional[list[str]] = typer.Option(None, "--base-url", help="judge: OpenAI-compatible server URL (repeat for replicas)."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="judge: requests in flight."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="judge: do not use the LLM request cache."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Apply a chain of filters (heuristics, dedup, decontaminate, judge); list them with --filter help."""
+    from synth.clean.apply import clean_dataset
+    from synth.clean.registry import FILTERS, build_filters, load_filter_chain
+    from synth.errors import SynthError
+    from synth.io import check_output
+    from synth.llm.factory import report_usage
+
+    if filters == ["help"]:
+        for name, cls in FILTERS.items():
+            console.print(f"[bold]{name}[/]: {(cls.__doc__ or '').strip().splitlines()[0]}")
+            console.print(f"  options: {', '.join(cls.Config.model_fields)}", style="dim")
+        return
+    specs: list = load_filter_chain(config) if config else []
+    specs += list(filters)
+    if not specs:
+        raise SynthError("no filters given: pass --filter NAME[:key=value,...] or --config FILE.yaml (see --filter help)")
+    check_output(out, overwrite)  # fail before loading a model
+    backends = _LazyBackend(backend, model, base_url, concurrency, not no_cache)
+    try:
+        stages = build_filters(specs, backend_factory=backends)
+        result = clean_dataset(dataset, out, stages, split=split, overwrite=overwrite, limit=limit, description="filtering")
+        _print_result(result, "synth filter")
+        for llm in backends.built:
+            report_usage(llm, console=console)
+    finally:
+        for llm in backends.built:
+            llm.close()
+
+
+@command()
+def dedup(
+    dataset: str = typer.Argument(..., help=DATASET_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (save_to_disk)."),
+    threshold: float = typer.Option(0.8, help="Estimated Jaccard at or above which texts are near-duplicates."),
+    shingle: int = typer.Option(5, help="Words per shingle."),
+    num_perm: int = typer.Option(128, "--num-perm", help="MinHash permutations."),
+    exact_only: bool = typer.Option(False, "--exact-only", help="Only exact duplicates (no MinHash)."),
+    images: bool = typer.Option(True, "--images/--no-images", help="Compare images by perceptual hash (off: exact bytes)."),
+    image_distance: int = typer.Option(6, "--image-distance", help="Max differing pHash bits for near-duplicate images."),
+    image_only: bool = typer.Option(False, "--image-only", help="Also drop near-duplicate images whatever their text."),
+    split: Optional[str] = typer.Option(None, help="Split to read when the source has several."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Drop exact and near-duplicate samples, keeping the first in input order."""
+    from synth.clean.apply import clean_dataset
+    from synth.clean.registry import build_filter
+
+    options = dict(
+        threshold=threshold, shingle=shingle, num_perm=num_perm, near=not exact_only,
+        images=images, image_distance=image_distance, image_only=image_only,
+    )
+    stage = build_filter("dedup", options)
+    result = clean_dataset(dataset, out, [stage], split=split, overwrite=overwrite, description="dedup")
+    if not exact_only:
+        console.print(
+            f"near-duplicates: estimated Jaccard >= {threshold}, {shingle}-word shingles, {num_perm} permutations, "
+            f"LSH {stage.bands} bands x {stage.rows} rows; images by {'perceptual hash' if images else 'exact bytes'}",
+            soft_wrap=True,
+        )
+    _print_result(result, "synth dedup")
+
+
+@command()
+def decontaminate(
+    dataset: str = typer.Argument(..., help=DATASET_HELP),
+    benchmarks: list[Path] = typer.Option(..., "--benchmark", "-b", help="Benchmark file of test items (JSONL/JSON/Parquet/CSV); repeatable."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (save_to_disk)."),
+    ngram: int = typer.Option(13, help="Words per n-gram."),
+    fields: list[str] = typer.Option([], "--field", help="Benchmark text field to read (repeatable; default: question/prompt/input/...)."),
+    split: Optional[str] = typer.Option(None, help="Split to read when the source has several."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Drop samples sharing a long n-gram with benchmark test items; report hits per benchmark."""
+    from synth.clean.apply import clean_dataset
+    from synth.clean.registry import build_filter
+
+    stage = build_filter(
+        "decontaminate", {"benchmarks": [str(b) for b in benchmarks], "ngram": ngram, "fields": list(fields) or None}
+    )
+    result = clean_dataset(dataset, out, [stage], split=split, overwrite=overwrite, description="decontaminating")
+    _print_result(result, f"synth decontaminate ({ngram}-grams)")

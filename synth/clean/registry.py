@@ -1,0 +1,163 @@
+"""Filters by name, so the CLI, recipes and mixtures can build them from ``name`` + options.
+
+`build_filter("length", {"min_answer_words": 3})` validates the options against the filter's pydantic
+config (unknown keys rejected) and returns a ready `synth.stages.Stage`. Filters that call an LLM
+(subclasses of `synth.llm.base.LLMStage`) get their backend from `backend_factory()`; a filter class may
+instead define ``from_config(config, *, backend_factory)`` to build itself.
+
+Specs as text (CLI ``--filter``): ``name`` or ``name:key=value,key=value``; values are read as YAML
+scalars (``3`` -> int, ``true`` -> bool, ``[a, b]`` -> list; quote to keep a comma).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from synth.clean.capfilt import CapFilt
+from synth.clean.decontam import Decontaminate
+from synth.clean.dedup import Dedup
+from synth.clean.heuristics import (
+    ImageSizeFilter,
+    ImageTokensFilter,
+    LengthFilter,
+    PlaceholderFilter,
+    RepetitionFilter,
+)
+from synth.clean.judge import JudgeFilter
+from synth.errors import SynthError, validation_message
+from synth.stages import Stage
+
+FILTERS: dict[str, type[Stage]] = {
+    "length": LengthFilter,
+    "repetition": RepetitionFilter,
+    "placeholder": PlaceholderFilter,
+    "image_size": ImageSizeFilter,
+    "image_tokens": ImageTokensFilter,
+    "dedup": Dedup,
+    "decontaminate": Decontaminate,
+    "judge": JudgeFilter,
+    "capfilt": CapFilt,
+}
+
+
+def _valid_options(cls: type[Stage]) -> str:
+    return ", ".join(cls.Config.model_fields) or "(none)"
+
+
+def build_filter(name: str, options: dict | None = None, *, backend_factory: Callable[[], Any] | None = None) -> Stage:
+    """A filter stage by registry name with validated options; SynthError naming what is wrong."""
+    from synth.llm.base import LLMStage
+
+    cls = FILTERS.get(name)
+    if cls is None:
+        raise SynthError(f"unknown filter '{name}'; valid filters: {', '.join(sorted(FILTERS))}")
+    try:
+        config = cls.Config(**(options or {}))
+    except ValidationError as e:
+        raise SynthError(
+            validation_message(e, f"filter '{name}'") + f"; valid options for '{name}': {_valid_options(cls)}"
+        ) from None
+    except TypeError as e:  # options not a mapping
+        raise SynthError(f"filter '{name}': options must be a mapping of key: value ({e})") from None
+    if hasattr(cls, "from_config"):
+        return cls.from_config(config, backend_factory=backend_factory)
+    if issubclass(cls, LLMStage):
+        if backend_factory is None:
+            raise SynthError(f"filter '{name}' needs an LLM backend; pass --backend/--model (or a backend in the recipe)")
+        return cls(backend_factory(), config)
+    return cls(config)
+
+
+# ---------------------------------------------------------------- specs
+
+
+def _split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside brackets and quotes."""
+    parts, depth, quote, current = [], 0, None, []
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return [p for p in (p.strip() for p in parts) if p]
+
+
+def parse_filter_spec(spec: str) -> tuple[str, dict]:
+    """``"length:min_answer_words=3,max_answer_chars=4000"`` -> ``("length", {...})``."""
+    import yaml
+
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    if not name:
+        raise SynthError(f"bad filter spec '{spec}': expected NAME or NAME:key=value,...")
+    options: dict[str, Any] = {}
+    for item in _split_top_level(rest):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise SynthError(f"bad filter option '{item}' in '{spec}': expected key=value")
+        try:
+            options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            options[key.strip()] = value
+    return name, options
+
+
+def filter_specs_from_yaml(data: Any, source: str) -> list[tuple[str, dict]]:
+    """A chain from YAML: a list (or ``{filters: [...]}``) of names, ``{name: {options}}``, or ``"name:k=v"``."""
+    if isinstance(data, dict) and set(data) == {"filters"}:
+        data = data["filters"]
+    if not isinstance(data, list):
+        raise SynthError(f"{source}: expected a list of filters (or 'filters:' with a list)")
+    specs = []
+    for position, item in enumerate(data, 1):
+        if isinstance(item, str):
+            specs.append(parse_filter_spec(item))
+        elif isinstance(item, dict) and len(item) == 1:
+            name, options = next(iter(item.items()))
+            if options is not None and not isinstance(options, dict):
+                raise SynthError(f"{source}: filter {position} ('{name}'): options must be a mapping")
+            specs.append((str(name), options or {}))
+        else:
+            raise SynthError(f"{source}: filter {position}: expected a name or a one-key mapping name: {{options}}")
+    return specs
+
+
+def load_filter_chain(path: str | Path) -> list[tuple[str, dict]]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SynthError(f"{path}: no such filter config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise SynthError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    return filter_specs_from_yaml(data, str(path))
+
+
+def build_filters(specs, *, backend_factory: Callable[[], Any] | None = None) -> list[Stage]:
+    """Stages from specs: ``"name:k=v"`` strings, ``(name, options)`` pairs or ``{name: options}`` mappings."""
+    stages = []
+    for spec in specs:
+        if isinstance(spec, str):
+            name, options = parse_filter_spec(spec)
+        elif isinstance(spec, dict) and len(spec) == 1:
+            name, options = next(iter(spec.items()))
+        else:
+            name, options = spec
+        stages.append(build_filter(name, options or {}, backend_factory=backend_factory))
+    return stages
