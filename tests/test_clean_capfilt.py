@@ -1,0 +1,436 @@
+"""CapFilt on a tiny random CLIP built from a config and loaded by path, like a user's model.
+
+Random weights give arbitrary scores, so every test computes the expected scores independently with the
+model's own forward pass (`CLIPModel(...).image_embeds/text_embeds`) and checks the mechanics against them.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from synth.clean.capfilt import CapFilt, top_fraction_indices
+from synth.errors import SynthError
+from synth.stages import run_stages
+from tests.llm_fixtures import *  # noqa: F401,F403  (loopback OpenAI-compatible server fixtures)
+
+CORPUS = [
+    "a red circle on a white background",
+    "a blue square and a green triangle",
+    "a small yellow star next to a large purple hexagon",
+    "the word zebra is written in black",
+    "two orange circles above a grey square",
+]
+COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "grey", "black", "white", "pink", "brown", "cyan"]
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A random CLIP with a word-level tokenizer trained here, saved with its processor to a folder."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<s>", "</s>"])
+    tokenizer.train_from_iterator(CORPUS + [" ".join(COLORS)], trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 2), ("</s>", 3)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=32
+    )
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": tokenizer.get_vocab_size(), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 32, "bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0,
+        },
+        vision_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "image_size": 32, "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    model = CLIPModel(config)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=fast,
+    )
+    path = tmp_path_factory.mktemp("tiny-clip")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+@functools.lru_cache(maxsize=1)
+def reference_model(model_path: str):
+    from transformers import AutoProcessor, CLIPModel
+
+    return CLIPModel.from_pretrained(model_path).eval(), AutoProcessor.from_pretrained(model_path)
+
+
+def expected_scores(model_path: str, images, texts) -> list[float]:
+    """Cosine similarity of each (image, text) pair from CLIP's own forward pass, one pair at a time."""
+    model, processor = reference_model(model_path)
+    scores = []
+    with torch.no_grad():
+        for image, text in zip(images, texts, strict=True):
+            inputs = processor(text=[text], images=[image], return_tensors="pt")
+            out = model(**inputs)
+            scores.append(float((out.image_embeds[0] * out.text_embeds[0]).sum()))
+    return scores
+
+
+def candidate_scores(model_path: str, image, texts) -> list[float]:
+    """Cosine similarity of one image with each text, from one forward pass over all of them."""
+    model, processor = reference_model(model_path)
+    with torch.no_grad():
+        out = model(**processor(text=list(texts), images=[image], return_tensors="pt", padding=True))
+    return (out.text_embeds @ out.image_embeds[0]).tolist()
+
+
+def scene(i: int) -> Image.Image:
+    """A small picture that differs per index (colour and a square in a different place)."""
+    image = Image.new("RGB", (48, 40), COLORS[i % len(COLORS)])
+    image.paste(COLORS[(i * 5 + 3) % len(COLORS)], (i * 3 % 30, i * 7 % 25, i * 3 % 30 + 12, i * 7 % 25 + 12))
+    return image
+
+
+def raw_records(n: int = 12) -> list[dict]:
+    return [
+        {"id": f"r{i}", "image": scene(i), "caption": f"a {COLORS[(i * 7) % len(COLORS)]} {CORPUS[i % len(CORPUS)]}"}
+        for i in range(n)
+    ]
+
+
+def sft_record(i: int) -> dict:
+    return {
+        "id": f"s{i}",
+        "messages": [
+            {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "describe the picture"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": CORPUS[i % len(CORPUS)]}]},
+        ],
+        "images": [scene(i)],
+        "meta": json.dumps({"source": "demo", "scores": {"length": 1.0}}),
+    }
+
+
+def run(stage: CapFilt, records, rejects=None) -> list[dict]:
+    return list(run_stages([stage], records, rejects))
+
+
+def test_scores_match_the_models_own_forward_pass(tiny_clip):
+    records = raw_records()
+    kept = run(CapFilt(model=tiny_clip), records)  # no threshold: score only
+    expected = expected_scores(tiny_clip, [r["image"] for r in records], [r["caption"] for r in records])
+    assert [r["id"] for r in kept] == [r["id"] for r in records]
+    got = [r["meta"]["scores"]["capfilt"] for r in kept]
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert len({round(s, 6) for s in got}) > 1  # the scores really differ per pair
+
+
+def test_threshold_keeps_exactly_the_pairs_at_or_above_it(tiny_clip, tmp_path):
+    records = raw_records()
+    expected = expected_scores(tiny_clip, [r["image"] for r in records], [r["caption"] for r in records])
+    ordered = sorted(expected)
+    middle = len(ordered) // 2
+    assert ordered[middle] - ordered[middle - 1] > 1e-4  # a clear gap, so float noise cannot flip a pair
+    threshold = (ordered[middle - 1] + ordered[middle]) / 2  # about half pass
+    stage = CapFilt(model=tiny_clip, threshold=threshold, batch_size=5)
+    kept = run(stage, records, tmp_path / "rejects.jsonl")
+    want = [r["id"] for r, s in zip(records, expected, strict=True) if s >= threshold]
+    assert [r["id"] for r in kept] == want
+    rejects = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert sorted(x["id"] for x in rejects) == sorted({r["id"] for r in records} - set(want))
+    assert {x["reason"] for x in rejects} == {"low_score"}
+    assert all(x["stage"] == "capfilt" and "< threshold" in x["detail"] for x in rejects)
+    assert stage.stats.kept == len(want) and stage.stats.dropped["low_score"] == len(records) - len(want)
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 1.0])
+def test_top_fraction_keeps_the_best_scoring_share(tiny_clip, fraction):
+    records = raw_records()
+    expected = expected_scores(tiny_clip, [r["image"] for r in records], [r["caption"] for r in records])
+    stage = CapFilt(model=tiny_clip, top_fraction=fraction, batch_size=4)
+    kept = run(stage, records)
+    count = math.ceil(fraction * len(records))
+    best = sorted(range(len(records)), key=lambda i: -expected[i])[:count]
+    assert [r["id"] for r in kept] == [records[i]["id"] for i in sorted(best)]
+    assert stage.stats.dropped.get("below_top_fraction", 0) == len(records) - count
+
+
+def test_top_fraction_math_with_ties_and_unscored():
+    assert top_fraction_indices([0.1, 0.9, 0.5, None, 0.9], 0.5) == {1, 4}  # ceil(0.5 * 4) = 2
+    assert top_fraction_indices([0.3, 0.3, 0.3], 0.34) == {0, 1}  # ties go by input order
+    assert top_fraction_indices([], 0.5) == set()
+
+
+def test_batched_scores_equal_unbatched(tiny_clip):
+    records = raw_records(9)
+    one = run(CapFilt(model=tiny_clip, batch_size=1), records)
+    many = run(CapFilt(model=tiny_clip, batch_size=9), records)
+    some = run(CapFilt(model=tiny_clip, batch_size=4), records)
+
+    def scores(rows):
+        return [r["meta"]["scores"]["capfilt"] for r in rows]
+
+    assert scores(many) == pytest.approx(scores(one), abs=1e-5)
+    assert scores(some) == pytest.approx(scores(one), abs=1e-5)
+
+
+def test_text_modes_for_chat_samples(tiny_clip):
+    records = [sft_record(i) for i in range(4)]
+    answer = run(CapFilt(model=tiny_clip), records)  # auto = the assistant answer for chat records
+    conversation = run(CapFilt(model=tiny_clip, text="conversation"), records)
+    images = [r["images"][0] for r in records]
+    answers = [CORPUS[i % len(CORPUS)] for i in range(4)]
+    assert [r["meta"]["scores"]["capfilt"] for r in answer] == pytest.approx(expected_scores(tiny_clip, images, answers), abs=1e-5)
+    whole = [f"describe the picture\n{a}" for a in answers]
+    assert [r["meta"]["scores"]["capfilt"] for r in conversation] == pytest.approx(
+        expected_scores(tiny_clip, images, whole), abs=1e-5
+    )
+    # Earlier scores and provenance in meta survive (meta arrives as a JSON string from disk).
+    assert answer[0]["meta"]["scores"]["length"] == 1.0 and answer[0]["meta"]["source"] == "demo"
+
+
+def test_rejects_name_their_reason(tiny_clip, tmp_path):
+    good = raw_records(2)
+    broken = [
+        {"id": "no-image", "image": None, "caption": "a red circle"},
+        {"id": "no-text", "image": scene(1), "caption": "   "},
+        {"id": "corrupt", "image": {"bytes": b"not an image", "path": None}, "caption": "a red circle"},
+    ]
+    stage = CapFilt(model=tiny_clip)
+    kept = run(stage, good + broken, tmp_path / "rejects.jsonl")
+    assert [r["id"] for r in kept] == ["r0", "r1"]
+    rejects = {x["id"]: x for x in map(json.loads, (tmp_path / "rejects.jsonl").read_text().splitlines())}
+    assert {k: v["reason"] for k, v in rejects.items()} == {"no-image": "no_image", "no-text": "no_text", "corrupt": "bad_image"}
+    assert "corrupt" in rejects["corrupt"]["detail"]
+
+
+def test_image_paths_and_encoded_bytes(tiny_clip, tmp_path):
+    image = scene(3)
+    image.save(tmp_path / "a.png")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    records = [
+        {"id": "path", "image": "a.png", "caption": "a red circle"},
+        {"id": "bytes", "image": {"bytes": buf.getvalue(), "path": None}, "caption": "a red circle"},
+        {"id": "escape", "image": "../outside.png", "caption": "a red circle"},
+    ]
+    kept = run(CapFilt(model=tiny_clip, image_root=str(tmp_path)), records)
+    assert [r["id"] for r in kept] == ["path", "bytes"]
+    assert kept[0]["meta"]["scores"]["capfilt"] == pytest.approx(kept[1]["meta"]["scores"]["capfilt"], abs=1e-6)
+
+
+def test_config_errors_are_clear(tiny_clip, tmp_path):
+    with pytest.raises(SynthError, match="needs a vision-language backend"):
+        CapFilt(model=tiny_clip, captioner=True)
+    with pytest.raises(Exception, match="captioner cannot replace a whole conversation"):
+        CapFilt(model=tiny_clip, captioner=True, text="conversation")
+    with pytest.raises(Exception, match="top_fraction"):
+        CapFilt(model=tiny_clip, top_fraction=1.5)
+    with pytest.raises(SynthError, match="cannot load image-text model"):
+        run(CapFilt(model=str(tmp_path / "missing")), raw_records(1))
+    with pytest.raises(SynthError, match="no column 'text'"):
+        run(CapFilt(model=tiny_clip, caption_column="text"), raw_records(1))
+
+
+# ---------------------------------------------------------------- captioner (BLIP bootstrapping)
+
+CANDIDATES = CORPUS + [f"a {c} shape" for c in COLORS] + ["the word zebra", "a small star"]
+
+
+def test_captioner_keeps_the_better_caption_and_records_the_winner(tiny_clip, tmp_path, llm_server, make_llm_backend):
+    records = raw_records(8)
+    images = [r["image"] for r in records]
+    # Script the VLM: even records get the candidate CLIP likes best, odd ones the one it likes least.
+    synthetic, synthetic_scores = {}, []
+    for i, record in enumerate(records):
+        scores = candidate_scores(tiny_clip, images[i], CANDIDATES)
+        pick = max(range(len(CANDIDATES)), key=scores.__getitem__) if i % 2 == 0 else min(range(len(CANDIDATES)), key=scores.__getitem__)
+        synthetic[record["id"]] = CANDIDATES[pick]
+        synthetic_scores.append(scores[pick])
+    llm_server.script({f"[{rid}]": f"  {text}\n" for rid, text in synthetic.items()})
+    template = tmp_path / "caption.jinja"
+    template.write_text("Caption this image. [{{ caption.split(':')[0] }}]")
+    for r in records:
+        r["caption"] = f"{r['id']}: {r['caption']}"
+    originals = [r["caption"] for r in records]
+    original_scores = expected_scores(tiny_clip, images, originals)
+
+    stage = CapFilt(model=tiny_clip, captioner=True, caption_template=str(template), batch_size=3, backend=make_llm_backend())
+    kept = run(stage, records)
+
+    assert llm_server.request_count == len(records)
+    sent = llm_server.requests[0]["messages"][0]["content"]
+    assert any(p["type"] == "image_url" and p["image_url"]["url"].startswith("data:image/") for p in sent)
+    winners = []
+    for i, (record, out) in enumerate(zip(records, kept, strict=True)):
+        meta = out["meta"]
+        assert meta["capfilt"]["original_score"] == pytest.approx(original_scores[i], abs=1e-5)
+        assert meta["capfilt"]["synthetic_score"] == pytest.approx(synthetic_scores[i], abs=1e-5)
+        if synthetic_scores[i] > original_scores[i]:
+            assert meta["capfilt_winner"] == "synthetic"
+            assert out["caption"] == synthetic[record["id"]]  # stripped reply replaces the caption
+            assert meta["capfilt"]["original_caption"] == record["caption"]
+            assert meta["capfilt"]["synthetic_caption"] == synthetic[record["id"]]
+            assert meta["scores"]["capfilt"] == pytest.approx(synthetic_scores[i], abs=1e-5)
+        else:
+            assert meta["capfilt_winner"] == "original"
+            assert out["caption"] == record["caption"]
+            assert meta["capfilt"]["synthetic_caption"] == synthetic[record["id"]]
+            assert meta["scores"]["capfilt"] == pytest.approx(original_scores[i], abs=1e-5)
+        winners.append(meta["capfilt_winner"])
+    assert set(winners) == {"original", "synthetic"}  # both branches ran
+
+
+def test_captioner_replaces_the_assistant_answer_and_survives_failures(tiny_clip, llm_server, make_llm_backend):
+    records = [sft_record(i) for i in range(3)]
+    answers = [CORPUS[i % len(CORPUS)] for i in range(3)]
+    images = [r["images"][0] for r in records]
+    # Offer every candidate once per image through a fixed reply: the best one for image 0.
+    scores = candidate_scores(tiny_clip, images[0], CANDIDATES)
+    best = CANDIDATES[max(range(len(CANDIDATES)), key=scores.__getitem__)]
+    llm_server.script(best)
+    llm_server.fault("500", first=1)  # the first request fails for good (no retries)
+    stage = CapFilt(model=tiny_clip, captioner=True, batch_size=8, backend=make_llm_backend(max_retries=0))
+    kept = run(stage, records)
+    assert len(kept) == 3
+    failed = [r for r in kept if "captioner_error" in r["meta"]["capfilt"]]
+    assert len(failed) == 1 and failed[0]["meta"]["capfilt_winner"] == "original"
+    expected_best = expected_scores(tiny_clip, images, [best] * 3)
+    expected_original = expected_scores(tiny_clip, images, answers)
+    for i, out in enumerate(kept):
+        if out in failed:
+            continue
+        answer = out["messages"][-1]["content"]
+        if expected_best[i] > expected_original[i]:
+            assert out["meta"]["capfilt_winner"] == "synthetic" and answer == [{"type": "text", "text": best}]
+        else:
+            assert out["meta"]["capfilt_winner"] == "original" and answer[0]["text"] == answers[i]
+        assert out["messages"][0] == records[i]["messages"][0]  # the user turn is untouched
+
+
+# ---------------------------------------------------------------- through the registry and `synth filter`
+
+
+def test_capfilt_through_the_registry_and_the_filter_command(tiny_clip, tmp_path):
+    from datasets import Dataset, Features, Value, load_from_disk
+    from datasets import Image as ImageFeature
+    from typer.testing import CliRunner
+
+    from synth.clean.registry import build_filter
+    from synth.cli import app
+
+    with pytest.raises(SynthError, match="captioner: true needs a vision-language backend"):
+        build_filter("capfilt", {"model": tiny_clip, "captioner": True})
+    with pytest.raises(SynthError, match="thresold"):
+        build_filter("capfilt", {"thresold": 0.2})
+
+    records = raw_records(8)
+    features = Features({"id": Value("string"), "image": ImageFeature(), "caption": Value("string")})
+    Dataset.from_list(records, features=features).save_to_disk(str(tmp_path / "raw"))
+    expected = expected_scores(tiny_clip, [r["image"] for r in records], [r["caption"] for r in records])
+    result = CliRunner().invoke(
+        app, ["filter", str(tmp_path / "raw"), "--out", str(tmp_path / "clean"), "--filter", f"capfilt:model={tiny_clip},top_fraction=0.5"]
+    )
+    assert result.exit_code == 0, result.output
+    kept = load_from_disk(str(tmp_path / "clean"))
+    best = sorted(sorted(range(8), key=lambda i: -expected[i])[:4])
+    assert kept["id"] == [records[i]["id"] for i in best]
+    scores = [json.loads(m)["scores"]["capfilt"] for m in kept["meta"]]
+    assert scores == pytest.approx([expected[i] for i in best], abs=1e-5)
+    rejects = [json.loads(line) for line in (tmp_path / "clean.rejects.jsonl").read_text().splitlines()]
+    assert {r["reason"] for r in rejects} == {"below_top_fraction"} and len(rejects) == 4
+
+
+def test_capfilt_with_captioner_inside_a_mix_recipe(tiny_clip, tmp_path, llm_server, monkeypatch):
+    """The mix CLI builds the VLM backend from --model/--base-url; replaced answers reach the output."""
+    import yaml
+    from datasets import load_from_disk
+    from typer.testing import CliRunner
+
+    import synth.cli.mix  # noqa: F401
+    from synth.cli import app
+    from synth.records import Message, Sample, samples_to_dataset
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    samples = [
+        Sample(
+            messages=[
+                Message(role="user", content=[{"type": "image"}, {"type": "text", "text": "describe the picture"}]),
+                Message(role="assistant", content=[{"type": "text", "text": CORPUS[i % len(CORPUS)]}]),
+            ],
+            images=[scene(i)],
+        )
+        for i in range(4)
+    ]
+    samples_to_dataset(samples).save_to_disk(str(tmp_path / "vision"))
+    images = [s.images[0] for s in samples]
+    scores = candidate_scores(tiny_clip, images[0], CANDIDATES)
+    best = CANDIDATES[max(range(len(CANDIDATES)), key=scores.__getitem__)]
+    llm_server.script(best)
+    recipe = {"sources": [{"path": "vision", "count": 4, "filters": [{"capfilt": {"model": tiny_clip, "captioner": True}}]}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    args = ["mix", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--model", "test-model", "--base-url", llm_server.base_url]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert llm_server.request_count == 4
+    rows = {json.loads(r["meta"])["capfilt"]["original_score"]: r for r in load_from_disk(str(tmp_path / "out"))["train"]}
+    originals = expected_scores(tiny_clip, images, [CORPUS[i % len(CORPUS)] for i in range(4)])
+    synthetic = expected_scores(tiny_clip, images, [best] * 4)
+    winners = set()
+    for i in range(4):
+        row = next(r for score, r in rows.items() if abs(score - originals[i]) < 1e-5)
+        meta = json.loads(row["meta"])
+        winner = "synthetic" if synthetic[i] > originals[i] else "original"
+        assert meta["capfilt_winner"] == winner and meta["source"] == "vision"
+        assert row["messages"][-1]["content"][0]["text"] == (best if winner == "synthetic" else CORPUS[i % len(CORPUS)])
+        winners.add(winner)
+    assert "synthetic" in winners
+
+
+def test_siglip_family_loads_through_the_same_path(tmp_path):
+    """A tiny random SigLIP: texts are padded to the full length, as SigLIP was trained."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import (
+        AutoProcessor,
+        PreTrainedTokenizerFast,
+        SiglipConfig,
+        SiglipModel,
+        SiglipProcessor,
+    )
+    from transformers.models.siglip import SiglipImageProcessor
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "</s>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", eos_token="</s>", model_max_length=16)
+    torch.manual_seed(0)
+    small = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = SiglipConfig(
+        text_config={**small, "vocab_size": tokenizer.get_vocab_size(), "max_position_embeddings": 16,
+                     "pad_token_id": 0, "bos_token_id": None, "eos_token_id": 2},
+        vision_config={**small, "image_size": 32, "patch_size": 8},
+    )
+    SiglipModel(config).save_pretrained(tmp_path)
+    SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer=fast).save_pretrained(tmp_path)
+
+    records = raw_records(4)
+    kept = run(CapFilt(model=str(tmp_path), batch_size=3), records)
+    model, processor = SiglipModel.from_pretrained(tmp_path).eval(), AutoProcessor.from_pretrained(tmp_path)
+    with torch.no_grad():
+        inputs = processor(text=[r["caption"] for r in records], images=[r["image"] for r in records],
+                           padding="max_length", return_tensors="pt")
+        out = model(**inputs)
+    expected = (out.image_embeds * out.text_embeds).sum(-1).tolist()
+    assert [r["meta"]["scores"]["capfilt"] for r in kept] == pytest.approx(expected, abs=1e-5)
