@@ -434,3 +434,37 @@ def test_siglip_family_loads_through_the_same_path(tmp_path):
         out = model(**inputs)
     expected = (out.image_embeds * out.text_embeds).sum(-1).tolist()
     assert [r["meta"]["scores"]["capfilt"] for r in kept] == pytest.approx(expected, abs=1e-5)
+
+
+def test_captioner_replacement_reaches_the_filter_output(tiny_clip, tmp_path, llm_server, monkeypatch):
+    """`synth filter` writes back a caption the captioner replaced, not only its meta."""
+    from datasets import Dataset, Features, Value, load_from_disk
+    from datasets import Image as ImageFeature
+    from typer.testing import CliRunner
+
+    from synth.cli import app
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    records = raw_records(4)
+    features = Features({"id": Value("string"), "image": ImageFeature(), "caption": Value("string")})
+    Dataset.from_list(records, features=features).save_to_disk(str(tmp_path / "raw"))
+    images = [r["image"] for r in records]
+    scores = candidate_scores(tiny_clip, images[0], CANDIDATES)
+    best = CANDIDATES[max(range(len(CANDIDATES)), key=scores.__getitem__)]
+    llm_server.script(best)
+    args = ["filter", str(tmp_path / "raw"), "--out", str(tmp_path / "clean"), "--filter",
+            f"capfilt:model={tiny_clip},captioner=true", "--model", "test-model", "--base-url", llm_server.base_url]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = load_from_disk(str(tmp_path / "clean"))
+    assert out.column_names == ["id", "image", "caption", "meta"]
+    originals = expected_scores(tiny_clip, images, [r["caption"] for r in records])
+    synthetic = expected_scores(tiny_clip, images, [best] * 4)
+    winners = set()
+    for i, row in enumerate(out):
+        meta = json.loads(row["meta"])
+        winner = "synthetic" if synthetic[i] > originals[i] else "original"
+        assert meta["capfilt_winner"] == winner
+        assert row["caption"] == (best if winner == "synthetic" else records[i]["caption"])
+        winners.add(winner)
+    assert "synthetic" in winners

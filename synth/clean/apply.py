@@ -2,7 +2,8 @@
 
 Rows are read without decoding images (filters get ``{"bytes", "path"}`` entries; size checks read only
 headers, perceptual hashes decode), and the output is the input dataset's kept rows (`Dataset.select`),
-so columns, features and images pass through untouched. Only ``meta`` can change (the judge adds scores).
+so features and images pass through untouched. Stages that change records (the judge adds scores to
+``meta``; CapFilt's captioner may replace a caption or answer) get their text columns written back.
 Rejects go to `synth.io.rejects_path(out)`, one JSON line per dropped record naming its stage and reason.
 """
 
@@ -58,6 +59,36 @@ def _changes_records(stage: Stage) -> bool:
     return bool(getattr(stage, "changes_records", isinstance(stage, LLMStage)))
 
 
+def _holds_images(feature) -> bool:
+    from datasets import Image
+
+    if isinstance(feature, Image):
+        return True
+    if isinstance(feature, dict):
+        return any(_holds_images(f) for f in feature.values())
+    if isinstance(feature, (list, tuple)):
+        return any(_holds_images(f) for f in feature)
+    inner = getattr(feature, "feature", None)
+    return inner is not None and _holds_images(inner)
+
+
+def _write_back(output, dataset, changed: dict[int, dict], kept_rows: list[int]):
+    """Replace the text columns of `output` with the values the stages left in the records."""
+    columns = list(output.column_names)
+    for name in changed[kept_rows[0]]:
+        values = [changed[row][name] for row in kept_rows]
+        if name == "meta":
+            values = [dump_meta(v if isinstance(v, dict) else load_meta(v)) for v in values]
+            feature = None
+        else:
+            feature = dataset.features.get(name)
+        if name in columns:
+            output = output.remove_columns(name)
+        output = output.add_column(name, values, feature=feature)
+    extra = [c for c in output.column_names if c not in columns]
+    return output.select_columns(columns + extra)
+
+
 def clean_dataset(
     source: str | os.PathLike,
     out: str | os.PathLike,
@@ -78,9 +109,10 @@ def clean_dataset(
     final_rejects = rejects_path(out)
     partial_rejects = final_rejects.with_name(final_rejects.name + ".partial")
     kept_rows: list[int] = []
-    new_meta: dict[int, Any] = {}
-    # Filters return records unchanged; LLM stages (the judge) add to meta, which we then write back.
-    track_meta = any(_changes_records(stage) for stage in stages)
+    changed: dict[int, dict[str, Any]] = {}
+    # Filters return records unchanged; stages that change them (judge, captioner) get their text written back.
+    track = any(_changes_records(stage) for stage in stages)
+    text_columns = [c for c, f in dataset.features.items() if c != "meta" and not _holds_images(f)]
     try:
         with progress() as bar:
             task = bar.add_task(description, total=len(dataset), tokens="")
@@ -93,14 +125,12 @@ def clean_dataset(
             for record in run_stages(stages, counted(), partial_rejects):
                 row = record[_ROW]
                 kept_rows.append(row)
-                if track_meta and isinstance(record.get("meta"), dict):
-                    new_meta[row] = record["meta"]
+                if track:
+                    changed[row] = {c: record.get(c) for c in text_columns}
+                    changed[row]["meta"] = record.get("meta") or {}
         output = dataset.select(kept_rows)
-        if new_meta and ("meta" in dataset.column_names or any(new_meta.values())):
-            metas = [dump_meta(new_meta.get(row, {})) for row in kept_rows]
-            if "meta" in output.column_names:
-                output = output.remove_columns("meta")
-            output = output.add_column("meta", metas)
+        if changed and kept_rows:
+            output = _write_back(output, dataset, changed, kept_rows)
         write_dataset(output, out, overwrite=overwrite)
         if partial_rejects.exists():
             os.replace(partial_rejects, final_rejects)
