@@ -7,6 +7,9 @@ and converts them with `samples_to_dataset` (the obvious hand-written script).
 
     .venv/bin/python bench/adapt_bench.py            # 100k text records, 2k image records
     .venv/bin/python bench/adapt_bench.py --quick    # 5k / 200, a smoke run
+    .venv/bin/python bench/adapt_bench.py --quick --profile   # + the engine's cProfile top functions
+
+Rates are given by wall time and by CPU time (`time.process_time`), the steadier one on a loaded machine.
 """
 
 from __future__ import annotations
@@ -110,23 +113,51 @@ def make_image_source(folder: Path, count: int, size: int = 128) -> Path:
     return path
 
 
-def run_engine(source: Path, template: str, out: Path, num_proc: int) -> tuple[float, int]:
+class Timer:
+    """Wall and CPU time (`time.process_time`: this process only, so not the workers of num_proc > 1)
+    of a block; CPU time is the steadier figure on a shared, loaded machine."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def run_engine(source: Path, template: str, out: Path, num_proc: int, profile: bool = False):
     from synth.adapt import adapt
 
-    start = time.perf_counter()
-    result = adapt(source, template, out, num_proc=num_proc, overwrite=True)
-    return time.perf_counter() - start, result.samples
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    with Timer() as timer:
+        result = adapt(source, template, out, num_proc=num_proc, overwrite=True)
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+    return timer, result.samples
 
 
-def run_loop(source: Path, template: str, out: Path) -> tuple[float, int]:
+def run_loop(source: Path, template: str, out: Path):
     """The baseline: a plain Python loop over the rows with the same rendering."""
+    with Timer() as timer:
+        count = loop_adapt(source, template, out)
+    return timer, count
+
+
+def loop_adapt(source: Path, template: str, out: Path) -> int:
     from datasets import Image
 
     from synth.adapt import Renderer, load_template_set
     from synth.io import dataset_base_dir, read_dataset, write_dataset
     from synth.records import Sample, messages_from_arrow, samples_to_dataset
 
-    start = time.perf_counter()
     ts = load_template_set(template)
     dataset = read_dataset(source)
     if ts.multimodal:
@@ -141,7 +172,7 @@ def run_loop(source: Path, template: str, out: Path) -> tuple[float, int]:
                 Sample(messages=messages_from_arrow(s["messages"]), images=images, id=s["id"], meta=s["meta"])
             )
     write_dataset(samples_to_dataset(samples), out, overwrite=True)
-    return time.perf_counter() - start, len(samples)
+    return len(samples)
 
 
 def main() -> None:
@@ -152,6 +183,7 @@ def main() -> None:
     parser.add_argument("--text", type=int, default=None, help="text records (default 100000)")
     parser.add_argument("--images", type=int, default=None, help="image records (default 2000)")
     parser.add_argument("--num-proc", type=int, default=1, help="worker processes for the engine")
+    parser.add_argument("--profile", action="store_true", help="print the engine's cProfile top functions")
     args = parser.parse_args()
     n_text = args.text or (5_000 if args.quick else 100_000)
     n_images = args.images or (200 if args.quick else 2_000)
@@ -159,7 +191,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # a log file gets the whole table
     work = Path(tempfile.mkdtemp(prefix="adapt-bench-"))
     try:
         console.print(f"building sources: {n_text:,} text records, {n_images:,} image records ...")
@@ -168,24 +200,37 @@ def main() -> None:
             ("image", "vqa_open", make_image_source(work, n_images), n_images),
         ]
         table = Table(title=f"synth adapt vs plain Python loop (engine num_proc={args.num_proc}, one run)")
-        for column in ("source", "template", "records", "samples", "engine rec/s", "loop rec/s", "ratio"):
+        columns = ["source", "template", "records", "samples", "engine rec/s", "loop rec/s", "ratio"]
+        columns += ["engine rec/s (CPU)", "loop rec/s (CPU)", "ratio (CPU)"]
+        for column in columns:
             table.add_column(column, justify="right", no_wrap=True)
         for kind, template, source, count in cases:
-            engine_s, samples = run_engine(source, template, work / f"{kind}-engine", args.num_proc)
-            loop_s, loop_samples = run_loop(source, template, work / f"{kind}-loop")
+            # Read each source once untimed: the first read converts Parquet into the `datasets` cache,
+            # which would otherwise be charged to whichever side runs first.
+            from synth.io import read_dataset
+
+            read_dataset(source)
+            engine, samples = run_engine(
+                source, template, work / f"{kind}-engine", args.num_proc, args.profile
+            )
+            loop, loop_samples = run_loop(source, template, work / f"{kind}-loop")
             assert samples == loop_samples, (samples, loop_samples)
             table.add_row(
                 kind,
                 template,
                 f"{count:,}",
                 f"{samples:,}",
-                f"{count / engine_s:,.0f}",
-                f"{count / loop_s:,.0f}",
-                f"{loop_s / engine_s:.2f}x",
+                f"{count / engine.wall:,.0f}",
+                f"{count / loop.wall:,.0f}",
+                f"{loop.wall / engine.wall:.2f}x",
+                f"{count / engine.cpu:,.0f}",
+                f"{count / loop.cpu:,.0f}",
+                f"{loop.cpu / engine.cpu:.2f}x",
             )
         console.print(table)
         console.print(
-            f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; times include reading the source and writing the output"
+            f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; times include reading the source and "
+            "writing the output; CPU = process_time of this process (excludes num_proc workers)"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -150,12 +150,74 @@ def _plain_messages(messages: Iterable[Message | dict]) -> list[dict]:
     return out
 
 
-def content_id(messages: Iterable[Message | dict], images: Iterable[Any] = (), extra: str = "") -> str:
-    """Stable id: a hash of the conversation text and the image bytes, so reruns and dedup line up."""
-    h = hashlib.sha256()
-    h.update(json.dumps(_plain_messages(messages), sort_keys=True, ensure_ascii=False).encode())
-    for image in images:
-        h.update(image_hash(image).encode())
+# The string escaper `json.dumps(..., ensure_ascii=False)` itself uses (the C one when available).
+_json_str = json.encoder.encode_basestring
+
+
+def _canonical_part(part: Any, from_model: bool) -> str | None:
+    """One content part as `_plain_messages` + ``json.dumps(sort_keys=True)`` would write it."""
+    if from_model:  # a Message's parts are TextPart / ImagePart
+        if isinstance(part, ImagePart):
+            return '{"type": "image"}'
+        text = part.text
+    elif not isinstance(part, dict):
+        return None
+    elif part["type"] != "text":
+        return '{"type": "image"}'
+    else:
+        text = part["text"] or ""
+    return '{"text": ' + _json_str(text) + ', "type": "text"}' if isinstance(text, str) else None
+
+
+def _canonical_messages_json(messages: Iterable[Message | dict]) -> str | None:
+    """``json.dumps(_plain_messages(messages), sort_keys=True, ensure_ascii=False)`` without the
+    intermediate dicts (ids are computed for every sample, so this is a hot path). Keys are written in
+    sorted order by hand: content < role, text < type. None for a shape it does not know; the caller then
+    takes the general path, which also raises the same errors for malformed messages."""
+    out = []
+    for m in messages:
+        # dicts first: they are the common case, and pydantic's isinstance check is slow
+        from_model = not isinstance(m, dict)
+        if not from_model:
+            role, content = m["role"], m["content"]
+        elif isinstance(m, Message):
+            role, content = m.role, m.content
+        else:
+            return None
+        if not isinstance(role, str):
+            return None
+        if isinstance(content, str):  # plain text: one text part
+            text = _json_str(content)
+            out.append(f'{{"content": [{{"text": {text}, "type": "text"}}], "role": {_json_str(role)}}}')
+            continue
+        if not isinstance(content, list):
+            return None
+        parts = [_canonical_part(p, from_model) for p in content]
+        if None in parts:
+            return None
+        out.append(f'{{"content": [{", ".join(parts)}], "role": {_json_str(role)}}}')
+    return f"[{', '.join(out)}]"
+
+
+def content_id(
+    messages: Iterable[Message | dict],
+    images: Iterable[Any] = (),
+    extra: str = "",
+    *,
+    image_digests: Iterable[str] | None = None,
+) -> str:
+    """Stable id: a hash of the conversation text and the image bytes, so reruns and dedup line up.
+
+    `image_digests` replaces `images` with their `image_hash` values, for callers that give one image
+    to many samples (hashing the bytes once); the id is the same.
+    """
+    messages = messages if isinstance(messages, (list, tuple)) else list(messages)
+    text = _canonical_messages_json(messages)
+    if text is None:
+        text = json.dumps(_plain_messages(messages), sort_keys=True, ensure_ascii=False)
+    h = hashlib.sha256(text.encode())
+    for digest in map(image_hash, images) if image_digests is None else image_digests:
+        h.update(digest.encode())
     h.update(extra.encode())
     return h.hexdigest()[:16]
 

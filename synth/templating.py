@@ -91,22 +91,41 @@ def _raise_render_error(e: jinja2.TemplateError, template, variables: dict, name
 def fast_renderer(template: jinja2.Template, name: str) -> Callable[..., str]:
     """`render` for hot loops (same output, same errors): ``fn(variables, record_id=None) -> str``.
 
-    `Template.render` merges the environment globals (a ChainMap) into every context; here they are
-    merged once and each call builds the context directly, which is several times faster on short templates.
+    `Template.render` merges the environment globals (a ChainMap) into every context and builds a new
+    `Context` (with its own eval context) per call, which costs more than rendering a short template.
+    Here the globals are merged once, and contexts are reused: each call takes one from a small pool
+    (so nested and threaded calls still get their own) and resets everything a render may change.
     """
     env = template.environment
     globals_ = dict(template.globals)
     root, blocks, context_class = template.root_render_func, template.blocks, env.context_class
     template_name = template.name
+    autoescape = env.autoescape(template_name) if callable(env.autoescape) else env.autoescape
+    pool: list = []  # idle contexts; list.pop/append are atomic, so threads never share one
 
     def render_fast(variables: dict[str, Any], record_id: str | None = None) -> str:
         try:
+            context = pool.pop()
+        except IndexError:  # none idle: the first call, or a nested or concurrent one
+            context = context_class(env, {}, template_name, blocks)
+        # Reset what rendering writes: top-level {% set %}, exports, inherited blocks, autoescape state.
+        context.parent = {**globals_, **variables}
+        context.vars = {}
+        context.exported_vars = set()
+        context.blocks = {k: [v] for k, v in blocks.items()}
+        eval_ctx = context.eval_ctx
+        eval_ctx.autoescape = autoescape
+        eval_ctx.volatile = False
+        try:
             try:
-                return "".join(root(context_class(env, {**globals_, **variables}, template_name, blocks)))
+                return "".join(root(context))
             except Exception:  # noqa: BLE001 - jinja's own render does the same
                 env.handle_exception()  # re-raises with the template's own line numbers
         except jinja2.TemplateError as e:
             _raise_render_error(e, template, variables, name, record_id)
+        finally:
+            context.parent = None  # do not keep the record's values alive
+            pool.append(context)
 
     return render_fast
 

@@ -17,13 +17,17 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from synth.adapt.template_set import TemplateSet, load_template_set
 from synth.errors import SynthError
-from synth.records import content_id, dump_meta, sft_features
+from synth.records import content_id, image_hash, sft_features
 from synth.templating import TemplateError
+
+# The string escaper of `json.dumps(..., ensure_ascii=False)` (the C one), for JSON written by hand.
+_json_str = json.encoder.encode_basestring
 
 ID_COLUMN = "id"
 REJECT_COLUMN = "_reject"
@@ -93,6 +97,33 @@ def get_path(row: dict, path: str, record_id: str) -> Any:
             where = ".".join(walked) or "the record"
             raise FieldError(f"record {record_id}: field '{path}' not found ({where} has no '{key}')")
         walked.append(key)
+    return value
+
+
+def path_steps(path: str) -> tuple[tuple[str, int | None], ...]:
+    """A dotted path split once: each key with its list index (None when it is not a number)."""
+
+    def index(key: str) -> int | None:
+        try:
+            return int(key) if key.lstrip("-").isdigit() else None
+        except ValueError:  # a digit `int` refuses (e.g. "²"): `get_path` reports it
+            return None
+
+    return tuple((key, index(key)) for key in path.split("."))
+
+
+def walk_path(row: dict, steps: tuple[tuple[str, int | None], ...]) -> Any:
+    """`get_path` for the hot loop (same rules, no error text): the value, or `_MISSING`."""
+    value: Any = row
+    for key, index in steps:
+        if isinstance(value, dict):
+            value = value.get(key, _MISSING)
+        elif index is not None and isinstance(value, (list, tuple)):
+            value = value[index] if -len(value) <= index < len(value) else _MISSING
+        else:
+            return _MISSING
+        if value is _MISSING:
+            return _MISSING
     return value
 
 
@@ -172,19 +203,30 @@ class Renderer:
         self.base_dir = Path(base_dir) if base_dir else None
         self.label_names = label_names or {}
         self.verify_images = verify_images
+        self.multimodal = template_set.multimodal
         self._text_variables = [
-            (var, path)
+            (var, path, path_steps(path))
             for var, path in template_set.variables.items()
             if not (var == "image" and template_set.multimodal)
         ]
+        # Per-set constants of the hot path, computed once: the key prefix of `choose_variant` and the
+        # fixed part of the meta JSON (written by hand in `dump_meta`'s sorted-key form, see `meta_json`).
+        self._variant_prefix = f"{seed}\x1f{template_set.name}\x1f"
+        self._variant_count = len(template_set.instructions)
+        self._meta_source = '"source": ' + _json_str(str(source_name)) + ', "source_id": '
+        self._meta_rest = (
+            ', "task": ' + _json_str(template_set.task) + ', "template": ' + _json_str(template_set.name)
+        )
 
     # -- one record
 
     def variables(self, row: dict, record_id: str) -> dict[str, Any]:
         values: dict[str, Any] = dict(self.ts.constants)
-        for var, path in self._text_variables:
+        for var, path, steps in self._text_variables:
             # plain column names are the common case: skip the path walk
-            value = row[path] if path in row else get_path(row, path, record_id)
+            value = row[path] if path in row else walk_path(row, steps)
+            if value is _MISSING:
+                get_path(row, path, record_id)  # raises the error that says where the path stops
             if value is None:  # jinja would print "None" into the sample
                 raise FieldError(f"record {record_id}: field '{path}' (variable '{var}') is empty (null)")
             names = self.label_names.get(var)
@@ -201,13 +243,15 @@ class Renderer:
         return {"bytes": data, "path": None}
 
     def turn_variables(self, base: dict, item: Any, record_id: str, turn: int) -> dict:
+        mc = self.ts.multiple_choice
+        if item is None and mc is None:
+            return base  # nothing to add; rendering only reads the variables
         v = dict(base)
         if item is not None:
             if isinstance(item, dict):
                 v.update(item)
             v["item"] = item
             v["index"] = turn
-        mc = self.ts.multiple_choice
         if mc is not None:
             options = v.get(mc.options)
             answer = v.get(mc.answer)
@@ -226,7 +270,9 @@ class Renderer:
 
     def render_turn(self, v: dict, record_id: str, turn: int) -> tuple[int, str, str]:
         compiled = self.ts.compiled
-        k = choose_variant(self.seed, self.ts.name, record_id, turn, len(compiled.instructions))
+        # = choose_variant(self.seed, self.ts.name, record_id, turn, count), with the key prefix built once
+        key = f"{self._variant_prefix}{record_id}\x1f{turn}".encode()
+        k = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % self._variant_count
         instruction = compiled.instructions[k](v, record_id).strip()
         answer = compiled.answer(v, record_id).strip()
         if not instruction or not answer:
@@ -245,7 +291,7 @@ class Renderer:
     ) -> tuple[list, list]:
         """Messages (and images) in the Arrow layout: parts when multimodal, plain strings otherwise."""
         messages = []
-        if self.ts.multimodal:
+        if self.multimodal:
             if system is not None:
                 messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
             for i, (instruction, answer) in enumerate(turns):
@@ -265,11 +311,33 @@ class Renderer:
             messages.append({"role": "assistant", "content": answer})
         return messages, []
 
+    def meta_json(self, meta: dict) -> str:
+        """``dump_meta(meta)`` for the meta dicts built here, written directly: it runs once per sample and
+        the general encoder costs more than the rendering. Keys in sorted order, as ``sort_keys`` writes
+        them: item < items < source < source_id < task < template < variant < variants."""
+        text = "{"
+        if "item" in meta:
+            text += f'"item": {meta["item"]}, '
+        if "items" in meta:
+            text += '"items": [' + ", ".join(map(str, meta["items"])) + "], "
+        text += self._meta_source + _json_str(meta["source_id"]) + self._meta_rest
+        if "variant" in meta:
+            return text + f', "variant": {meta["variant"]}}}'
+        return text + ', "variants": [' + ", ".join(map(str, meta["variants"])) + "]}"
+
     def render_record(self, row: dict, record_id: str) -> list[dict]:
         """All samples of one source row: ``{"id", "messages", "images", "meta"}`` (meta as a dict)."""
+        return [
+            {"id": sample_id, "messages": messages, "images": images, "meta": meta}
+            for sample_id, messages, images, meta in self._render(row, record_id)
+        ]
+
+    def _render(self, row: dict, record_id: str) -> list[tuple[str, list, list, dict]]:
+        """The samples of one row as ``(id, messages, images, meta)`` tuples."""
         base = self.variables(row, record_id)
-        image = self.image(row, record_id) if self.ts.multimodal else None
-        image_list = [image["bytes"]] if image else []
+        image = self.image(row, record_id) if self.multimodal else None
+        # the image's hash goes into every sample's id: compute it once per record
+        image_digests = [image_hash(image["bytes"])] if image else []
         meta_base = {
             "source": self.source_name,
             "source_id": record_id,
@@ -282,14 +350,8 @@ class Renderer:
             v = self.turn_variables(base, None, record_id, 0)
             k, instruction, answer = self.render_turn(v, record_id, 0)
             messages, images = self.build(self.render_system(v, record_id), [(instruction, answer)], image)
-            return [
-                {
-                    "id": content_id(messages, image_list),
-                    "messages": messages,
-                    "images": images,
-                    "meta": {**meta_base, "variant": k},
-                }
-            ]
+            meta = {**meta_base, "variant": k}
+            return [(content_id(messages, image_digests=image_digests), messages, images, meta)]
 
         items = as_items(base[items_cfg.variable], items_cfg.variable, record_id)
         indexed = list(enumerate(items))
@@ -310,14 +372,7 @@ class Renderer:
                     self.render_system(v, record_id), [(instruction, answer)], image
                 )
                 meta = {**meta_base, "variant": k, "item": turn}
-                samples.append(
-                    {
-                        "id": content_id(messages, image_list),
-                        "messages": messages,
-                        "images": images,
-                        "meta": meta,
-                    }
-                )
+                samples.append((content_id(messages, image_digests=image_digests), messages, images, meta))
             return samples
 
         # group: one conversation per `max_turns` items, the image in its first user turn
@@ -334,14 +389,27 @@ class Renderer:
                 variants.append(k)
             messages, images = self.build(system, turns, image)
             meta = {**meta_base, "variants": variants, "items": [t for t, _ in chunk]}
-            samples.append(
-                {"id": content_id(messages, image_list), "messages": messages, "images": images, "meta": meta}
-            )
+            samples.append((content_id(messages, image_digests=image_digests), messages, images, meta))
         return samples
 
     # -- a batch, as `Dataset.map(batched=True, with_indices=True)` calls it
 
-    def map_batch(
+    def map_batch(self, batch: dict[str, list], indices: list[int], skip_errors: bool = False):
+        """The output rows of a batch as a `pyarrow.Table` in the output schema: pyarrow converts the
+        nested ``messages`` in one C call, cheaper than `datasets` encoding the Python lists itself."""
+        import pyarrow as pa
+
+        columns_out = self.map_batch_columns(batch, indices, skip_errors)
+        schema = self._output_schema
+        return pa.Table.from_arrays(
+            [pa.array(columns_out[f.name], type=f.type) for f in schema], schema=schema
+        )
+
+    @cached_property
+    def _output_schema(self):
+        return _output_features(self.ts.multimodal).arrow_schema
+
+    def map_batch_columns(
         self, batch: dict[str, list], indices: list[int], skip_errors: bool = False
     ) -> dict[str, list]:
         columns = list(batch)
@@ -353,13 +421,13 @@ class Renderer:
             REJECT_COLUMN: [],
             REJECT_DETAIL_COLUMN: [],
         }
-        if self.ts.multimodal:
+        if self.multimodal:
             out["images"] = []
         for i, (index, values) in enumerate(zip(indices, zip(*batch.values()))):
             row = dict(zip(columns, values))
             record_id = str(ids[i]) if ids is not None and ids[i] is not None else f"row-{index}"
             try:
-                samples = self.render_record(row, record_id)
+                samples = self._render(row, record_id)
             except Exception as e:
                 if not skip_errors:
                     if isinstance(e, SynthError):
@@ -373,17 +441,17 @@ class Renderer:
                 out[REJECT_DETAIL_COLUMN].append(
                     str(e) if isinstance(e, SynthError) else f"record {record_id}: {type(e).__name__}: {e}"
                 )
-                if self.ts.multimodal:
+                if self.multimodal:
                     out["images"].append([])
                 continue
-            for s in samples:
-                out["id"].append(s["id"])
-                out["messages"].append(s["messages"])
-                out["meta"].append(dump_meta(s["meta"]))
+            for sample_id, messages, images, meta in samples:
+                out["id"].append(sample_id)
+                out["messages"].append(messages)
+                out["meta"].append(self.meta_json(meta))
                 out[REJECT_COLUMN].append(None)
                 out[REJECT_DETAIL_COLUMN].append(None)
-                if self.ts.multimodal:
-                    out["images"].append(s["images"])
+                if self.multimodal:
+                    out["images"].append(images)
         return out
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from jinja2 import nodes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from synth.errors import SynthError, validation_message
@@ -131,7 +132,21 @@ class CompiledTemplates:
 
     @staticmethod
     def _compile(source: str, name: str):
-        return fast_renderer(compile_template(source, name), name)
+        template = compile_template(source, name)
+        render = fast_renderer(template, name)
+        if is_plain_text(template.environment.parse(source)):
+            # No variables, filters or tags (e.g. most system prompts): render once, not once per record.
+            text = render({})
+            return lambda variables, record_id=None: text
+        return render
+
+
+def is_plain_text(ast: nodes.Template) -> bool:
+    """True when a parsed template is literal text only, so every render gives the same string."""
+    return all(
+        isinstance(node, nodes.Output) and all(isinstance(n, nodes.TemplateData) for n in node.nodes)
+        for node in ast.body
+    )
 
 
 # ---------------------------------------------------------------- finding and loading
