@@ -1,0 +1,228 @@
+"""Response generation: the stage's prompts and parsing, and `synth generate` end to end against the
+loopback OpenAI-compatible test server (a fixture, not a model) and a tiny random local model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from synth.cli import app
+from synth.generate.responses import ResponseGenerator, ResponsesConfig, instruction_records
+from synth.io import read_dataset, rejects_path
+from synth.llm.base import Backend, Completion
+from synth.records import content_id, load_meta
+
+pytest_plugins = ["tests.llm_fixtures"]
+
+runner = CliRunner()
+
+
+class _NoBackend(Backend):
+    """format_input/format_output need no model; this one refuses to be called."""
+
+    model_name = "no-model"
+
+    async def acomplete(self, requests, progress=None):
+        raise AssertionError("not called")
+
+
+def record(*turns, meta=None, images=None):
+    messages = [{"role": r, "content": c} for r, c in turns]
+    row = {"messages": messages, "id": content_id(messages), "meta": meta or {}}
+    if images is not None:
+        row["images"] = images
+    return row
+
+
+def stage(**config):
+    return ResponseGenerator(_NoBackend(), ResponsesConfig(**config))
+
+
+# ---------------------------------------------------------------- format_input / format_output
+
+
+def test_format_input_builds_the_request():
+    s = stage(system="Be brief.", few_shot=[{"instruction": "2+2?", "response": "4"}], temperature=0.2,
+              max_tokens=64, n=2, seed=5, stop=["END"])
+    request = s.format_input(record(("user", "Name a colour.")))
+    assert [(m.role, m.text) for m in request.messages] == [
+        ("system", "Be brief."), ("user", "2+2?"), ("assistant", "4"), ("user", "Name a colour."),
+    ]
+    assert (request.temperature, request.max_tokens, request.n, request.seed, request.stop) == (0.2, 64, 2, 5, ["END"])
+    # The conversation's own system prompt stays first, before the examples, and is not doubled.
+    own = s.format_input(record(("system", "Own."), ("user", "Q")))
+    assert [(m.role, m.text) for m in own.messages] == [("system", "Own."), ("user", "2+2?"), ("assistant", "4"), ("user", "Q")]
+
+
+def test_regenerate_drops_the_old_answer_and_answered_records_pass_through():
+    answered = record(("user", "Q"), ("assistant", "old"))
+    assert not stage().needs_answer(answered)
+    s = stage(regenerate=True)
+    assert s.needs_answer(answered)
+    assert [(m.role, m.text) for m in s.format_input(answered).messages] == [("user", "Q")]
+
+
+def test_format_input_rejects_what_cannot_be_answered():
+    assert stage().format_input(record(("assistant", "hello"))).reason == "no_instruction"
+    assert stage().format_input(record(("user", "   "))).reason == "no_instruction"
+    with_image = record(("user", [{"type": "image", "text": None}, {"type": "text", "text": "What?"}]), images=[b"x"])
+    rejected = stage().format_input(with_image)
+    assert rejected.reason == "images_unsupported" and "no-model takes no images" in rejected.detail
+
+
+def test_format_outputs_over_clean_noisy_empty_and_cut_answers():
+    s = stage(n=3, max_tokens=8)
+    rec = record(("user", "Q"), meta={"source": "demo"})
+    done = Completion(texts=["  A clean answer.\n", "", "cut off"], finish_reasons=["stop", "stop", "length"])
+    [out] = s.format_outputs(rec, done)
+    assert out["messages"] == [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A clean answer."}]
+    assert out["meta"]["source"] == "demo" and out["meta"]["model"] == "no-model"
+    assert out["meta"]["parent_id"] == rec["id"] and out["meta"]["sample"] == 0
+    assert out["meta"]["finish_reason"] == "stop" and out["meta"]["generation"]["n"] == 3
+    assert out["id"] != rec["id"]
+    assert s.format_outputs(rec, Completion(texts=["", "  "], finish_reasons=["stop", "stop"])).reason == "empty"
+    assert s.format_outputs(rec, Completion(texts=["cut"], finish_reasons=["length"])).reason == "truncated"
+    kept = stage(keep_truncated=True).format_output(rec, Completion(texts=["cut"], finish_reasons=["length"]))
+    assert kept["meta"]["finish_reason"] == "length"
+
+
+def test_instruction_tables_become_sft_records(tmp_path):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(
+        json.dumps({"instruction": "Translate to French.", "input": "cat", "output": ""}) + "\n"
+        + json.dumps({"instruction": "Say hi.", "input": "", "output": "Hi!"}) + "\n"
+    )
+    rows = list(instruction_records(read_dataset(path), "tasks.jsonl"))
+    assert rows[0]["messages"] == [{"role": "user", "content": "Translate to French.\n\ncat"}]
+    assert rows[1]["messages"][-1] == {"role": "assistant", "content": "Hi!"}
+    assert rows[0]["meta"] == {"source": "tasks.jsonl"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "?"}) + "\n")
+    from synth.errors import SynthError
+
+    with pytest.raises(SynthError, match="'instruction' column"):
+        list(instruction_records(read_dataset(bad), "bad.jsonl"))
+
+
+# ---------------------------------------------------------------- `synth generate` end to end
+
+
+def write_tasks(path, texts, answered=()):
+    with open(path, "w") as f:
+        for text in texts:
+            f.write(json.dumps({"instruction": text}) + "\n")
+        for text, answer in answered:
+            f.write(json.dumps({"instruction": text, "output": answer}) + "\n")
+    return path
+
+
+def rows_of(out):
+    return [dict(r, meta=load_meta(r["meta"])) for r in read_dataset(out)]
+
+
+def test_generate_against_the_test_server_caches_and_records_failures(tmp_path, llm_server, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    tasks = write_tasks(tmp_path / "tasks.jsonl", [f"Question number {i}" for i in range(6)] + ["BOOM please"],
+                        answered=[("Old question", "Old answer")])
+    llm_server.fault("status", status=400, marker="BOOM")
+    out = tmp_path / "out"
+    args = ["generate", str(tasks), "--out", str(out), "--base-url", llm_server.base_url, "--model", "test-model",
+            "--cache-dir", str(tmp_path / "cache"), "--temperature", "0", "--system", "Answer briefly."]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "wrote 7 samples" in result.output and "llm_failure: 1" in result.output
+
+    rows = rows_of(out)
+    by_question = {next(m["content"] for m in r["messages"] if m["role"] == "user"): r for r in rows}
+    assert len(rows) == 7 and "Old question" in by_question  # answered records pass through unchanged
+    assert by_question["Old question"]["messages"][-1]["content"] == "Old answer"
+    answer = by_question["Question number 3"]
+    assert answer["messages"][0] == {"role": "system", "content": "Answer briefly."}
+    assert answer["messages"][-1] == {"role": "assistant", "content": "Question number 3"}  # the server echoes
+    assert answer["meta"]["model"] == "test-model" and answer["meta"]["generation"]["temperature"] == 0
+    assert answer["meta"]["parent_id"] == content_id([{"role": "user", "content": "Question number 3"}])
+
+    rejects = [json.loads(line) for line in rejects_path(out).read_text().splitlines()]
+    assert [r["reason"] for r in rejects] == ["llm_failure"] and "HTTP 400" in rejects[0]["detail"]
+    usage = json.loads((out / "usage.json").read_text())
+    assert usage["usage"]["requests"] == 7 and usage["usage"]["failures"] == 1 and usage["usage"]["cached"] == 0
+    assert usage["usage"]["backend"] == "openai" and usage["stats"]["dropped"] == {"llm_failure": 1}
+    sent = llm_server.request_count
+    assert sent == 7
+
+    # The rerun is served from the cache: no new request except the failure, which is retried.
+    again = runner.invoke(app, args + ["--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert llm_server.request_count == sent + 1
+    assert json.loads((out / "usage.json").read_text())["usage"]["cached"] == 6
+    assert rows_of(out) == rows
+
+
+def test_generate_n_samples_and_limit(tmp_path, llm_server):
+    llm_server.script(lambda body: ["first", "second"])  # one text per choice
+    tasks = write_tasks(tmp_path / "tasks.jsonl", ["a", "b", "c"])
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["generate", str(tasks), "--out", str(out), "--base-url", llm_server.base_url,
+                                 "--model", "m", "--n", "2", "--limit", "2", "--no-cache"])
+    assert result.exit_code == 0, result.output
+    rows = rows_of(out)
+    assert len(rows) == 4
+    assert sorted((r["messages"][0]["content"], r["meta"]["sample"], r["messages"][-1]["content"]) for r in rows) == [
+        ("a", 0, "first"), ("a", 1, "second"), ("b", 0, "first"), ("b", 1, "second"),
+    ]
+    assert len({r["id"] for r in rows}) == 4
+
+
+def test_generate_refuses_existing_output_and_unknown_input(tmp_path):
+    tasks = write_tasks(tmp_path / "tasks.jsonl", ["a"])
+    (tmp_path / "out").mkdir()
+    result = runner.invoke(app, ["generate", str(tasks), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "already exists" in result.output
+    result = runner.invoke(app, ["generate", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o2"),
+                                 "--backend", "local", "--model", str(tmp_path)])
+    assert result.exit_code == 1 and "no such file" in result.output
+    assert not (tmp_path / "o2").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    import torch
+
+    from synth.llm.tiny import build_tiny_model
+
+    torch.set_num_threads(1)
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-lm")))
+
+
+def test_generate_with_a_tiny_local_model_and_regenerate(tmp_path, tiny_model):
+    from synth.records import Message, Sample, samples_to_dataset
+
+    source = tmp_path / "sft"
+    samples = [Sample(messages=[Message(role="user", content=f"Tell me about topic {i}"),
+                                Message(role="assistant", content="placeholder")]) for i in range(5)]
+    samples_to_dataset(samples).save_to_disk(str(source))
+    out = tmp_path / "out"
+    args = ["generate", str(source), "--out", str(out), "--backend", "local", "--model", tiny_model,
+            "--max-tokens", "6", "--temperature", "0", "--keep-truncated", "--cache-dir", str(tmp_path / "cache")]
+
+    kept = runner.invoke(app, args)  # every record already has an answer: nothing to generate
+    assert kept.exit_code == 0, kept.output
+    assert [r["messages"][-1]["content"] for r in rows_of(out)] == ["placeholder"] * 5
+
+    result = runner.invoke(app, args + ["--regenerate", "--overwrite", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    rows = rows_of(out)
+    assert len(rows) == 5 and all(r["messages"][-1]["content"] != "placeholder" for r in rows)
+    assert all(r["meta"]["model"] == tiny_model for r in rows)
+    usage = json.loads((out / "usage.json").read_text())["usage"]
+    assert usage["backend"] == "local" and usage["requests"] == 5
+    assert 0 < usage["completion_tokens"] <= 30 and usage["prompt_tokens"] > 0
+
+    # Same work again: all from the cache, same answers.
+    again = runner.invoke(app, args + ["--regenerate", "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "usage.json").read_text())["usage"]["cached"] == 5
+    assert json.loads((out / "usage.json").read_text())["usage"]["requests"] == 0
+    assert [r["messages"] for r in rows_of(out)] == [r["messages"] for r in rows]
