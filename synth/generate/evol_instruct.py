@@ -1,0 +1,193 @@
+"""Evol-Instruct for text: evolve instructions in depth and in breadth over several rounds, eliminate
+failed evolutions, and answer each kept instruction with the LLM.
+
+Input records: the SFT layout (first user turn = instruction, first assistant turn = answer) or plain
+columns (`instruction` plus an optional `input`, or any column named in the config).
+Output records: SFT samples (user = evolved instruction, assistant = new answer) with lineage in `meta`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from synth.generate.elimination import (
+    EliminationRules,
+    EvolutionConfig,
+    EvolutionStage,
+    Verdict,
+    Verdicts,
+    Version,
+    check_weights,
+    match_verdicts,
+    parse_structured,
+    same_text,
+)
+from synth.llm.base import ChatRequest, Completion
+from synth.records import Message, load_meta
+from synth.stages import Rejected
+from synth.templating import render_file
+
+IN_DEPTH = ("add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input")
+IN_BREADTH = ("in_breadth",)
+OPERATORS = IN_DEPTH + IN_BREADTH
+
+# Columns tried, in order, when the config names none.
+INSTRUCTION_COLUMNS = ("instruction", "prompt", "question", "query")
+ANSWER_COLUMNS = ("output", "response", "answer", "completion")
+
+
+class EvolInstructConfig(EvolutionConfig):
+    operators: dict[str, float] = Field(
+        default_factory=lambda: {name: 1.0 for name in OPERATORS},
+        description="operator -> weight; each sample draws one operator per round",
+    )
+    rules: EliminationRules = Field(default_factory=EliminationRules)
+    instruction_column: str | None = None
+    input_column: str | None = Field(default=None, description="appended to the instruction (Alpaca 'input')")
+    answer_column: str | None = None
+    answer_temperature: float = 0.7
+    answer_max_tokens: int = 1024
+
+    @field_validator("operators")
+    @classmethod
+    def _known_operators(cls, value: dict[str, float]) -> dict[str, float]:
+        return check_weights(value, OPERATORS, "operator")
+
+
+class EvolInstruct(EvolutionStage):
+    """Evol-Instruct. Input: instructions (SFT rows or columns). Output: evolved SFT samples + lineage."""
+
+    name = "evol-instruct"
+    method = "evol-instruct"
+    operators = OPERATORS
+    Config = EvolInstructConfig
+
+    # -- seeds ----------------------------------------------------------------------------------------
+
+    def seed_version(self, record: dict) -> Version | Rejected:
+        instruction, answer = self._read_seed(record)
+        if not instruction.strip():
+            return Rejected("missing_instruction", "the record has no instruction text")
+        seed_id = str(record.get("id") or "")
+        version = Version(root_id="", fields={"instruction": instruction.strip(), "answer": answer.strip()})
+        version.seed_meta = load_meta(record.get("meta")) if record.get("meta") else {}
+        version.id = seed_id or self.version_id(version)
+        version.root_id = version.id
+        return version
+
+    def _read_seed(self, record: dict) -> tuple[str, str]:
+        cfg = self.config
+        if cfg.instruction_column is None and record.get("messages"):
+            messages = [m if isinstance(m, Message) else Message.model_validate(_plain(m)) for m in record["messages"]]
+            user = next((m.text for m in messages if m.role == "user"), "")
+            answer = next((m.text for m in messages if m.role == "assistant"), "")
+            return user, answer
+        column = cfg.instruction_column or next((c for c in INSTRUCTION_COLUMNS if c in record), None)
+        if column is None or column not in record:
+            return "", ""
+        instruction = str(record.get(column) or "")
+        extra_input = str(record.get(cfg.input_column or "input") or "")
+        if extra_input.strip():
+            instruction = f"{instruction.strip()}\n\n{extra_input.strip()}"
+        answer_col = cfg.answer_column or next((c for c in ANSWER_COLUMNS if c in record), None)
+        return instruction, str(record.get(answer_col) or "") if answer_col else ""
+
+    # -- evolve ---------------------------------------------------------------------------------------
+
+    def format_input(self, version: Version, operator: str, round_: int) -> ChatRequest:
+        prompt = render_file(f"prompts/evol/{operator}.jinja", record_id=version.root_id, instruction=version.fields["instruction"])
+        return ChatRequest(
+            messages=[Message(role="user", content=prompt)],
+            temperature=self.config.temperature,
+            max_tokens=self.config.max_tokens,
+            seed=self.config.seed,
+            key=f"{version.root_id}:r{round_}:evolve",
+        )
+
+    def format_output(self, version: Version, operator: str, round_: int, completion: Completion) -> Version | Rejected:
+        text = completion.text.strip().strip('"').strip()
+        if not text:
+            return Rejected("empty_reply", "the model returned no evolved prompt")
+        return self.child(version, operator, round_, {"instruction": text, "answer": ""})
+
+    def check_candidate(self, previous: Version, candidate: Version) -> Rejected | None:
+        instruction = candidate.fields["instruction"]
+        if same_text(instruction, previous.fields["instruction"]):
+            return Rejected("unchanged", "the evolved prompt equals the previous one")
+        return self.config.rules.check_leak(instruction)
+
+    # -- judge ----------------------------------------------------------------------------------------
+
+    def format_judge_input(self, pairs: Sequence[tuple[str, Version, Version]]) -> ChatRequest:
+        items = [
+            {"id": label, "operator": cand.operator, "previous": prev.fields["instruction"], "evolved": cand.fields["instruction"]}
+            for label, prev, cand in pairs
+        ]
+        prompt = render_file("prompts/evol/judge.jinja", record_id=pairs[0][2].root_id, items=items)
+        return ChatRequest(
+            messages=[Message(role="user", content=prompt)],
+            temperature=self.config.judge_temperature,
+            max_tokens=self.config.judge_max_tokens,
+            seed=self.config.seed,
+            schema_model=Verdicts,
+            key="judge:" + ",".join(f"{cand.root_id}:r{cand.round}" for _, _, cand in pairs),
+        )
+
+    def parse_judge_output(self, ids: Sequence[str], completion: Completion) -> dict[str, Verdict | Rejected]:
+        parsed = parse_structured(completion, Verdicts)
+        if isinstance(parsed, Rejected):
+            return {i: Rejected("judge_" + parsed.reason, parsed.detail) for i in ids}
+        return match_verdicts(ids, parsed.verdicts)
+
+    # -- answer ---------------------------------------------------------------------------------------
+
+    def format_answer_input(self, version: Version) -> ChatRequest:
+        # The evolved instruction is the whole prompt: this is the pair the SFT data will teach.
+        return ChatRequest(
+            messages=[Message(role="user", content=version.fields["instruction"])],
+            temperature=self.config.answer_temperature,
+            max_tokens=self.config.answer_max_tokens,
+            seed=self.config.seed,
+            key=f"{version.root_id}:r{version.round}:answer",
+        )
+
+    def format_answer_output(self, version: Version, completion: Completion) -> Version | Rejected:
+        if not completion.ok:
+            return Rejected("llm_failure", completion.error or "")
+        answer = completion.text.strip()
+        if completion.finish_reasons and completion.finish_reasons[0] == "length":
+            return Rejected("answer_truncated", "the answer hit max_tokens")
+        rejected = self.config.rules.check_answer(answer)
+        if rejected:
+            return rejected
+        version.fields["answer"] = answer
+        return version
+
+    def finish(self, pairs: list[tuple[Version, Version]], round_: int) -> list[Version | Rejected]:
+        candidates = [candidate for _, candidate in pairs]
+        completions = self._call("answer", round_, [self.format_answer_input(c) for c in candidates])
+        return [self.format_answer_output(c, done) for c, done in zip(candidates, completions, strict=True)]
+
+    # -- output ---------------------------------------------------------------------------------------
+
+    def chain_fields(self, version: Version) -> dict[str, Any]:
+        return {"instruction": version.fields["instruction"]}
+
+    def to_record(self, version: Version) -> dict:
+        messages = [{"role": "user", "content": version.fields["instruction"]}]
+        if version.fields["answer"]:
+            messages.append({"role": "assistant", "content": version.fields["answer"]})
+        meta = self.lineage(version) if version.round else {**version.seed_meta, "source": version.seed_meta.get("source", "seed")}
+        return {"id": version.id, "messages": messages, "meta": meta}
+
+
+def _plain(message: dict) -> dict:
+    """A message row from Arrow (parts carry ``text=None`` for images) as a `Message` dict."""
+    content = message.get("content")
+    if isinstance(content, list):
+        content = [p if p.get("type") == "text" else {"type": "image"} for p in content]
+        content = [{"type": "text", "text": p.get("text") or ""} if p["type"] == "text" else p for p in content]
+    return {"role": message["role"], "content": content}
