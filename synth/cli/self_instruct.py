@@ -1,3 +1,141 @@
-"""Commands: self_instruct."""
+"""Command: self-instruct (see synth/generate/self_instruct.py)."""
 
-from synth.cli.common import command, console  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from synth.cli.common import command, console
+
+
+@command("self-instruct")
+def self_instruct_command(
+    out: Path = typer.Option(..., "--out", help="Output folder (an SFT dataset, save_to_disk layout)."),
+    seeds: Optional[Path] = typer.Option(
+        None, "--seeds", help="Seed tasks (JSONL); default: the built-in 48."
+    ),
+    count: int = typer.Option(100, "--count", min=1, help="New instructions to keep."),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", help="openai or local (default: local, or openai with --base-url)."
+    ),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Model name or path (default local: the embedded Gemma 3 270M)."
+    ),
+    base_url: Optional[list[str]] = typer.Option(
+        None, "--base-url", help="OpenAI-compatible server URL (repeat for replicas)."
+    ),
+    concurrency: int = typer.Option(
+        8, "--concurrency", min=1, help="Instruction requests per round (and in flight)."
+    ),
+    rouge_threshold: float = typer.Option(
+        0.7,
+        "--rouge-threshold",
+        min=0.0,
+        max=1.0,
+        help="Reject when ROUGE-L F against the pool exceeds this.",
+    ),
+    text_only: bool = typer.Option(
+        True, "--text-only/--multimodal", help="Reject instructions about images, files, audio, ..."
+    ),
+    max_instances: int = typer.Option(
+        1, "--max-instances", min=1, help="Samples (instances) kept per instruction."
+    ),
+    responses: bool = typer.Option(
+        False,
+        "--responses/--instance-outputs",
+        help="Answer each instruction again with the LLM instead of keeping the instance output.",
+    ),
+    prompt_style: str = typer.Option(
+        "auto", "--prompt-style", help="auto, chat or continuation (base models)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed (example sampling and request seeds)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the LLM request cache."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+) -> None:
+    """Bootstrap new instruction data from seed tasks with an LLM (Self-Instruct)."""
+    from pydantic import ValidationError
+
+    from synth.errors import SynthError, validation_message
+    from synth.generate.self_instruct import (
+        SelfInstructConfig,
+        load_seed_tasks,
+        self_instruct,
+        write_self_instruct,
+    )
+    from synth.io import check_output, rejects_path
+    from synth.llm.factory import make_backend, report_usage
+
+    check_output(out, overwrite)
+    try:
+        config = SelfInstructConfig(
+            count=count,
+            concurrency=concurrency,
+            rouge_threshold=rouge_threshold,
+            text_only=text_only,
+            max_instances=max_instances,
+            responses=responses,
+            prompt_style=prompt_style,
+            seed=seed,
+        )
+    except ValidationError as e:
+        raise SynthError(validation_message(e, "self-instruct options")) from e
+    tasks = load_seed_tasks(seeds)
+    rejects = rejects_path(out)
+    if overwrite:
+        rejects.unlink(missing_ok=True)  # a stale rejects file from an earlier run would mislead
+    llm = make_backend(backend, model, base_url, concurrency=concurrency, cache=not no_cache)
+    try:
+        result = self_instruct(llm, config, seeds=tasks, rejects_path=rejects)
+        write_self_instruct(result, out, overwrite=overwrite)
+        console.print(summary_table(result.stats))
+        report_usage(llm, console=console)
+    finally:
+        llm.close()
+    console.print(f"wrote {len(result.samples):,} samples to {out} (rejects: {rejects})")
+
+
+def summary_table(stats: dict):
+    """The end-of-run table: generated, kept, rejected by reason, per step."""
+    from rich.table import Table
+
+    def reasons(counts: dict) -> str:
+        return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "-"
+
+    gen, cls, inst = stats["instructions"], stats["classification"], stats["instances"]
+    table = Table(
+        title=f"Self-Instruct ({stats['model']}, {stats['prompt_style']} prompts, {stats['rounds']} rounds)",
+        title_justify="left",
+        header_style="bold",
+    )
+    table.add_column("step")
+    table.add_column("in", justify="right")
+    table.add_column("kept", justify="right")
+    table.add_column("dropped / notes")
+    replies = (
+        f"{gen['requests']:,} requests: {gen['failed_requests']:,} failed, {gen['empty_replies']:,} empty, "
+        f"{gen['unparseable_replies']:,} without a list; {gen['truncated_items']:,} truncated items"
+    )
+    table.add_row("instruction replies", f"{gen['requests']:,}", f"{gen['parsed']:,} items", replies)
+    extra = f"; {gen['surplus']:,} not needed" if gen["surplus"] else ""
+    table.add_row(
+        "instruction filters",
+        f"{gen['parsed'] - gen['surplus']:,}",
+        f"{gen['kept']:,}/{gen['target']:,}",
+        reasons(gen["rejected"]) + extra,
+    )
+    table.add_row(
+        "classification",
+        f"{cls['tasks']:,}",
+        f"{cls['classification']:,} yes",
+        f"{cls['unclear']:,} unclear (as no); " + reasons(cls["rejected"]),
+    )
+    table.add_row("instances", f"{inst['tasks']:,}", f"{inst['kept']:,}", reasons(inst["rejected"]))
+    if stats.get("responses"):
+        answered = stats["responses"]
+        table.add_row(
+            "responses", f"{answered['seen']:,}", f"{answered['kept']:,}", reasons(answered["dropped"])
+        )
+    table.add_row("samples", "", f"{stats['samples']:,}", "")
+    return table

@@ -1,0 +1,77 @@
+"""`synth self-instruct` end to end against the loopback OpenAI-compatible test server."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from synth.cli import app
+from synth.io import read_dataset
+from tests.llm_fixtures import llm_server, llm_server_factory  # noqa: F401
+from tests.test_self_instruct import ScriptedModel
+
+
+def test_cli_end_to_end_then_rerun_from_cache(llm_server, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    llm_server.script(ScriptedModel(noise=["Draw a map of your street.", "Hi."]))
+    out = tmp_path / "si"
+    args = [
+        "self-instruct",
+        "--out",
+        str(out),
+        "--backend",
+        "openai",
+        "--base-url",
+        llm_server.base_url,
+        "--model",
+        "test-model",
+        "--count",
+        "6",
+        "--concurrency",
+        "2",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Self-Instruct" in result.output and "unsupported_keyword 1" in result.output
+    assert "wrote 6 samples" in result.output
+    dataset = read_dataset(out)
+    assert len(dataset) == 6
+    meta = [json.loads(m) for m in dataset["meta"]]
+    assert {m["operator"] for m in meta} == {"self-instruct"} and {m["model"] for m in meta} == {"test-model"}
+    rejects = [json.loads(x) for x in (tmp_path / "si.rejects.jsonl").read_text().splitlines()]
+    assert sorted(r["reason"] for r in rejects) == ["too_short", "unsupported_keyword"]
+    sent = llm_server.request_count
+
+    # Same command again: refuses to overwrite, then with --overwrite every request is a cache hit.
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code != 0
+    again = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert llm_server.request_count == sent
+    assert read_dataset(out)["messages"] == dataset["messages"]
+
+
+def test_cli_bad_seed_file_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTH_DEBUG", "0")
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"instruction": "x"}\n')
+    result = CliRunner().invoke(
+        app,
+        [
+            "self-instruct",
+            "--out",
+            str(tmp_path / "o"),
+            "--seeds",
+            str(seeds),
+            "--backend",
+            "openai",
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--model",
+            "m",
+        ],
+    )
+    assert result.exit_code == 1
+    assert f"{seeds}:1" in result.output and "instances" in result.output
+    assert not (tmp_path / "o").exists()
