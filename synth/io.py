@@ -12,8 +12,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from synth.errors import SynthError
 
@@ -54,15 +55,29 @@ def _find_bad_json_line(path: Path) -> tuple[int, str] | None:
     return None
 
 
+@contextlib.contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """Silence `datasets`' own progress bars and log lines (synth prints its own progress and errors)."""
+    from datasets.utils import logging as ds_logging
+
+    verbosity = ds_logging.get_verbosity()
+    bars = ds_logging.is_progress_bar_enabled()
+    ds_logging.set_verbosity_error()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        ds_logging.set_verbosity(verbosity)
+        if bars:
+            ds_logging.enable_progress_bar()
+
+
 def _load_files(builder: str, files: list[str], source: str):
-    import datasets
     from datasets import load_dataset
 
-    # datasets logs its own error before raising; ours below is the one line users should see.
-    verbosity = datasets.logging.get_verbosity()
-    datasets.logging.set_verbosity_error()
     try:
-        return load_dataset(builder, data_files=files, split="train")
+        with quiet_datasets():
+            return load_dataset(builder, data_files=files, split="train")
     except Exception as e:  # datasets raises many types; find the real cause for the user
         if builder == "json":
             for f in files:
@@ -71,8 +86,6 @@ def _load_files(builder: str, files: list[str], source: str):
                     if bad:
                         raise SynthError(f"{f}:{bad[0]}: malformed JSON line ({bad[1]}); fix or remove it") from e
         raise SynthError(f"{source}: cannot read as {builder}: {_first_line(e)}") from e
-    finally:
-        datasets.logging.set_verbosity(verbosity)
 
 
 def _first_line(e: BaseException) -> str:
@@ -215,7 +228,7 @@ def atomic_path(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Pa
 def write_dataset(dataset, out: str | os.PathLike, overwrite: bool = False, num_proc: int | None = None) -> Path:
     """`save_to_disk` into a temp folder, then rename into place."""
     out = check_output(out, overwrite)
-    with atomic_path(out, overwrite) as tmp:
+    with atomic_path(out, overwrite) as tmp, quiet_datasets():
         if len(dataset) == 0:
             # save_to_disk picks zero shards for an empty dataset, which load_from_disk cannot read back
             dataset.save_to_disk(str(tmp), num_shards=1)

@@ -389,7 +389,7 @@ def run_mix(
     from datasets import DatasetDict
 
     from synth.clean.registry import build_filters
-    from synth.io import atomic_path, check_output, rejects_path, write_json
+    from synth.io import atomic_path, check_output, quiet_datasets, rejects_path, write_json
     from synth.progress import progress
     from synth.stages import RejectsWriter
 
@@ -478,7 +478,7 @@ def run_mix(
             splits["validation"] = _to_arrow(valid, kinds[0])
         result = MixResult(out, kinds[0], seed, len(train), len(valid), reports, dedup=dedup_stats)
         writer.close()
-        with atomic_path(out, overwrite) as tmp:
+        with atomic_path(out, overwrite) as tmp, quiet_datasets():
             DatasetDict(splits).save_to_disk(str(tmp))
             write_json(result.as_dict(), tmp / "mix_report.json")
         if partial_rejects.exists():

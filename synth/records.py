@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from typing import Annotated, Any, Iterable, Iterator, Literal, Union
+from collections.abc import Iterable, Iterator
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 

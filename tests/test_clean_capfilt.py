@@ -18,7 +18,6 @@ from PIL import Image
 from synth.clean.capfilt import CapFilt, top_fraction_indices
 from synth.errors import SynthError
 from synth.stages import run_stages
-from tests.llm_fixtures import *  # noqa: F401,F403  (loopback OpenAI-compatible server fixtures)
 
 CORPUS = [
     "a red circle on a white background",

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from synth.cli import app
 from synth.io import read_dataset
 from synth.records import ImagePart, Message, Sample, TextPart, load_meta, samples_to_dataset
-from tests.llm_fixtures import *  # noqa: F401,F403
 
 runner = CliRunner()
 STORY = (

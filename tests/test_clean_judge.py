@@ -9,7 +9,6 @@ from synth.clean.judge import JudgeFilter, JudgeScore
 from synth.clean.registry import build_filter
 from synth.llm.base import Completion
 from synth.stages import Rejected, run_stages
-from tests.llm_fixtures import *  # noqa: F401,F403
 
 EXPECTED_PROMPT = """You are a strict reviewer of training data for an AI assistant. Rate the QUALITY of the assistant's answer to the instruction below on a scale from 1 to 10.
 

@@ -12,10 +12,6 @@ from synth.generate.elimination import make_stage, pick_weighted
 from synth.generate.evol_instruct import OPERATORS, EvolInstruct
 from synth.llm.base import Completion
 from synth.stages import Rejected, run_stages
-from tests.llm_fixtures import llm_server, llm_server_factory, make_llm_backend
-
-# pytest finds these fixtures by name in this module.
-FIXTURES = (llm_server, llm_server_factory, make_llm_backend)
 
 SEEDS = [
     {"id": "seed-1", "instruction": "Write a haiku about rain.", "output": "Rain taps on the roof."},

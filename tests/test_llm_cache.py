@@ -19,7 +19,6 @@ from synth.llm.base import ChatRequest
 from synth.llm.cache import CachedBackend, request_hash
 from synth.llm.openai_compat import OpenAIBackend, OpenAIConfig
 from synth.records import ImagePart, Message, TextPart
-from tests.llm_fixtures import *  # noqa: F401,F403
 
 
 def ask(text: str, **kw) -> ChatRequest:

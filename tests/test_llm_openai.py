@@ -15,7 +15,6 @@ from synth.llm.images import decode_data_url
 from synth.llm.openai_compat import OpenAIBackend, OpenAIConfig, parse_retry_after
 from synth.llm.testing import image_urls
 from synth.records import ImagePart, Message, TextPart
-from tests.llm_fixtures import *  # noqa: F401,F403
 
 
 def ask(text: str, **kw) -> ChatRequest:

@@ -8,7 +8,6 @@ from pydantic import BaseModel
 from synth.llm.base import ChatRequest
 from synth.llm.structured import json_candidates, parse_structured, reask_messages, response_format
 from synth.records import Message
-from tests.llm_fixtures import *  # noqa: F401,F403
 
 
 class Answer(BaseModel):

@@ -16,10 +16,6 @@ from synth.generate.mmevol import INTERACTION_FORMS, MMEvol, normalise_objects
 from synth.llm.base import Completion
 from synth.llm.testing import image_urls
 from synth.stages import Rejected, run_stages
-from tests.llm_fixtures import llm_server, llm_server_factory, make_llm_backend
-
-# pytest finds these fixtures by name in this module.
-FIXTURES = (llm_server, llm_server_factory, make_llm_backend)
 
 COLOURS = {"ALPHA": "red", "BRAVO": "blue", "CHARLIE": "green"}
 

@@ -21,7 +21,6 @@ from synth.generate.self_instruct import (
 )
 from synth.llm.base import Completion
 from synth.stages import RejectsWriter
-from tests.llm_fixtures import llm_server, llm_server_factory, make_llm_backend  # noqa: F401
 
 # ---------------------------------------------------------------- a scripted "model" for the test server
 

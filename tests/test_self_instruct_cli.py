@@ -8,7 +8,6 @@ from typer.testing import CliRunner
 
 from synth.cli import app
 from synth.io import read_dataset
-from tests.llm_fixtures import llm_server, llm_server_factory  # noqa: F401
 from tests.test_self_instruct import ScriptedModel
 
 

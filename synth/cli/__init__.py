@@ -7,16 +7,16 @@ from typing import Optional
 import typer
 
 from synth import __version__
-from synth.cli.common import app
 
 # Importing the command modules registers their commands on `app`.
 from synth.cli import adapt as _adapt  # noqa: F401,E402
+from synth.cli import clean as _clean  # noqa: F401,E402
+from synth.cli import evolve as _evolve  # noqa: F401,E402
 from synth.cli import export as _export  # noqa: F401,E402
 from synth.cli import generate as _generate  # noqa: F401,E402
-from synth.cli import self_instruct as _self_instruct  # noqa: F401,E402
-from synth.cli import evolve as _evolve  # noqa: F401,E402
-from synth.cli import clean as _clean  # noqa: F401,E402
 from synth.cli import mix as _mix  # noqa: F401,E402
+from synth.cli import self_instruct as _self_instruct  # noqa: F401,E402
+from synth.cli.common import app
 
 
 def _version(value: bool) -> None:

@@ -51,6 +51,8 @@ def self_instruct_command(
         "auto", "--prompt-style", help="auto, chat or continuation (base models)."
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed (example sampling and request seeds)."),
+    max_tokens: int = typer.Option(384, "--max-tokens", min=16, help="Token limit of each instruction-list reply."),
+    instance_max_tokens: int = typer.Option(512, "--instance-max-tokens", min=16, help="Token limit of each instance reply."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the LLM request cache."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
@@ -78,6 +80,8 @@ def self_instruct_command(
             responses=responses,
             prompt_style=prompt_style,
             seed=seed,
+            instruction_max_tokens=max_tokens,
+            instance_max_tokens=instance_max_tokens,
         )
     except ValidationError as e:
         raise SynthError(validation_message(e, "self-instruct options")) from e

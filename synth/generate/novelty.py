@@ -19,8 +19,8 @@ the F-measure. The speed comes from doing as little as possible per pair:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 

@@ -22,9 +22,10 @@ import json
 import random
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -119,7 +120,7 @@ def load_seed_tasks(path: str | Path | None = None) -> list[SeedTask]:
     except FileNotFoundError:
         raise SynthError(
             f"seed file {path} not found; pass --seeds FILE (JSONL) or leave it out for the built-in seeds"
-        )
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise SynthError(f"cannot read seed file {path}: {e}") from e
     tasks: list[SeedTask] = []
@@ -785,7 +786,7 @@ def write_self_instruct(result: SelfInstructResult, out: str | Path, overwrite: 
     """Write the SFT dataset (save_to_disk) plus ``self_instruct_tasks.jsonl`` and
     ``self_instruct_stats.json``,
     all at once: the folder appears complete or not at all."""
-    from synth.io import atomic_path, check_output
+    from synth.io import atomic_path, check_output, quiet_datasets
     from synth.records import samples_to_dataset
 
     out = check_output(out, overwrite)
@@ -795,7 +796,7 @@ def write_self_instruct(result: SelfInstructResult, out: str | Path, overwrite: 
             "try another model, more --count, or a higher --rouge-threshold"
         )
     dataset = samples_to_dataset(result.samples)
-    with atomic_path(out, overwrite) as tmp:
+    with atomic_path(out, overwrite) as tmp, quiet_datasets():
         dataset.save_to_disk(str(tmp))
         with open(tmp / "self_instruct_tasks.jsonl", "w", encoding="utf-8") as f:
             for task in result.tasks:

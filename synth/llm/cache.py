@@ -20,8 +20,8 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from synth.errors import SynthError
 from synth.llm.base import Backend, ChatRequest, Completion, Usage

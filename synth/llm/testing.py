@@ -172,7 +172,7 @@ class LLMTestServer:
 
     # ------------------------------------------------------------ lifecycle (thread)
 
-    def start(self) -> "LLMTestServer":
+    def start(self) -> LLMTestServer:
         started = threading.Event()
         errors: list[BaseException] = []
 
@@ -203,7 +203,7 @@ class LLMTestServer:
             self._thread.join(timeout=10)
             self._thread = None
 
-    def __enter__(self) -> "LLMTestServer":
+    def __enter__(self) -> LLMTestServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -406,7 +406,7 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.base_url = ""
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, text=True, env=dict(os.environ))
         line = self.proc.stdout.readline().strip()
         if not line.startswith("LISTENING "):
