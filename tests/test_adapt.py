@@ -16,31 +16,12 @@ from test_adapt_data import (
     shapes_rows,
     write_jsonl,
 )
-from typer.testing import CliRunner
 
 from synth.adapt import adapt, load_template_set, shipped_names
 from synth.adapt.engine import Renderer, choose_variant
-from synth.cli import app
 from synth.errors import SynthError
 from synth.records import load_meta, row_to_sample
-
-runner = CliRunner()
-
-
-def run_cli(*args: str):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result
-
-
-def one_line_error(result, *fragments: str) -> str:
-    """The CLI failed with exit 1 and a single 'error:' line holding every fragment."""
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-    return lines[0]
+from tests.cli_helpers import one_line_error, run_cli
 
 
 @pytest.fixture()

@@ -9,32 +9,19 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from synth.cli import app
 from synth.io import read_dataset
 from synth.records import ImagePart, Message, Sample, TextPart, load_meta, samples_to_dataset
+from tests.cli_helpers import one_line_error, run_cli
 
-runner = CliRunner()
 STORY = (
     "Once upon a time a small fox lived near the river bank and every morning it walked to the old mill to "
     "watch the miller grind the wheat into fine white flour for the village bakery"
 )
 
 
-def run_cli(*args) -> object:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
-def one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def png(width: int, height: int, colour=(10, 200, 30)) -> bytes:

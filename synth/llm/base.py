@@ -88,6 +88,30 @@ class UsageTotals:
         }
 
 
+def run_sync(make_coroutine):
+    """Run a coroutine to the end from sync code, also when called inside a running loop (notebooks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make_coroutine())
+    # Inside a running loop: run in a helper thread with its own loop.
+    result: list[Any] = []
+    error: list[BaseException] = []
+
+    def target():
+        try:
+            result.append(asyncio.run(make_coroutine()))
+        except BaseException as e:  # re-raised below in the caller's thread
+            error.append(e)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
 class Backend(ABC):
     """Implement `acomplete`; `complete` is the sync wrapper the CLI uses."""
 
@@ -103,26 +127,7 @@ class Backend(ABC):
         """Serve all requests; `progress(completion)` is called as each one finishes."""
 
     def complete(self, requests: Sequence[ChatRequest], progress=None) -> list[Completion]:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.acomplete(requests, progress))
-        # Called from inside a running loop (e.g. a notebook): run in a helper thread.
-        result: list[Completion] = []
-        error: list[BaseException] = []
-
-        def target():
-            try:
-                result.extend(asyncio.run(self.acomplete(requests, progress)))
-            except BaseException as e:  # re-raised below in the caller's thread
-                error.append(e)
-
-        t = threading.Thread(target=target)
-        t.start()
-        t.join()
-        if error:
-            raise error[0]
-        return result
+        return run_sync(lambda: self.acomplete(requests, progress))
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to release
         """Release connections/models. Safe to call twice."""

@@ -161,7 +161,7 @@ class CachedBackend(Backend):
 
     def complete(self, requests: Sequence[ChatRequest], progress=None) -> list[Completion]:
         # The inner backend may need to tidy up at the end of a sync call (e.g. close HTTP connections).
-        from synth.llm.openai_compat import run_sync
+        from synth.llm.base import run_sync
 
         async def run():
             try:

@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field
 
 from synth.errors import SynthError
-from synth.llm.base import Backend, ChatRequest, Completion, Usage
+from synth.llm.base import Backend, ChatRequest, Completion, Usage, run_sync
 from synth.llm.images import image_data_url
 from synth.llm.structured import parse_structured, reask_messages, response_format
 from synth.llm.usage import Prices
@@ -525,26 +525,3 @@ def _needs_key(url: str) -> bool:
 def _short(text: str, limit: int = 160) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def run_sync(make_coroutine):
-    """Run a coroutine to the end from sync code, also when called inside a running loop (notebooks)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make_coroutine())
-    result: list[Any] = []
-    error: list[BaseException] = []
-
-    def target():
-        try:
-            result.append(asyncio.run(make_coroutine()))
-        except BaseException as e:  # re-raised below in the caller's thread
-            error.append(e)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
