@@ -196,6 +196,24 @@ def open_image(value: Any, base_dir: Path | None = None, record_id: str = "?"):
         raise SynthError(f"record {record_id}: unreadable or corrupt image {where}: {_first_line(e)}") from e
 
 
+def read_yaml(path: str | os.PathLike, what: str) -> Any:
+    """Parse a YAML file (recipe, template set, filter chain); errors name the file, the line and `what`."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SynthError(f"{path}: no such {what} file")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SynthError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SynthError(f"{where}: invalid YAML: {problem}") from None
+
+
 # ---------------------------------------------------------------- writing
 
 

@@ -93,17 +93,10 @@ def _default_name(path: str) -> str:
 
 def load_recipe(path: str | os.PathLike) -> MixRecipe:
     """Parse and validate a recipe file; errors name the file and the key path."""
-    import yaml
+    from synth.io import read_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise SynthError(f"{path}: no such recipe file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise SynthError(f"{where}: invalid YAML: {getattr(e, 'problem', None) or str(e).splitlines()[0]}") from None
+    data = read_yaml(path, "recipe")
     if not isinstance(data, dict):
         raise SynthError(f"{path}: a recipe is a mapping with at least 'sources:'")
     try:

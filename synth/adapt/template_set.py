@@ -12,11 +12,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from jinja2 import nodes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from synth.errors import SynthError, validation_message
+from synth.io import read_yaml
 from synth.paths import templates_dir
 from synth.templating import compile_template, fast_renderer
 
@@ -162,14 +162,7 @@ def shipped_names() -> list[str]:
 
 def load_template_set_file(path: str | Path) -> TemplateSet:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise SynthError(f"{path}: cannot read template set: {e.strerror or e}") from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise SynthError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', None) or e}") from e
+    data = read_yaml(path, "template set")
     if not isinstance(data, dict):
         raise SynthError(f"{path}: a template set must be a YAML mapping (name, task, instructions, ...)")
     try:

@@ -137,16 +137,9 @@ def filter_specs_from_yaml(data: Any, source: str) -> list[tuple[str, dict]]:
 
 
 def load_filter_chain(path: str | Path) -> list[tuple[str, dict]]:
-    import yaml
+    from synth.io import read_yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise SynthError(f"{path}: no such filter config file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise SynthError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
-    return filter_specs_from_yaml(data, str(path))
+    return filter_specs_from_yaml(read_yaml(path, "filter config"), str(path))
 
 
 def build_filters(specs, *, backend_factory: Callable[[], Any] | None = None) -> list[Stage]:
