@@ -120,18 +120,14 @@ def image_bytes(image: Any) -> bytes:
     if isinstance(image, str):
         with open(image, "rb") as f:
             return f.read()
-    # PIL image: re-encode losslessly.
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
+    from synth.data.images import encode_pil
+
+    return encode_pil(image)  # a PIL image: encoded as the writer stores it
 
 
 def image_hash(image: Any) -> str:
-    """Hash of the encoded bytes; a decoded PIL image is hashed by its pixels (encoders differ)."""
-    if hasattr(image, "tobytes") and hasattr(image, "mode"):
-        h = hashlib.sha256(f"{image.mode}:{image.size}".encode())
-        h.update(image.tobytes())
-        return h.hexdigest()
+    """Hash of the encoded bytes. A PIL image is hashed by the bytes it is stored as, so a sample's id is
+    the same whether its images arrive as PIL objects or as the bytes read back from disk."""
     return hashlib.sha256(image_bytes(image)).hexdigest()
 
 

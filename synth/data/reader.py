@@ -1,0 +1,354 @@
+"""The one reader: any source users hand over → synth records in batches.
+
+Sources: a ``save_to_disk`` folder (Dataset or DatasetDict), Parquet, JSONL/JSON, CSV (a file or a folder of
+them), an image folder, or a Hugging Face Hub id (with ``config``, ``revision``, ``split``, ``streaming``).
+Images stay encoded (``{"bytes", "path"}``; image columns are read with ``Image(decode=False)``), relative
+image paths resolve against the dataset's own folder whatever the working directory, and none may leave it.
+Rows of peer layouts (TRL, LLaVA, sharegpt, alpaca, OpenAI) are converted by `synth.data.layouts`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synth.data.layouts import RecordError, detect_layout, kind_of, to_record
+from synth.errors import SynthError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+@contextlib.contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """Silence `datasets`' own progress bars and log lines (synth prints its own progress and errors)."""
+    from datasets.utils import logging as ds_logging
+
+    verbosity = ds_logging.get_verbosity()
+    bars = ds_logging.is_progress_bar_enabled()
+    ds_logging.set_verbosity_error()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        ds_logging.set_verbosity(verbosity)
+        if bars:
+            ds_logging.enable_progress_bar()
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _pick_split(dsd, split: str | None, source: str):
+    from datasets import DatasetDict, IterableDatasetDict
+
+    if not isinstance(dsd, (DatasetDict, IterableDatasetDict)):
+        return dsd
+    if split:
+        if split not in dsd:
+            raise SynthError(f"{source}: no split '{split}' (splits: {', '.join(dsd)}); pass --split NAME")
+        return dsd[split]
+    if "train" in dsd:
+        return dsd["train"]
+    if len(dsd) == 1:
+        return next(iter(dsd.values()))
+    raise SynthError(f"{source}: several splits ({', '.join(dsd)}); pass --split NAME")
+
+
+def _bad_json_line(path: Path) -> tuple[int, str] | None:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                return lineno, e.msg
+            if not isinstance(value, dict):
+                return lineno, "a line must hold one JSON object"
+    return None
+
+
+def _is_blank(path: Path) -> bool:
+    if path.stat().st_size == 0:
+        return True
+    if path.stat().st_size > 1 << 16:
+        return False
+    return not path.read_text(encoding="utf-8", errors="replace").strip()
+
+
+def _load_files(builder: str, files: list[str], source: str, streaming: bool):
+    from datasets import load_dataset
+
+    blank = [f for f in files if _is_blank(Path(f))]
+    if blank and len(blank) == len(files):
+        raise EmptyDatasetError(f"{blank[0]}: the file is empty; give a file with at least one record")
+    files = [f for f in files if f not in blank]
+    try:
+        with quiet_datasets():
+            return load_dataset(builder, data_files=files, split="train", streaming=streaming)
+    except Exception as e:  # datasets raises many types; find the real cause for the user
+        if builder == "json":
+            for f in files:
+                if f.endswith(".jsonl"):
+                    bad = _bad_json_line(Path(f))
+                    if bad:
+                        raise SynthError(f"{f}:{bad[0]}: malformed JSON line ({bad[1]}); fix or remove it") from None
+        raise SynthError(f"{source}: cannot read as {builder}: {first_line(e)}") from None
+
+
+class EmptyDatasetError(SynthError):
+    """The source holds no records."""
+
+
+def load(
+    source: str | os.PathLike,
+    split: str | None = None,
+    *,
+    config: str | None = None,
+    revision: str | None = None,
+    streaming: bool = False,
+    all_splits: bool = False,
+):
+    """A `datasets` Dataset (IterableDataset when streaming) from a local path or, failing that, a Hub id.
+    With `all_splits`, a DatasetDict stays whole (export writes every split)."""
+    from datasets import load_from_disk
+
+    source = str(source)
+    path = Path(source)
+    if path.is_dir():
+        if any((path / n).exists() for n in SAVED_MARKERS):
+            try:
+                with quiet_datasets():
+                    loaded = load_from_disk(str(path))
+            except Exception as e:
+                raise SynthError(f"{source}: cannot load saved dataset: {first_line(e)}") from None
+            if all_splits and not split:
+                return loaded
+            data = _pick_split(loaded, split, source)
+            return data.to_iterable_dataset() if streaming else data
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        for suffix, builder in FILE_BUILDERS.items():
+            data = [str(p) for p in files if p.suffix.lower() == suffix]
+            if data:
+                return _load_files(builder, data, source, streaming)
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
+            from datasets import load_dataset
+
+            try:
+                with quiet_datasets():
+                    return load_dataset("imagefolder", data_dir=str(path), split=split or "train", streaming=streaming)
+            except Exception as e:
+                raise SynthError(f"{source}: cannot read image folder: {first_line(e)}") from None
+        raise SynthError(f"{source}: no dataset found (expected a saved dataset, Parquet, JSONL, CSV or images)")
+    if path.is_file():
+        builder = FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise SynthError(f"{source}: unknown file type '{path.suffix}' (use .parquet, .jsonl, .json or .csv)")
+        return _load_files(builder, [str(path)], source, streaming)
+    if path.suffix.lower() in FILE_BUILDERS or source.startswith((".", "/", "~")):
+        raise SynthError(f"{source}: no such file or folder")
+    return load_hub(source, split, config=config, revision=revision, streaming=streaming, all_splits=all_splits)
+
+
+def load_hub(
+    repo_id: str,
+    split: str | None = None,
+    *,
+    config: str | None = None,
+    revision: str | None = None,
+    streaming: bool = False,
+    all_splits: bool = False,
+):
+    """A dataset from the Hugging Face Hub by id (the `datasets` cache applies)."""
+    from datasets import load_dataset
+
+    try:
+        with quiet_datasets():
+            loaded = load_dataset(
+                repo_id, config, split=None if all_splits and not split else (split or "train"),
+                revision=revision, streaming=streaming,
+            )
+    except Exception as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        hint = " (HF_HUB_OFFLINE is set: only datasets already in the local cache load)" if offline else ""
+        raise SynthError(
+            f"'{repo_id}' is not a local path and could not be loaded from the Hugging Face Hub{hint}: {first_line(e)}"
+        ) from None
+    return loaded
+
+
+def base_dir_of(source: str | os.PathLike) -> Path | None:
+    """The folder relative image paths resolve against: the dataset's folder (a file's parent); None for a Hub id."""
+    path = Path(source)
+    if not path.exists():
+        return None
+    path = path.resolve()
+    return path if path.is_dir() else path.parent
+
+
+def without_image_decoding(dataset):
+    """The same dataset with every Image feature (also inside lists) read as ``{"bytes", "path"}``."""
+    from datasets import Features, Image, LargeList, List, Sequence
+
+    features = getattr(dataset, "features", None)
+    if not features:
+        return dataset
+
+    def undecoded(feature):
+        if isinstance(feature, Image):
+            return Image(decode=False)
+        if isinstance(feature, (List, LargeList)):
+            return type(feature)(undecoded(feature.feature), **({"length": feature.length} if getattr(feature, "length", -1) != -1 else {}))
+        if isinstance(feature, Sequence):
+            return Sequence(undecoded(feature.feature), length=feature.length)
+        if isinstance(feature, dict):
+            return {k: undecoded(v) for k, v in feature.items()}
+        if isinstance(feature, list) and feature:
+            return [undecoded(feature[0])]
+        return feature
+
+    new = Features({k: undecoded(v) for k, v in features.items()})
+    if new == features:
+        return dataset
+    with quiet_datasets():
+        return dataset.cast(new)
+
+
+# ---------------------------------------------------------------- the source
+
+
+@dataclass
+class Source:
+    """An opened dataset: where it came from, its layout, and its rows as records."""
+
+    name: str
+    dataset: Any
+    base_dir: Path | None
+    layout: str
+    columns: list[str] = field(default_factory=list)
+    check_images: bool = True
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.layout)
+
+    @property
+    def num_rows(self) -> int | None:
+        return getattr(self.dataset, "num_rows", None) if not _is_iterable(self.dataset) else None
+
+    @property
+    def multimodal(self) -> bool:
+        """Whether the records carry images (image columns, or an images/image column of a peer layout)."""
+        from datasets import Image
+
+        if self.layout == "raw":
+            return any(_has_image_feature(f) for f in (self.dataset.features or {}).values())
+        return "images" in self.columns or "image" in self.columns or any(
+            isinstance(f, Image) for f in (self.dataset.features or {}).values()
+        )
+
+    def rows(self, batch_size: int = 256) -> Iterator[list[dict]]:
+        """The stored rows, undecoded, in batches (dicts of column → value)."""
+        with quiet_datasets():
+            for batch in self.dataset.iter(batch_size=batch_size):
+                keys = list(batch)
+                yield [dict(zip(keys, values)) for values in zip(*batch.values())]
+
+    def batches(
+        self,
+        batch_size: int = 256,
+        on_bad: Callable[[dict, RecordError], None] | None = None,
+    ) -> Iterator[list[dict]]:
+        """Records in batches. A row that cannot be read (its layout, its image) is an error naming it;
+        with `on_bad`, it is handed to `on_bad(stub, error)` and skipped instead."""
+        index = 0
+        for rows in self.rows(batch_size):
+            out = []
+            for row in rows:
+                index += 1
+                where = f"{self.name}: row {index}" + (f" (id {row['id']})" if row.get("id") else "")
+                try:
+                    out.append(to_record(row, self.layout, where, self.base_dir, self.check_images))
+                except SynthError as e:
+                    error = e if isinstance(e, RecordError) else RecordError(str(e), getattr(e, "reason", "bad_record"))
+                    if "row " not in str(error):
+                        error = RecordError(f"{where}: {error}", error.reason)
+                    if on_bad is None:
+                        raise error from None
+                    on_bad({"id": row.get("id") or f"row-{index}"}, error)
+            if out:
+                yield out
+
+    def records(self, batch_size: int = 256, on_bad=None) -> Iterator[dict]:
+        for batch in self.batches(batch_size, on_bad):
+            yield from batch
+
+
+def _is_iterable(dataset) -> bool:
+    from datasets import IterableDataset
+
+    return isinstance(dataset, IterableDataset)
+
+
+def _has_image_feature(feature) -> bool:
+    from datasets import Image
+
+    if isinstance(feature, Image):
+        return True
+    inner = getattr(feature, "feature", None)
+    if inner is not None:
+        return _has_image_feature(inner)
+    if isinstance(feature, dict):
+        return any(_has_image_feature(v) for v in feature.values())
+    if isinstance(feature, list) and feature:
+        return _has_image_feature(feature[0])
+    return False
+
+
+def open_source(
+    source: str | os.PathLike,
+    split: str | None = None,
+    *,
+    config: str | None = None,
+    revision: str | None = None,
+    streaming: bool = False,
+    limit: int | None = None,
+    layout: str | None = None,
+    allow_empty: bool = False,
+    check_images: bool = True,
+) -> Source:
+    """Open a dataset for reading records (see the module docs). An empty dataset is an error unless
+    `allow_empty`; `layout` forces a layout instead of detecting it from the columns."""
+    name = str(source)
+    dataset = load(source, split, config=config, revision=revision, streaming=streaming)
+    dataset = without_image_decoding(dataset)
+    if limit is not None:
+        dataset = dataset.take(limit) if _is_iterable(dataset) else dataset.select(range(min(limit, len(dataset))))
+    columns = list(dataset.column_names or (dataset.features or {}).keys())
+    if not allow_empty and not _is_iterable(dataset) and len(dataset) == 0:
+        raise EmptyDatasetError(f"{name}: the dataset is empty (0 rows); nothing to do")
+    return Source(
+        name=name,
+        dataset=dataset,
+        base_dir=base_dir_of(source),
+        layout=layout or detect_layout(set(columns)),
+        columns=columns,
+        check_images=check_images,
+    )
+
+
+def read_records(source: str | os.PathLike, split: str | None = None, **options) -> Iterator[dict]:
+    """Shortcut: the records of a source, one at a time."""
+    return open_source(source, split, **options).records()
