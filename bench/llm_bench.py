@@ -5,11 +5,14 @@ latency, then sends the same N chat requests at the same concurrency through
 
   (a) synth: `OpenAIBackend.acomplete` (cache off; retries, rate-limit hooks, replica picking, accounting on),
   (b) bare:  `AsyncOpenAI.chat.completions.create` under an `asyncio.Semaphore`, one task per request,
+  (c) cached: (a) wrapped in `CachedBackend` on a fresh SQLite file, so every request is a miss and every
+      completion is one committed WAL transaction (the price of losing nothing to ``kill -9``),
 
-each measured run in a fresh process after a short warm-up, alternating the two (best of `--repeats`), and
-prints both wall times, the throughput ratio synth/bare, each against the ideal N·latency/concurrency,
-and the peak RSS growth of each side at N/4 and N. Then the local-backend part (batched vs one prompt
-at a time), provided by `bench/local_llm_bench.py`, unless `--skip-local`.
+each measured run in a fresh process after a short warm-up, alternating the sides (best of `--repeats`),
+and prints the wall times, the throughput ratios synth/bare and cached/synth, each against the ideal
+N·latency/concurrency, the peak RSS growth of each side at N/4 and N, and the time spent committing
+(per completion, and in all). Then the local-backend part (batched vs one prompt at a time), provided by
+`bench/local_llm_bench.py`, unless `--skip-local`.
 
     .venv/bin/python bench/llm_bench.py               # 8,000 requests, 50 ms, concurrency 64
     .venv/bin/python bench/llm_bench.py --quick       # 1,000 requests, a smoke run
@@ -25,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from synth.llm.base import ChatRequest  # noqa: E402
+from synth.llm.cache import CachedBackend, RequestCache  # noqa: E402
 from synth.llm.openai_compat import OpenAIBackend, OpenAIConfig  # noqa: E402
 from synth.llm.testing import ServerProcess  # noqa: E402
 from synth.records import Message  # noqa: E402
@@ -71,18 +76,43 @@ def make_prompts(n: int, tag: str = "") -> list[str]:
     return [f"Write one sentence about item number {i}{tag}." for i in range(n)]
 
 
-async def run_synth(base_url: str, n: int, concurrency: int) -> dict:
+class CommitTimer:
+    """Wraps `RequestCache.put` to add up the time spent committing completions."""
+
+    def __init__(self):
+        self.seconds, self.commits = 0.0, 0
+        original = RequestCache.put
+
+        def put(cache, rows):
+            started = time.perf_counter()
+            original(cache, rows)
+            self.seconds += time.perf_counter() - started
+            self.commits += 1
+
+        RequestCache.put = put
+
+
+async def run_synth(base_url: str, n: int, concurrency: int, cache_dir: str | None = None) -> dict:
     backend = OpenAIBackend(OpenAIConfig(model="test-model", base_urls=[base_url], concurrency=concurrency,
                                          max_retries=3, timeout=60))
+    timer = None
+    if cache_dir is not None:
+        timer = CommitTimer()
+        backend = CachedBackend(backend, Path(cache_dir) / "llm-cache.sqlite")
     warmup = [ChatRequest(messages=[Message(role="user", content=p)]) for p in make_prompts(2 * concurrency, "w")]
-    await backend.acomplete(warmup)  # connections open, code paths warm
+    await backend.acomplete(warmup)  # connections open, code paths warm (and the cache file created)
     requests = [ChatRequest(messages=[Message(role="user", content=p)]) for p in make_prompts(n)]
+    if timer is not None:
+        timer.seconds, timer.commits = 0.0, 0
     with PeakRSS() as rss:
         started = time.perf_counter()
         out = await backend.acomplete(requests)
         wall = time.perf_counter() - started
     await backend.aclose()
-    return {"wall": wall, "ok": sum(c.ok for c in out), "rss_growth": rss.growth}
+    result = {"wall": wall, "ok": sum(c.ok for c in out), "rss_growth": rss.growth}
+    if timer is not None:
+        result.update(commit_seconds=timer.seconds, commits=timer.commits, cached=sum(c.cached for c in out))
+    return result
 
 
 async def run_bare(base_url: str, n: int, concurrency: int) -> dict:
@@ -110,9 +140,15 @@ async def run_bare(base_url: str, n: int, concurrency: int) -> dict:
 
 
 def child(kind: str, base_url: str, n: int, concurrency: int) -> None:
-    """One measured run in a fresh process (clean memory figures; the two sides never share a heap)."""
-    runner = run_synth if kind == "synth" else run_bare
-    print(json.dumps(asyncio.run(runner(base_url, n, concurrency))), flush=True)
+    """One measured run in a fresh process (clean memory figures; the sides never share a heap)."""
+    if kind == "bare":
+        result = asyncio.run(run_bare(base_url, n, concurrency))
+    elif kind == "cached":
+        with tempfile.TemporaryDirectory(prefix="synth-bench-cache-") as folder:  # fresh file: all misses
+            result = asyncio.run(run_synth(base_url, n, concurrency, cache_dir=folder))
+    else:
+        result = asyncio.run(run_synth(base_url, n, concurrency))
+    print(json.dumps(result), flush=True)
 
 
 def measure(kind: str, server: ServerProcess, n: int, concurrency: int) -> dict:
@@ -132,25 +168,31 @@ def http_part(args) -> None:
     with ServerProcess(latency=latency) as server:
         print(f"test server (own process) at {server.base_url}, latency {latency * 1000:.0f} ms; "
               f"each run in a fresh process after a {2 * concurrency}-request warm-up")
+        kinds = ("synth", "bare", "cached")
         best: dict[str, dict] = {}
-        for _ in range(args.repeats):  # alternate the sides so load changes hit both
-            for kind in ("synth", "bare"):
+        for _ in range(args.repeats):  # alternate the sides so load changes hit all of them
+            for kind in kinds:
                 result = measure(kind, server, n, concurrency)
                 if kind not in best or result["wall"] < best[kind]["wall"]:
                     best[kind] = result
-        small = {kind: measure(kind, server, n // 4, concurrency) for kind in ("synth", "bare")}
+        small = {kind: measure(kind, server, n // 4, concurrency) for kind in kinds}
 
     print(f"\n{n:,} chat requests, concurrency {concurrency}, ideal N·latency/concurrency = {ideal:.2f} s "
           f"(best of {args.repeats})")
     print(f"{'':6} {'wall s':>7} {'req/s':>7} {'ideal/wall':>10} {'ok':>6} {'sent':>6} "
           f"{'RSS +MB @N/4':>12} {'RSS +MB @N':>10}")
-    for kind in ("synth", "bare"):
+    for kind in kinds:
         r = best[kind]
         print(f"{kind:6} {r['wall']:7.2f} {n / r['wall']:7.0f} {ideal / r['wall']:9.2f}x {r['ok']:6,} "
               f"{r['sent']:6,} {small[kind]['rss_growth']:12.1f} {r['rss_growth']:10.1f}")
     ratio = best["bare"]["wall"] / best["synth"]["wall"]
     verdict = "meets" if ratio >= 0.9 else "BELOW"
     print(f"\nsynth / bare throughput: {ratio:.2f}x ({verdict} the 0.9x target)")
+    cached = best["cached"]
+    per_commit = cached["commit_seconds"] / max(1, cached["commits"]) * 1e6
+    print(f"cached / synth throughput: {best['synth']['wall'] / cached['wall']:.2f}x "
+          f"({cached['commits']:,} commits, one per completion, {per_commit:.0f} µs each, "
+          f"{cached['commit_seconds']:.2f} s of the {cached['wall']:.2f} s run; {cached['cached']} hits)")
     print("RSS growth includes the N results each side returns; synth keeps `concurrency` workers in flight, "
           "the bare loop one task per request.")
 
@@ -180,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs per side (best is reported)")
     parser.add_argument("--quick", action="store_true", help="1,000 requests, one run per side")
     parser.add_argument("--skip-local", action="store_true", help="skip the local-backend part")
-    parser.add_argument("--child", choices=["synth", "bare"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["synth", "bare", "cached"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

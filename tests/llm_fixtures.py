@@ -7,9 +7,15 @@
         assert llm_server.request_count == 2
 
 `llm_server` is a fresh `synth.llm.testing.LLMTestServer` per test (`.base_url`, `.script()`, `.fault()`,
-`.requests`, `.request_count`, `.max_in_flight`). `llm_backend` is an `OpenAIBackend` pointed at it with
-fast retries; `make_llm_backend(**config)` builds one with other options; `llm_server_factory(**opts)`
-starts more servers (replicas).
+`.requests`, `.request_count`, `.max_in_flight`, `.prompt_counts()`). `llm_backend` is an `OpenAIBackend`
+pointed at it with fast retries; `make_llm_backend(**config)` builds one with other options;
+`llm_server_factory(**opts)` starts more servers (replicas, or a server that checks like a real one:
+``api_key=``, ``strict_model=True``, ``reject_max_tokens=True``).
+
+The backend's circuit breaker stops a run (raises `synth.errors.BackendUnavailable`) when an endpoint
+fails every try before any success: a test that injects a fault on *every* request from the start
+(``fault("500")``, ``fault("html")``...) gets that error, not failed completions. To test per-record
+failures, fault only some records (``marker=``) or let one request succeed first.
 """
 
 from __future__ import annotations

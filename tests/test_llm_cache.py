@@ -121,36 +121,43 @@ WORKER = textwrap.dedent("""
     from synth.llm.openai_compat import OpenAIBackend, OpenAIConfig
     from synth.records import Message
 
-    url, path, prefix, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    backend = CachedBackend(OpenAIBackend(OpenAIConfig(model="m", base_urls=[url], concurrency=4)), path,
-                            flush_every=4)
-    requests = [ChatRequest(messages=[Message(role="user", content=f"{prefix} {i}")]) for i in range(n)]
-    done = 0
-    def progress(completion):
-        global done
-        done += 1
-        print(done, flush=True)
-    backend.complete(requests, progress)
+    url, path, prompts = sys.argv[1], sys.argv[2], sys.argv[3:]
+    if len(prompts) == 2 and prompts[1].isdigit():  # PREFIX N
+        prompts = [f"{prompts[0]} {i}" for i in range(int(prompts[1]))]
+    backend = CachedBackend(OpenAIBackend(OpenAIConfig(model="m", base_urls=[url], concurrency=8)), path)
+    requests = [ChatRequest(messages=[Message(role="user", content=p)], key=p) for p in prompts]
+    # Printed once the cache has committed the completion (the cache stores before it reports).
+    backend.complete(requests, lambda completion: print(completion.key, flush=True))
 """)
 
 
-def test_killed_process_resumes_with_only_the_rest(llm_server_factory, tmp_path):
+def test_killed_process_resends_only_what_had_not_arrived(llm_server_factory, tmp_path):
     server = llm_server_factory(latency=0.05)
+    server.fault("slow", marker="hang", delay=30)  # in flight when the process dies
     path = tmp_path / "c.sqlite"
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, server.base_url, str(path), "q", "60"],
+    prompts = [f"hang {i}" for i in range(3)] + [f"q {i}" for i in range(60)]
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, server.base_url, str(path), *prompts],
                             stdout=subprocess.PIPE, text=True)
+    arrived = []
     for line in proc.stdout:
-        if int(line) >= 20:
+        arrived.append(line.strip())
+        if len(arrived) >= 15:
             break
-    os.kill(proc.pid, signal.SIGKILL)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-run: 5 workers still cycling through q requests
     proc.wait()
     saved = rows(path)
-    assert 16 <= saved < 60  # at most one unflushed batch (flush_every=4) is lost
-    sent_before = server.request_count
+    assert 15 <= saved < 60
+    server.clear_faults()
+    before = server.prompt_counts()
     backend = CachedBackend(OpenAIBackend(OpenAIConfig(model="m", base_urls=[server.base_url])), path)
-    out = backend.complete([ChatRequest(messages=[Message(role="user", content=f"q {i}")]) for i in range(60)])
-    assert all(c.ok for c in out)
-    assert server.request_count - sent_before == 60 - saved
+    out = backend.complete([ask(p) for p in prompts])
+    assert all(c.ok for c in out) and [c.text for c in out] == prompts
+    assert sum(c.cached for c in out) == saved
+    again = server.prompt_counts() - before  # what the rerun sent
+    assert not any(again[p] for p in arrived), [p for p in arrived if again[p]]  # no arrived answer re-sent
+    assert sum(again.values()) == len(prompts) - saved  # exactly what was not stored
+    assert all(again[f"hang {i}"] == 1 for i in range(3))  # never answered: asked again, once
+    assert max((before + again).values()) <= 2
 
 
 def test_concurrent_writer_processes_share_one_file(llm_server, tmp_path):
@@ -167,7 +174,7 @@ def test_concurrent_writer_processes_share_one_file(llm_server, tmp_path):
 
 
 def test_concurrent_tasks_in_one_loop(llm_server, make_llm_backend, tmp_path):
-    backend = CachedBackend(make_llm_backend(), tmp_path / "c.sqlite", flush_every=3)
+    backend = CachedBackend(make_llm_backend(), tmp_path / "c.sqlite")
 
     async def main():
         return await asyncio.gather(*(backend.acomplete(batch(10, f"t{k}")) for k in range(5)))
@@ -177,17 +184,45 @@ def test_concurrent_tasks_in_one_loop(llm_server, make_llm_backend, tmp_path):
     assert rows(tmp_path / "c.sqlite") == 50
 
 
+def test_each_completion_is_committed_before_it_is_reported(llm_server, make_llm_backend, tmp_path):
+    path = tmp_path / "c.sqlite"
+    backend = CachedBackend(make_llm_backend(concurrency=2), path)
+    seen = []
+
+    def progress(completion):
+        # Another connection (as another process would) already sees the row: it is committed.
+        with sqlite3.connect(path) as conn:
+            seen.append(conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0])
+
+    backend.complete(batch(6), progress)
+    assert seen == list(range(1, 7))
+
+
 def test_failures_are_not_cached(llm_server, make_llm_backend, tmp_path):
     path = tmp_path / "c.sqlite"
     llm_server.fault("503", marker="flaky")
     backend = CachedBackend(make_llm_backend(max_retries=1), path)
     out = backend.complete([ask("fine"), ask("flaky")])
     assert [c.ok for c in out] == [True, False]
+    assert out[1].error_kind == "http_503" and rows(path) == 1
     llm_server.clear_faults()
     sent = llm_server.request_count
     out = backend.complete([ask("fine"), ask("flaky")])
     assert [c.ok for c in out] == [True, True] and [c.cached for c in out] == [True, False]
     assert llm_server.request_count == sent + 1
+
+
+def test_invalid_structured_output_is_not_cached(llm_server, make_llm_backend, tmp_path):
+    class A(BaseModel):
+        a: int
+
+    llm_server.script({"x": ["no json", '{"a": 1}']})
+    path = tmp_path / "c.sqlite"
+    backend = CachedBackend(make_llm_backend(max_reask=0), path)
+    first = backend.complete([ask("x", schema_model=A)])[0]
+    assert not first.ok and first.error_kind == "unparseable" and rows(path) == 0
+    second = backend.complete([ask("x", schema_model=A)])[0]
+    assert second.ok and not second.cached and second.parsed == [A(a=1)] and rows(path) == 1
 
 
 def test_structured_hits_are_parsed(llm_server, make_llm_backend, tmp_path):
@@ -206,7 +241,7 @@ def test_cache_file_never_contains_the_api_key(llm_server, monkeypatch, tmp_path
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     path = tmp_path / "c.sqlite"
     inner = OpenAIBackend(OpenAIConfig(model="m", base_urls=[llm_server.base_url]))
-    backend = CachedBackend(inner, path, flush_every=1000)
+    backend = CachedBackend(inner, path)
     backend.complete(batch(10))
     assert llm_server.headers[0]["authorization"] == f"Bearer {secret}"  # the key was in use
     files = [p for p in tmp_path.iterdir() if p.name.startswith("c.sqlite")]

@@ -6,7 +6,7 @@ import pytest
 from pydantic import BaseModel
 
 from synth.llm.base import ChatRequest
-from synth.llm.structured import json_candidates, parse_structured, reask_messages, response_format
+from synth.llm.structured import json_values, parse_structured, reask_messages, response_format
 from synth.records import Message
 
 
@@ -23,6 +23,13 @@ class Answer(BaseModel):
     '{\u201canswer\u201d: \u201cyes\u201d, \u201cscore\u201d: 3}',
     "{'answer': 'yes', 'score': 3}",
     '```\n{"answer": "yes",\n "score": 3,\n}\n```',
+    '{"answer": "yes" "score": 3}',  # missing comma
+    "{'answer': 'yes', 'score': 3, 'extra': None, 'flag': True}",  # Python literals
+    '{"answer": "yes", "score": 3',  # cut off at max_tokens: the object is closed
+    '```json\n{"answer": "yes", "score": 3',  # cut off inside an unclosed code fence
+    'Use {braces} like this:\n```json\n{"answer": "yes", "score": 3}\n```',  # braces in the prose
+    '```python\nprint(1)\n```\nThe answer: {"answer": "yes", "score": 3}',  # the fence holds code
+    'Example: {"note": "x"}\nAnswer: {"answer": "yes", "score": 3}',  # the valid one of several objects
 ])
 def test_repairs_near_json(text):
     value, error = parse_structured(text, Answer)
@@ -35,15 +42,31 @@ def test_repair_keeps_commas_and_braces_inside_strings():
 
 
 @pytest.mark.parametrize("text, reason", [
-    ('{"answer": "yes", "score": 3', "not valid JSON"),
+    ('{"answer": "yes", "sco', "score: Field required"),  # cut off before the field: re-ask
     ('{"answer": "yes"}', "score"),
     ('{"answer": "yes", "score": "high"}', "score"),
     ("", "empty reply"),
+    ("   \n", "empty reply"),
     ("no json at all", "not valid JSON"),
+    ("I'm sorry, I can't rate this.", "not valid JSON"),
+    ("42", "does not match the schema"),
 ])
 def test_unrepairable_replies_give_a_reason(text, reason):
     value, error = parse_structured(text, Answer)
     assert value is None and reason in error
+
+
+class Summary(BaseModel):
+    title: str
+    points: list[str]
+
+
+def test_json_cut_at_max_tokens_is_closed():
+    # The open string, list and object are closed; the caller still sees finish_reason "length".
+    value, error = parse_structured('{"title": "Rivers", "points": ["long", "wet", "flo', Summary)
+    assert error is None and value == Summary(title="Rivers", points=["long", "wet", "flo"])
+    value, error = parse_structured('{"items": [1, 2, {"a": "x', dict)
+    assert error is None and value == {"items": [1, 2, {"a": "x"}]}
 
 
 def test_python_style_repair_leaves_string_contents_alone():
@@ -51,10 +74,12 @@ def test_python_style_repair_leaves_string_contents_alone():
     assert error is None and value.answer == "a true story, not null"
 
 
-def test_list_schema_and_candidates():
+def test_list_schema_and_values():
     value, error = parse_structured("Result: [1, 2, 3,]", list[int])
     assert error is None and value == [1, 2, 3]
-    assert json_candidates("x {\"a\": 1} y")[-1] == '{"a": 1}'
+    assert json_values('x {"a": 1} y') == [{"a": 1}]
+    assert json_values('{"a": 1}') == [{"a": 1}]  # strict JSON: no repair
+    assert json_values("just words") == [] and json_values("") == []
 
 
 def test_response_format_carries_the_schema():

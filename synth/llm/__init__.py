@@ -1,3 +1,3 @@
 """LLM layer: one backend interface over OpenAI-compatible servers and in-process transformers models."""
 
-from synth.llm.base import Backend, ChatRequest, Completion, LLMStage, Usage  # noqa: F401
+from synth.llm.base import Backend, ChatRequest, Completion, Usage  # noqa: F401

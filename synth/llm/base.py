@@ -2,7 +2,8 @@
 
 A batch of `ChatRequest`s goes in, one `Completion` per request comes out, in the same order. A request
 that could not be served (after retries) comes back with `error` set: it is a recorded failure, never an
-exception and never a silent drop.
+exception and never a silent drop. The one exception is an endpoint that cannot serve anything at all
+(wrong URL, key or model, server down): then the call raises `synth.errors.BackendUnavailable`.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from synth.records import Message
-from synth.stages import Rejected, Stage
 
 
 class ChatRequest(BaseModel):
@@ -52,7 +52,13 @@ class Completion(BaseModel):
     parsed: list[Any] | None = None
     usage: Usage = Field(default_factory=Usage)
     cached: bool = False
+    #: why the request failed, for people (None when it succeeded)
     error: str | None = None
+    #: the same, for counting: "connection", "timeout", "http_<status>" (e.g. "http_500", "http_400"),
+    #: "bad_response" (body not JSON / not a chat completion), "no_choices", "unparseable" (structured
+    #: output still invalid after re-asks), "invalid_request" (e.g. unreadable image), "generation"
+    #: (local model error), "incomplete" (fewer samples than asked), "internal" (a bug)
+    error_kind: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -131,53 +137,3 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to release
         """Release connections/models. Safe to call twice."""
-
-
-class LLMStage(Stage):
-    """A stage that asks the LLM once per record.
-
-    Subclasses implement `format_input(record) -> ChatRequest | Rejected` and
-    `format_output(record, completion) -> dict | Rejected`; both are testable without a backend.
-    Records are sent in batches of `batch_size` so the backend can work on them concurrently.
-    """
-
-    batch_size: ClassVar[int] = 256
-
-    def __init__(self, backend: Backend, config=None, **overrides):
-        super().__init__(config, **overrides)
-        self.backend = backend
-
-    def format_input(self, record: dict) -> ChatRequest | Rejected:
-        raise NotImplementedError
-
-    def format_output(self, record: dict, completion: Completion) -> dict | Rejected:
-        raise NotImplementedError
-
-    def run(self, records: Iterable[dict]) -> Iterator[dict]:
-        batch: list[dict] = []
-        for record in records:
-            batch.append(record)
-            if len(batch) >= self.batch_size:
-                yield from self._run_batch(batch)
-                batch = []
-        if batch:
-            yield from self._run_batch(batch)
-
-    def _run_batch(self, batch: list[dict]) -> Iterator[dict]:
-        requests, waiting = [], []
-        for record in batch:
-            request = self.format_input(record)
-            if isinstance(request, Rejected):
-                self._account(record, request)
-            else:
-                requests.append(request)
-                waiting.append(record)
-        completions = self.backend.complete(requests) if requests else []
-        for record, completion in zip(waiting, completions, strict=True):
-            if not completion.ok:
-                result: dict | Rejected = Rejected("llm_failure", completion.error or "")
-            else:
-                result = self.format_output(record, completion)
-            out = self._account(record, result)
-            if out is not None:
-                yield out

@@ -4,8 +4,9 @@
 a SQLite file (WAL mode), keyed by a hash of the model, the messages (images by content hash), the
 sampling parameters, the schema and the sample index — so ``n=4`` stores four rows, and raising ``n``
 later only asks for the new samples. Hits come back with ``cached=True`` (counted in ``usage.cached``);
-only misses reach the inner backend. Results are written as they arrive and committed in small batches
-(at most `flush_every` items or `flush_interval` seconds), so a ``kill -9`` loses only those. Several
+only misses reach the inner backend. Each completion is committed as it arrives (one small WAL
+transaction; with ``synchronous=NORMAL`` a commit is not fsynced, so it survives ``kill -9`` but not a
+power cut), so a killed run loses no answer that had arrived and its rerun sends only the rest. Several
 processes may share one file (SQLite locking; writers wait up to `busy_timeout` seconds). Failures are
 never cached: a rerun tries them again. The file holds requests' hashes, replies and token counts —
 never API keys or request headers.
@@ -13,7 +14,6 @@ never API keys or request headers.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -76,7 +76,6 @@ class RequestCache:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
-        self._pending: list[tuple] = []
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
@@ -108,34 +107,30 @@ class RequestCache:
                     found[key] = tuple(rest)
         return found
 
-    def add(self, key: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int,
-            model: str) -> int:
-        """Queue one row; returns how many are waiting for the next `flush`."""
+    def put(self, rows: Sequence[tuple[str, str, str, int, int, str]]) -> None:
+        """Store (key, text, finish_reason, prompt_tokens, completion_tokens, model) rows and commit now:
+        one transaction, so the samples of one completion are there all together or not at all."""
+        now = time.time()
         with self._lock:
-            self._pending.append((key, text, finish_reason, prompt_tokens, completion_tokens, model, time.time()))
-            return len(self._pending)
-
-    def flush(self) -> None:
-        with self._lock:
-            if not self._pending:
-                return
-            rows, self._pending = self._pending, []
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany("INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                self._pending[:0] = rows
-                raise
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany("INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     [(*row, now) for row in rows])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise SynthError(f"cannot write the request cache {self.path}: {e} (disk full? another "
+                                 "process holding it? or pass --no-cache)") from e
 
     def __len__(self) -> int:
         with self._lock:
             return self._connection().execute("SELECT COUNT(*) FROM completions").fetchone()[0]
 
     def close(self) -> None:
-        self.flush()
         with self._lock:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
@@ -145,16 +140,13 @@ class RequestCache:
 class CachedBackend(Backend):
     """Serve hits from the cache, forward misses to `inner`, store what comes back."""
 
-    def __init__(self, inner: Backend, path: str | os.PathLike, flush_every: int = 32,
-                 flush_interval: float = 0.5):
+    def __init__(self, inner: Backend, path: str | os.PathLike):
         super().__init__()
         self.inner = inner
         self.cache = RequestCache(path)
         self.usage = inner.usage  # one set of totals: the inner's requests plus our hits
         self.model_name = inner.model_name
         self.supports_images = inner.supports_images
-        self.flush_every = flush_every
-        self.flush_interval = flush_interval
 
     def __repr__(self) -> str:
         return f"CachedBackend({self.inner!r}, path={str(self.cache.path)!r})"
@@ -196,7 +188,6 @@ class CachedBackend(Backend):
 
         inner_requests = [requests[pos].model_copy(update={"n": len(missing), "key": str(j)})
                           for j, (pos, missing) in enumerate(forwarded)]
-        flusher = asyncio.ensure_future(self._flush_periodically())
 
         def on_done(completion: Completion) -> None:
             j = int(completion.key) if completion.key is not None and completion.key.isdigit() else -1
@@ -206,39 +197,31 @@ class CachedBackend(Backend):
                 if progress is not None:
                     progress(merged)
 
-        try:
-            completions = await self.inner.acomplete(inner_requests, on_done)
-            for j, completion in enumerate(completions):  # backends that don't report progress
-                if results[forwarded[j][0]] is None:
-                    completion = completion.model_copy(update={"key": str(j)})
-                    on_done(completion)
-        finally:
-            flusher.cancel()
-            self.cache.flush()
+        # Each completion is stored (committed) in on_done, as it arrives, before anyone hears of it.
+        completions = await self.inner.acomplete(inner_requests, on_done)
+        for j, completion in enumerate(completions):  # backends that don't report progress
+            if results[forwarded[j][0]] is None:
+                completion = completion.model_copy(update={"key": str(j)})
+                on_done(completion)
         return results  # type: ignore[return-value]
-
-    async def _flush_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            self.cache.flush()
 
     def _store(self, requests, bases, hits, forwarded: tuple[int, list[int]], completion: Completion) -> Completion:
         """Write the new samples, and merge them with the cached ones in sample order."""
         pos, missing = forwarded
         request = requests[pos]
-        if not completion.ok or len(completion.texts) != len(missing):
-            return completion.model_copy(update={"key": request.key, "error": completion.error or
-                                                 f"backend returned {len(completion.texts)} of {len(missing)} samples"})
+        if not completion.ok:  # never stored: a rerun asks again
+            return completion.model_copy(update={"key": request.key})
+        if len(completion.texts) != len(missing):
+            return completion.model_copy(update={
+                "key": request.key, "error": f"backend returned {len(completion.texts)} of {len(missing)} samples",
+                "error_kind": "incomplete"})
         usage = completion.usage
         share, rest = divmod(usage.completion_tokens, len(missing))
-        waiting = 0
-        for k, (index, text, finish) in enumerate(zip(missing, completion.texts, completion.finish_reasons)):
-            # Token counts are split over the samples so a full hit adds up to what the call cost.
-            waiting = self.cache.add(sample_key(bases[pos], index), text, finish,
-                                     usage.prompt_tokens if k == 0 else 0, share + (rest if k == 0 else 0),
-                                     self.model_name)
-        if waiting >= self.flush_every:
-            self.cache.flush()
+        # Token counts are split over the samples so a full hit adds up to what the call cost.
+        self.cache.put([(sample_key(bases[pos], index), text, finish, usage.prompt_tokens if k == 0 else 0,
+                         share + (rest if k == 0 else 0), self.model_name)
+                        for k, (index, text, finish) in enumerate(zip(missing, completion.texts,
+                                                                       completion.finish_reasons))])
         if len(missing) == request.n:
             return completion.model_copy(update={"key": request.key})
         # A partial hit: cached samples plus the new ones.
@@ -275,7 +258,6 @@ class CachedBackend(Backend):
                           usage=usage, cached=True)
 
     async def aclose(self) -> None:
-        self.cache.flush()
         if hasattr(self.inner, "aclose"):
             await self.inner.aclose()
 

@@ -227,7 +227,8 @@ class LocalBackend(Backend):
             try:
                 prompts[index] = self._prompt_ids(loaded, request)
             except Exception as e:  # a bad request is a recorded failure, never a crash of the batch
-                results[index] = Completion(key=request.key, error=f"cannot build the prompt: {e}")
+                results[index] = Completion(key=request.key, error=f"cannot build the prompt: {e}",
+                                            error_kind="invalid_request")
                 self._account(results[index])
                 report(results[index])
 
@@ -237,7 +238,7 @@ class LocalBackend(Backend):
                     done = self._generate(loaded, [requests[i] for i in batch], [prompts[i] for i in batch])
                 except Exception as e:  # e.g. out of memory, context too long: record and go on
                     error = f"generation failed: {type(e).__name__}: {e}"
-                    done = [Completion(key=requests[i].key, error=error) for i in batch]
+                    done = [Completion(key=requests[i].key, error=error, error_kind="generation") for i in batch]
                 for index, completion in zip(batch, done, strict=True):
                     results[index] = completion
                     self._account(completion)
@@ -387,7 +388,8 @@ class LocalBackend(Backend):
             if error is not None:
                 if reason == "length":
                     error = f"JSON reply cut at max_tokens={request.max_tokens or self.config.max_tokens}; raise max_tokens"
-                return Completion(key=request.key, texts=texts, finish_reasons=reasons, usage=usage, error=error)
+                return Completion(key=request.key, texts=texts, finish_reasons=reasons, usage=usage, error=error,
+                                  error_kind="unparseable")
             parsed.append(value)
         return Completion(key=request.key, texts=texts, finish_reasons=reasons, parsed=parsed, usage=usage)
 

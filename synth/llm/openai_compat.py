@@ -5,13 +5,21 @@ How a batch is served:
 - a fixed pool of `concurrency` workers takes requests in order (memory does not grow with the batch);
 - each HTTP call picks the least-busy replica (several `base_urls`); a replica that keeps failing is set
   aside for `replica_cooldown` seconds while another one can serve;
+- a circuit breaker for an endpoint that cannot serve at all (connection refused, unknown host, 401/403,
+  404, an HTML or non-JSON body): `breaker_failures` such failures in a row before any success take the
+  replica out for good; with every replica out the call raises `BackendUnavailable` with one line saying
+  what to check — within seconds, instead of retrying every record. Transient failures (429, 5xx,
+  timeouts) are retried; if the first `breaker_requests` requests all fail even so, the run stops too;
 - optional requests/tokens-per-minute limits (token buckets; tokens estimated before, corrected after);
 - retries with exponential backoff and jitter on 429, 5xx, timeouts, dropped connections and malformed
   bodies, honouring ``Retry-After`` (seconds or HTTP-date) — the SDK's own retries are off so every retry
   is counted;
 - `n` > 1 (topped up with extra calls when a server ignores `n`), images as data URLs, structured output
   (``response_format`` + local validation, repair and re-ask);
-- whatever happens, each request gets one `Completion`; a failure has `error` set with its reason.
+- ``max_completion_tokens`` for OpenAI itself (its reasoning models reject ``max_tokens``), ``max_tokens``
+  for other servers; a server that asks for the other name (HTTP 400) gets it from then on;
+- short of an unusable endpoint, each request gets one `Completion`; a failure has `error` set with its
+  reason and `error_kind` with its class.
 
 The API key comes only from the environment (``OPENAI_API_KEY`` by default) and is never stored in the
 config, so config dumps, caches and logs cannot leak it.
@@ -29,12 +37,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from synth.errors import SynthError
+from synth.errors import BackendUnavailable, SynthError
 from synth.llm.base import Backend, ChatRequest, Completion, Usage, run_sync
 from synth.llm.images import image_data_url
 from synth.llm.structured import parse_structured, reask_messages, response_format
@@ -46,7 +54,8 @@ log = logging.getLogger(__name__)
 OPENAI_URL = "https://api.openai.com/v1"
 NO_KEY = "sk-no-key-needed"  # local servers ignore the key, but the SDK wants one
 RETRY_STATUSES = {408, 409, 425, 429}
-FATAL_STATUSES = {401, 403, 404}  # every later request would fail the same way
+AUTH_STATUSES = {401, 403}  # bad or missing key: no request can succeed
+ROUTE_STATUSES = {404, 405}  # wrong base URL or model name
 
 
 class OpenAIConfig(BaseModel):
@@ -71,27 +80,54 @@ class OpenAIConfig(BaseModel):
     prices: Prices | None = None
     replica_failures: int = Field(3, ge=1, description="consecutive failures before a replica is set aside")
     replica_cooldown: float = Field(30.0, ge=0)
+    breaker_failures: int = Field(
+        3, ge=1, description="unusable-endpoint failures in a row, before any success, that take a replica out")
+    breaker_requests: int = Field(
+        3, ge=1, description="stop the run when this many requests failed after their retries before any success")
+    token_param: Literal["auto", "max_tokens", "max_completion_tokens"] = Field(
+        "auto", description="field for the token limit; auto: max_completion_tokens for api.openai.com")
     supports_images: bool = True
 
 
 class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None, replica_fault: bool = True):
+    """One HTTP call failed; another try may work.
+
+    `kind` is the `Completion.error_kind` if the request ends on it. `unusable` = (class, one-line
+    diagnosis) for failures that, repeated before any success, mean the endpoint cannot serve at all.
+    `refused` (401/403/404): once the replica has served, retrying the same request cannot help.
+    """
+
+    def __init__(self, reason: str, retry_after: float | None = None, replica_fault: bool = True,
+                 kind: str = "connection", unusable: tuple[str, str] | None = None, refused: bool = False):
         super().__init__(reason)
         self.retry_after = retry_after
         self.replica_fault = replica_fault
+        self.kind = kind
+        self.unusable = unusable
+        self.refused = refused
 
 
 class _ItemFailed(Exception):
     """This request cannot be served (bad request, unreadable image...): record it, don't retry."""
 
+    def __init__(self, reason: str, kind: str = "invalid_request"):
+        super().__init__(reason)
+        self.kind = kind
+
 
 @dataclass(eq=False)
 class _Replica:
     url: str
+    token_param: str = "max_tokens"
+    token_param_switched: bool = False
     in_flight: int = 0
     failures: int = 0  # consecutive
     cooldown_until: float = 0.0
     not_before: float = 0.0  # from Retry-After
+    served: bool = False  # at least one call succeeded: later failures are not a misconfiguration
+    streak_class: str | None = None  # circuit breaker: the unusable-endpoint failure repeating
+    streak: int = 0
+    out: str | None = None  # why the breaker took it out (for good)
 
 
 class _Bucket:
@@ -165,13 +201,17 @@ class OpenAIBackend(Backend):
         urls = self.config.base_urls or (os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).split(",")
         urls = [u.strip() for u in urls if u.strip()]
         self.replicas = [_Replica(url.rstrip("/")) for url in urls]
+        for replica in self.replicas:
+            replica.token_param = token_limit_field(replica.url, self.config.token_param)
         if not os.environ.get(self.config.api_key_env) and any(_needs_key(r.url) for r in self.replicas):
             raise SynthError(f"no API key: set {self.config.api_key_env} (or use --base-url for a local "
                              "server, or --backend local)")
         self._state: _LoopState | None = None
         self._state_lock = threading.Lock()
         self._send_schema = self.config.json_schema
-        self._fatal: str | None = None
+        self._served = False  # any call succeeded, on any replica
+        self._unserved_failures = 0  # requests that failed after their retries before any success
+        self._unavailable: tuple[str, str] | None = None  # (message, kind) once the breaker tripped
         self._rpm = _Bucket(self.config.rpm) if self.config.rpm else None
         self._tpm = _Bucket(self.config.tpm) if self.config.tpm else None
 
@@ -239,6 +279,9 @@ class OpenAIBackend(Backend):
     # ------------------------------------------------------------ batch
 
     async def acomplete(self, requests: Sequence[ChatRequest], progress=None) -> list[Completion]:
+        """All completions, or `BackendUnavailable` when the endpoint turned out unusable."""
+        if self._unavailable is not None and requests:
+            raise self._unavailable_error()
         state = self._loop_state()
         results: list[Completion | None] = [None] * len(requests)
         order = iter(range(len(requests)))
@@ -251,7 +294,15 @@ class OpenAIBackend(Backend):
                     progress(completion)
 
         workers = min(self.config.concurrency, len(requests))
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        tasks = [asyncio.ensure_future(worker()) for _ in range(workers)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # The breaker tripped (or we were cancelled): stop the other workers too, now.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         return results  # type: ignore[return-value]
 
     async def _serve(self, state: _LoopState, request: ChatRequest) -> Completion:
@@ -263,22 +314,22 @@ class OpenAIBackend(Backend):
             if request.schema_model is not None:
                 parsed, error = await self._structured(state, request, texts, finishes, usage)
         except _ItemFailed as e:
-            return self._failed(request, str(e), usage)
-        except asyncio.CancelledError:
+            return self._failed(request, str(e), usage, e.kind)
+        except (asyncio.CancelledError, BackendUnavailable):
             raise
         except Exception as e:  # a bug or an unexpected server reply must not sink the batch
             log.exception("unexpected error serving a request")
-            return self._failed(request, f"unexpected error: {type(e).__name__}: {e}", usage)
+            return self._failed(request, f"unexpected error: {type(e).__name__}: {e}", usage, "internal")
         if error:
             with self.usage.lock:
                 self.usage.failures += 1
         return Completion(key=request.key, texts=texts, finish_reasons=finishes, parsed=parsed, usage=usage,
-                          error=error)
+                          error=error, error_kind="unparseable" if error else None)
 
-    def _failed(self, request: ChatRequest, reason: str, usage: Usage) -> Completion:
+    def _failed(self, request: ChatRequest, reason: str, usage: Usage, kind: str) -> Completion:
         with self.usage.lock:
             self.usage.failures += 1
-        return Completion(key=request.key, usage=usage, error=reason)
+        return Completion(key=request.key, usage=usage, error=reason, error_kind=kind)
 
     async def _sample(self, state, request: ChatRequest, messages: list[dict], n: int,
                       usage: Usage) -> tuple[list[str], list[str]]:
@@ -289,7 +340,7 @@ class OpenAIBackend(Backend):
             seed = request.seed + len(texts) if (request.seed is not None and texts) else request.seed
             choices = await self._call(state, request, messages, n - len(texts), seed, usage)
             if not choices:
-                raise _ItemFailed("server returned no choices")
+                raise _ItemFailed("server returned no choices", "no_choices")
             for text, finish in choices[: n - len(texts)]:
                 texts.append(text)
                 finishes.append(finish)
@@ -322,7 +373,7 @@ class OpenAIBackend(Backend):
         params: dict[str, Any] = {"model": self.config.model, "messages": messages}
         if n != 1:
             params["n"] = n
-        for name in ("temperature", "top_p", "max_tokens", "stop"):
+        for name in ("temperature", "top_p", "stop"):
             value = getattr(request, name)
             if value is not None:
                 params[name] = value
@@ -333,8 +384,8 @@ class OpenAIBackend(Backend):
         last_failed: _Replica | None = None
         attempt = 0
         while True:
-            if self._fatal:
-                raise _ItemFailed(self._fatal)
+            if self._unavailable is not None:
+                raise self._unavailable_error()
             with_schema = request.schema_model is not None and self._send_schema
             if with_schema:
                 params["response_format"] = response_format(request.schema_model)
@@ -342,16 +393,20 @@ class OpenAIBackend(Backend):
                 params.pop("response_format", None)
             await self._limit(state, estimate)
             replica = await self._pick(last_failed)
+            params.pop("max_tokens", None)
+            params.pop("max_completion_tokens", None)
+            if request.max_tokens is not None:
+                params[replica.token_param] = request.max_tokens
             try:
                 async with state.semaphore:
                     replica.in_flight += 1
                     try:
-                        data = await self._post(state.clients[replica.url], params)
+                        data = await self._post(state.clients[replica.url], replica.url, params)
                     finally:
                         replica.in_flight -= 1
                         with self.usage.lock:
                             self.usage.requests += 1
-                choices, prompt_tokens, completion_tokens = _read_choices(data)
+                choices, prompt_tokens, completion_tokens = _read_choices(data, replica.url)
             except _Retryable as e:
                 failure: _Retryable | None = e
             except _ItemFailed as e:
@@ -361,29 +416,39 @@ class OpenAIBackend(Backend):
                         log.warning("server rejected response_format json_schema; validating replies locally only")
                     self._send_schema = False
                     continue
+                if request.max_tokens is not None and self._switch_token_param(replica, str(e)):
+                    continue
                 raise
             else:
                 failure = None
             if failure is None:
                 replica.failures = 0
+                replica.served, replica.streak, replica.streak_class = True, 0, None
+                self._served = True
                 self._account(usage, prompt_tokens, completion_tokens, estimate)
                 return choices
+            if self._tpm is not None:
+                self._tpm.give_back(estimate)
+            self._breaker(replica, failure)  # may take the replica out, or raise BackendUnavailable
+            if failure.refused and replica.served:
+                raise _ItemFailed(str(failure), failure.kind)
             now = time.monotonic()
-            if failure.replica_fault:
+            if failure.replica_fault and replica.out is None:
                 replica.failures += 1
                 if replica.failures >= cfg.replica_failures and len(self.replicas) > 1:
                     replica.cooldown_until = now + cfg.replica_cooldown
                     replica.failures = cfg.replica_failures - 1  # one more failure after the cooldown benches it again
                     log.warning("replica %s set aside for %.0f s after repeated failures", replica.url,
                                 cfg.replica_cooldown)
-            if self._tpm is not None:
-                self._tpm.give_back(estimate)
             if attempt >= cfg.max_retries:
-                raise _ItemFailed(f"{failure} (gave up after {attempt} retries)")
+                self._gave_up(failure)  # raises BackendUnavailable when the first requests all failed
+                raise _ItemFailed(f"{failure} (gave up after {attempt} retries)", failure.kind)
             attempt += 1
             last_failed = replica
             with self.usage.lock:
                 self.usage.retries += 1
+            if replica.out is not None:
+                continue  # that replica is out for good: the next try goes to another one at once
             if failure.retry_after is not None:
                 # The replica asked for a pause: it waits in _pick; another replica may serve meanwhile.
                 replica.not_before = max(replica.not_before, now + min(failure.retry_after, cfg.max_retry_after))
@@ -391,7 +456,7 @@ class OpenAIBackend(Backend):
                 ceiling = min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))
                 await asyncio.sleep(ceiling * (0.5 + random.random() / 2))
 
-    async def _post(self, client, params: dict) -> dict:
+    async def _post(self, client, url: str, params: dict) -> dict:
         import openai
 
         try:
@@ -401,28 +466,111 @@ class OpenAIBackend(Backend):
             text = await client.post("/chat/completions", body=params, cast_to=str)
         except openai.APIStatusError as e:
             status = e.status_code
-            reason = f"HTTP {status}: {_short(e.message)}"
+            said = _server_message(e)
+            reason = f"HTTP {status}: {said}"
+            kind = f"http_{status}"
             if status in RETRY_STATUSES or status >= 500:
                 return_after = parse_retry_after(e.response.headers) if e.response is not None else None
-                raise _Retryable(reason, return_after, replica_fault=status != 429) from None
-            if status in FATAL_STATUSES:
-                hint = f" (check {self.config.api_key_env})" if status in (401, 403) else " (check the model name)"
-                self._fatal = reason + hint
-                raise _ItemFailed(self._fatal) from None
-            raise _ItemFailed(reason) from None
-        except openai.APITimeoutError:
-            raise _Retryable(f"timed out after {self.config.timeout:g} s") from None
+                raise _Retryable(reason, return_after, replica_fault=status != 429, kind=kind) from None
+            if status in AUTH_STATUSES:
+                diagnosis = f"{status} from {url}: check {self.config.api_key_env} (server said: {said})"
+                raise _Retryable(reason, kind=kind, unusable=("auth", diagnosis), refused=True) from None
+            if status in ROUTE_STATUSES:
+                diagnosis = (f"{status} from {url}: check --base-url (it usually ends in /v1) and --model "
+                             f"{self.config.model!r} (server said: {said})")
+                raise _Retryable(reason, kind=kind, unusable=("route", diagnosis), refused=True) from None
+            raise _ItemFailed(reason, kind) from None
+        except openai.APITimeoutError as e:
+            if _in_chain(e, "ConnectTimeout"):
+                diagnosis = (f"no connection to {url} within {self.config.timeout:g} s: is the host reachable? "
+                             "check --base-url")
+                raise _Retryable(f"connect timed out after {self.config.timeout:g} s", kind="timeout",
+                                 unusable=("connect", diagnosis)) from None
+            raise _Retryable(f"timed out after {self.config.timeout:g} s", kind="timeout") from None
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e
-            raise _Retryable(f"connection error: {type(cause).__name__}: {_short(str(cause))}") from None
+            raise _Retryable(f"connection error: {type(cause).__name__}: {_short(str(cause))}",
+                             kind="connection", unusable=_connect_diagnosis(e, url)) from None
         try:
             return json.loads(text)
         except ValueError:
-            raise _Retryable(f"malformed response body (not JSON): {_short(text)}") from None
+            if _looks_like_html(text):
+                diagnosis = f"{url} answered with HTML, not JSON: --base-url probably points at a web page, not the API"
+            else:
+                diagnosis = (f"{url} answered with a body that is not JSON ({_short(text, 60)!r}): check that "
+                             "--base-url is an OpenAI-compatible API (it usually ends in /v1)")
+            raise _Retryable(f"malformed response body (not JSON): {_short(text)}", kind="bad_response",
+                             unusable=("not_json", diagnosis)) from None
+
+    # ------------------------------------------------------------ circuit breaker
+
+    def _breaker(self, replica: _Replica, failure: _Retryable) -> None:
+        """Count unusable-endpoint failures in a row on a replica that never served; trip at the limit."""
+        if failure.unusable is None or replica.served:
+            replica.streak, replica.streak_class = 0, None
+            return
+        kind, diagnosis = failure.unusable
+        if replica.streak_class == kind:
+            replica.streak += 1
+        else:
+            replica.streak, replica.streak_class = 1, kind
+        if replica.streak < self.config.breaker_failures or replica.out is not None:
+            return
+        replica.out = diagnosis
+        if any(r.out is None for r in self.replicas):
+            log.warning("replica taken out: %s", diagnosis)
+            return
+        if len(self.replicas) == 1:
+            message = diagnosis
+        else:
+            message = f"all {len(self.replicas)} replicas are unusable: " + "; ".join(r.out or "" for r in self.replicas)
+        self._trip(message, failure.kind)
+
+    def _gave_up(self, failure: _Retryable) -> None:
+        """A request failed after all its retries; if no call has ever succeeded, count it, and trip at the limit."""
+        if self._served:
+            return
+        self._unserved_failures += 1
+        if self._unserved_failures < self.config.breaker_requests:
+            return
+        urls = ", ".join(r.url for r in self.replicas)
+        hint = {"http_429": "the server keeps rate limiting: lower --concurrency or set an rpm/tpm limit",
+                "timeout": f"no reply within {self.config.timeout:g} s: the server may be overloaded or the "
+                           "model too slow; lower --concurrency or raise the timeout",
+                "connection": "the server drops every connection: check its logs",
+                "bad_response": "its replies are not chat completions: check --base-url"}.get(
+            failure.kind, "the server fails every request: check its logs")
+        self._trip(f"the first {self._unserved_failures} requests to {urls} all failed, each after "
+                   f"{self.config.max_retries} retries (last: {failure}): {hint}", failure.kind)
+
+    def _trip(self, message: str, kind: str) -> None:
+        if self._unavailable is None:
+            self._unavailable = (message, kind)
+            log.debug("LLM endpoint unusable: %s", message)
+        raise self._unavailable_error()
+
+    def _unavailable_error(self) -> BackendUnavailable:
+        message, kind = self._unavailable or ("", "")
+        return BackendUnavailable(message, url=", ".join(r.url for r in self.replicas), kind=kind)
+
+    # ------------------------------------------------------------ token limit field
+
+    def _switch_token_param(self, replica: _Replica, reason: str) -> bool:
+        """A 400 asking for the other name of the token limit: use it on this replica from now on (once)."""
+        lowered = reason.lower()
+        if replica.token_param_switched or not reason.startswith("HTTP 400") or "max_completion_tokens" not in lowered:
+            return False
+        if replica.token_param == "max_completion_tokens" and not any(
+                word in lowered for word in ("unrecognized", "unsupported", "unknown", "extra", "not permitted")):
+            return False
+        new = "max_tokens" if replica.token_param == "max_completion_tokens" else "max_completion_tokens"
+        log.warning("%s rejected %s; sending %s from now on", replica.url, replica.token_param, new)
+        replica.token_param, replica.token_param_switched = new, True
+        return True
 
     async def _pick(self, avoid: _Replica | None) -> _Replica:
-        """Least-busy replica, not cooling down, preferring one other than the one that just failed."""
-        replicas = self.replicas
+        """Least-busy replica, not out or cooling down, preferring one other than the one that just failed."""
+        replicas = [r for r in self.replicas if r.out is None] or self.replicas
         if len(replicas) == 1:
             replica = replicas[0]
         else:
@@ -502,14 +650,78 @@ class OpenAIBackend(Backend):
         return out
 
 
-def _read_choices(data: Any) -> tuple[list[tuple[str, str]], int, int]:
+def _read_choices(data: Any, url: str) -> tuple[list[tuple[str, str]], int, int]:
     try:
         choices = [((c.get("message") or {}).get("content") or "", c.get("finish_reason") or "stop")
                    for c in sorted(data["choices"], key=lambda c: c.get("index", 0))]
         usage = data.get("usage") or {}
         return choices, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
     except (KeyError, TypeError, AttributeError, ValueError):
-        raise _Retryable(f"malformed response (no choices): {_short(json.dumps(data)[:200])}") from None
+        body = _short(json.dumps(data)[:200])
+        diagnosis = (f"{url} answered JSON that is not a chat completion ({_short(body, 60)}): check that "
+                     "--base-url is an OpenAI-compatible API (it usually ends in /v1)")
+        raise _Retryable(f"malformed response (no choices): {body}", kind="bad_response",
+                         unusable=("not_chat", diagnosis)) from None
+
+
+def _server_message(error) -> str:
+    """The server's own error message (OpenAI-style ``{"error": {"message": ...}}``, else the body)."""
+    body = error.body
+    if isinstance(body, dict):
+        message = body.get("message") or body.get("detail") or body.get("error")
+        if isinstance(message, str) and message:
+            return _short(message)
+        return _short(json.dumps(body))
+    if isinstance(body, str) and body.strip():
+        return "an HTML page" if _looks_like_html(body) else _short(body)
+    return _short(error.message)
+
+
+def _in_chain(error: BaseException, name: str) -> bool:
+    """Whether an exception named `name` is among the causes (httpx and httpx2 name theirs alike)."""
+    return any(type(e).__name__ == name for e in _causes(error))
+
+
+def _causes(error: BaseException):
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _connect_diagnosis(error: BaseException, url: str) -> tuple[str, str] | None:
+    """Why no connection could be made (refused, unknown host, TLS), or None for one dropped mid-call."""
+    if not _in_chain(error, "ConnectError"):
+        return None  # the server accepted the connection and then dropped it: transient
+    import socket
+    import ssl
+
+    for cause in _causes(error):
+        if isinstance(cause, ConnectionRefusedError):
+            return "connect", f"connection refused at {url}: is the server running? check --base-url"
+        if isinstance(cause, socket.gaierror):
+            host = urlparse(url).hostname or url
+            return "connect", f"cannot resolve the host {host!r} of {url}: check --base-url"
+        if isinstance(cause, ssl.SSLError):
+            return "connect", (f"TLS handshake with {url} failed ({_short(str(cause), 80)}): http:// or https:// "
+                               "in --base-url?")
+    detail = _short(str(error.__cause__ or error), 80)
+    return "connect", f"cannot connect to {url} ({detail}): is the server running? check --base-url"
+
+
+def _looks_like_html(text: str) -> bool:
+    head = text.lstrip()[:200].lower()
+    return head.startswith(("<!doctype", "<html", "<head", "<body", "<?xml")) or "<html" in head
+
+
+def token_limit_field(url: str, setting: str = "auto") -> str:
+    """The request field for the token limit: OpenAI itself wants ``max_completion_tokens`` (its reasoning
+    models reject ``max_tokens``); other servers get ``max_tokens``, which all of them know."""
+    if setting != "auto":
+        return setting
+    return "max_completion_tokens" if (urlparse(url).hostname or "") == "api.openai.com" else "max_tokens"
 
 
 def _rejects_schema(reason: str) -> bool:

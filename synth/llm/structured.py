@@ -1,27 +1,25 @@
 """Structured output: find JSON in a model's reply, repair near-JSON, validate with pydantic, re-ask.
 
-Used by every backend: the reply is always validated locally, whatever the server promised. Repairs are
-conservative — code fences, prose around the JSON, trailing commas, smart quotes, Python-style literals
-with single quotes (parsed with `ast.literal_eval`, which evaluates nothing) — and a reply that still does
-not validate gets its error back in a re-ask (`reask_messages`).
+Used by every backend: the reply is always validated locally, whatever the server promised. A reply that
+is not strict JSON goes through `json_repair` (code fences and prose around the JSON, trailing commas,
+single or smart quotes, Python literals, missing commas, and JSON cut off at max_tokens, whose open
+strings and brackets are closed); the result must still validate against the schema, and a reply that
+does not gets its error back in a re-ask (`reask_messages`).
 """
 
 from __future__ import annotations
 
-import ast
 import functools
 import json
 import re
 from typing import Any
 
+import json_repair
 from pydantic import TypeAdapter, ValidationError
 
 from synth.records import Message
 
-_FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
-_SMART = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'"})
-_PY_LITERALS = [(re.compile(r"\btrue\b"), "True"), (re.compile(r"\bfalse\b"), "False"),
-                (re.compile(r"\bnull\b"), "None")]
+_FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)(?:```|$)", re.DOTALL)
 
 
 @functools.lru_cache(maxsize=256)
@@ -48,118 +46,34 @@ def response_format(schema_model: Any) -> dict:
                             "strict": False}}
 
 
-def _balanced_end(text: str, start: int) -> int | None:
-    """Index just past the bracket that closes the one at `start`, skipping string contents."""
-    depth, quote, escaped = 0, None, False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == quote:
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "{[":
-            depth += 1
-        elif ch in "}]":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    return None
-
-
-def _strip_trailing_commas(text: str) -> str:
-    out, quote, escaped = [], None, False
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if quote:
-            out.append(ch)
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == quote:
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-            out.append(ch)
-        elif ch == ",":
-            j = i + 1
-            while j < n and text[j].isspace():
-                j += 1
-            if j >= n or text[j] not in "}]":
-                out.append(ch)
-        else:
-            out.append(ch)
-        i += 1
-    return "".join(out)
-
-
-def json_candidates(text: str) -> list[str]:
-    """Strings to try, from the reply as it is to more and more repaired forms (duplicates removed)."""
-    raw = text.strip()
-    found = [raw]
+def json_values(text: str) -> list[Any]:
+    """Values the reply may mean, best first: the reply as strict JSON, else its repaired JSON (the
+    content of a code fence if there is one) and, when the repair found several objects, each of them."""
+    raw = (text or "").strip()
+    if not raw:
+        return []
+    try:
+        return [json.loads(raw)]
+    except ValueError:
+        pass
     fence = _FENCE.search(raw)
-    body = fence.group(1).strip() if fence else raw
-    found.append(body)
-    starts = [i for i in (body.find("{"), body.find("[")) if i >= 0]
-    if starts:
-        start = min(starts)
-        end = _balanced_end(body, start)
-        body = body[start:end] if end else body[start:]
-        found.append(body)
-    repaired = _strip_trailing_commas(body.translate(_SMART))
-    found.append(repaired)
-    seen, out = set(), []
-    for c in found:
-        if c and c not in seen:
-            seen.add(c)
-            out.append(c)
-    return out
+    for body in ([fence.group(1).strip()] if fence else []) + [raw]:  # a fence may hold code, not the JSON
+        value = _repaired(body)
+        if value is not None:
+            values = [value]
+            if isinstance(value, list):
+                values += [item for item in value if isinstance(item, (dict, list))]  # "{...} and {...}"
+            return values
+    return []
 
 
-def _outside_strings(text: str, fix) -> str:
-    """Apply `fix` to the stretches of `text` that are not inside quotes (either kind)."""
-    out, start, quote, escaped = [], 0, None, False
-    for i, ch in enumerate(text):
-        if quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == quote:
-                out.append(text[start:i + 1])
-                start, quote = i + 1, None
-        elif ch in "\"'":
-            out.append(fix(text[start:i]))
-            start, quote = i, ch
-    out.append(text[start:] if quote else fix(text[start:]))
-    return "".join(out)
-
-
-def _python_words(chunk: str) -> str:
-    for pattern, value in _PY_LITERALS:
-        chunk = pattern.sub(value, chunk)
-    return chunk
-
-
-def _python_literal(text: str) -> str | None:
-    """Single-quoted, Python-style JSON → real JSON, via a literal parser (never evaluates code)."""
-    text = _outside_strings(text, _python_words)
+def _repaired(text: str) -> dict | list | None:
     try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+        value = json_repair.loads(text)
+    except Exception:  # the repairer is best effort; a reply it chokes on is simply not JSON
         return None
-    if not isinstance(value, (dict, list)):
-        return None
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return None
+    # Prose comes back as "" (or a bare scalar): no answer.
+    return value if isinstance(value, (dict, list)) else None
 
 
 def error_summary(error: ValidationError, limit: int = 4) -> str:
@@ -172,26 +86,14 @@ def error_summary(error: ValidationError, limit: int = 4) -> str:
 
 
 def parse_structured(text: str, schema_model: Any) -> tuple[Any, str | None]:
-    """(validated object, None) or (None, reason). Tries the reply as it is, then repaired forms."""
+    """(validated object, None) or (None, reason). Tries the reply as it is, then its repaired forms."""
     adapter = adapter_for(schema_model)
     schema_error: str | None = None
-    candidates = json_candidates(text or "")
-    for candidate in candidates:
+    for value in json_values(text):
         try:
-            data = json.loads(candidate)
-        except ValueError:
-            continue
-        try:
-            return adapter.validate_python(data), None
+            return adapter.validate_python(value), None
         except ValidationError as e:
             schema_error = schema_error or error_summary(e)
-    if schema_error is None and candidates:
-        literal = _python_literal(candidates[-1])
-        if literal is not None:
-            try:
-                return adapter.validate_json(literal), None
-            except ValidationError as e:
-                schema_error = error_summary(e)
     if schema_error:
         return None, f"reply does not match the schema: {schema_error}"
     if not (text or "").strip():

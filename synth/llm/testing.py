@@ -2,7 +2,12 @@
 
 It speaks real HTTP/1.1 (keep-alive) on 127.0.0.1 with `asyncio` streams, so one process sustains
 thousands of concurrent requests. Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models`` and
-``GET /_stats`` (counters, for benchmarks that run the server in another process).
+``GET /_stats`` (counters, for benchmarks that run the server in another process); any other path is a
+404, as on a real server (so a base URL without ``/v1`` fails like it would there).
+
+Like a real server it can check the request: ``api_key="sk-..."`` answers 401 to any other key,
+``strict_model=True`` answers 404 to a model other than `model` (vLLM's message), and
+``reject_max_tokens=True`` answers 400 to ``max_tokens`` the way OpenAI's reasoning models do.
 
 Replies: by default the assistant echoes the text of the last user message. `script()` changes that:
 
@@ -20,19 +25,23 @@ Faults are rules checked in order, the first one that fires wins::
     server.fault("drop", marker="BOOM", times=1)    # once, for a request whose user text contains BOOM
 
 Kinds: ``"429"`` (with ``retry_after`` seconds, as an HTTP-date when ``retry_after_date=True``), ``"500"``,
-``"503"``, ``"status"`` (any ``status``), ``"slow"`` (waits ``delay`` seconds before answering),
-``"drop"`` (closes the connection without answering), ``"truncate"`` (announces the full length, sends
-half, closes), ``"non_json"`` (200 with an HTML body), ``"broken_json"`` (a valid response whose message
-content is broken JSON, for structured-output tests).
+``"503"``, ``"401"``, ``"403"``, ``"404"``, ``"status"`` (any ``status``), ``"slow"`` (waits ``delay``
+seconds before answering), ``"drop"`` (closes the connection without answering), ``"truncate"``
+(announces the full length, sends half, closes), ``"non_json"`` (200 with a short HTML error body, as
+from a proxy), ``"html"`` (200 with a web app's HTML page), ``"plain_text"`` (200, text that is not
+JSON), ``"wrong_json"`` (200, JSON that is not a chat completion), ``"broken_json"`` (a valid response
+whose message content is broken JSON, for structured-output tests).
 
 Everything the server received is in `requests` (parsed JSON bodies, in arrival order) and `headers`;
-`request_count` and `max_in_flight` count every chat request, including faulted ones.
+`request_count` and `max_in_flight` count every chat request, including faulted ones;
+`prompt_counts()` counts the requests per last user message.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import email.utils
 import itertools
 import json
@@ -44,10 +53,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-FAULT_KINDS = {"429", "500", "503", "status", "slow", "drop", "truncate", "non_json", "broken_json"}
+FAULT_KINDS = {"429", "500", "503", "401", "403", "404", "status", "slow", "drop", "truncate", "non_json",
+               "html", "plain_text", "wrong_json", "broken_json"}
 BROKEN_JSON = '{"answer": "unterminated, "items": [1, 2,'
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+WEB_PAGE = (b'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Chat</title></head>'
+            b'<body><div id="app"></div><script src="/static/app.js"></script></body></html>\n')
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            405: "Method Not Allowed", 429: "Too Many Requests", 500: "Internal Server Error",
+            503: "Service Unavailable"}
 
 
 @dataclass
@@ -109,7 +122,8 @@ class LLMTestServer:
 
     def __init__(self, latency: float = 0.0, model: str = "test-model", host: str = "127.0.0.1",
                  port: int = 0, record: bool = True, ignore_n: bool = False,
-                 reject_response_format: bool = False):
+                 reject_response_format: bool = False, api_key: str | None = None, strict_model: bool = False,
+                 reject_max_tokens: bool = False):
         self.latency = latency
         self.model = model
         self.host = host
@@ -119,6 +133,12 @@ class LLMTestServer:
         self.ignore_n = ignore_n
         #: answer 400 to `response_format` json_schema requests (servers without structured output)
         self.reject_response_format = reject_response_format
+        #: when set, any other bearer token gets 401
+        self.api_key = api_key
+        #: answer 404 to a model other than `model`
+        self.strict_model = strict_model
+        #: answer 400 to `max_tokens` (as OpenAI's reasoning models do; they take max_completion_tokens)
+        self.reject_max_tokens = reject_max_tokens
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -165,6 +185,11 @@ class LLMTestServer:
     def clear_faults(self) -> None:
         with self._lock:
             self.rules = []
+
+    def prompt_counts(self) -> collections.Counter:
+        """How many chat requests arrived per last user message (needs `record`)."""
+        with self._lock:
+            return collections.Counter((_user_texts(b) or [""])[0] for b in self.requests)
 
     @property
     def base_url(self) -> str:
@@ -274,15 +299,18 @@ class LLMTestServer:
             writer.close()
 
     async def _route(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> _Reply:
-        if method == "GET" and path.rstrip("/").endswith("/models"):
+        path = path.rstrip("/")
+        if method == "GET" and path == "/v1/models":
             data = {"object": "list", "data": [{"id": self.model, "object": "model", "created": 0,
                                                  "owned_by": "synth-test-server"}]}
             return _Reply(body=json.dumps(data).encode())
         if method == "GET" and path == "/_stats":
             data = {"requests": self.request_count, "max_in_flight": self.max_in_flight}
             return _Reply(body=json.dumps(data).encode())
-        if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
-            return _Reply(404, json.dumps({"error": {"message": f"no route {method} {path}"}}).encode())
+        if path != "/v1/chat/completions":
+            return _Reply(404, json.dumps({"detail": "Not Found"}).encode())
+        if method != "POST":
+            return _Reply(405, json.dumps({"detail": "Method Not Allowed"}).encode())
         try:
             body = json.loads(raw)
         except ValueError:
@@ -304,12 +332,15 @@ class LLMTestServer:
             rule = next((r for r in self.rules if r.fires(user_texts)), None)
         if self.latency:
             await asyncio.sleep(self.latency)
+        refused = self._check(body, headers)
+        if refused is not None:
+            return refused
         kind = rule.kind if rule else None
         if kind == "slow":
             await asyncio.sleep(rule.delay)
         elif kind == "drop":
             return _Reply(action="drop")
-        elif kind in ("429", "500", "503", "status"):
+        elif kind is not None and (kind.isdigit() or kind == "status"):
             extra = {}
             if rule.retry_after is not None:
                 extra["Retry-After"] = (email.utils.formatdate(time.time() + rule.retry_after, usegmt=True)
@@ -318,6 +349,12 @@ class LLMTestServer:
             return _Reply(rule.status, message.encode(), extra)
         elif kind == "non_json":
             return _Reply(200, b"<html><body>502 Bad Gateway</body></html>", {"Content-Type": "text/html"})
+        elif kind == "html":
+            return _Reply(200, WEB_PAGE, {"Content-Type": "text/html; charset=utf-8"})
+        elif kind == "plain_text":
+            return _Reply(200, b"OK", {"Content-Type": "text/plain"})
+        elif kind == "wrong_json":
+            return _Reply(200, b'{"status": "ok", "version": "1.2.0"}')
         if self.reject_response_format and (body.get("response_format") or {}).get("type") == "json_schema":
             message = {"error": {"message": "response_format json_schema is not supported", "type": "invalid"}}
             return _Reply(400, json.dumps(message).encode())
@@ -342,6 +379,24 @@ class LLMTestServer:
                       "total_tokens": prompt_tokens + completion_tokens},
         }
         return _Reply(body=json.dumps(data).encode(), action="truncate" if kind == "truncate" else "send")
+
+    def _check(self, body: dict, headers: dict[str, str]) -> _Reply | None:
+        """What a real server refuses before generating: a wrong key, an unknown model, a rejected field."""
+        if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
+            message = {"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
+                                 "code": "invalid_api_key"}}
+            return _Reply(401, json.dumps(message).encode())
+        if self.strict_model and body.get("model") != self.model:
+            message = {"object": "error", "message": f"The model `{body.get('model')}` does not exist.",
+                       "type": "NotFoundError", "param": None, "code": 404}
+            return _Reply(404, json.dumps(message).encode())
+        if self.reject_max_tokens and "max_tokens" in body:
+            message = {"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this "
+                                            "model. Use 'max_completion_tokens' instead.",
+                                 "type": "invalid_request_error", "param": "max_tokens",
+                                 "code": "unsupported_parameter"}}
+            return _Reply(400, json.dumps(message).encode())
+        return None
 
     def _reply_text(self, body: dict, user_texts: list[str], index: int) -> tuple[str, str]:
         script = self._script
@@ -436,8 +491,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--model", default="test-model")
     parser.add_argument("--record", action="store_true", help="keep request bodies (memory grows)")
+    parser.add_argument("--api-key", help="answer 401 to any other bearer token")
+    parser.add_argument("--strict-model", action="store_true", help="answer 404 to a model other than --model")
+    parser.add_argument("--fault", help="a fault kind every request gets (e.g. html, 500)")
     args = parser.parse_args(argv)
-    server = LLMTestServer(latency=args.latency, model=args.model, port=args.port, record=args.record)
+    server = LLMTestServer(latency=args.latency, model=args.model, port=args.port, record=args.record,
+                           api_key=args.api_key, strict_model=args.strict_model)
+    if args.fault:
+        server.fault(args.fault)
 
     async def run():
         task = asyncio.ensure_future(server.serve_forever())
