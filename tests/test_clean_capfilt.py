@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 from synth.clean.capfilt import CapFilt, top_fraction_indices
+from synth.data import RecordLog
 from synth.errors import SynthError
-from synth.stages import run_stages
+from synth.pipeline import Aggregate, Map, run_stages
 
 CORPUS = [
     "a red circle on a white background",
@@ -121,8 +122,9 @@ def sft_record(i: int) -> dict:
     }
 
 
-def run(stage: CapFilt, records, rejects=None) -> list[dict]:
-    return list(run_stages([stage], records, rejects))
+def run(stage: CapFilt, records, rejects=None, failures=None) -> list[dict]:
+    with RecordLog(rejects) as reject_log, RecordLog(failures) as failure_log:
+        return list(run_stages([stage], records, reject_log, failure_log))
 
 
 def test_scores_match_the_models_own_forward_pass(tiny_clip):
@@ -291,7 +293,7 @@ def test_captioner_keeps_the_better_caption_and_records_the_winner(tiny_clip, tm
     assert set(winners) == {"original", "synthetic"}  # both branches ran
 
 
-def test_captioner_replaces_the_assistant_answer_and_survives_failures(tiny_clip, llm_server, make_llm_backend):
+def test_captioner_replaces_the_assistant_answer_and_fails_only_its_own_record(tiny_clip, llm_server, make_llm_backend, tmp_path):
     records = [sft_record(i) for i in range(3)]
     answers = [CORPUS[i % len(CORPUS)] for i in range(3)]
     images = [r["images"][0] for r in records]
@@ -301,21 +303,36 @@ def test_captioner_replaces_the_assistant_answer_and_survives_failures(tiny_clip
     llm_server.script(best)
     llm_server.fault("500", first=1)  # the first request fails for good (no retries)
     stage = CapFilt(model=tiny_clip, captioner=True, batch_size=8, backend=make_llm_backend(max_retries=0))
-    kept = run(stage, records)
-    assert len(kept) == 3
-    failed = [r for r in kept if "captioner_error" in r["meta"]["capfilt"]]
-    assert len(failed) == 1 and failed[0]["meta"]["capfilt_winner"] == "original"
+    kept = run(stage, records, tmp_path / "rejects.jsonl", tmp_path / "failures.jsonl")
+    # The failed request is a failure (failures.jsonl, retried next run), not a drop and not a silent keep.
+    assert len(kept) == 2
+    failures = [json.loads(line) for line in (tmp_path / "failures.jsonl").read_text().splitlines()]
+    assert len(failures) == 1 and failures[0]["stage"] == "capfilt" and failures[0]["reason"] == "http_500"
+    assert failures[0]["id"] not in {r["id"] for r in kept}
+    assert not (tmp_path / "rejects.jsonl").exists()
+    assert stage.stats.failed == {"http_500": 1} and stage.answered == 2
     expected_best = expected_scores(tiny_clip, images, [best] * 3)
     expected_original = expected_scores(tiny_clip, images, answers)
-    for i, out in enumerate(kept):
-        if out in failed:
-            continue
+    for out in kept:
+        i = int(out["id"][1:])
         answer = out["messages"][-1]["content"]
         if expected_best[i] > expected_original[i]:
             assert out["meta"]["capfilt_winner"] == "synthetic" and answer == [{"type": "text", "text": best}]
         else:
             assert out["meta"]["capfilt_winner"] == "original" and answer[0]["text"] == answers[i]
         assert out["messages"][0] == records[i]["messages"][0]  # the user turn is untouched
+    assert records[0]["messages"][-1]["content"][0]["text"] == answers[0]  # inputs are not mutated
+
+
+def test_threshold_capfilt_is_a_map_and_top_fraction_an_aggregate(tiny_clip):
+    streaming = CapFilt(model=tiny_clip, threshold=0.1)
+    assert isinstance(streaming, Map) and not streaming.needs_all_input
+    whole = CapFilt(model=tiny_clip, top_fraction=0.5)
+    assert isinstance(whole, Aggregate) and isinstance(whole, CapFilt) and whole.needs_all_input
+    from synth.clean.registry import build_filter
+
+    assert build_filter("capfilt", {"model": tiny_clip, "top_fraction": 0.5}).needs_all_input
+    assert not build_filter("capfilt", {"model": tiny_clip}).needs_all_input
 
 
 # ---------------------------------------------------------------- through the registry and `synth filter`
@@ -347,7 +364,7 @@ def test_capfilt_through_the_registry_and_the_filter_command(tiny_clip, tmp_path
     assert kept["id"] == [records[i]["id"] for i in best]
     scores = [json.loads(m)["scores"]["capfilt"] for m in kept["meta"]]
     assert scores == pytest.approx([expected[i] for i in best], abs=1e-5)
-    rejects = [json.loads(line) for line in (tmp_path / "clean.rejects.jsonl").read_text().splitlines()]
+    rejects = [json.loads(line) for line in (tmp_path / "clean" / "rejects.jsonl").read_text().splitlines()]
     assert {r["reason"] for r in rejects} == {"below_top_fraction"} and len(rejects) == 4
 
 

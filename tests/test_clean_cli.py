@@ -1,5 +1,6 @@
 """`synth filter`, `synth dedup`, `synth decontaminate` end to end on datasets on disk: outputs written,
-images kept, rejects beside the output, tables printed, and bad inputs as one clear error line."""
+images kept, rejects and the report inside the output folder, tables printed, and bad inputs as one clear
+error line with nothing written."""
 
 from __future__ import annotations
 
@@ -18,10 +19,6 @@ STORY = (
     "Once upon a time a small fox lived near the river bank and every morning it walked to the old mill to "
     "watch the miller grind the wheat into fine white flour for the village bakery"
 )
-
-
-
-
 
 
 def png(width: int, height: int, colour=(10, 200, 30)) -> bytes:
@@ -69,7 +66,7 @@ def image_dataset(path: Path) -> Path:
 
 
 def rejects(out: Path) -> dict[str, dict]:
-    file = out.with_name(out.name + ".rejects.jsonl")
+    file = out / "rejects.jsonl"
     return {json.loads(line)["id"]: json.loads(line) for line in file.read_text().splitlines()}
 
 
@@ -101,7 +98,9 @@ def test_filter_config_file_and_overwrite(tmp_path):
     assert result.exit_code == 0
     assert len(read_dataset(str(out))) == 5
     # A run that drops nothing leaves no stale rejects file from the earlier run.
-    assert not out.with_name("out.rejects.jsonl").exists()
+    assert not (out / "rejects.jsonl").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert report["read"] == 5 and report["kept"] == 5 and report["stages"][0]["name"] == "length"
 
 
 def test_dedup_command_names_twins(tmp_path):

@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from synth.clean.decontam import Decontaminate
+from synth.data import RecordLog
 from synth.errors import SynthError
-from synth.stages import run_stages
+from synth.pipeline import run_stages
 
 MMLU_Q = "Which of the following best describes the role of mitochondria in eukaryotic cells during aerobic respiration"
 GSM_Q = "Natalia sold clips to 48 of her friends in April and then she sold half as many clips in May how many clips did she sell"
@@ -49,7 +50,8 @@ def test_hits_are_dropped_and_attributed(tmp_path, benchmarks):
         sft("near_miss", "Which of the following best describes the role of the nucleus?"),
     ]
     rejects = tmp_path / "rejects.jsonl"
-    kept = [r["id"] for r in run_stages([stage], records, rejects)]
+    with RecordLog(rejects) as log:
+        kept = [r["id"] for r in run_stages([stage], records, log)]
     assert kept == ["clean", "near_miss"]
     lines = {json.loads(line)["id"]: json.loads(line) for line in rejects.read_text().splitlines()}
     assert lines["leak_mmlu"]["reason"] == "contaminated"

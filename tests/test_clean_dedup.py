@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from synth.clean.dedup import Dedup, DedupConfig, dedup
 from synth.clean.minhash import MinHasher, band_keys, ngram_hashes, optimal_bands, tokenize
 from synth.clean.phash import blocks, dhash, hamming, phash
-from synth.stages import RejectsWriter
+from synth.data import RecordLog
 
 WORDS = (
     "apple river stone cloud music paper garden window silver forest engine yellow market winter bridge "
@@ -59,7 +59,7 @@ def test_exact_near_and_unrelated_records_with_twin_ids(tmp_path):
         sft("c", "Something else", sentence(rng, 40)),
     ]
     stage = Dedup()
-    stage.rejects = RejectsWriter(tmp_path / "rejects.jsonl")
+    stage.rejects = RecordLog(tmp_path / "rejects.jsonl")
     kept = [r["id"] for r in stage.run(records)]
     stage.rejects.close()
     assert kept == ["a", "b", "c"]
@@ -69,7 +69,7 @@ def test_exact_near_and_unrelated_records_with_twin_ids(tmp_path):
     assert rejects["a_exact"]["detail"] == "twin=a source=web"
     assert rejects["a_near"]["reason"] == "near_duplicate"
     assert rejects["a_near"]["detail"].startswith("twin=a source=web jaccard=")
-    assert stage.stats.as_dict() == {"seen": 5, "kept": 3, "dropped": {"exact_duplicate": 1, "near_duplicate": 1}}
+    assert stage.stats.as_dict() == {"seen": 5, "kept": 3, "dropped": {"exact_duplicate": 1, "near_duplicate": 1}, "failed": {}}
 
 
 def test_keep_first_in_input_order_across_sources():

@@ -23,8 +23,9 @@ from synth.clean.registry import (
     filter_specs_from_yaml,
     parse_filter_spec,
 )
+from synth.data import RecordLog
 from synth.errors import SynthError
-from synth.stages import run_stages
+from synth.pipeline import run_stages
 
 
 def sft(rid: str, user: str, answer: str) -> dict:
@@ -49,7 +50,8 @@ def image_record(rid: str, images: list, parts: int, text: str = "What is shown?
 
 def run(stage, records, tmp_path):
     rejects = tmp_path / "rejects.jsonl"
-    kept = list(run_stages([stage], records, rejects))
+    with RecordLog(rejects) as log:
+        kept = list(run_stages([stage], records, log))
     lines = [json.loads(line) for line in rejects.read_text().splitlines()] if rejects.exists() else []
     return [r["id"] for r in kept], {line["id"]: line for line in lines}
 
@@ -69,7 +71,8 @@ def test_length_bounds_on_instruction_and_answer(tmp_path):
     assert rejects["long_a"]["reason"] == "answer_too_long"
     assert rejects["long_a"]["stage"] == "length"
     assert stage.stats.as_dict() == {
-        "seen": 4, "kept": 1, "dropped": {"instruction_too_short": 1, "answer_too_short": 1, "answer_too_long": 1}
+        "seen": 4, "kept": 1, "dropped": {"instruction_too_short": 1, "answer_too_short": 1, "answer_too_long": 1},
+        "failed": {},
     }
 
 
@@ -142,12 +145,20 @@ def test_image_size_and_aspect_from_headers(tmp_path):
     assert rejects["broken"]["reason"] == "unreadable_image"
 
 
-def test_image_size_reads_paths_and_pil_images(tmp_path):
+def test_image_size_reads_refs_and_pil_images_never_bare_paths(tmp_path):
+    """Records carry images as the reader made them; a bare path is never opened from the working directory."""
+    from synth.data import image_ref
+
     path = tmp_path / "a.png"
     path.write_bytes(png(10, 10))
-    records = [image_record("path", [str(path)], 1), image_record("pil", [Image.new("RGB", (100, 100))], 1)]
+    records = [
+        image_record("ref", [image_ref("a.png", tmp_path)], 1),
+        image_record("pil", [Image.new("RGB", (100, 100))], 1),
+        image_record("bare_path", [str(path)], 1),
+    ]
     kept, rejects = run(ImageSizeFilter(min_width=20), records, tmp_path)
-    assert kept == ["pil"] and rejects["path"]["reason"] == "image_too_small"
+    assert kept == ["pil"] and rejects["ref"]["reason"] == "image_too_small"
+    assert rejects["bare_path"]["reason"] == "unreadable_image" and "no dataset folder" in rejects["bare_path"]["detail"]
 
 
 def test_image_token_consistency(tmp_path):

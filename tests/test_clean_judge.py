@@ -1,5 +1,5 @@
 """LLM-judge filter through the loopback OpenAI-compatible test server (a fixture, never a model):
-exact prompt, structured output, scores in meta, threshold, and broken replies counted."""
+exact prompt, structured output, scores in meta, threshold, and broken replies as failures (not drops)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 
 from synth.clean.judge import JudgeFilter, JudgeScore
 from synth.clean.registry import build_filter
+from synth.data import RecordLog
 from synth.llm.base import Completion
-from synth.stages import Rejected, run_stages
+from synth.pipeline import Failed, Rejected, run_stages
 
 EXPECTED_PROMPT = """You are a strict reviewer of training data for an AI assistant. Rate the QUALITY of the assistant's answer to the instruction below on a scale from 1 to 10.
 
@@ -70,19 +71,23 @@ def test_scores_threshold_and_failures_through_the_server(llm_server, make_llm_b
         sft("range", "Capital of Peru? RANGE", "Lima."),
         sft("broken", "Capital of Chile?", "Santiago."),
     ]
-    rejects = tmp_path / "rejects.jsonl"
-    kept = {r["id"]: r for r in run_stages([stage], records, rejects)}
+    rejects, failures = tmp_path / "rejects.jsonl", tmp_path / "failures.jsonl"
+    with RecordLog(rejects) as reject_log, RecordLog(failures) as failure_log:
+        kept = {r["id"]: r for r in run_stages([stage], records, reject_log, failure_log)}
     assert list(kept) == ["good", "okay"]
     assert kept["good"]["meta"] == {
         "source": "web", "scores": {"clip": 0.3, "quality": 8}, "score_reasons": {"quality": "correct and clear"}
     }
     assert kept["okay"]["meta"]["scores"] == {"quality": 6}
     lines = {json.loads(line)["id"]: json.loads(line) for line in rejects.read_text().splitlines()}
+    assert list(lines) == ["bad"]
     assert lines["bad"]["reason"] == "low_score" and lines["bad"]["detail"] == "quality=2 < 6: wrong answer"
-    # Out-of-range and non-JSON replies are re-asked once, then counted as failures, never kept.
-    assert lines["range"]["reason"] == "llm_failure" and "score" in lines["range"]["detail"]
-    assert lines["broken"]["reason"] == "llm_failure"
-    assert stage.stats.as_dict() == {"seen": 5, "kept": 2, "dropped": {"low_score": 1, "llm_failure": 2}}
+    # Out-of-range and non-JSON replies are re-asked once, then failures (retried next run), never drops.
+    failed = {json.loads(line)["id"]: json.loads(line) for line in failures.read_text().splitlines()}
+    assert set(failed) == {"range", "broken"}
+    assert failed["range"]["reason"] == "unparseable" and "score" in failed["range"]["detail"]
+    assert failed["broken"]["reason"] == "unparseable" and failed["broken"]["stage"] == "judge"
+    assert stage.stats.as_dict() == {"seen": 5, "kept": 2, "dropped": {"low_score": 1}, "failed": {"unparseable": 2}}
     # The structured-output schema reached the server, and the bad replies were re-asked once each.
     first = llm_server.requests[0]
     assert first["response_format"]["type"] == "json_schema"
@@ -107,9 +112,13 @@ def test_format_output_on_clean_noisy_empty_and_broken_text(llm_backend):
     assert noisy["meta"]["score_reasons"] == {"difficulty": "tricky"}
     low = stage.format_output(record, Completion(texts=['{"score": 3}']))
     assert low == Rejected("low_score", "difficulty=3 < 7: ")
-    for text in ["", "no idea", '{"score": "high"}']:
+    zero = stage.format_output(record, Completion(texts=['{"score": 0, "reason": "empty"}']))
+    assert zero == Rejected("low_score", "difficulty=0 < 7: empty")  # 0 is on the scale
+    half = stage.format_output(record, Completion(texts=['{"score": 7.5, "reason": "x"}']))
+    assert half["meta"]["scores"] == {"difficulty": 7.5}
+    for text in ["", "no idea", '{"score": "high"}', '{"score": 11}', '{"score": -1}']:
         verdict = stage.format_output(record, Completion(texts=[text]))
-        assert isinstance(verdict, Rejected) and verdict.reason == "judge_unparseable"
+        assert isinstance(verdict, Failed) and verdict.reason == "unparseable", text
     parsed = stage.format_output(record, Completion(texts=["ignored"], parsed=[JudgeScore(score=8, reason="p")]))
     assert parsed["meta"]["scores"] == {"difficulty": 8}
 

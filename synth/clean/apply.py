@@ -1,92 +1,189 @@
-"""Run a chain of cleaning stages over a dataset on disk and write the kept rows atomically.
+"""Run a chain of cleaning stages from the one reader to the one writer.
 
-Rows are read without decoding images (filters get ``{"bytes", "path"}`` entries; size checks read only
-headers, perceptual hashes decode), and the output is the input dataset's kept rows (`Dataset.select`),
-so features and images pass through untouched. Stages that change records (the judge adds scores to
-``meta``; CapFilt's captioner may replace a caption or answer) get their text columns written back.
-Rejects go to `synth.io.rejects_path(out)`, one JSON line per dropped record naming its stage and reason.
+Records come from `synth.data.open_source` (a local file or folder, or a Hub id; images as encoded
+``{"bytes", "path"}`` refs whose relative paths resolve inside the dataset's folder, whatever the working
+directory; a bad row or image is an error naming it), pass lazily through the stages and are written by
+`synth.data.write_records` into an `OutputFolder`: the output appears whole or not at all, and everything
+the run leaves lives inside it (``rejects.jsonl``, ``failures.jsonl``, ``report.json``, ``usage.json`` when
+an LLM was asked).
+
+The output keeps the input's layout: SFT records in, synth's SFT layout out (preference pairs likewise);
+raw rows (web captions, labelled data) keep their own columns, images embedded, with ``meta`` added when
+a stage writes scores.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synth.io import check_output, read_dataset, rejects_path, write_dataset
-from synth.records import dump_meta, load_meta
-from synth.stages import Stage, run_stages
+from synth.data import (
+    FAILURES,
+    REJECTS,
+    REPORT,
+    USAGE,
+    OutputFolder,
+    check_output,
+    open_source,
+    write_records,
+)
+from synth.pipeline import Stage, run_stages
+from synth.records import dump_meta
 
-_ROW = "_synth_row"  # position of a record in the input, carried through the stages
+#: columns of raw rows that hold images (as paths or image cells); a stage may name more (`image_column`)
+IMAGE_COLUMNS = ("image", "images")
 
 
 @dataclass
 class CleanResult:
     out: Path
-    rejects_file: Path | None
     read: int
     kept: int
+    failed: int = 0
     stages: list[tuple[str, dict]] = field(default_factory=list)  # (stage name, stats dict) in order
     summaries: dict[str, list[dict]] = field(default_factory=dict)  # stage name -> summary rows
+    rejects_file: Path | None = None
+    failures_file: Path | None = None
+    report_file: Path | None = None
 
     @property
     def dropped(self) -> int:
-        return self.read - self.kept
+        return self.read - self.kept - self.failed
 
 
-def iter_records(dataset, batch_size: int = 1024) -> Iterator[dict]:
-    """Rows as record dicts (``meta`` parsed to a dict, images as undecoded ``{"bytes", "path"}``), tagged
-    with their position; a dataset without ids gets ``row N`` ids so rejects can name records."""
-    has_ids = "id" in dataset.column_names
-    position = 0
-    # Arrow batches give the stored form directly: no image decoding, no per-row feature decoding.
-    for table in dataset.with_format("arrow").iter(batch_size=batch_size):
-        for record in table.to_pylist():
-            if "meta" in record:
-                record["meta"] = load_meta(record["meta"])
-            if not has_ids:
-                record["id"] = f"row {position + 1}"
-            record[_ROW] = position
-            position += 1
-            yield record
+# ---------------------------------------------------------------- features of raw rows
 
 
-def _changes_records(stage: Stage) -> bool:
-    from synth.llm.base import LLMStage
-
-    return bool(getattr(stage, "changes_records", isinstance(stage, LLMStage)))
-
-
-def _holds_images(feature) -> bool:
-    from datasets import Image
+def _map_images(feature, fn):
+    """`feature` with `fn` applied to every Image feature in it (also inside lists and structs)."""
+    from datasets import Image, LargeList, List, Sequence
 
     if isinstance(feature, Image):
-        return True
+        return fn(feature)
+    if isinstance(feature, (List, LargeList)):
+        length = getattr(feature, "length", -1)
+        return type(feature)(_map_images(feature.feature, fn), **({"length": length} if length != -1 else {}))
+    if isinstance(feature, Sequence):
+        return Sequence(_map_images(feature.feature, fn), length=feature.length)
     if isinstance(feature, dict):
-        return any(_holds_images(f) for f in feature.values())
-    if isinstance(feature, (list, tuple)):
-        return any(_holds_images(f) for f in feature)
-    inner = getattr(feature, "feature", None)
-    return inner is not None and _holds_images(inner)
+        return {k: _map_images(v, fn) for k, v in feature.items()}
+    if isinstance(feature, list) and feature:
+        return [_map_images(feature[0], fn)]
+    return feature
 
 
-def _write_back(output, dataset, changed: dict[int, dict], kept_rows: list[int]):
-    """Replace the text columns of `output` with the values the stages left in the records."""
-    columns = list(output.column_names)
-    for name in changed[kept_rows[0]]:
-        values = [changed[row][name] for row in kept_rows]
-        if name == "meta":
-            values = [dump_meta(v if isinstance(v, dict) else load_meta(v)) for v in values]
-            feature = None
-        else:
-            feature = dataset.features.get(name)
-        if name in columns:
-            output = output.remove_columns(name)
-        output = output.add_column(name, values, feature=feature)
-    extra = [c for c in output.column_names if c not in columns]
-    return output.select_columns(columns + extra)
+def _path_to_image(feature):
+    """A string column (or list of strings) as an undecoded Image feature; None when it is neither."""
+    from datasets import Image, LargeList, List, Sequence, Value
+
+    if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
+        return Image(decode=False)
+    if isinstance(feature, (List, LargeList, Sequence)) and isinstance(feature.feature, Value):
+        inner = _path_to_image(feature.feature)
+        return None if inner is None else type(feature)(inner)
+    return None
+
+
+def _image_path_columns(features, columns: set[str]) -> dict[str, Any]:
+    """Raw columns that name images by path (strings, or lists of them) → the Image feature they become."""
+    found = {name: _path_to_image(features[name]) for name in columns if name in features}
+    return {name: feature for name, feature in found.items() if feature is not None}
+
+
+def _resolve_image_paths(records: Iterable[dict], columns: Sequence[str], source) -> Iterator[dict]:
+    """Raw rows keep image paths as text: make them image refs the way the reader does for known layouts
+    (resolved inside the dataset folder whatever the working directory, paths out of it refused, the file
+    checked), so the stages see images and the output embeds them."""
+    from synth.data import RecordError, image_ref
+    from synth.errors import SynthError
+
+    for position, record in enumerate(records, 1):
+        rid = str(record.get("id") or f"row {position}")
+        try:
+            for name in columns:
+                value = record.get(name)
+                if isinstance(value, str):
+                    record[name] = image_ref(value, source.base_dir, rid, check=source.check_images)
+                elif isinstance(value, list):
+                    record[name] = [image_ref(v, source.base_dir, rid, check=source.check_images) if isinstance(v, str) else v
+                                    for v in value]
+        except SynthError as e:
+            raise RecordError(f"{source.name}: row {position}: {e}", getattr(e, "reason", "bad_image")) from None
+        yield record
+
+
+def _output_features(features, writes_meta: bool, image_columns: dict[str, Any]):
+    """The raw input's features as they are written: image cells (and image paths, now embedded images)
+    decoded on reading back, ``meta`` a JSON string when a stage writes scores."""
+    from datasets import Features, Image, Value
+
+    out = Features({k: _map_images(image_columns.get(k, v), lambda f: Image(mode=f.mode)) for k, v in features.items()})
+    if writes_meta:
+        out["meta"] = Value("string")
+    return out
+
+
+def _raw_rows(records: Iterable[dict], features) -> Iterator[dict]:
+    """Raw records as rows of the output's columns (a ``row N`` id given for the rejects is not one)."""
+    from datasets import Value
+
+    meta_as_text = isinstance(features.get("meta"), Value) and features["meta"].dtype == "string"
+    for record in records:
+        row = {name: record.get(name) for name in features}
+        if meta_as_text and not isinstance(row.get("meta"), str):
+            row["meta"] = dump_meta(row.get("meta") or {})
+        yield row
+
+
+# ---------------------------------------------------------------- ids
+
+
+def _with_ids(records: Iterable[dict], kind: str) -> Iterator[dict]:
+    """Give every record an id before the stages see it, so rejects and failures can name it: the id the
+    writer would give (a hash of the content) for SFT and preference records, ``row N`` for raw rows."""
+    from synth.records import content_id
+
+    for position, record in enumerate(records, 1):
+        if record.get("id") in (None, ""):
+            if kind == "sft":
+                record["id"] = content_id(record["messages"], record.get("images") or [])
+            elif kind == "preference":
+                record["id"] = content_id(record["prompt"] + record["chosen"] + record["rejected"], record.get("images") or [])
+            else:
+                record["id"] = f"row {position}"
+        yield record
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _image_columns(stages: Sequence[Stage]) -> set[str]:
+    columns = set(IMAGE_COLUMNS)
+    for stage in stages:
+        column = getattr(stage.config, "image_column", None)
+        if isinstance(column, str):
+            columns.add(column)
+    return columns
+
+
+def _backends(stages: Sequence[Stage]) -> list[tuple[str, Any]]:
+    return [(stage.name, stage.backend) for stage in stages if getattr(stage, "backend", None) is not None]
+
+
+def _usage(stages: Sequence[Stage], command: str) -> dict | None:
+    from synth.llm.factory import backend_description
+
+    blocks = [(name, {**backend_description(b), **b.usage.as_dict()}) for name, b in _backends(stages)]
+    if not blocks:
+        return None
+    first = blocks[0][1]
+    doc: dict[str, Any] = {"command": command, "model": first.get("model"), "usage": first}
+    if len(blocks) > 1:
+        doc["by_stage"] = {name: block for name, block in blocks}
+    return doc
 
 
 def clean_dataset(
@@ -95,58 +192,79 @@ def clean_dataset(
     stages: Sequence[Stage],
     *,
     split: str | None = None,
+    config: str | None = None,
+    revision: str | None = None,
     overwrite: bool = False,
     limit: int | None = None,
     description: str = "cleaning",
+    command: str = "filter",
 ) -> CleanResult:
-    """Read `source`, pass its rows through `stages`, write the kept rows to `out` (save_to_disk folder)."""
+    """Read `source`, pass its records through `stages`, write the kept ones to the folder `out`.
+
+    Raises `SynthError` (nothing written) for an unreadable or empty source, a bad row or image, and a
+    run in which every LLM request failed."""
+    from synth.pipeline.llm_task import check_not_all_failed
     from synth.progress import progress
 
     out = check_output(out, overwrite)
-    dataset = read_dataset(source, split)
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    final_rejects = rejects_path(out)
-    partial_rejects = final_rejects.with_name(final_rejects.name + ".partial")
-    kept_rows: list[int] = []
-    changed: dict[int, dict[str, Any]] = {}
-    # Filters return records unchanged; stages that change them (judge, captioner) get their text written back.
-    track = any(_changes_records(stage) for stage in stages)
-    text_columns = [c for c, f in dataset.features.items() if c != "meta" and not _holds_images(f)]
-    try:
-        with progress() as bar:
-            task = bar.add_task(description, total=len(dataset), tokens="")
+    src = open_source(source, split, config=config, revision=revision, limit=limit)
+    path_columns = _image_path_columns(src.dataset.features or {}, _image_columns(stages)) if src.kind == "raw" else {}
+    read = 0
+    with OutputFolder(out, overwrite) as folder, progress() as bar:
+        task = bar.add_task(description, total=src.num_rows, tokens="")
 
-            def counted():
-                for record in iter_records(dataset):
-                    bar.advance(task)
-                    yield record
+        def counted() -> Iterator[dict]:
+            nonlocal read
+            for record in src.records():
+                read += 1
+                bar.advance(task)
+                yield record
 
-            for record in run_stages(stages, counted(), partial_rejects):
-                row = record[_ROW]
-                kept_rows.append(row)
-                if track:
-                    changed[row] = {c: record.get(c) for c in text_columns}
-                    changed[row]["meta"] = record.get("meta") or {}
-        output = dataset.select(kept_rows)
-        if changed and kept_rows:
-            output = _write_back(output, dataset, changed, kept_rows)
-        write_dataset(output, out, overwrite=overwrite)
-        if partial_rejects.exists():
-            os.replace(partial_rejects, final_rejects)
-        elif final_rejects.exists():
-            final_rejects.unlink()  # stale from an earlier run into the same --out
-    finally:
-        if partial_rejects.exists():
-            partial_rejects.unlink()
-    result = CleanResult(
-        out=out,
-        rejects_file=final_rejects if final_rejects.exists() else None,
-        read=len(dataset),
-        kept=len(kept_rows),
-        stages=[(stage.name, stage.stats.as_dict()) for stage in stages],
-    )
-    for stage in stages:
-        if hasattr(stage, "summary"):
-            result.summaries[stage.name] = stage.summary()
+        records = _with_ids(counted(), src.kind)
+        if path_columns:
+            records = _resolve_image_paths(records, list(path_columns), src)
+        kept_records = run_stages(stages, records, folder.rejects, folder.failures)
+        if src.kind == "raw":
+            writes_meta = any("meta" in stage.writes for stage in stages)
+            features = _output_features(src.dataset.features, writes_meta, path_columns)
+            kept = write_records(
+                _raw_rows(kept_records, features),
+                folder.path, features=features, scratch=folder.scratch("write"),
+            )
+        else:
+            kept = write_records(
+                kept_records, folder.path, kind=src.kind, multimodal=src.multimodal, scratch=folder.scratch("write")
+            )
+        for stage in stages:
+            if hasattr(stage, "answered"):
+                check_not_all_failed(stage)  # every LLM request failed: nothing is written
+        failed = sum(stage.stats.failures for stage in stages)
+        result = CleanResult(
+            out=out,
+            read=read,
+            kept=kept,
+            failed=failed,
+            stages=[(stage.name, stage.stats.as_dict()) for stage in stages],
+            summaries={stage.name: stage.summary() for stage in stages if hasattr(stage, "summary")},
+            rejects_file=out / REJECTS if folder.rejects.count else None,
+            failures_file=out / FAILURES if folder.failures.count else None,
+            report_file=out / REPORT,
+        )
+        folder.write_json(REPORT, {
+            "command": command,
+            "source": str(source),
+            "layout": src.layout,
+            "read": read,
+            "kept": kept,
+            "failed": failed,
+            "stages": [
+                {"name": stage.name, "type": type(stage).__name__, **stage.stats.as_dict(),
+                 "config": stage.config.model_dump(mode="json")}
+                for stage in stages
+            ],
+            "summaries": result.summaries,
+        })
+        usage = _usage(stages, command)
+        if usage:
+            folder.write_json(USAGE, usage)
     return result

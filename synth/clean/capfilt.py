@@ -9,10 +9,12 @@ Optional captioner (BLIP's bootstrapping): a vision-language backend writes a sy
 image (prompt: ``templates/prompts/capfilt/caption.jinja``); both captions are scored, the better one is
 kept, and ``meta.capfilt_winner`` says which ("original" or "synthetic").
 
-Input: row dicts with an image (``images[0]`` or ``image``) and the text chosen by `text`.
+Input: records with an image (``images[0]`` or ``image``, as ``{"bytes", "path"}`` refs; decoded here, the
+only place pixels are needed) and the text chosen by `text`.
 Output: the same records with ``meta.scores.capfilt`` (the kept caption's score) and, with the captioner,
 ``meta.capfilt`` (both scores, ``synthetic_caption``, and ``original_caption`` when it was replaced) and the
-caption (or last assistant answer) replaced when the synthetic one won.
+caption (or last assistant answer) replaced when the synthetic one won. A captioner request that failed
+is a `Failed` (``failures.jsonl``; retried by the next run), not a drop; an empty caption keeps the original.
 """
 
 from __future__ import annotations
@@ -27,9 +29,8 @@ from pydantic import Field, model_validator
 
 from synth.clean.common import _content_text, record_images, turns
 from synth.errors import SynthError
-from synth.io import open_image
+from synth.pipeline import Aggregate, Failed, Map, Rejected, StageConfig, batched
 from synth.records import load_meta
-from synth.stages import Rejected, Stage, StageConfig
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 CAPTION_TEMPLATE = "prompts/capfilt/caption.jinja"
@@ -182,17 +183,32 @@ def _with_text(content: Any, text: str) -> Any:
     return out
 
 
-class CapFilt(Stage):
-    """Keep image-text pairs whose image-text similarity passes a threshold or is in the top fraction."""
+class CapFilt(Map):
+    """Keep image-text pairs whose image-text similarity passes a threshold or is in the top fraction.
+
+    A Map, not a Filter: every kept record leaves with its score in ``meta`` and, with the captioner, maybe
+    a better caption. With ``top_fraction`` the stage must see its whole input before it can answer:
+    ``CapFilt(top_fraction=...)`` is then a `CapFiltTopFraction` (an `Aggregate`).
+    """
 
     name: ClassVar[str] = "capfilt"
     Config: ClassVar[type[StageConfig]] = CapFiltConfig
-    #: records leave with scores in meta (and, with the captioner, maybe a new caption)
-    changes_records: ClassVar[bool] = True
+    #: the defaults of `image_column` / `caption_column`; the text written is the caption or the answer
+    reads: ClassVar[tuple[str, ...]] = ("images", "image", "caption", "messages", "chosen", "meta")
+    writes: ClassVar[tuple[str, ...]] = ("meta", "caption", "messages", "chosen")
+
+    def __new__(cls, config: CapFiltConfig | dict | None = None, **overrides: Any):
+        # The top fraction is relative to the whole input: that variant is an Aggregate.
+        if cls is CapFilt:
+            fraction = getattr(config, "top_fraction", None) if isinstance(config, StageConfig) else (config or {}).get("top_fraction")
+            if overrides.get("top_fraction", fraction) is not None:
+                cls = CapFiltTopFraction
+        return super().__new__(cls)
 
     def __init__(self, config: CapFiltConfig | dict | None = None, *, backend=None, **overrides: Any):
         super().__init__(config, **overrides)
         self.backend = backend
+        self.answered = 0  # captioner requests that came back (to tell "all failed" from "some failed")
         if self.config.captioner:
             if backend is None:
                 raise SynthError(
@@ -258,14 +274,29 @@ class CapFilt(Stage):
                 return record
         return record
 
-    def image_of(self, record: dict):
+    def image_source(self, record: dict):
+        """The record's first image as records carry it (``{"bytes", "path"}`` or PIL), or None.
+        A path (records built in memory) resolves inside `image_root`, never the working directory."""
+        from synth.data.images import image_ref
+
         images = record_images(record)
         if not images and self.config.image_column in record:
             images = [record[self.config.image_column]]
         if not images or images[0] is None:
             return None
-        root = Path(self.config.image_root) if self.config.image_root else None
-        return open_image(images[0], root, record.get("id", "?"))
+        value = images[0]
+        if hasattr(value, "save") and hasattr(value, "mode"):  # a PIL image
+            return value
+        if isinstance(value, dict) and value.get("bytes"):
+            return value
+        return image_ref(value, self.config.image_root, str(record.get("id", "?")))
+
+    def image_of(self, record: dict):
+        """The record's first image decoded to RGB pixels (the one place CapFilt decodes), or None."""
+        from synth.data.images import decode_image
+
+        source = self.image_source(record)
+        return None if source is None else decode_image(source, None, str(record.get("id", "?")))
 
     # -- scoring
 
@@ -300,14 +331,19 @@ class CapFilt(Stage):
             return compile_template(path.read_text(encoding="utf-8"), str(path)), str(path)
         return load_template(self.config.caption_template), self.config.caption_template
 
-    def score_batch(self, records: Sequence[dict]) -> list[dict | Rejected]:
-        """Score one batch: each record comes back annotated (meta.scores.capfilt) or rejected."""
-        results: list[dict | Rejected | None] = [None] * len(records)
-        ready, images, texts = [], [], []
+    def score_batch(self, records: Sequence[dict]) -> list[dict | Rejected | Failed]:
+        """Score one batch: each record comes back annotated (meta.scores.capfilt), rejected, or failed
+        (its captioner request failed: retried by the next run)."""
+        from synth.data.images import decode_image
+        from synth.pipeline.llm_task import failure_of
+
+        results: list[dict | Rejected | Failed | None] = [None] * len(records)
+        ready, sources, images, texts = [], [], [], []
         for i, record in enumerate(records):
             text = self.text_of(record).strip()
             try:
-                image = self.image_of(record)
+                source = self.image_source(record)
+                image = None if source is None else decode_image(source, None, str(record.get("id", "?")))
             except SynthError as e:  # a broken image drops its record, not the run
                 results[i] = Rejected("bad_image", str(e))
                 continue
@@ -317,47 +353,53 @@ class CapFilt(Stage):
                 results[i] = Rejected("no_text", f"empty {self._text_mode(record)} text")
             else:
                 ready.append(i)
+                sources.append(source)
                 images.append(image)
                 texts.append(text)
-        if not ready:
-            return results  # type: ignore[return-value]
 
-        scores = self.scorer.score_pairs(images, texts)
+        scores = self.scorer.score_pairs(images, texts) if ready else []
         synthetic: list[str | None] = [None] * len(ready)
         synthetic_scores: list[float | None] = [None] * len(ready)
-        errors: list[str | None] = [None] * len(ready)
-        if self.config.captioner:
+        notes: list[str | None] = [None] * len(ready)
+        if self.config.captioner and ready:
             batch_records = [records[i] for i in ready]
-            completions = self.backend.complete(self._caption_requests(batch_records, images, texts))
+            # The encoded image goes to the server (no re-encoding of the decoded pixels).
+            completions = self.backend.complete(self._caption_requests(batch_records, sources, texts))
             scored = []
             for j, completion in enumerate(completions):
-                caption = completion.text.strip() if completion.ok else ""
+                if not completion.ok:
+                    results[ready[j]] = failure_of(completion)
+                    continue
+                self.answered += 1
+                caption = completion.text.strip()
                 if caption:
                     synthetic[j] = caption
                     scored.append(j)
                 else:
-                    errors[j] = completion.error or "empty caption"
+                    notes[j] = "empty caption"  # the model answered nothing: the original stays
             if scored:
                 new_scores = self.scorer.score_pairs([images[j] for j in scored], [synthetic[j] for j in scored])
                 for j, score in zip(scored, new_scores, strict=True):
                     synthetic_scores[j] = score
 
         for j, i in enumerate(ready):
+            if results[i] is not None:  # failed above
+                continue
             record = dict(records[i])
             meta = dict(load_meta(record.get("meta")))
             meta["scores"] = {**meta.get("scores", {}), "capfilt": scores[j]}
             if self.config.captioner:
-                record, meta = self._pick_caption(record, meta, texts[j], scores[j], synthetic[j], synthetic_scores[j], errors[j])
+                record, meta = self._pick_caption(record, meta, texts[j], scores[j], synthetic[j], synthetic_scores[j], notes[j])
             record["meta"] = meta
             results[i] = record
-        return results  # type: ignore[return-value]
+        return [r for r in results if r is not None]
 
-    def _pick_caption(self, record, meta, original, original_score, synthetic, synthetic_score, error):
+    def _pick_caption(self, record, meta, original, original_score, synthetic, synthetic_score, note):
         info: dict[str, Any] = {"original_score": original_score, "synthetic_score": synthetic_score}
         if synthetic is not None:
             info["synthetic_caption"] = synthetic
-        if error:
-            info["captioner_error"] = error
+        if note:
+            info["captioner_error"] = note
         # Ties keep the original: a synthetic caption must be strictly better to replace real data.
         if synthetic is not None and synthetic_score > original_score:
             meta["capfilt_winner"] = "synthetic"
@@ -371,54 +413,44 @@ class CapFilt(Stage):
 
     # -- keep or drop
 
-    def _threshold_verdict(self, record: dict) -> dict | Rejected:
-        score = record["meta"]["scores"]["capfilt"]
+    def _threshold_verdict(self, result: dict | Rejected | Failed) -> dict | Rejected | Failed:
+        if isinstance(result, (Rejected, Failed)):
+            return result
+        score = result["meta"]["scores"]["capfilt"]
         if self.config.threshold is not None and score < self.config.threshold:
             return Rejected("low_score", f"score {score:.4f} < threshold {self.config.threshold}")
-        return record
+        return result
 
-    def _batches(self, records: Iterable[dict]) -> Iterator[list[dict]]:
-        batch: list[dict] = []
-        for record in records:
-            batch.append(record)
-            if len(batch) >= self.config.batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+    def process(self, record: dict) -> dict | Rejected | Failed:
+        return self._threshold_verdict(self.score_batch([record])[0])
 
     def run(self, records: Iterable[dict]) -> Iterator[dict]:
-        if self.config.top_fraction is None:
-            for batch in self._batches(records):
-                for record, result in zip(batch, self.score_batch(batch), strict=True):
-                    if not isinstance(result, Rejected):
-                        result = self._threshold_verdict(result)
-                    out = self._account(record, result)
-                    if out is not None:
-                        yield out
-            return
-        # Top fraction is relative to the whole input: score everything first.
-        scored: list[tuple[dict, dict | Rejected]] = []
-        for batch in self._batches(records):
+        for batch in batched(records, self.config.batch_size):
+            for record, result in zip(batch, self.score_batch(batch), strict=True):
+                yield from self.account(record, self._threshold_verdict(result))
+
+
+class CapFiltTopFraction(CapFilt, Aggregate):
+    """CapFilt keeping the best-scoring `top_fraction` of its whole input (and, with `threshold`, only
+    those at or above it). Scores everything first, then answers in input order."""
+
+    def run(self, records: Iterable[dict]) -> Iterator[dict]:
+        scored: list[tuple[dict, dict | Rejected | Failed]] = []
+        for batch in batched(records, self.config.batch_size):
             scored.extend(zip(batch, self.score_batch(batch), strict=True))
         keep = top_fraction_indices(
-            [r["meta"]["scores"]["capfilt"] if not isinstance(r, Rejected) else None for _, r in scored],
+            [r["meta"]["scores"]["capfilt"] if isinstance(r, dict) else None for _, r in scored],
             self.config.top_fraction,
         )
         cutoff = min((scored[i][1]["meta"]["scores"]["capfilt"] for i in keep), default=None)
         for index, (record, result) in enumerate(scored):
-            if not isinstance(result, Rejected):
-                if index not in keep:
-                    score = result["meta"]["scores"]["capfilt"]
-                    result = Rejected(
-                        "below_top_fraction",
-                        f"score {score:.4f} not in the top {self.config.top_fraction:g} (cutoff {cutoff:.4f})",
-                    )
-                else:
-                    result = self._threshold_verdict(result)
-            out = self._account(record, result)
-            if out is not None:
-                yield out
+            if isinstance(result, dict) and index not in keep:
+                score = result["meta"]["scores"]["capfilt"]
+                result = Rejected(
+                    "below_top_fraction",
+                    f"score {score:.4f} not in the top {self.config.top_fraction:g} (cutoff {cutoff:.4f})",
+                )
+            yield from self.account(record, self._threshold_verdict(result))
 
 
 def top_fraction_indices(scores: Sequence[float | None], fraction: float) -> set[int]:

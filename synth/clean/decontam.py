@@ -22,7 +22,7 @@ from pydantic import Field
 from synth.clean.common import answer_texts, instruction_text, record_text
 from synth.clean.minhash import ngram_hashes, words_of
 from synth.errors import SynthError
-from synth.stages import Filter, Rejected, StageConfig
+from synth.pipeline import Filter, Rejected, StageConfig
 
 DEFAULT_FIELDS = ("question", "prompt", "instruction", "input", "problem", "query", "context", "text", "messages")
 
@@ -164,6 +164,7 @@ class Decontaminate(Filter):
 
     name: ClassVar[str] = "decontaminate"
     Config: ClassVar[type[StageConfig]] = DecontamConfig
+    reads: ClassVar[tuple[str, ...]] = ("messages", "prompt", "chosen", "rejected")
     batch_size: ClassVar[int] = 1024
 
     def __init__(self, config=None, **overrides: Any):

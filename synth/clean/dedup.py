@@ -18,6 +18,9 @@ Decisions, in order, for each record:
    carries many questions).
 
 Text is the whole conversation (all turns). Shingles are word n-grams (`synth.clean.minhash`).
+Images are compared by their encoded bytes (exact) and, for near duplicates, by a perceptual hash of the
+decoded pixels (the only decode). Dedup must see every earlier record to judge a later one, so it is an
+`Aggregate`; it still streams its output (a record leaves as soon as it is known to be first).
 """
 
 from __future__ import annotations
@@ -30,9 +33,12 @@ from pydantic import Field, model_validator
 from synth.clean.common import record_images, record_text
 from synth.clean.minhash import LSHIndex, MinHasher, band_keys, optimal_bands, tokenize_with_normalized
 from synth.clean.phash import blocks, hamming, image_phash
+from synth.data.writer import RecordLog
 from synth.errors import SynthError
+from synth.pipeline import Aggregate, Rejected, StageConfig
 from synth.records import image_hash, load_meta
-from synth.stages import Rejected, RejectsWriter, Stage, StageConfig
+
+PHASH_CACHE_SIZE = 100_000  # perceptual hashes remembered by image digest (~20 MB)
 
 
 class DedupConfig(StageConfig):
@@ -83,7 +89,7 @@ def _source(record: dict) -> str | None:
         return None
 
 
-class Dedup(Stage):
+class Dedup(Aggregate):
     """Drop exact and near duplicates, keeping the first in input order.
 
     Input: records with text (messages / prompt+chosen+rejected / text columns) and optional ``images``.
@@ -92,6 +98,7 @@ class Dedup(Stage):
 
     name: ClassVar[str] = "dedup"
     Config: ClassVar[type[StageConfig]] = DedupConfig
+    reads: ClassVar[tuple[str, ...]] = ("messages", "prompt", "chosen", "rejected", "images", "image", "meta")
 
     def __init__(self, config: DedupConfig | dict | None = None, **overrides: Any):
         super().__init__(config, **overrides)
@@ -106,11 +113,23 @@ class Dedup(Stage):
         self.twins: dict[str, str] = {}
         # Perceptual hashes cost a decode per image: only when a near-duplicate check will use them.
         self._perceptual = cfg.images and (cfg.near or cfg.image_only)
+        self._phash_cache: dict[str, int] = {}  # image bytes digest -> perceptual hash
 
     # ------------------------------------------------------------ per-record keys
 
-    def _image_keys(self, images: list, record_id: str) -> tuple:
-        return tuple(image_phash(img, self.config.image_hash, record_id) for img in images)
+    def _image_keys(self, images: list, digests: tuple, record_id: str) -> tuple:
+        """Perceptual hashes; an image seen before (by its bytes' digest) is not decoded again: one picture
+        often carries many questions (VQA)."""
+        keys = []
+        for image, digest in zip(images, digests, strict=True):
+            key = self._phash_cache.get(digest)
+            if key is None:
+                key = image_phash(image, self.config.image_hash, record_id)
+                if len(self._phash_cache) >= PHASH_CACHE_SIZE:
+                    self._phash_cache.pop(next(iter(self._phash_cache)))  # oldest first
+                self._phash_cache[digest] = key
+            keys.append(key)
+        return tuple(keys)
 
     def _images_match(self, a: tuple, b: tuple) -> bool:
         if len(a) != len(b):
@@ -182,9 +201,9 @@ class Dedup(Stage):
             if images:
                 try:
                     contents = tuple(image_hash(img) for img in images)
-                    image_keys = self._image_keys(images, record_id or "?") if self._perceptual else contents
+                    image_keys = self._image_keys(images, contents, record_id or "?") if self._perceptual else contents
                 except (SynthError, OSError, ValueError) as e:
-                    self._account(record, Rejected("unreadable_image", str(e)))
+                    self.account(record, Rejected("unreadable_image", str(e)))
                     continue
                 exact_text = "\x00".join((exact_text, *contents))
             exact_key = xxhash.xxh3_128_intdigest(exact_text.encode())
@@ -194,10 +213,10 @@ class Dedup(Stage):
             verdict, twin = self._decide(exact_key, image_keys, keys, signature, shingled)
             if verdict is not None:
                 self.twins[record_id] = twin.id
-                self._account(record, verdict)
+                self.account(record, verdict)
                 continue
             self._remember(record_id, record, exact_key, image_keys, keys, signature, shingled)
-            yield self._account(record, record)
+            yield from self.account(record, record)
 
     def run(self, records: Iterable[dict]) -> Iterator[dict]:
         batch: list[dict] = []
@@ -214,15 +233,15 @@ def dedup(
     records: Iterable[dict],
     config: DedupConfig | dict | None = None,
     *,
-    rejects: RejectsWriter | str | None = None,
+    rejects: RecordLog | str | None = None,
 ) -> list[dict]:
     """Deduplicate records (from one or several sources); returns the kept ones in input order.
 
-    `rejects`: a `RejectsWriter` (shared with other stages) or a path for the dropped records' JSONL.
+    `rejects`: a `RecordLog` (shared with other stages) or a path for the dropped records' JSONL.
     """
     stage = Dedup(config)
-    own_writer = not isinstance(rejects, RejectsWriter)
-    stage.rejects = rejects if isinstance(rejects, RejectsWriter) else RejectsWriter(rejects)
+    own_writer = not isinstance(rejects, RecordLog)
+    stage.rejects = rejects if isinstance(rejects, RecordLog) else RecordLog(rejects)
     try:
         return list(stage.run(records))
     finally:

@@ -1,5 +1,6 @@
 """Cheap rule-based filters: length bounds, repetition, empty/placeholder answers, image size and aspect,
-``<image>`` placeholder consistency. Each is a `synth.stages.Filter` answering keep or drop, and why.
+``<image>`` placeholder consistency. Each is a `synth.pipeline.Filter`: it answers keep or drop, and why,
+and never changes a record.
 
 "Instruction" is the text of the user/system turns (a pair's prompt); "answer" the assistant text (for a
 preference pair both chosen and rejected are checked).
@@ -23,7 +24,7 @@ from synth.clean.common import (
     record_text,
 )
 from synth.clean.minhash import words_of
-from synth.stages import Filter, Rejected, StageConfig
+from synth.pipeline import Filter, Rejected, StageConfig
 
 # ---------------------------------------------------------------- length
 
@@ -58,6 +59,7 @@ class LengthFilter(Filter):
     """Drop records whose instruction or answer is outside character / word bounds."""
 
     name: ClassVar[str] = "length"
+    reads: ClassVar[tuple[str, ...]] = ("messages", "prompt", "chosen", "rejected")
     Config: ClassVar[type[StageConfig]] = LengthConfig
 
     def check(self, record: dict) -> Rejected | None:
@@ -100,6 +102,7 @@ class RepetitionFilter(Filter):
     """Drop degenerate, looping text: many repeated n-grams, or one n-gram covering much of the text."""
 
     name: ClassVar[str] = "repetition"
+    reads: ClassVar[tuple[str, ...]] = ("messages", "prompt", "chosen", "rejected")
     Config: ClassVar[type[StageConfig]] = RepetitionConfig
 
     def check(self, record: dict) -> Rejected | None:
@@ -148,6 +151,7 @@ class PlaceholderFilter(Filter):
     """Drop empty answers, placeholder answers ("N/A", "TODO") and filler phrases ("as an AI…", lorem ipsum)."""
 
     name: ClassVar[str] = "placeholder"
+    reads: ClassVar[tuple[str, ...]] = ("messages", "chosen", "rejected")
     Config: ClassVar[type[StageConfig]] = PlaceholderConfig
 
     def __init__(self, config=None, **overrides: Any):
@@ -187,18 +191,20 @@ class ImageSizeConfig(StageConfig):
     require_image: bool = Field(False, description="drop records without images")
 
 
-def image_size(value: Any) -> tuple[int, int]:
-    """(width, height) from the image header only (PIL opens lazily); raises OSError/ValueError if unreadable."""
+def image_size(value: Any, record_id: str = "?") -> tuple[int, int]:
+    """(width, height) from the image header only (PIL opens lazily, no pixels are decoded).
+
+    `value` is an image as records carry it (``{"bytes", "path"}``), encoded bytes or a PIL image; a bare
+    path has no dataset folder to resolve against here and is an `ImageError` (the reader resolves paths).
+    Raises `ImageError`, or PIL's own errors for bytes that are not an image."""
     from PIL import Image
+
+    from synth.data.images import image_ref
 
     if isinstance(value, Image.Image):
         return value.size
-    if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
-        if value is None:
-            raise ValueError("image entry has neither bytes nor path")
-    source = io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value
-    with Image.open(source) as image:
+    data = value["bytes"] if isinstance(value, dict) and value.get("bytes") else image_ref(value, None, record_id, check=False)["bytes"]
+    with Image.open(io.BytesIO(data)) as image:
         return image.size
 
 
@@ -206,6 +212,7 @@ class ImageSizeFilter(Filter):
     """Drop images that are too small, too large or too elongated (reads only headers)."""
 
     name: ClassVar[str] = "image_size"
+    reads: ClassVar[tuple[str, ...]] = ("images", "image")
     Config: ClassVar[type[StageConfig]] = ImageSizeConfig
 
     def check(self, record: dict) -> Rejected | None:
@@ -215,7 +222,7 @@ class ImageSizeFilter(Filter):
             return Rejected("no_image")
         for index, value in enumerate(images):
             try:
-                width, height = image_size(value)
+                width, height = image_size(value, str(record.get("id") or "?"))
             except Exception as e:  # PIL raises several types for broken files
                 return Rejected("unreadable_image", f"image {index}: {type(e).__name__}: {str(e)[:120]}")
             if width < c.min_width or height < c.min_height:
@@ -245,6 +252,7 @@ class ImageTokensFilter(Filter):
     """
 
     name: ClassVar[str] = "image_tokens"
+    reads: ClassVar[tuple[str, ...]] = ("messages", "prompt", "chosen", "rejected", "images", "image")
     Config: ClassVar[type[StageConfig]] = ImageTokensConfig
 
     def check(self, record: dict) -> Rejected | None:

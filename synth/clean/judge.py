@@ -1,11 +1,13 @@
-"""LLM-judge score filter: an LLM rates each sample 1-10 (quality of the answer, or difficulty of the
+"""LLM-judge score filter: an LLM rates each sample 0-10 (quality of the answer, or difficulty of the
 instruction) with the rubric in ``templates/prompts/judge/<aspect>.jinja``; samples at or above the
 threshold are kept.
 
-Input: SFT records (or preference pairs: the chosen answer is judged). Output: the record with
-``meta.scores[<aspect>] = score`` and ``meta.score_reasons[<aspect>] = reason``. Drops: ``low_score``
-(detail has score and reason), ``judge_unparseable`` (the reply is not a valid score) and, counted by the
-base, ``llm_failure`` (the backend gave up on the request).
+Reads: SFT records (``messages``, ``images``) or preference pairs (the chosen answer is judged), ``meta``.
+Writes: ``meta.scores[<aspect>] = score`` and ``meta.score_reasons[<aspect>] = reason``.
+Drops (``rejects.jsonl``): ``low_score`` (detail has the score and reason).
+Failures (``failures.jsonl``, not cached, retried by the next run): the request failed, or the reply
+stayed unparseable or out of range after the backend's re-asks. Each item stands alone: one bad score
+never takes its batch with it.
 """
 
 from __future__ import annotations
@@ -16,21 +18,22 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, Field
 
 from synth.clean.common import answer_texts, instruction_text, record_images
-from synth.llm.base import ChatRequest, Completion, LLMStage
+from synth.llm.base import ChatRequest, Completion
+from synth.pipeline import Failed, Rejected, StageConfig
+from synth.pipeline.llm_task import LLMTask
 from synth.records import ImagePart, Message, TextPart, load_meta
-from synth.stages import Rejected, StageConfig
 
 
 class JudgeScore(BaseModel):
-    """The reply the judge must give (structured output)."""
+    """The reply the judge must give (structured output). Scores from 0 to 10 are accepted."""
 
-    score: int = Field(ge=1, le=10)
+    score: float = Field(ge=0, le=10)
     reason: str = ""
 
 
 class JudgeConfig(StageConfig):
     aspect: Literal["quality", "difficulty"] = "quality"
-    threshold: float = Field(6.0, ge=1, le=10, description="keep samples scoring at or above this")
+    threshold: float = Field(6.0, ge=0, le=10, description="keep samples scoring at or above this")
     template: str | None = Field(None, description="rubric template: a file path, or a path under templates/")
     temperature: float = Field(0.0, ge=0)
     max_tokens: int = Field(256, ge=8)
@@ -42,14 +45,20 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + " […]"
 
 
-class JudgeFilter(LLMStage):
-    """Keep samples an LLM judge scores at or above `threshold` (1-10)."""
+def _number(score: float) -> int | float:
+    return int(score) if float(score).is_integer() else score
+
+
+class JudgeFilter(LLMTask):
+    """Keep samples an LLM judge scores at or above `threshold` (0-10)."""
 
     name: ClassVar[str] = "judge"
     Config: ClassVar[type[StageConfig]] = JudgeConfig
+    reads: ClassVar[tuple[str, ...]] = ("messages", "prompt", "chosen", "images", "meta")
+    writes: ClassVar[tuple[str, ...]] = ("meta",)
 
-    def __init__(self, backend, config=None, **overrides: Any):
-        super().__init__(backend, config, **overrides)
+    def __init__(self, backend, config=None, progress=None, **overrides: Any):
+        super().__init__(backend, config, progress, **overrides)
         self.template, self.template_name = self._load_template()
 
     def _load_template(self):
@@ -95,18 +104,20 @@ class JudgeFilter(LLMStage):
             key=str(record.get("id") or ""),
         )
 
-    def format_output(self, record: dict, completion: Completion) -> dict | Rejected:
+    def format_output(self, record: dict, completion: Completion) -> dict | Rejected | Failed:
         from synth.llm.structured import parse_structured
 
         verdict = completion.parsed[0] if completion.parsed else None
         if not isinstance(verdict, JudgeScore):
+            # A backend without structured output hands back text: validate it here, for this item only.
             verdict, error = parse_structured(completion.text, JudgeScore)
             if verdict is None:
-                return Rejected("judge_unparseable", f"{error}: {completion.text[:200]!r}")
+                return Failed("unparseable", f"{error}: {completion.text[:200]!r}")
         aspect = self.config.aspect
-        if verdict.score < self.config.threshold:
-            return Rejected("low_score", f"{aspect}={verdict.score} < {self.config.threshold:g}: {verdict.reason[:200]}")
+        score = _number(verdict.score)
+        if score < self.config.threshold:
+            return Rejected("low_score", f"{aspect}={score} < {self.config.threshold:g}: {verdict.reason[:200]}")
         meta = dict(load_meta(record.get("meta")))
-        meta["scores"] = {**(meta.get("scores") or {}), aspect: verdict.score}
+        meta["scores"] = {**(meta.get("scores") or {}), aspect: score}
         meta["score_reasons"] = {**(meta.get("score_reasons") or {}), aspect: verdict.reason}
         return {**record, "meta": meta}

@@ -48,10 +48,11 @@ def dhash(image) -> int:
 
 
 def image_phash(value: Any, kind: HashKind = "phash", record_id: str = "?") -> int:
-    """Perceptual hash of an image in any accepted form (path, bytes, dict, PIL); SynthError if unreadable."""
-    from synth.io import open_image
+    """Perceptual hash of an image as records carry it (``{"bytes", "path"}``, bytes or PIL): the one place
+    dedup decodes pixels. `synth.data.images.ImageError` if it does not decode."""
+    from synth.data.images import decode_image
 
-    image = open_image(value, None, record_id)
+    image = decode_image(value, None, record_id, mode="RGB")
     return phash(image) if kind == "phash" else dhash(image)
 
 

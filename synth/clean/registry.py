@@ -1,8 +1,8 @@
 """Filters by name, so the CLI, recipes and mixtures can build them from ``name`` + options.
 
 `build_filter("length", {"min_answer_words": 3})` validates the options against the filter's pydantic
-config (unknown keys rejected) and returns a ready `synth.stages.Stage`. Filters that call an LLM
-(subclasses of `synth.llm.base.LLMStage`) get their backend from `backend_factory()`; a filter class may
+config (unknown keys rejected) and returns a ready `synth.pipeline.Stage`. Filters that call an LLM
+(subclasses of `synth.pipeline.llm_task.LLMTask`) get their backend from `backend_factory()`; a filter class may
 instead define ``from_config(config, *, backend_factory)`` to build itself.
 
 Specs as text (CLI ``--filter``): ``name`` or ``name:key=value,key=value``; values are read as YAML
@@ -29,7 +29,7 @@ from synth.clean.heuristics import (
 )
 from synth.clean.judge import JudgeFilter
 from synth.errors import SynthError, validation_message
-from synth.stages import Stage
+from synth.pipeline import Stage
 
 FILTERS: dict[str, type[Stage]] = {
     "length": LengthFilter,
@@ -50,7 +50,7 @@ def _valid_options(cls: type[Stage]) -> str:
 
 def build_filter(name: str, options: dict | None = None, *, backend_factory: Callable[[], Any] | None = None) -> Stage:
     """A filter stage by registry name with validated options; SynthError naming what is wrong."""
-    from synth.llm.base import LLMStage
+    from synth.pipeline.llm_task import LLMTask
 
     cls = FILTERS.get(name)
     if cls is None:
@@ -65,7 +65,7 @@ def build_filter(name: str, options: dict | None = None, *, backend_factory: Cal
         raise SynthError(f"filter '{name}': options must be a mapping of key: value ({e})") from None
     if hasattr(cls, "from_config"):
         return cls.from_config(config, backend_factory=backend_factory)
-    if issubclass(cls, LLMStage):
+    if issubclass(cls, LLMTask):
         if backend_factory is None:
             raise SynthError(f"filter '{name}' needs an LLM backend; pass --backend/--model (or a backend in the recipe)")
         return cls(backend_factory(), config)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
 from synth.cli.common import command, console
+from synth.cli.llm_options import BackendName, BaseUrl, CacheDir, Concurrency, Model, NoCache, Out
 
-DATASET_HELP = "Dataset: save_to_disk folder, Parquet/JSONL/CSV file or folder, or Hub id."
+DATASET_HELP = (
+    "Dataset: save_to_disk folder, Parquet/JSONL/CSV file or folder (synth, TRL, LLaVA, sharegpt, alpaca or "
+    "OpenAI layout), or Hub id."
+)
+SUBSET_HELP = "Hub dataset: the configuration (subset) to load."
+REVISION_HELP = "Hub dataset: a branch, tag or commit."
 
 
 def _print_result(result, title: str) -> None:
@@ -21,10 +27,12 @@ def _print_result(result, title: str) -> None:
     table.add_column("records", justify="right")
     table.add_row("input", "read", f"{result.read:,}")
     for name, stats in result.stages:
-        if not stats["dropped"]:
+        if not stats["dropped"] and not stats["failed"]:
             table.add_row(name, "dropped", "0")
         for reason, count in sorted(stats["dropped"].items(), key=lambda kv: -kv[1]):
             table.add_row(name, f"dropped: {reason}", f"{count:,}")
+        for reason, count in sorted(stats["failed"].items(), key=lambda kv: -kv[1]):
+            table.add_row(name, f"failed: {reason}", f"{count:,}", style="yellow")
     share = f" ({result.kept / result.read:.1%})" if result.read else ""
     table.add_row("output", "kept", f"{result.kept:,}{share}", style="green")
     console.print(table)
@@ -41,43 +49,52 @@ def _print_result(result, title: str) -> None:
     if result.rejects_file:
         line += f"; rejects: {result.rejects_file}"
     console.print(line, soft_wrap=True)
+    if result.failed:
+        console.print(
+            f"[yellow]{result.failed:,} records failed (LLM request errors; not cached, retried by the next run): "
+            f"{result.failures_file}[/]",
+            soft_wrap=True,
+        )
 
 
 class _LazyBackend:
-    """Builds the LLM backend only when a filter asks for one (the judge), and remembers it to close."""
+    """Builds the LLM backend only when a filter asks for one (the judge, CapFilt's captioner), and
+    remembers it to close."""
 
-    def __init__(self, backend, model, base_url, concurrency, cache):
-        self.args = (backend, model, base_url)
-        self.options = {"concurrency": concurrency, "cache": cache}
+    def __init__(self, *options):
+        self.options = options
         self.built = []
 
     def __call__(self):
-        from synth.llm.factory import make_backend
+        from synth.cli.llm_options import make_llm
 
-        self.built.append(make_backend(*self.args, **self.options))
+        self.built.append(make_llm(*self.options))
         return self.built[-1]
 
 
 @command("filter")
 def filter_(
-    dataset: str = typer.Argument(..., help=DATASET_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (save_to_disk)."),
+    dataset: Annotated[str, typer.Argument(help=DATASET_HELP)],
+    out: Out,
     filters: list[str] = typer.Option([], "--filter", "-f", help="NAME or NAME:key=value,... (repeatable, applied in order)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML list of filters: [{length: {min_answer_words: 3}}, dedup, ...]."),
     split: Optional[str] = typer.Option(None, help="Split to read when the source has several."),
+    subset: Optional[str] = typer.Option(None, "--subset", help=SUBSET_HELP),
+    revision: Optional[str] = typer.Option(None, "--revision", help=REVISION_HELP),
     limit: Optional[int] = typer.Option(None, help="Only the first N records."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="judge: openai or local (default: local, or openai with --base-url)."),
-    model: Optional[str] = typer.Option(None, "--model", help="judge: model name or path (default local: the embedded Gemma 3 270M)."),
-    base_url: Optional[list[str]] = typer.Option(None, "--base-url", help="judge: OpenAI-compatible server URL (repeat for replicas)."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="judge: requests in flight."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="judge: do not use the LLM request cache."),
+    model: Model = None,
+    base_url: BaseUrl = None,
+    backend: BackendName = None,
+    concurrency: Concurrency = None,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Apply a chain of filters (heuristics, dedup, decontaminate, judge); list them with --filter help."""
     from synth.clean.apply import clean_dataset
     from synth.clean.registry import FILTERS, build_filters, load_filter_chain
+    from synth.data import check_output
     from synth.errors import SynthError
-    from synth.io import check_output
     from synth.llm.factory import report_usage
 
     if filters == ["help"]:
@@ -90,10 +107,13 @@ def filter_(
     if not specs:
         raise SynthError("no filters given: pass --filter NAME[:key=value,...] or --config FILE.yaml (see --filter help)")
     check_output(out, overwrite)  # fail before loading a model
-    backends = _LazyBackend(backend, model, base_url, concurrency, not no_cache)
+    backends = _LazyBackend(backend, model, base_url, concurrency, cache_dir, no_cache)
     try:
         stages = build_filters(specs, backend_factory=backends)
-        result = clean_dataset(dataset, out, stages, split=split, overwrite=overwrite, limit=limit, description="filtering")
+        result = clean_dataset(
+            dataset, out, stages, split=split, config=subset, revision=revision, overwrite=overwrite, limit=limit,
+            description="filtering", command="filter",
+        )
         _print_result(result, "synth filter")
         for llm in backends.built:
             report_usage(llm, console=console)
@@ -104,8 +124,8 @@ def filter_(
 
 @command()
 def dedup(
-    dataset: str = typer.Argument(..., help=DATASET_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (save_to_disk)."),
+    dataset: Annotated[str, typer.Argument(help=DATASET_HELP)],
+    out: Out,
     threshold: float = typer.Option(0.8, help="Estimated Jaccard at or above which texts are near-duplicates."),
     shingle: int = typer.Option(5, help="Words per shingle."),
     num_perm: int = typer.Option(128, "--num-perm", help="MinHash permutations."),
@@ -114,6 +134,8 @@ def dedup(
     image_distance: int = typer.Option(6, "--image-distance", help="Max differing pHash bits for near-duplicate images."),
     image_only: bool = typer.Option(False, "--image-only", help="Also drop near-duplicate images whatever their text."),
     split: Optional[str] = typer.Option(None, help="Split to read when the source has several."),
+    subset: Optional[str] = typer.Option(None, "--subset", help=SUBSET_HELP),
+    revision: Optional[str] = typer.Option(None, "--revision", help=REVISION_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Drop exact and near-duplicate samples, keeping the first in input order."""
@@ -125,7 +147,10 @@ def dedup(
         images=images, image_distance=image_distance, image_only=image_only,
     )
     stage = build_filter("dedup", options)
-    result = clean_dataset(dataset, out, [stage], split=split, overwrite=overwrite, description="dedup")
+    result = clean_dataset(
+        dataset, out, [stage], split=split, config=subset, revision=revision, overwrite=overwrite,
+        description="dedup", command="dedup",
+    )
     if not exact_only:
         console.print(
             f"near-duplicates: estimated Jaccard >= {threshold}, {shingle}-word shingles, {num_perm} permutations, "
@@ -137,12 +162,14 @@ def dedup(
 
 @command()
 def decontaminate(
-    dataset: str = typer.Argument(..., help=DATASET_HELP),
+    dataset: Annotated[str, typer.Argument(help=DATASET_HELP)],
+    out: Out,
     benchmarks: list[Path] = typer.Option(..., "--benchmark", "-b", help="Benchmark file of test items (JSONL/JSON/Parquet/CSV); repeatable."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (save_to_disk)."),
     ngram: int = typer.Option(13, help="Words per n-gram."),
     fields: list[str] = typer.Option([], "--field", help="Benchmark text field to read (repeatable; default: question/prompt/input/...)."),
     split: Optional[str] = typer.Option(None, help="Split to read when the source has several."),
+    subset: Optional[str] = typer.Option(None, "--subset", help=SUBSET_HELP),
+    revision: Optional[str] = typer.Option(None, "--revision", help=REVISION_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Drop samples sharing a long n-gram with benchmark test items; report hits per benchmark."""
@@ -152,5 +179,8 @@ def decontaminate(
     stage = build_filter(
         "decontaminate", {"benchmarks": [str(b) for b in benchmarks], "ngram": ngram, "fields": list(fields) or None}
     )
-    result = clean_dataset(dataset, out, [stage], split=split, overwrite=overwrite, description="decontaminating")
+    result = clean_dataset(
+        dataset, out, [stage], split=split, config=subset, revision=revision, overwrite=overwrite,
+        description="decontaminating", command="decontaminate",
+    )
     _print_result(result, f"synth decontaminate ({ngram}-grams)")

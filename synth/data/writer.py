@@ -241,6 +241,9 @@ def build_dataset(
         convert = True
     else:
         convert = False
+    head, records = peek(records, 1)
+    if not head:  # from_generator cannot build a dataset of no rows ("corresponds to no data")
+        return Dataset.from_dict({name: [] for name in features}, features=features)
 
     def rows() -> Iterator[dict]:
         for record in records:
@@ -249,10 +252,19 @@ def build_dataset(
                 on_row(row)
             yield row
 
+    from datasets.exceptions import DatasetGenerationError
+
     cache = str(scratch) if scratch else tempfile.mkdtemp(prefix="synth-write-")
-    with quiet_datasets():
-        # A fixed fingerprint: datasets would otherwise try to hash (pickle) the generator and its closure.
-        ds = Dataset.from_generator(rows, features=features, cache_dir=cache, fingerprint=uuid.uuid4().hex)
+    try:
+        with quiet_datasets():
+            # A fixed fingerprint: datasets would otherwise try to hash (pickle) the generator and its closure.
+            ds = Dataset.from_generator(rows, features=features, cache_dir=cache, fingerprint=uuid.uuid4().hex)
+    except DatasetGenerationError as e:
+        # datasets wraps whatever the generator raised; a SynthError (bad record, dead backend) is the user's
+        # message and must reach the CLI as it is.
+        if isinstance(e.__cause__, SynthError):
+            raise e.__cause__ from None
+        raise
     return ds
 
 
