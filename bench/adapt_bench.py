@@ -155,14 +155,15 @@ def loop_adapt(source: Path, template: str, out: Path) -> int:
     from datasets import Image
 
     from synth.adapt import Renderer, load_template_set
-    from synth.io import dataset_base_dir, read_dataset, write_dataset
+    from synth.data import OutputFolder, base_dir_of, save
+    from synth.io import read_dataset
     from synth.records import Sample, messages_from_arrow, samples_to_dataset
 
     ts = load_template_set(template)
     dataset = read_dataset(source)
     if ts.multimodal:
         dataset = dataset.cast_column("image", Image(decode=False))
-    renderer = Renderer(ts, seed=0, source_name=str(source), base_dir=dataset_base_dir(source))
+    renderer = Renderer(ts, seed=0, source_name=str(source), base_dir=base_dir_of(source))
     samples = []
     for index, row in enumerate(dataset):
         record_id = str(row.get("id") or f"row-{index}")
@@ -171,7 +172,8 @@ def loop_adapt(source: Path, template: str, out: Path) -> int:
             samples.append(
                 Sample(messages=messages_from_arrow(s["messages"]), images=images, id=s["id"], meta=s["meta"])
             )
-    write_dataset(samples_to_dataset(samples), out, overwrite=True)
+    with OutputFolder(out, overwrite=True) as folder:
+        save(samples_to_dataset(samples), folder.path)
     return len(samples)
 
 

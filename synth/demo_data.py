@@ -394,40 +394,66 @@ def iter_rows(count: int, seed: int = 0, size: int = 256) -> Iterator[dict]:
         yield make_row(index, seed, size)
 
 
-def make_demo_dataset(count: int = 200, seed: int = 0, size: int = 256, show_progress: bool = True):
-    """The demo dataset in memory (a `datasets.Dataset`)."""
-    from datasets import Dataset
+def _fingerprint(count: int, seed: int, size: int) -> str:
+    # From the arguments (not a random one), so state.json is identical across runs too.
+    return hashlib.sha256(f"synth-demo:{count}:{seed}:{size}".encode()).hexdigest()[:16]
 
+
+def _check_arguments(count: int, size: int) -> None:
     if count < 1:
         raise SynthError(f"--count must be at least 1 (got {count})")
     if size < MIN_SIZE:
         raise SynthError(f"--size must be at least {MIN_SIZE} pixels (got {size})")
+
+
+def _drawn_rows(count: int, seed: int, size: int, show_progress: bool) -> Iterator[dict]:
     from synth.progress import progress
 
-    rows = []
     with progress() as bar:
         task = bar.add_task("drawing scenes", total=count, tokens="", visible=show_progress)
         for row in iter_rows(count, seed, size):
-            rows.append(row)
+            yield row
             bar.advance(task)
-    table = Dataset.from_list(rows, features=demo_features())
-    # A fingerprint from the arguments (not a random one), so state.json is identical across runs too.
-    fingerprint = hashlib.sha256(f"synth-demo:{count}:{seed}:{size}".encode()).hexdigest()[:16]
-    return Dataset(table.data, info=table.info, fingerprint=fingerprint)
 
 
-def write_demo_data(out: str | Path, count: int = 200, seed: int = 0, size: int = 256, overwrite: bool = False) -> Path:
-    """Draw the demo dataset and write it atomically as a `save_to_disk` folder."""
-    import datasets
+def _fixed(dataset, count: int, seed: int, size: int):
+    """The dataset with a fingerprint and info that depend only on the arguments (byte-identical output)."""
+    from datasets import Dataset, DatasetInfo
 
-    from synth.io import check_output, write_dataset
+    return Dataset(dataset.data, info=DatasetInfo(features=demo_features()), fingerprint=_fingerprint(count, seed, size))
 
+
+def make_demo_dataset(
+    count: int = 200, seed: int = 0, size: int = 256, show_progress: bool = True, scratch: Path | None = None
+):
+    """The demo dataset, drawn row by row from a generator: memory-mapped Arrow files in `scratch`, or
+    without one, held in memory (nothing left behind in a temporary folder)."""
+    import tempfile
+
+    from datasets import Dataset
+
+    from synth.data import build_dataset, quiet_datasets
+
+    _check_arguments(count, size)
+    rows = _drawn_rows(count, seed, size, show_progress)
+    if scratch is not None:
+        return _fixed(build_dataset(rows, features=demo_features(), scratch=scratch), count, seed, size)
+    with tempfile.TemporaryDirectory(prefix="synth-demo-") as tmp, quiet_datasets():
+        dataset = Dataset.from_generator(
+            lambda: rows, features=demo_features(), cache_dir=tmp, keep_in_memory=True, fingerprint=_fingerprint(count, seed, size)
+        )
+    return _fixed(dataset, count, seed, size)
+
+
+def write_demo_data(
+    out: str | Path, count: int = 200, seed: int = 0, size: int = 256, overwrite: bool = False, show_progress: bool = True
+) -> Path:
+    """Draw the demo dataset and write it through the one writer: a `save_to_disk` folder that appears
+    whole or not at all."""
+    from synth.data import OutputFolder, check_output, save
+
+    _check_arguments(count, size)
     check_output(out, overwrite)  # fail before drawing anything
-    dataset = make_demo_dataset(count, seed, size)
-    bars_were_on = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # our own bar already showed the work; saving is quick
-    try:
-        return write_dataset(dataset, out, overwrite=overwrite)
-    finally:
-        if bars_were_on:
-            datasets.enable_progress_bars()
+    with OutputFolder(out, overwrite) as folder:
+        save(make_demo_dataset(count, seed, size, show_progress, scratch=folder.scratch("demo")), folder.path)
+    return folder.final

@@ -2,14 +2,18 @@
 
 A recipe (YAML, mapped 1:1 onto `MixRecipe`) lists sources. For each source, in order:
 
-1. read it (local path, resolved against the recipe's folder first, or a Hub id; optional split and limit);
-2. pass it through its filter chain (`synth.clean.registry`), rejects going to ``OUT.rejects.jsonl``;
-3. tag every record with ``meta.source`` = the source's name.
+1. read it through the one reader (`synth.data.open_source`: a local path, resolved against the recipe's
+   folder first, or a Hub id; any layout it knows; optional split and limit);
+2. stream it through its filter chain (`synth.clean.registry`), rejects going to ``rejects.jsonl``;
+3. tag every record with ``meta.source`` = the source's name;
+4. stream it through the global dedup (optional; earlier sources win) into an Arrow dataset on disk.
 
-Then all sources go through one global dedup (optional; earlier sources win), each source gets a target
-size, and is sampled: down without replacement, up (only where ``upsample: true``) by repeating the whole
+Nothing holds a source's rows in Python lists: the records stream from the reader to an Arrow file, and
+the mix is built from those files by row index. Each source gets a target size and is sampled by index
+(`Dataset.select`): down without replacement, up (only where ``upsample: true``) by repeating the whole
 source ``target // n`` times plus a draw of the remainder without replacement; the repeats carry
-``meta.mix.upsampled_copy`` (1, 2, ...). Target sizes:
+``meta.mix.upsampled_copy`` (1, 2, ...), written by a batched map over the ``meta`` column only. Target
+sizes:
 
 - a source with ``count`` gets exactly that many;
 - the other sources share ``total - sum(counts)`` in proportion ``p_i ∝ weight_i * n_i ** (1 / T)``, where
@@ -18,9 +22,10 @@ source ``target // n`` times plus a draw of the remainder without replacement; t
 - no ``total``: the largest mix that needs no up-sampling of the weighted sources;
 - ``cap`` bounds a source's final share (the mix is then smaller than ``total``).
 
-The mix is shuffled and split: ``validation`` is a count (int) or a fraction (float in (0, 1)); copies of
-one sample never straddle the two splits. Output: a `save_to_disk` DatasetDict written atomically, with
-``mix_report.json`` (the table's numbers) inside it.
+The mix is shuffled and split by index: ``validation`` is a count (int) or a fraction (float in (0, 1));
+copies of one sample never straddle the two splits. Output: a `save_to_disk` DatasetDict written through
+`synth.data.OutputFolder` (it appears whole or not at all), with ``mix_report.json`` (the table's numbers)
+and ``rejects.jsonl`` inside it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from __future__ import annotations
 import math
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,14 +141,23 @@ def apportion(total: int, probabilities: Sequence[float]) -> list[int]:
     return counts
 
 
-def sample_plan(size: int, target: int, rng) -> list[tuple[int, int]]:
-    """(row index, copy number) pairs: a draw without replacement, or whole repeats plus a remainder."""
+def sample_indices(size: int, target: int, rng):
+    """Row indices and copy numbers (numpy arrays): a draw without replacement, or whole repeats of the
+    source (copy-major) plus a draw of the remainder."""
+    import numpy as np
+
     if target <= size:
-        return [(int(i), 0) for i in sorted(rng.choice(size, target, replace=False))]
+        return np.sort(rng.choice(size, target, replace=False)).astype(np.int64), np.zeros(target, dtype=np.int64)
     repeats, rest = divmod(target, size)
-    plan = [(i, copy) for copy in range(repeats) for i in range(size)]
-    plan += [(int(i), repeats) for i in sorted(rng.choice(size, rest, replace=False))]
-    return plan
+    indices = np.concatenate([np.tile(np.arange(size, dtype=np.int64), repeats), np.sort(rng.choice(size, rest, replace=False))])
+    copies = np.concatenate([np.repeat(np.arange(repeats, dtype=np.int64), size), np.full(rest, repeats, dtype=np.int64)])
+    return indices, copies
+
+
+def sample_plan(size: int, target: int, rng) -> list[tuple[int, int]]:
+    """`sample_indices` as (row index, copy number) pairs."""
+    indices, copies = sample_indices(size, target, rng)
+    return [(int(i), int(c)) for i, c in zip(indices, copies, strict=True)]
 
 
 def _rng(seed: int, label: str):
@@ -214,39 +228,41 @@ def _resolve(path: str, base_dir: Path | None) -> str:
     return path
 
 
-def _read_source(source: MixSource, where: str, base_dir: Path | None):
-    from synth.io import read_dataset
-    from synth.records import dataset_kind
+def _open_source(source: MixSource, where: str, base_dir: Path | None):
+    from synth.data import open_source
 
     try:
-        dataset = read_dataset(_resolve(source.path, base_dir), source.split)
+        src = open_source(_resolve(source.path, base_dir), source.split, limit=source.limit)
     except SynthError as e:
         raise SynthError(f"{where}: {e}") from None
-    if source.limit is not None:
-        dataset = dataset.select(range(min(source.limit, len(dataset))))
-    kind = dataset_kind(dataset)
-    if kind == "other":
+    if src.kind == "raw":
         raise SynthError(
-            f"{where}: not an SFT or preference dataset (columns: {', '.join(dataset.column_names)}); "
-            "it needs 'messages' or 'prompt'/'chosen'/'rejected' — convert raw data with `synth adapt` first"
+            f"{where}: not an SFT or preference dataset (columns: {', '.join(src.columns)}); "
+            "it needs 'messages' or 'prompt'/'chosen'/'rejected' (or a peer layout: sharegpt, alpaca, OpenAI, ...) "
+            "— convert raw data with `synth adapt` first"
         )
-    return dataset, kind
+    return src
 
 
-def _records(dataset, kind: str) -> list[dict]:
-    from synth.clean.apply import _ROW, iter_records
+def _turns(record: dict, kind: str) -> list[dict]:
+    return record["messages"] if kind == "sft" else record["prompt"] + record["chosen"] + record["rejected"]
+
+
+def _source_records(src, kind: str, advance: Callable[[], None]) -> Iterator[dict]:
+    """The source's records, each with an id (synth's stable content id where the source has none)."""
     from synth.records import content_id
 
-    has_ids = "id" in dataset.column_names
-    out = []
-    for record in iter_records(dataset):
-        record.pop(_ROW, None)
-        record["meta"] = dict(record.get("meta") or {})
-        if not has_ids or not record.get("id"):  # e.g. a Hub dataset: give it synth's stable content id
-            turns = record["messages"] if kind == "sft" else record["prompt"] + record["chosen"] + record["rejected"]
-            record["id"] = content_id(turns, record.get("images") or [])
-        out.append(record)
-    return out
+    for record in src.records():
+        advance()
+        if not record.get("id"):  # e.g. a Hub dataset: give it synth's stable content id
+            record["id"] = content_id(_turns(record, kind), record.get("images") or [])
+        yield record
+
+
+def _counted(records: Iterable[dict], counter: list[int]) -> Iterator[dict]:
+    for record in records:
+        counter[0] += 1
+        yield record
 
 
 def _tag_source(record: dict, name: str) -> dict:
@@ -308,64 +324,85 @@ def _targets(recipe: MixRecipe, sizes: list[int], recipe_name: str, where: list[
     return targets, capped
 
 
-def _split(rows: list[dict], validation: float, rng, recipe_name: str) -> tuple[list[dict], list[dict]]:
-    """Shuffle and split; all copies of one sample (same id) land in the same split."""
-    order = rng.permutation(len(rows))
-    rows = [rows[i] for i in order]
-    want = round(validation * len(rows)) if isinstance(validation, float) else validation
-    if want > len(rows):
-        raise SynthError(f"{recipe_name}: validation: {want} samples asked but the mix has only {len(rows)}; lower it")
-    if want == 0:
-        return rows, []
-    groups: dict[str, list[int]] = {}
-    for position, row in enumerate(rows):
-        groups.setdefault(row["id"], []).append(position)
-    picked: set[int] = set()
-    for positions in groups.values():  # in shuffled order of first appearance
-        if len(picked) + len(positions) <= want:
-            picked.update(positions)
-            if len(picked) == want:
-                break
-    train = [r for p, r in enumerate(rows) if p not in picked]
-    valid = [r for p, r in enumerate(rows) if p in picked]
-    return train, valid
+def _build_pool(records: Iterable[dict], kind: str, multimodal: bool, scratch: Path):
+    """A source's kept records as an Arrow dataset on disk (an empty one when nothing was kept)."""
+    import itertools
 
-
-def _to_arrow(records: list[dict], kind: str):
-    """Records in the canonical layout (text-only content becomes parts when any sample has images)."""
     from datasets import Dataset
 
-    from synth.records import dump_meta, preference_features, sft_features
+    from synth.data import build_dataset
+    from synth.data.writer import features_for
 
-    message_columns = ("messages",) if kind == "sft" else ("prompt", "chosen", "rejected")
-    multimodal = any(r.get("images") for r in records) or any(
-        isinstance(m.get("content"), list) for r in records for c in message_columns for m in r.get(c) or []
-    )
+    records = iter(records)
+    first = next(records, None)
+    if first is None:  # `Dataset.from_generator` refuses a generator that yields nothing
+        features = features_for(kind, multimodal)
+        return Dataset.from_dict({name: [] for name in features}, features=features)
+    return build_dataset(itertools.chain([first], records), kind=kind, multimodal=multimodal, scratch=scratch)
 
-    def messages(value):
+
+def _split_positions(ids, validation: int | float, rng, recipe_name: str):
+    """Shuffled positions of the train and validation rows; all copies of one sample (same id) land in the
+    same split. `ids` is the mix's id column (Arrow); the work is done on integer codes, not Python rows."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(ids)
+    order = rng.permutation(n)
+    want = round(validation * n) if isinstance(validation, float) else validation
+    if want > n:
+        raise SynthError(f"{recipe_name}: validation: {want} samples asked but the mix has only {n}; lower it")
+    if want == 0:
+        return order, order[:0]
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    codes = pc.dictionary_encode(ids).indices.to_numpy(zero_copy_only=False)[order]
+    sizes = np.bincount(codes)
+    if sizes.max() == 1:  # no copies: the first `want` rows of the shuffle
+        mask = np.arange(n) < want
+    else:
+        # groups in shuffled order of first appearance; whole groups while they fit
+        unique, first = np.unique(codes, return_index=True)
+        picked = np.zeros(len(sizes), dtype=bool)
+        taken = 0
+        for group in unique[np.argsort(first, kind="stable")]:
+            size = int(sizes[group])
+            if taken + size <= want:
+                picked[group] = True
+                taken += size
+                if taken == want:
+                    break
+        mask = picked[codes]
+    return order[~mask], order[mask]
+
+
+def _mark_copies(dataset, copies, fingerprint: str, scratch: Path):
+    """``meta.mix.upsampled_copy`` on the rows that are copies: a batched map over the ``meta`` column only
+    (images and messages pass through as stored)."""
+    from synth.records import dump_meta, load_meta
+
+    def mark(metas: list[str], positions: list[int]) -> dict[str, list[str]]:
         out = []
-        for m in value or []:
-            content = m.get("content")
-            if multimodal and isinstance(content, str):
-                content = [{"type": "text", "text": content}]
-            elif multimodal:
-                content = [{"type": p.get("type"), "text": p.get("text")} for p in content]
-            elif isinstance(content, list):
-                content = "".join(p.get("text") or "" for p in content if p.get("type") == "text")
-            out.append({"role": m["role"], "content": content})
-        return out
+        for meta, position in zip(metas, positions, strict=True):
+            copy = int(copies[position])
+            if copy:
+                value = load_meta(meta)
+                value["mix"] = {**value.get("mix", {}), "upsampled_copy": copy}
+                meta = dump_meta(value)
+            out.append(meta)
+        return {"meta": out}
 
-    rows = []
-    for record in records:
-        row = {"id": str(record.get("id") or "")}
-        for column in message_columns:
-            row[column] = messages(record.get(column))
-        if multimodal:
-            row["images"] = list(record.get("images") or [])
-        row["meta"] = dump_meta(record["meta"])
-        rows.append(row)
-    features = sft_features(multimodal) if kind == "sft" else preference_features(multimodal)
-    return Dataset.from_list(rows, features=features)
+    return dataset.map(
+        mark,
+        input_columns=["meta"],
+        with_indices=True,
+        batched=True,
+        batch_size=1000,
+        cache_file_name=str(scratch / "mix.arrow"),
+        new_fingerprint=fingerprint,
+        desc="marking copies",
+    )
 
 
 def run_mix(
@@ -379,23 +416,22 @@ def run_mix(
     backend_factory: Callable[[], Any] | None = None,
 ) -> MixResult:
     """Build the mixture described by `recipe` into `out` (a save_to_disk DatasetDict)."""
-    from datasets import DatasetDict
+    import hashlib
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from datasets import DatasetDict, concatenate_datasets
 
     from synth.clean.registry import build_filters
-    from synth.io import atomic_path, check_output, quiet_datasets, rejects_path, write_json
+    from synth.data import REJECTS, OutputFolder, check_output, quiet_datasets, save
     from synth.progress import progress
-    from synth.stages import RejectsWriter
 
     out = check_output(out, overwrite)
     seed = recipe.seed if seed is None else seed
     base = Path(base_dir) if base_dir is not None else None
     wheres = [_where(recipe_name, i, s) for i, s in enumerate(recipe.sources)]
-    final_rejects = rejects_path(out)
-    partial_rejects = final_rejects.with_name(final_rejects.name + ".partial")
-    writer = RejectsWriter(partial_rejects)
-    reports: list[SourceReport] = []
-    pools: list[list[dict]] = []
-    kinds: list[str] = []
     # Build every filter chain and the dedup first: a typo fails before any dataset is read.
     chains = []
     for i, source in enumerate(recipe.sources):
@@ -411,79 +447,96 @@ def run_mix(
             deduper = Dedup(recipe.dedup if isinstance(recipe.dedup, dict) else {})
         except ValidationError as e:
             raise SynthError(validation_message(e, f"{recipe_name}: dedup")) from None
-    try:
-        # 1-3: read, filter, tag each source.
+    # Open every source (memory-mapped, nothing read yet): kinds and layout are known before any work.
+    sources = [_open_source(source, wheres[i], base) for i, source in enumerate(recipe.sources)]
+    kind = sources[0].kind
+    for i, src in enumerate(sources):
+        if src.kind != kind:
+            raise SynthError(
+                f"{wheres[i]}: a {src.kind} dataset, but sources.0 ({recipe.sources[0].label}) is {kind}; "
+                "a mix holds one kind (SFT or preference)"
+            )
+    multimodal = any(src.multimodal for src in sources)
+    # Output fingerprints from what decides the content, so the same recipe and seed give the same bytes.
+    identity = json.dumps(
+        [recipe.model_dump(mode="json"), seed, [getattr(src.dataset, "_fingerprint", None) for src in sources]],
+        sort_keys=True, default=str,
+    )
+
+    def fingerprint(part: str) -> str:
+        return hashlib.sha256(f"{identity}:{part}".encode()).hexdigest()[:16]
+
+    reports: list[SourceReport] = []
+    pools = []
+    with OutputFolder(out, overwrite) as folder:
+        # 1-4: read, filter, tag and dedup each source, streaming into an Arrow dataset on disk.
         with progress() as bar:
-            task = bar.add_task("reading sources", total=len(recipe.sources), tokens="")
-            for i, (source, stages) in enumerate(zip(recipe.sources, chains, strict=True)):
-                dataset, kind = _read_source(source, wheres[i], base)
-                if kinds and kind != kinds[0]:
-                    raise SynthError(
-                        f"{wheres[i]}: a {kind} dataset, but sources.0 ({recipe.sources[0].label}) is {kinds[0]}; "
-                        "a mix holds one kind (SFT or preference)"
-                    )
-                kinds.append(kind)
-                report = SourceReport(source.label, source.path, source.split, read=len(dataset))
-                records = _records(dataset, kind)
+            task = bar.add_task("reading sources", total=sum(src.num_rows or 0 for src in sources), tokens="")
+            for i, (source, src, stages) in enumerate(zip(recipe.sources, sources, chains, strict=True)):
+                report = SourceReport(source.label, source.path, source.split, read=src.num_rows or 0)
+                records: Iterable[dict] = _source_records(src, kind, lambda: bar.advance(task))
                 for stage in stages:
-                    stage.rejects = writer
+                    stage.rejects = folder.rejects
                     records = stage.run(records)
-                kept = [_tag_source(r, source.label) for r in records]
-                report.after_filters = len(kept)
+                after_filters = [0]
+                records = _counted((_tag_source(r, source.label) for r in records), after_filters)
+                if deduper is not None:
+                    # The stage remembers what it kept, so feeding the sources one after another dedups across them.
+                    deduper.rejects = folder.rejects
+                    records = deduper.run(records)
+                try:
+                    pool = _build_pool(records, kind, multimodal, folder.scratch(f"source{i}"))
+                except SynthError as e:
+                    raise SynthError(f"{wheres[i]}: {e}") from None
+                report.after_filters = after_filters[0]
+                report.after_dedup = len(pool)
                 report.filters = {stage.name: stage.stats.as_dict() for stage in stages}
                 reports.append(report)
-                pools.append(kept)
-                bar.advance(task)
+                pools.append(pool)
+        dedup_stats = deduper.stats.as_dict() if deduper is not None else None
 
-        # 4: one dedup over all sources in recipe order (earlier sources keep their samples).
-        dedup_stats = None
-        if deduper is not None:
-            deduper.rejects = writer
-            # The stage remembers what it kept, so feeding the sources one after another dedups across them.
-            pools = [list(deduper.run(pool)) for pool in pools]
-            dedup_stats = deduper.stats.as_dict()
-        for report, pool in zip(reports, pools, strict=True):
-            report.after_dedup = len(pool)
-
-        # 5-6: targets and sampling.
+        # 5-6: targets, and the rows of each source by index.
         targets, capped = _targets(recipe, [len(p) for p in pools], recipe_name, wheres)
-        mixed: list[dict] = []
+        parts, copies, used_pools, used_indices = [], [], [], []
         for i, (source, pool) in enumerate(zip(recipe.sources, pools, strict=True)):
             report = reports[i]
             report.target, report.capped = targets[i], capped[i]
-            for index, copy in sample_plan(len(pool), targets[i], _rng(seed, source.label)):
-                record = dict(pool[index])
-                if copy:
-                    record["meta"] = {**record["meta"], "mix": {**record["meta"].get("mix", {}), "upsampled_copy": copy}}
-                    report.upsampled += 1
-                mixed.append(record)
+            indices, copy = sample_indices(len(pool), targets[i], _rng(seed, source.label))
+            report.upsampled = int(np.count_nonzero(copy))
             report.in_mix = targets[i]
-        total = len(mixed)
+            if len(indices):
+                parts.append(pool.select(indices, new_fingerprint=fingerprint(f"source{i}")))
+                copies.append(copy)
+                used_pools.append(pool)
+                used_indices.append(indices)
+        total = sum(targets)
         for report in reports:
             report.share = report.in_mix / total if total else 0.0
         if total == 0:
             raise SynthError(f"{recipe_name}: the mix is empty (every source has 0 samples after filters, dedup and caps)")
+        with quiet_datasets():
+            mixed = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+            all_copies = np.concatenate(copies)
+            if all_copies.any():
+                mixed = _mark_copies(mixed, all_copies, fingerprint("copies"), folder.scratch("mix"))
 
-        # 7-8: split and write atomically (dataset, report inside; rejects beside it).
-        train, valid = _split(mixed, recipe.validation, _rng(seed, "\x00split"), recipe_name)
-        splits = {"train": _to_arrow(train, kinds[0])}
-        if valid:
-            splits["validation"] = _to_arrow(valid, kinds[0])
-        result = MixResult(out, kinds[0], seed, len(train), len(valid), reports, dedup=dedup_stats)
-        writer.close()
-        with atomic_path(out, overwrite) as tmp, quiet_datasets():
-            DatasetDict(splits).save_to_disk(str(tmp))
-            write_json(result.as_dict(), tmp / "mix_report.json")
-        if partial_rejects.exists():
-            os.replace(partial_rejects, final_rejects)
-            result.rejects_file = final_rejects
-        elif final_rejects.exists():
-            final_rejects.unlink()  # stale from an earlier run into the same --out
-        return result
-    finally:
-        writer.close()
-        if partial_rejects.exists():
-            partial_rejects.unlink()
+            # 7-8: shuffle and split by index; write the DatasetDict with the report (and rejects) inside.
+            # The ids straight from each source's Arrow column (a gather through the mix's indices mapping
+            # would copy far more than the ids).
+            ids = pa.chunked_array(
+                [pc.take(pool.data.column("id"), pa.array(idx)) for pool, idx in zip(used_pools, used_indices, strict=True)],
+                type=pa.string(),
+            )
+            train_at, valid_at = _split_positions(ids, recipe.validation, _rng(seed, "\x00split"), recipe_name)
+            splits = {"train": mixed.select(train_at, new_fingerprint=fingerprint("train"))}
+            if len(valid_at):
+                splits["validation"] = mixed.select(valid_at, new_fingerprint=fingerprint("validation"))
+        result = MixResult(out, kind, seed, len(train_at), len(valid_at), reports, dedup=dedup_stats)
+        save(DatasetDict(splits), folder.path)
+        folder.write_json("mix_report.json", result.as_dict())
+        has_rejects = folder.rejects.count > 0
+    result.rejects_file = out / REJECTS if has_rejects else None
+    return result
 
 
 def mix_file(recipe_path: str | os.PathLike, out: str | os.PathLike, **kwargs) -> MixResult:

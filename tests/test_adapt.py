@@ -72,7 +72,10 @@ def test_adapt_cli_writes_dataset_and_summary(shapes, tmp_path):
     assert set(ds.column_names) == {"id", "messages", "images", "meta"}
     sample = row_to_sample(ds[0])  # validates against the pydantic data model
     assert sample.messages[0].image_count == 1 and len(sample.images) == 1
-    assert not Path(str(out) + ".rejects.jsonl").exists()
+    assert not Path(str(out) + ".rejects.jsonl").exists() and not (out / "rejects.jsonl").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert report == {"stage": "adapt", "template": "vqa_open", "task": report["task"], "seed": 0,
+                      "records": 6, "samples": 15, "skipped": {}}
 
 
 def test_adapt_leaves_the_source_untouched_and_result_memory_mapped(shapes, tmp_path):
@@ -86,10 +89,22 @@ def test_adapt_leaves_the_source_untouched_and_result_memory_mapped(shapes, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "shapes"]  # temporary folders are gone
 
 
-def test_empty_selection_writes_an_empty_dataset(shapes, tmp_path):
-    result = adapt(shapes, "vqa_open", tmp_path / "out", limit=0)
-    assert (result.records, result.samples, result.skipped) == (0, 0, 0)
-    assert (tmp_path / "out").is_dir()
+def test_an_empty_source_is_one_clear_error(tmp_path):
+    from datasets import Dataset
+
+    from synth.adapt import adapt_dataset
+
+    (tmp_path / "empty.jsonl").write_text("")
+    one_line_error(run_cli("adapt", tmp_path / "empty.jsonl", "-t", "summarization", "-o", tmp_path / "o1"),
+                   "empty.jsonl: the file is empty")
+    rows = Dataset.from_dict({"id": [], "document": [], "summary": []})
+    rows.save_to_disk(str(tmp_path / "zero"), num_shards=1)
+    one_line_error(run_cli("adapt", tmp_path / "zero", "-t", "summarization", "-o", tmp_path / "o2"),
+                   "the dataset is empty (0 rows)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl", "zero"]
+    # The library function on an empty Dataset gives an empty result in the SFT layout.
+    result = adapt_dataset(rows, load_template_set("summarization"))
+    assert (result.records, result.samples) == (0, 0) and "messages" in result.dataset.column_names
 
 
 def test_template_set_by_path_and_limit(shapes, tmp_path):
@@ -188,13 +203,39 @@ def test_error_unknown_template_set(shapes, tmp_path):
     one_line_error(result, "unknown template set 'captoin'", "caption_brief", "vqa_open")
 
 
-def test_error_unknown_template_variable_names_set_variant_line_and_record(shapes, tmp_path):
+def test_error_unknown_item_variable_names_set_variant_and_line_before_any_record(shapes, tmp_path):
+    good = load_template_set("vqa_open").instructions
     bad = "Look at the picture.\n{{ questoin }}"
-    path = custom_set(tmp_path / "bad.yaml", name="bad", instructions=[bad] * 5)
-    result = run_cli("adapt", shapes, "-t", path, "-o", tmp_path / "out")
-    line = one_line_error(result, "template set 'bad'", "line 2", "questoin", "record shapes-00000")
-    assert re.search(r"instructions\[\d\]", line)
+    # only the last variant is wrong: a record that draws another one would render fine
+    path = custom_set(tmp_path / "bad.yaml", name="bad", instructions=good[:5] + [bad])
+    result = run_cli("adapt", shapes, "-t", path, "-o", tmp_path / "out", "--limit", "1")
+    line = one_line_error(result, "template set 'bad'", "instructions[5], line 2", "undefined template variable 'questoin'",
+                          "the items of 'qa' have: answer, kind, options, question")
+    assert "record" not in line
     assert not (tmp_path / "out").exists()
+
+
+def test_error_undefined_variable_is_found_when_the_set_is_loaded(tmp_path):
+    import yaml
+
+    data = yaml.safe_load(Path(load_template_set("summarization").origin).read_text())
+    data["instructions"] = data["instructions"][:5] + ["Summarise {{ documnet }} briefly."]
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump({**data, "name": "typo"}, sort_keys=False))
+    with pytest.raises(SynthError, match=r"template set 'typo' .*instructions\[5\], line 1: undefined template variable "
+                                         r"'documnet' \(defined: document, summary\); add it under 'variables:'"):
+        load_template_set(path)
+    # `--limit 5` over rows that would never draw the bad variant still fails, before reading the source
+    source = write_jsonl(tmp_path / "d.jsonl", [{"id": f"s{i}", "document": "d", "summary": "s"} for i in range(5)])
+    one_line_error(run_cli("adapt", source, "-t", path, "-o", tmp_path / "out", "--limit", "5"), "'documnet'")
+
+
+def test_a_duplicate_key_in_a_template_set_is_an_error(tmp_path):
+    text = Path(load_template_set("summarization").origin).read_text()
+    path = tmp_path / "dup.yaml"
+    path.write_text(text + "answer: \"{{ document }}\"\n")
+    with pytest.raises(SynthError, match=r"dup\.yaml:\d+: invalid template set: duplicate key 'answer' \(first at line \d+\)"):
+        load_template_set(path)
 
 
 def test_error_missing_column_suggests_map(tmp_path):
@@ -298,7 +339,8 @@ def test_on_error_skip_writes_rejects_and_keeps_good_records(tmp_path):
     result = run_cli("adapt", folder, "-t", "ocr", "-o", out, "--on-error", "skip")
     assert result.exit_code == 0, result.output
     assert "wrote 2 samples from 3 records" in result.output and "skipped 1 (bad_image: 1)" in result.output
-    rejects = [json.loads(line) for line in Path(str(out) + ".rejects.jsonl").read_text().splitlines()]
+    assert f"see {out / 'rejects.jsonl'}" in " ".join(result.output.split())
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert len(rejects) == 1
     assert rejects[0]["id"] == "b" and rejects[0]["reason"] == "bad_image" and rejects[0]["stage"] == "adapt"
     assert "record b" in rejects[0]["detail"] and "b.png" in rejects[0]["detail"]
@@ -486,3 +528,90 @@ def test_fast_renderer_matches_render_output_and_errors():
     assert "t, line 3: unknown template variable" in str(fast_error.value) and "record r9" in str(
         fast_error.value
     )
+
+
+# ---------------------------------------------------------------- bad input (the record spine)
+
+
+def _jpeg() -> bytes:
+    """A noisy JPEG: big enough that half of it is past the headers."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.effect_noise((128, 128), 80).convert("RGB").save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_truncated_jpeg_is_one_clear_error_and_nothing_is_written(tmp_path):
+    from PIL import Image
+
+    good = _jpeg()
+    cut = good[: len(good) // 2]
+    import io
+
+    Image.open(io.BytesIO(cut)).verify()  # what PIL's verify() alone lets through
+    folder = image_folder_jsonl(
+        tmp_path, {"a.jpg": good, "cut.jpg": cut},
+        [{"id": "a", "image": "imgs/a.jpg", "text": "OK"}, {"id": "c", "image": "imgs/cut.jpg", "text": "OK"}],
+    )
+    (tmp_path / "out.rejects.jsonl").write_text('{"stale": true}\n')  # an older synth's sidecar
+    one_line_error(run_cli("adapt", folder, "-t", "ocr", "-o", tmp_path / "out"), "record c", "truncated JPEG", "imgs/cut.jpg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "out.rejects.jsonl"]  # nothing half-written
+    # the same image embedded in a saved dataset (bytes, no path)
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    features = Features({"id": Value("string"), "image": ImageFeature(), "text": Value("string")})
+    Dataset.from_list([{"id": "e1", "image": {"bytes": cut, "path": None}, "text": "OK"}], features=features).save_to_disk(
+        str(tmp_path / "saved")
+    )
+    one_line_error(run_cli("adapt", tmp_path / "saved", "-t", "ocr", "-o", tmp_path / "o2"), "record e1", "truncated JPEG")
+    # --on-error skip: the row goes to rejects.jsonl inside the output; the stale sidecar beside it goes
+    result = run_cli("adapt", folder, "-t", "ocr", "-o", tmp_path / "out", "--on-error", "skip")
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 (bad_image: 1)" in result.output
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["reason"]) for r in rejects] == [("c", "bad_image")] and "truncated JPEG" in rejects[0]["detail"]
+    assert not (tmp_path / "out.rejects.jsonl").exists()
+    # a clean rerun over it leaves no rejects file behind
+    write_jsonl(folder / "data.jsonl", [{"id": "a", "image": "imgs/a.jpg", "text": "OK"}])
+    assert run_cli("adapt", folder, "-t", "ocr", "-o", tmp_path / "out", "--overwrite").exit_code == 0
+    assert not (tmp_path / "out" / "rejects.jsonl").exists()
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["skipped"] == {}
+
+
+def test_corrupt_png_chunk_is_caught(tmp_path):
+    good = draw_scene([], "OK")
+    broken = bytearray(good)
+    broken[60] ^= 0xFF  # inside the image data: the chunk checksum no longer matches
+    folder = image_folder_jsonl(tmp_path, {"b.png": bytes(broken)}, [{"id": "p1", "image": "imgs/b.png", "text": "OK"}])
+    one_line_error(run_cli("adapt", folder, "-t", "ocr", "-o", tmp_path / "out"), "record p1", "corrupt image", "imgs/b.png")
+    assert not (tmp_path / "out").exists()
+
+
+def test_relative_image_paths_work_from_another_directory(tmp_path, monkeypatch):
+    rows = shapes_rows(2)
+    images = {f"{r['id']}.png": r["image"]["bytes"] for r in rows}
+    folder = image_folder_jsonl(
+        tmp_path, images, [{"id": r["id"], "image": f"imgs/{r['id']}.png", "text": r["text"]} for r in rows]
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "imgs").mkdir()  # a decoy beside the CWD: it must not be read
+    monkeypatch.chdir(elsewhere)
+    result = run_cli("adapt", folder / "data.jsonl", "-t", "ocr", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 samples from 2 records" in result.output
+
+
+def test_symlinks_and_absolute_paths_out_of_the_folder_are_refused(tmp_path):
+    import os
+
+    folder = image_folder_jsonl(tmp_path, {"a.png": draw_scene([], "A")}, [])
+    (tmp_path / "secret.png").write_bytes(draw_scene([], "S"))
+    os.symlink(tmp_path / "secret.png", folder / "imgs" / "link.png")
+    for i, bad in enumerate(("imgs/link.png", str(tmp_path / "secret.png"), "../../etc/passwd")):
+        write_jsonl(folder / "data.jsonl", [{"id": f"x{i}", "image": bad, "text": "T"}])
+        one_line_error(run_cli("adapt", folder, "-t", "ocr", "-o", tmp_path / f"o{i}"), f"record x{i}", "outside the dataset folder")

@@ -218,22 +218,24 @@ def test_llamafactory_preference_entry_is_ranking(sources, tmp_path):
 
 def test_llamafactory_token_mismatch_names_the_row(sources, tmp_path):
     bad_id = _source_rows(sources["literal"])[1]["id"]
-    with pytest.raises(SynthError, match=rf"row 1 \(id {bad_id}\): 2 '<image>' token\(s\) in the text but 1 image"):
+    with pytest.raises(SynthError, match=rf"row 2 \(id {bad_id}\): 2 '<image>' token\(s\) in the text but 1 image"):
         export_dataset(sources["literal"], tmp_path / "lf", "llamafactory", show_progress=False)
     assert not (tmp_path / "lf").exists()
     assert list(tmp_path.iterdir()) == []  # no temp folder left behind either
 
 
-def test_on_error_skip_writes_rejects_beside_the_output(sources, tmp_path):
+def test_on_error_skip_writes_rejects_inside_the_output(sources, tmp_path):
     out = tmp_path / "lf"
+    (tmp_path / "lf.rejects.jsonl").write_text('{"stale": true}\n')  # an older synth's sidecar beside OUT
     summary = export_dataset(sources["literal"], out, "llamafactory", on_error="skip", show_progress=False)
-    assert summary.rows == 1 and summary.skipped == 1
-    rejects = [json.loads(line) for line in (tmp_path / "lf.rejects.jsonl").read_text().splitlines()]
-    assert [(r["index"], r["reason"]) for r in rejects] == [(1, "image_token_mismatch")]
+    assert summary.rows == 1 and summary.skipped == 1 and summary.rejects == out / "rejects.jsonl"
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["row"], r["reason"], r["stage"]) for r in rejects] == [(2, "image_token_mismatch", "export:llamafactory")]
     assert len(json.loads((out / "lf.json").read_text())) == 1
-    # A clean re-export over it removes the stale rejects file.
-    export_dataset(sources["sft"], out, "llamafactory", overwrite=True, show_progress=False)
     assert not (tmp_path / "lf.rejects.jsonl").exists()
+    # A clean re-export over it leaves no rejects file.
+    export_dataset(sources["sft"], out, "llamafactory", overwrite=True, show_progress=False)
+    assert not (out / "rejects.jsonl").exists()
 
 
 # ---------------------------------------------------------------- LLaVA
@@ -259,13 +261,13 @@ def test_llava_conversations_and_single_image(sources, tmp_path):
 
 def test_llava_multi_image_row_is_an_error_or_skipped(sources, tmp_path):
     bad_id = _source_rows(sources["multi"])[3]["id"]
-    with pytest.raises(SynthError, match=rf"row 3 \(id {bad_id}\): 2 images; LLaVA holds at most one"):
+    with pytest.raises(SynthError, match=rf"row 4 \(id {bad_id}\): 2 images; LLaVA holds at most one"):
         export_dataset(sources["multi"], tmp_path / "llava", "llava", show_progress=False)
     assert not (tmp_path / "llava").exists()
 
     summary = export_dataset(sources["multi"], tmp_path / "llava", "llava", on_error="skip", show_progress=False)
     assert summary.rows == 3 and summary.skipped == 1
-    reject = json.loads((tmp_path / "llava.rejects.jsonl").read_text())
+    reject = json.loads((tmp_path / "llava" / "rejects.jsonl").read_text())
     assert reject["id"] == bad_id and reject["reason"] == "multi_image"
 
 
@@ -338,7 +340,7 @@ def test_image_path_escaping_the_dataset_is_refused(tmp_path):
                                     {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}],
            "images": ["../../etc/passwd"], "meta": "{}"}
     (source / "data.jsonl").write_text(json.dumps(row) + "\n")
-    with pytest.raises(SynthError, match=r"row 0 \(id r1\).*outside the dataset folder"):
+    with pytest.raises(SynthError, match=r"row 1 \(id r1\).*outside the dataset folder"):
         export_dataset(source / "data.jsonl", tmp_path / "out", "llamafactory", show_progress=False)
 
 
@@ -378,7 +380,7 @@ def test_cli_export_prints_a_summary_and_errors_in_one_line(sources, tmp_path):
 
     result = runner.invoke(app, ["export", str(sources["multi"]), "--format", "llava", "--out", str(tmp_path / "llava")])
     assert result.exit_code == 1
-    assert "error:" in result.output and "row 3" in result.output and "Traceback" not in result.output
+    assert "error:" in result.output and "row 4" in result.output and "Traceback" not in result.output
 
     result = runner.invoke(app, ["export", str(sources["multi"]), "-f", "llava", "-o", str(tmp_path / "llava"), "--on-error", "skip"])
     assert result.exit_code == 0, result.output
@@ -398,3 +400,169 @@ def test_trl_export_fits_trl_data_utils(sources, tmp_path):
         assert is_conversational(row)
     filled = prepare_multimodal_messages(sft[0]["messages"], sft[0]["images"])
     assert filled[0]["content"][0]["image"].size == (96, 96)
+
+
+# ---------------------------------------------------------------- bad input, splits, formats (the record spine)
+
+
+def _noisy_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.effect_noise((128, 128), 80).convert("RGB").save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _one_image_sample(image: bytes, text: str = "What is it?") -> Sample:
+    return Sample(messages=[user(ImagePart(), text), assistant("A shape.")], images=[image])
+
+
+def _cli(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def _one_error_line(result, *fragments):
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.mark.parametrize("fmt", ["trl", "llamafactory", "llava", "openai"])
+def test_truncated_jpeg_and_corrupt_png_are_one_error_line_and_nothing_is_written(tmp_path, fmt):
+    jpeg = _noisy_jpeg()
+    png = bytearray(_png(7))
+    png[60] ^= 0xFF  # the image data chunk's checksum no longer matches
+    for name, bad, fragment in (("jpeg", jpeg[: len(jpeg) // 2], "truncated JPEG"), ("png", bytes(png), "corrupt image")):
+        good, broken = _one_image_sample(_png(0)), _one_image_sample(bad, "Broken?")
+        source = _save(samples_to_dataset([good, broken]), tmp_path / f"src-{name}")
+        out = tmp_path / f"out-{name}"
+        _one_error_line(_cli("export", source, "-f", fmt, "-o", out), f"row 2 (id {broken.id})", fragment, "--on-error skip")
+        assert not out.exists() and not list(tmp_path.glob(f".out-{name}.*"))
+        result = _cli("export", source, "-f", fmt, "-o", out, "--on-error", "skip")
+        assert result.exit_code == 0, result.output
+        assert "exported 1 sft rows" in result.output and "skipped 1 rows" in result.output
+        (reject,) = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+        assert (reject["id"], reject["reason"], reject["row"]) == (broken.id, "bad_image", 2)
+
+
+def test_a_literal_image_token_is_an_error_for_trl(sources, tmp_path):
+    bad_id = _source_rows(sources["literal"])[1]["id"]
+    for extra in ((), ("--jsonl",)):
+        _one_error_line(
+            _cli("export", sources["literal"], "-f", "trl", "-o", tmp_path / "trl", *extra),
+            f"row 2 (id {bad_id})", "literal '<image>'", "TRL",
+        )
+    assert not (tmp_path / "trl").exists()
+    text_only = Sample(messages=[Message(role="user", content="What does <image> do in HTML?"), Message(role="assistant", content="Nothing.")])
+    source = _save(samples_to_dataset([text_only]), tmp_path / "text")
+    with pytest.raises(SynthError, match=rf"row 1 \(id {text_only.id}\): message 0 \(user\) contains a literal '<image>'"):
+        export_dataset(source, tmp_path / "t", "trl", show_progress=False)
+    summary = export_dataset(sources["literal"], tmp_path / "trl", "trl", on_error="skip", show_progress=False)
+    assert summary.rows == 1 and summary.skipped == 1
+    assert json.loads((tmp_path / "trl" / "rejects.jsonl").read_text())["reason"] == "image_token_literal"
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_openai_gets_rgb_or_rgba_only(tmp_path):
+    base = Image.open(io.BytesIO(_png(1))).convert("RGB")
+    rgba = base.convert("RGBA")
+    rgba.putpixel((0, 0), (1, 2, 3, 40))
+    images = {
+        "L": _encoded(base.convert("L"), "PNG"),
+        "P": _encoded(base.convert("P"), "PNG"),
+        "LA": _encoded(base.convert("LA"), "PNG"),
+        "CMYK": _encoded(base.convert("CMYK"), "JPEG"),
+        "L-jpeg": _encoded(base.convert("L"), "JPEG"),
+        "GIF": _encoded(base.convert("P"), "GIF"),
+        "RGBA": _encoded(rgba, "PNG"),
+        "RGB": _encoded(base, "PNG"),
+    }
+    samples = [_one_image_sample(data, name) for name, data in images.items()]
+    source = _save(samples_to_dataset(samples), tmp_path / "modes")
+    result = _cli("export", source, "-f", "openai", "-o", tmp_path / "oa")
+    assert result.exit_code == 0, result.output
+    assert "8 images embedded, 6 converted to RGB" in result.output
+    rows = [json.loads(line) for line in (tmp_path / "oa" / "oa.jsonl").read_text().splitlines()]
+    got = {}
+    for row in rows:
+        parts = row["messages"][0]["content"]
+        head, data = _data_url_bytes(parts[0]["image_url"]["url"])
+        got[parts[1]["text"]] = (head, data, Image.open(io.BytesIO(data)))
+    for name in ("L", "P", "LA", "CMYK", "L-jpeg", "GIF"):
+        head, _, image = got[name]
+        assert image.mode == "RGB" and image.size == base.size, name
+        assert head == ("data:image/jpeg;base64" if name in ("CMYK", "L-jpeg") else "data:image/png;base64"), name
+    assert got["RGBA"][1] == images["RGBA"] and got["RGBA"][2].mode == "RGBA"  # kept, byte for byte
+    assert got["RGB"][1] == images["RGB"]
+    # the gray values survive the conversion
+    assert got["L"][2].getpixel((5, 5)) == (base.convert("L").getpixel((5, 5)),) * 3
+
+
+def test_a_datasetdict_exports_every_split(tmp_path):
+    from datasets import DatasetDict
+
+    train = samples_to_dataset(sft_samples())
+    valid = samples_to_dataset([_one_image_sample(_png(9), "Held out?")])
+    DatasetDict({"train": train, "validation": valid}).save_to_disk(str(tmp_path / "dd"))
+
+    result = _cli("export", tmp_path / "dd", "-f", "trl", "-o", tmp_path / "trl", "--name", "shapes")
+    assert result.exit_code == 0, result.output
+    assert "exported 4 sft rows" in result.output and "splits: train 3, validation 1" in result.output
+    assert sorted(p.name for p in (tmp_path / "trl").iterdir()) == ["shapes_train.parquet", "shapes_validation.parquet"]
+    from datasets import load_dataset
+
+    loaded = load_dataset("parquet", data_files={s: str(tmp_path / "trl" / f"shapes_{s}.parquet") for s in ("train", "validation")})
+    assert {s: len(d) for s, d in loaded.items()} == {"train": 3, "validation": 1}
+
+    summary = export_dataset(tmp_path / "dd", tmp_path / "lf", "llamafactory", show_progress=False)
+    assert summary.files == ["lf_train.json", "lf_validation.json", "dataset_info.json", "images/ (3 files)"]
+    info = json.loads((tmp_path / "lf" / "dataset_info.json").read_text())
+    assert {k: v["file_name"] for k, v in info.items()} == {"lf_train": "lf_train.json", "lf_validation": "lf_validation.json"}
+    for fmt, ext in (("llava", "json"), ("openai", "jsonl")):
+        summary = export_dataset(tmp_path / "dd", tmp_path / fmt, fmt, show_progress=False)
+        assert summary.splits == {"train": 3, "validation": 1}
+        assert summary.files[:2] == [f"{fmt}_train.{ext}", f"{fmt}_validation.{ext}"]
+    # --split picks one, named as a single dataset
+    summary = export_dataset(tmp_path / "dd", tmp_path / "one", "openai", split="validation", show_progress=False)
+    assert summary.files == ["one.jsonl"] and summary.rows == 1 and summary.splits == {}
+
+
+def test_relative_image_paths_resolve_against_the_dataset_not_the_cwd(sources, tmp_path, monkeypatch):
+    first = tmp_path / "trl"
+    export_dataset(sources["sft"], first, "trl", jsonl=True, show_progress=False)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "images").mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    summary = export_dataset(Path("..") / "trl" / "trl.jsonl", tmp_path / "lf", "llamafactory", show_progress=False)
+    assert summary.rows == 3 and summary.image_files == 2
+    rows = json.loads((tmp_path / "lf" / "lf.json").read_text())
+    assert (tmp_path / "lf" / rows[0]["images"][0]).read_bytes() == _png(0)
+
+
+def test_peer_layouts_export(tmp_path):
+    folder = tmp_path / "llava"
+    (folder / "img").mkdir(parents=True)
+    (folder / "img" / "a.png").write_bytes(_png(3))
+    rows = [{"id": "v1", "image": "img/a.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "Shapes."}]}]
+    (folder / "data.json").write_text(json.dumps(rows))
+    summary = export_dataset(folder / "data.json", tmp_path / "trl", "trl", jsonl=True, show_progress=False)
+    assert summary.rows == 1
+    (row,) = [json.loads(line) for line in (tmp_path / "trl" / "trl.jsonl").read_text().splitlines()]
+    assert row["id"] == "v1"
+    assert row["messages"][0]["content"] == [{"type": "image", "text": None}, {"type": "text", "text": "What?"}]
+    assert (tmp_path / "trl" / row["images"][0]).read_bytes() == _png(3)
+
+
+def test_empty_sources_are_one_clear_error(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    _one_error_line(_cli("export", tmp_path / "empty.jsonl", "-f", "trl", "-o", tmp_path / "o"), "empty.jsonl: the file is empty")
+    samples_to_dataset(sft_samples()).select([]).save_to_disk(str(tmp_path / "zero"), num_shards=1)
+    _one_error_line(_cli("export", tmp_path / "zero", "-f", "trl", "-o", tmp_path / "o"), "the dataset is empty (0 rows)")
+    assert not (tmp_path / "o").exists()

@@ -204,7 +204,7 @@ def test_global_dedup_across_sources_keeps_the_first_source(tmp_path):
     rows = load_from_disk(str(out))["train"]
     holders = [json.loads(m)["source"] for m, msgs in zip(rows["meta"], rows["messages"], strict=True) if msgs[-1]["content"] == shared[0]]
     assert holders == ["first"]
-    rejects = [json.loads(line) for line in (tmp_path / "out.rejects.jsonl").read_text().splitlines()]
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert len(rejects) == 1 and rejects[0]["reason"] == "exact_duplicate" and "source=first" in rejects[0]["detail"]
 
 
@@ -226,7 +226,7 @@ def test_filter_chain_applies_per_source(tmp_path):
     report = json.loads((out / "mix_report.json").read_text())["sources"]
     assert report[0]["after_filters"] == 2 and report[0]["filters"]["length"]["kept"] == 2
     assert report[1]["after_filters"] == 5 and report[1]["filters"] == {}
-    rejects = [json.loads(line) for line in (tmp_path / "out.rejects.jsonl").read_text().splitlines()]
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert len(rejects) == 3 and {r["stage"] for r in rejects} == {"length"}
 
 
@@ -293,7 +293,7 @@ def test_bad_recipes_fail_with_one_clear_line(tmp_path, two_sources, recipe, mes
 def test_bad_yaml_and_missing_recipe_file(tmp_path):
     (tmp_path / "broken.yaml").write_text("sources:\n  - path: a\n    weight: [1\n")
     result = runner.invoke(app, ["mix", str(tmp_path / "broken.yaml"), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1 and "broken.yaml:" in result.output and "invalid YAML" in result.output
+    assert result.exit_code == 1 and "broken.yaml:" in result.output and "invalid recipe" in result.output
     result = runner.invoke(app, ["mix", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "no such recipe file" in result.output
 
@@ -322,3 +322,98 @@ def test_sources_without_ids_or_meta_get_content_ids(tmp_path):
     ids = list(dsd["train"]["id"]) + list(dsd["validation"]["id"])
     assert len(set(ids)) == 6 and all(len(i) == 16 for i in ids)
     assert sources_of(dsd["train"]) == {"chat": 4}
+
+
+# ---------------------------------------------------------------- the record spine: reader, writer, bad input
+
+
+def test_a_duplicate_key_in_a_recipe_is_an_error(tmp_path, two_sources):
+    (tmp_path / "dup.yaml").write_text("sources:\n  - path: alpha\n    weight: 1\n    weight: 3\n")
+    result = runner.invoke(app, ["mix", str(tmp_path / "dup.yaml"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    line = " ".join(result.output.split())
+    assert "dup.yaml:4: invalid recipe: duplicate key 'weight' (first at line 3)" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_peer_layout_sources_with_relative_images_from_another_directory(tmp_path, monkeypatch):
+    """A TRL-style JSONL (content parts, image parts without a text key, relative image paths: datasets 5
+    reads `content` as Json) and a sharegpt file mix into one dataset, run from elsewhere."""
+    import io
+
+    folder = tmp_path / "data"
+    (folder / "img").mkdir(parents=True)
+    pictures = []
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.new("RGB", (6 + i, 6), (i * 60, 0, 0)).save(buf, format="JPEG")
+        pictures.append(buf.getvalue())
+        (folder / "img" / f"{i}.jpg").write_bytes(pictures[-1])
+    trl = [{"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"q{i}"}]},
+                         {"role": "assistant", "content": [{"type": "text", "text": f"a{i}"}]}], "images": [f"img/{i}.jpg"]}
+           for i in range(3)]
+    trl.append({"messages": [{"role": "user", "content": "text q"}, {"role": "assistant", "content": "text a"}], "images": []})
+    (folder / "trl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trl))
+    sharegpt = [{"conversations": [{"from": "human", "value": f"s{i}"}, {"from": "gpt", "value": f"t{i}"}]} for i in range(2)]
+    (folder / "sg.json").write_text(json.dumps(sharegpt))
+    write_recipe(tmp_path / "r.yaml", {"sources": [{"path": "data/trl.jsonl", "count": 4}, {"path": "data/sg.json", "count": 2}]})
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "img").mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    result = runner.invoke(app, ["mix", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    from datasets import Image as ImageFeature
+    from datasets import List
+
+    train = load_from_disk(str(tmp_path / "out"))["train"].cast_column("images", List(ImageFeature(decode=False)))
+    assert sources_of(train) == {"trl": 4, "sg": 2}
+    by_question = {}
+    for row in train:
+        texts = [p["text"] for p in row["messages"][0]["content"] if p["type"] == "text"]
+        by_question[texts[0]] = row
+    for i in range(3):
+        row = by_question[f"q{i}"]
+        assert [p["type"] for p in row["messages"][0]["content"]] == ["image", "text"]
+        assert [img["bytes"] for img in row["images"]] == [pictures[i]]  # a JPEG stays that JPEG
+    assert by_question["s0"]["images"] == [] and by_question["text q"]["messages"][1]["content"] == [{"type": "text", "text": "text a"}]
+
+
+def test_a_truncated_jpeg_in_a_source_is_one_clear_line_and_nothing_is_written(tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    Image.effect_noise((128, 128), 80).convert("RGB").save(buf, format="JPEG")
+    data = buf.getvalue()
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    rows = [{"id": "cut-1", "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]},
+                                         {"role": "assistant", "content": "a"}], "images": ["img/cut.jpg"]}]
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result, out = mix(tmp_path, {"sources": [{"path": "bad.jsonl", "count": 1}]})
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    line = " ".join(result.output.split())
+    assert "sources.0 (bad)" in line and "row 1 (id cut-1)" in line and "truncated JPEG" in line
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_rejects_live_inside_the_output_and_stale_sidecars_go(tmp_path):
+    write_sft(tmp_path / "src", "s", 5, answers=["ok", "no", "a long enough answer here", "another long enough answer", "yes"])
+    (tmp_path / "out.rejects.jsonl").write_text('{"stale": true}\n')  # an older synth wrote it beside OUT
+    result, out = mix(tmp_path, {"sources": [{"path": "src", "count": 2, "filters": [{"length": {"min_answer_words": 3}}]}]})
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["dataset_dict.json", "mix_report.json", "rejects.jsonl", "train"]
+    assert len((out / "rejects.jsonl").read_text().splitlines()) == 3
+    assert f"rejects: {out / 'rejects.jsonl'}" in " ".join(result.output.split())
+    assert not (tmp_path / "out.rejects.jsonl").exists()
+    result, out = mix(tmp_path, {"sources": [{"path": "src", "count": 5}]})
+    assert result.exit_code == 0 and not (out / "rejects.jsonl").exists()
+
+
+def test_an_empty_source_is_one_clear_line(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    result, out = mix(tmp_path, {"sources": [{"path": "empty.jsonl", "count": 1}]})
+    assert result.exit_code == 1
+    assert "sources.0 (empty):" in result.output and "the file is empty" in result.output
+    assert not out.exists()

@@ -123,3 +123,50 @@ def test_exported_jsonl_with_image_paths_is_shown(datasets_on_disk, tmp_path):
     result = _show(str(tmp_path / "trl" / "trl.jsonl"))
     assert result.exit_code == 0, result.output
     assert "[image 64x48]" in result.output
+
+
+def test_a_truncated_jpeg_marks_its_row_instead_of_crashing(tmp_path):
+    buf = io.BytesIO()
+    Image.effect_noise((128, 128), 80).convert("RGB").save(buf, format="JPEG")
+    cut = buf.getvalue()[: len(buf.getvalue()) // 2]
+    samples = [
+        Sample(messages=[Message(role="user", content=[ImagePart(), TextPart(text="Broken?")]),
+                         Message(role="assistant", content=[TextPart(text="Yes.")])], images=[cut]),
+        Sample(messages=[Message(role="user", content=[ImagePart(), TextPart(text="Fine?")]),
+                         Message(role="assistant", content=[TextPart(text="Yes.")])], images=[_png(20, 10)]),
+    ]
+    samples_to_dataset(samples).save_to_disk(str(tmp_path / "cut"))
+    result = _show(str(tmp_path / "cut"))
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    out = " ".join(result.output.split())
+    assert "[image unreadable: truncated JPEG" in out and "[image 20x10] Fine?" in out
+
+
+def test_peer_layouts_and_relative_paths_from_another_directory(tmp_path, monkeypatch):
+    import json
+
+    folder = tmp_path / "trl"
+    (folder / "img").mkdir(parents=True)
+    (folder / "img" / "0.png").write_bytes(_png(30, 20))
+    rows = [{"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "Red."}]}], "images": ["img/0.png"]},
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}], "images": ["img/missing.png"]}]
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "lf.json").write_text(json.dumps([{"conversations": [{"from": "human", "value": "<image>What?"}, {"from": "gpt", "value": "A."}],
+                                                  "images": ["img/0.png"]}]))
+    monkeypatch.chdir(tmp_path)
+    result = _show(str(folder / "data.jsonl"))
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "user: [image 30x20] Colour?" in out
+    assert "cannot read this row" in out and "image not found" in out  # the second row is marked, not fatal
+    result = _show(str(folder / "lf.json"))
+    assert result.exit_code == 0, result.output
+    assert "SFT (sharegpt layout) dataset" in result.output and "user: [image 30x20] What?" in result.output
+
+
+def test_empty_dataset_is_one_clear_error(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    result = _show(str(tmp_path / "empty.jsonl"))
+    assert result.exit_code == 1 and "the file is empty" in result.output

@@ -1,19 +1,20 @@
 """The adaptation engine: a template set applied to a dataset through `datasets.Dataset.map`.
 
-The source stays in Arrow (memory-mapped) and is processed in batches, in `num_proc` processes, straight
-into a cache file; nothing holds the whole dataset in Python lists. Images travel as encoded bytes
-(image columns are cast to ``Image(decode=False)``) and are only opened to check they are readable.
-Rows are built directly in the SFT layout of `synth.records` (no per-record pydantic validation).
+The source is opened by the one reader (`synth.data.open_source`: image columns undecoded, relative image
+paths resolved against the dataset's own folder) and stays in Arrow (memory-mapped); it is processed in
+batches, in `num_proc` processes, straight into a cache file inside the output's temporary folder, so
+nothing holds the whole dataset in Python lists. Images travel as encoded bytes and are checked without
+decoding pixels (`synth.data.images`: a truncated JPEG or a corrupt PNG is a bad image). Rows are built
+directly in the SFT layout of `synth.records` (no per-record pydantic validation); the result is written
+through `synth.data.OutputFolder`, rejects (``--on-error skip``) in ``rejects.jsonl`` inside it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import random
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.adapt.template_set import TemplateSet, load_template_set
+from synth.data.images import ImageError, image_ref
 from synth.errors import SynthError
 from synth.records import content_id, image_hash, sft_features
 from synth.templating import TemplateError
@@ -37,10 +39,6 @@ STAGE_NAME = "adapt"
 
 class FieldError(SynthError):
     """A record lacks a field a template set reads (or it has the wrong shape)."""
-
-
-class ImageError(SynthError):
-    """A record's image is missing, unreadable or corrupt."""
 
 
 def reject_reason(error: BaseException) -> str:
@@ -139,49 +137,6 @@ def as_items(value: Any, variable: str, record_id: str) -> list:
     raise FieldError(f"record {record_id}: variable '{variable}' must be a list, got {type(value).__name__}")
 
 
-def image_bytes_of(value: Any, base_dir: Path | None, record_id: str) -> tuple[bytes, str]:
-    """Encoded bytes of an image cell (Image(decode=False) dict, path string or raw bytes) and where it came from."""
-    from synth.io import resolve_image_path
-
-    if value is None:
-        raise ImageError(f"record {record_id}: no image (the image column is empty)")
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value), "(inline bytes)"
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return value["bytes"], value.get("path") or "(inline bytes)"
-        if not value.get("path"):
-            raise ImageError(f"record {record_id}: image entry has neither bytes nor path")
-        # Absolute paths here were written by `datasets` itself (image folders); relative ones are the user's.
-        raw = value["path"]
-        path = Path(raw) if os.path.isabs(raw) else resolve_image_path(base_dir or Path.cwd(), raw, record_id)
-    elif isinstance(value, str):
-        path = resolve_image_path(base_dir or Path.cwd(), value, record_id)
-    else:
-        raise ImageError(f"record {record_id}: unsupported image value of type {type(value).__name__}")
-    try:
-        return path.read_bytes(), str(path)
-    except OSError as e:
-        raise ImageError(f"record {record_id}: unreadable image {path}: {e.strerror or e}") from e
-
-
-def check_image(data: bytes, record_id: str, where: str) -> None:
-    """Parse the header and (for PNG) the chunk checksums without decoding pixels."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-    except UnidentifiedImageError:
-        raise ImageError(
-            f"record {record_id}: unreadable or corrupt image {where}: not a recognised image format"
-        ) from None
-    except Exception as e:  # PIL raises many types for broken files
-        raise ImageError(
-            f"record {record_id}: unreadable or corrupt image {where}: {str(e) or type(e).__name__}"
-        ) from e
-
-
 # ---------------------------------------------------------------- rendering
 
 
@@ -237,10 +192,9 @@ class Renderer:
 
     def image(self, row: dict, record_id: str) -> dict:
         column = self.ts.variables["image"]
-        data, where = image_bytes_of(get_path(row, column, record_id), self.base_dir, record_id)
-        if self.verify_images:
-            check_image(data, record_id, where)
-        return {"bytes": data, "path": None}
+        # The one resolver: paths inside the dataset folder only; bytes checked whole (truncated JPEGs too).
+        ref = image_ref(get_path(row, column, record_id), self.base_dir, record_id, check=self.verify_images)
+        return {"bytes": ref["bytes"], "path": None}  # no source path in the output: it is location-free
 
     def turn_variables(self, base: dict, item: Any, record_id: str, turn: int) -> dict:
         mc = self.ts.multiple_choice
@@ -477,6 +431,18 @@ class AdaptResult:
     def reasons(self) -> Counter:
         return Counter(r["reason"] for r in self.rejects)
 
+    def report(self, ts: TemplateSet, seed: int) -> dict[str, Any]:
+        """What ``report.json`` holds (no paths: the same run gives the same bytes wherever it runs)."""
+        return {
+            "stage": STAGE_NAME,
+            "template": ts.name,
+            "task": ts.task,
+            "seed": seed,
+            "records": self.records,
+            "samples": self.samples,
+            "skipped": dict(sorted(self.reasons().items())),
+        }
+
 
 def check_columns(dataset, ts: TemplateSet, source_name: str) -> None:
     available = dataset.column_names
@@ -486,6 +452,36 @@ def check_columns(dataset, ts: TemplateSet, source_name: str) -> None:
                 f"{source_name}: template set '{ts.name}' reads column '{column}' (variable '{var}'), "
                 f"which the dataset lacks (columns: {', '.join(available)}); pass --map {var}=COLUMN"
             )
+
+
+def item_fields(features, path: str) -> set[str] | None:
+    """The keys of the items in the list column at `path` (dotted), from the dataset's features; an empty
+    set for plain values; None when the features do not say (e.g. JSON-typed columns)."""
+    from datasets import LargeList, List, Value
+
+    feature: Any = features
+    for key in path.split("."):
+        if isinstance(feature, (List, LargeList)) and key.lstrip("-").isdigit():
+            feature = feature.feature
+        elif isinstance(feature, dict) and key in feature:
+            feature = feature[key]
+        else:
+            return None
+    if (
+        isinstance(feature, dict)
+        and feature
+        and all(isinstance(f, (List, LargeList)) for f in feature.values())
+    ):
+        return set(feature)  # a Sequence of structs: a struct of lists
+    if isinstance(feature, (List, LargeList)):
+        inner = feature.feature
+    elif isinstance(feature, list) and feature:
+        inner = feature[0]
+    else:
+        return None
+    if isinstance(inner, dict):
+        return set(inner)
+    return set() if isinstance(inner, Value) else None
 
 
 def _prepare(dataset, ts: TemplateSet):
@@ -530,6 +526,7 @@ def adapt_dataset(
 ) -> AdaptResult:
     """Apply a template set to a `datasets.Dataset`; returns the adapted dataset and the rejected records.
 
+    `base_dir` is the folder relative image paths resolve against (None: only embedded images).
     `cache_dir` is where the map writes its Arrow files (default: a temporary folder of `datasets`); the
     source folder is never written to.
     """
@@ -540,6 +537,10 @@ def adapt_dataset(
         raise SynthError(f"--on-error must be 'fail' or 'skip', not '{on_error}'")
     ts = template_set
     check_columns(dataset, ts, source_name or "source")
+    if ts.items is not None:  # the item keys the variants use, against the keys the data's items have
+        ts.check_variables(item_fields(dataset.features, ts.variables[ts.items.variable]))
+    else:
+        ts.check_variables()
     records = len(dataset)
     if records == 0:  # `map` would not run at all, so the output columns would be missing
         from datasets import Dataset
@@ -617,6 +618,8 @@ def adapt(
     out: str | os.PathLike,
     *,
     split: str | None = None,
+    config: str | None = None,
+    revision: str | None = None,
     seed: int = 0,
     num_proc: int | None = None,
     limit: int | None = None,
@@ -625,46 +628,36 @@ def adapt(
     overwrite: bool = False,
     verify_images: bool = True,
 ) -> AdaptResult:
-    """Read SOURCE, adapt it with a template set, write the SFT dataset atomically to OUT (+ rejects file)."""
-    from synth.io import (
-        check_output,
-        dataset_base_dir,
-        read_dataset,
-        rejects_path,
-        write_dataset,
-        write_jsonl,
-    )
+    """Read SOURCE, adapt it with a template set, write the SFT dataset to the folder OUT (appears whole or
+    not at all), with ``rejects.jsonl`` and ``report.json`` inside it. An empty source is an error."""
+    from datasets import load_from_disk
+
+    from synth.data import REJECTS, REPORT, OutputFolder, check_output, open_source, quiet_datasets, save
 
     ts = template if isinstance(template, TemplateSet) else load_template_set(template)
     if mapping:
         ts = ts.with_mapping(mapping)
-    out = check_output(out, overwrite)
-    dataset = read_dataset(source, split)
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # The map's Arrow files live beside the output (same disk) and go away once the result is saved.
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.adapt-", dir=out.parent) as cache_dir:
+    check_output(out, overwrite)  # before reading anything
+    src = open_source(source, split, config=config, revision=revision, limit=limit)
+    with OutputFolder(out, overwrite) as folder:
+        # The map's Arrow files live in the output's temporary folder (same disk) and go with it.
         result = adapt_dataset(
-            dataset,
+            src.dataset,
             ts,
             seed=seed,
             source_name=str(source),
-            base_dir=dataset_base_dir(source),
+            base_dir=src.base_dir,
             num_proc=num_proc,
             on_error=on_error,
-            cache_dir=cache_dir,
+            cache_dir=folder.scratch("adapt"),
             verify_images=verify_images,
         )
-        write_dataset(result.dataset, out, overwrite=overwrite)
-    from datasets import load_from_disk
-
-    result.dataset = load_from_disk(str(out))
-    result.out = out
-    rejects_file = rejects_path(out)
-    if result.rejects:
-        write_jsonl(result.rejects, rejects_file)
-        result.rejects_file = rejects_file
-    elif rejects_file.exists():
-        rejects_file.unlink()  # a stale file from an earlier run would be misleading
+        for reject in result.rejects:
+            folder.rejects.write(reject["id"], reject["stage"], reject["reason"], reject["detail"])
+        save(result.dataset, folder.path)
+        folder.write_json(REPORT, result.report(ts, seed))
+    with quiet_datasets():
+        result.dataset = load_from_disk(str(folder.final))
+    result.out = folder.final
+    result.rejects_file = folder.final / REJECTS if result.rejects else None
     return result

@@ -12,13 +12,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from jinja2 import nodes
+from jinja2 import meta, nodes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from synth.errors import SynthError, validation_message
 from synth.io import read_yaml
 from synth.paths import templates_dir
-from synth.templating import compile_template, fast_renderer
+from synth.templating import TemplateError, compile_template, environment, fast_renderer
 
 MIN_VARIANTS = 5
 
@@ -105,6 +105,59 @@ class TemplateSet(BaseModel):
             )
         return self.model_copy(update={"variables": {**self.variables, **overrides}})
 
+    def templates(self) -> list[tuple[str, str]]:
+        """Every template of the set as (key, source): ``instructions[i]``, ``answer``, ``system``."""
+        out = [(f"instructions[{i}]", t) for i, t in enumerate(self.instructions)]
+        out.append(("answer", self.answer))
+        if self.system:
+            out.append(("system", self.system))
+        return out
+
+    def provided_names(self) -> set[str]:
+        """Names every record's templates can use, whatever the data: mapped variables (the image itself
+        is not a template variable), constants, and the names items and multiple choice add."""
+        names = set(self.constants) | {v for v in self.variables if not (v == "image" and self.multimodal)}
+        if self.items is not None:
+            names |= {"item", "index"}
+        if self.multiple_choice is not None:
+            names |= {"answer_index", "answer_letter"}
+        return names
+
+    def check_variables(self, item_fields: set[str] | None = None) -> None:
+        """Every variant's variables must be defined, so a typo fails before any record is read (not only
+        when a record happens to draw that variant). Names an item set does not define are taken to be
+        keys of its items; with `item_fields` (the keys the data's items have) they are checked too."""
+        provided = self.provided_names()
+        where = f"template set '{self.name}' ({self.origin})"
+        needed: list[tuple[str, str, int | None]] = []  # (template key, variable, line)
+        if self.multiple_choice is not None:  # the renderer reads these two for every item
+            needed += [
+                ("multiple_choice.options", self.multiple_choice.options, None),
+                ("multiple_choice.answer", self.multiple_choice.answer, None),
+            ]
+        for key, source in self.templates():
+            ast = environment().parse(source)
+            needed += [
+                (key, name, _name_line(ast, name)) for name in sorted(meta.find_undeclared_variables(ast))
+            ]
+        for key, name, line in needed:
+            if name in provided:
+                continue
+            if self.items is not None and (item_fields is None or name in item_fields):
+                continue
+            defined = ", ".join(sorted(provided | (item_fields or set()))) or "none"
+            if self.items is not None:
+                keys = ", ".join(sorted(item_fields or ())) or "no keys"
+                hint = (
+                    f"the items of '{self.items.variable}' have: {keys}; fix the name or map another column"
+                )
+            else:
+                hint = "add it under 'variables:' (variable: column) or 'constants:', or fix the name"
+            at = f", line {line}" if line else ""
+            raise TemplateError(
+                f"{where} {key}{at}: undefined template variable '{name}' (defined: {defined}); {hint}"
+            )
+
     # Compiled templates are built once per process (workers compile their own; see __getstate__).
     @cached_property
     def compiled(self) -> CompiledTemplates:
@@ -141,6 +194,13 @@ class CompiledTemplates:
         return render
 
 
+def _name_line(ast: nodes.Template, name: str) -> int | None:
+    for node in ast.find_all(nodes.Name):
+        if node.name == name and node.ctx == "load":
+            return node.lineno
+    return None
+
+
 def is_plain_text(ast: nodes.Template) -> bool:
     """True when a parsed template is literal text only, so every render gives the same string."""
     return all(
@@ -170,6 +230,7 @@ def load_template_set_file(path: str | Path) -> TemplateSet:
     except ValidationError as e:
         raise SynthError(validation_message(e, str(path))) from e
     _ = ts.compiled  # compile now: syntax errors surface before any data is read
+    ts.check_variables()  # and so do undefined variables, in every variant
     return ts
 
 

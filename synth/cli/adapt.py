@@ -19,9 +19,11 @@ def adapt(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (a datasets save_to_disk folder)."),
     split: str | None = typer.Option(None, help="Split to read when the source has several."),
+    config: str | None = typer.Option(None, "--config", help="Hub dataset: the configuration (subset) to load."),
+    revision: str | None = typer.Option(None, "--revision", help="Hub dataset: a branch, tag or commit."),
     seed: int = typer.Option(0, help="Seed for the choice of instruction variants and option order."),
     num_proc: int = typer.Option(1, "--num-proc", min=1, help="Worker processes."),
-    limit: int | None = typer.Option(None, min=0, help="Adapt only the first N records."),
+    limit: int | None = typer.Option(None, min=1, help="Adapt only the first N records."),
     map_: list[str] = typer.Option(
         [],
         "--map",
@@ -30,7 +32,7 @@ def adapt(
     on_error: str = typer.Option(
         "fail",
         "--on-error",
-        help="fail: stop at the first bad record; skip: count it and write it to the rejects file.",
+        help="fail: stop at the first bad record; skip: count it and write it to OUT/rejects.jsonl.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
@@ -43,6 +45,8 @@ def adapt(
         template,
         out,
         split=split,
+        config=config,
+        revision=revision,
         seed=seed,
         num_proc=num_proc,
         limit=limit,

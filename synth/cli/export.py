@@ -31,23 +31,30 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
     name: str | None = typer.Option(None, "--name", help="Dataset name (file names, dataset_info.json key); default: OUT's name."),
     jsonl: bool = typer.Option(False, "--jsonl", help="trl: JSONL + image files instead of Parquet; llamafactory: JSONL instead of JSON."),
-    on_error: str = typer.Option("fail", "--on-error", help="fail: stop at the first bad row; skip: leave it out and write it to OUT.rejects.jsonl."),
-    split: str | None = typer.Option(None, "--split", help="Split to read when the source has several."),
+    on_error: str = typer.Option("fail", "--on-error", help="fail: stop at the first bad row; skip: leave it out and write it to OUT/rejects.jsonl."),
+    split: str | None = typer.Option(None, "--split", help="Export only this split (default: every split, one file each)."),
+    config: str | None = typer.Option(None, "--config", help="Hub dataset: the configuration (subset) to load."),
+    revision: str | None = typer.Option(None, "--revision", help="Hub dataset: a branch, tag or commit."),
 ) -> None:
     """Export a dataset for a trainer: TRL, LLaMA-Factory, LLaVA or OpenAI fine-tuning."""
     from synth.export import export_dataset
 
-    summary = export_dataset(dataset, out, fmt, overwrite=overwrite, name=name, jsonl=jsonl, on_error=on_error, split=split)
+    summary = export_dataset(
+        dataset, out, fmt, overwrite=overwrite, name=name, jsonl=jsonl, on_error=on_error, split=split, config=config, revision=revision
+    )
     if summary.image_files:
         images = f" ({summary.image_files} image files)"
     elif summary.embedded_images:
-        images = f" ({summary.embedded_images} images embedded)"
+        converted = f", {summary.converted_images} converted to RGB" if summary.converted_images else ""
+        images = f" ({summary.embedded_images} images embedded{converted})"
     else:
         images = ""
     line = Text.assemble(
         "exported ", (f"{summary.rows}", "bold"), f" {summary.kind} rows{images} as {summary.format} to ", (str(summary.out), "bold")
     )
     console.print(line)
+    if summary.splits:
+        console.print("  splits: " + ", ".join(f"{name} {rows}" for name, rows in summary.splits.items()))
     console.print(f"  files: {', '.join(summary.files)}")
     if summary.skipped:
         console.print(Text(f"  skipped {summary.skipped} rows; reasons in {summary.rejects}", style="yellow"))
@@ -60,8 +67,10 @@ def show(
     offset: int = typer.Option(0, "--offset", help="Index of the first row to show."),
     row_id: str | None = typer.Option(None, "--id", help="Show the row with this id."),
     split: str | None = typer.Option(None, "--split", help="Split to read when the source has several."),
+    config: str | None = typer.Option(None, "--config", help="Hub dataset: the configuration (subset) to load."),
+    revision: str | None = typer.Option(None, "--revision", help="Hub dataset: a branch, tag or commit."),
 ) -> None:
     """Pretty-print samples: coloured turns, image sizes, provenance."""
     from synth.show import show_dataset
 
-    show_dataset(dataset, console, n=n, offset=offset, row_id=row_id, split=split)
+    show_dataset(dataset, console, n=n, offset=offset, row_id=row_id, split=split, config=config, revision=revision)

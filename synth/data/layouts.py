@@ -234,6 +234,14 @@ def to_record(row: dict, layout: str, where: str, base_dir, check_images: bool =
         raise SynthError(f"unknown layout '{layout}' (one of: {', '.join(LAYOUTS)})")
 
     sources = inline + _image_list(row.get("images", row.get("image")))
+    for value in sources:
+        if isinstance(value, str) and value.startswith(("http://", "https://")):
+            # a URL would otherwise be taken for a file path inside the dataset folder
+            raise RecordError(
+                f"{where}: remote image URL '{value[:200]}' is not fetched; download the images and give data: "
+                "URLs or paths inside the dataset folder",
+                reason="bad_image",
+            )
     # LLaVA / sharegpt mark images with <image> tokens in the text
     tokens = 0
     if layout in ("sharegpt", "messages", "prompt_completion", "preference") and sources and not inline:

@@ -222,8 +222,19 @@ def without_image_decoding(dataset):
     new = Features({k: undecoded(v) for k, v in features.items()})
     if new == features:
         return dataset
+    from datasets import Dataset
+
+    if isinstance(dataset, Dataset):
+        # Only the decode flag changes, not the Arrow storage: a new view of the same (memory-mapped)
+        # table. `cast` would rewrite every row into a cache file beside the user's dataset.
+        import hashlib
+
+        info = dataset.info.copy()
+        info.features = new
+        fingerprint = hashlib.sha256(f"{dataset._fingerprint}:undecoded".encode()).hexdigest()[:16]
+        return Dataset(dataset.data, info=info, split=dataset.split, indices_table=dataset._indices, fingerprint=fingerprint)
     with quiet_datasets():
-        return dataset.cast(new)
+        return dataset.cast(new)  # an IterableDataset casts lazily
 
 
 # ---------------------------------------------------------------- the source
@@ -352,3 +363,38 @@ def open_source(
 def read_records(source: str | os.PathLike, split: str | None = None, **options) -> Iterator[dict]:
     """Shortcut: the records of a source, one at a time."""
     return open_source(source, split, **options).records()
+
+
+def open_splits(
+    source: str | os.PathLike,
+    split: str | None = None,
+    *,
+    config: str | None = None,
+    revision: str | None = None,
+    check_images: bool = True,
+) -> dict[str | None, Source]:
+    """Every split of a source, for commands that write one output per split (export): ``{None: source}``
+    for a single dataset (or when `split` picks one), ``{split name: source}`` for a DatasetDict. An
+    empty split is kept (its output is empty); a source whose splits are all empty is an error."""
+    from datasets import DatasetDict, IterableDatasetDict
+
+    if split is not None:
+        return {None: open_source(source, split, config=config, revision=revision, check_images=check_images)}
+    loaded = load(source, None, config=config, revision=revision, all_splits=True)
+    if not isinstance(loaded, (DatasetDict, IterableDatasetDict)):
+        loaded = {None: loaded}
+    out: dict[str | None, Source] = {}
+    for name, dataset in loaded.items():
+        dataset = without_image_decoding(dataset)
+        columns = list(dataset.column_names or (dataset.features or {}).keys())
+        out[name] = Source(
+            name=str(source) if name is None else f"{source} (split {name})",
+            dataset=dataset,
+            base_dir=base_dir_of(source),
+            layout=detect_layout(set(columns)),
+            columns=columns,
+            check_images=check_images,
+        )
+    if all(s.num_rows == 0 for s in out.values()):
+        raise EmptyDatasetError(f"{source}: the dataset is empty (0 rows); nothing to do")
+    return out

@@ -1,7 +1,8 @@
 """Export SFT and preference datasets to the formats trainers read: TRL, LLaMA-Factory, LLaVA, OpenAI.
 
-`export_dataset(source, out, fmt)` reads any dataset `synth.io.read_dataset` reads (or takes a
-`datasets.Dataset`), converts every row, and writes OUT atomically. See each module for its format.
+`export_dataset(source, out, fmt)` reads any dataset the one reader (`synth.data`) reads, in any layout it
+knows (or takes a `datasets` Dataset / DatasetDict), converts every row of every split, and writes the folder
+OUT whole or not at all. See each module for its format.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def export_dataset(
     jsonl: bool = False,
     on_error: OnError = "fail",
     split: str | None = None,
+    config: str | None = None,
+    revision: str | None = None,
     show_progress: bool = True,
 ) -> ExportSummary:
     """Export `source` to the folder `out` in format `fmt` (one of `FORMATS`)."""
@@ -36,7 +39,8 @@ def export_dataset(
     if exporter is None:
         raise SynthError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     return run_export(
-        source, out, exporter, overwrite=overwrite, name=name, jsonl=jsonl, on_error=on_error, split=split, show_progress=show_progress
+        source, out, exporter, overwrite=overwrite, name=name, jsonl=jsonl, on_error=on_error, split=split,
+        config=config, revision=revision, show_progress=show_progress,
     )
 
 

@@ -1,9 +1,14 @@
 """What every exporter shares: reading the source, checking rows, images as files or data, atomic output.
 
+The source is read by the one reader (`synth.data.reader`): any layout it knows, images as the encoded
+bytes they were stored as, relative image paths resolved against the dataset's own folder (never the
+working directory), truncated or corrupt images caught. A DatasetDict exports every split, one file per
+split (``NAME_SPLIT.EXT``); `--split` picks one (``NAME.EXT``).
+
 An exporter converts one prepared record (a `Sample` or `PreferencePair` whose images are `ImageData`)
 into one output row, or raises `RowError` when the row cannot be expressed in its format. `run_export`
-does the rest: read the source, prepare rows, count, skip or fail (naming the row), write everything into a
-temporary folder and rename it into place only when all went well.
+does the rest: prepare rows, count, skip or fail (naming the row), and write everything into an
+`OutputFolder` (renamed into place only when all went well; ``rejects.jsonl`` inside it).
 """
 
 from __future__ import annotations
@@ -26,9 +31,8 @@ from synth.records import (
     PreferencePair,
     Sample,
     TextPart,
-    dataset_kind,
-    row_to_pair,
-    row_to_sample,
+    content_id,
+    messages_from_arrow,
 )
 
 IMAGE_TOKEN = "<image>"
@@ -41,6 +45,9 @@ _FORMATS = {
     "BMP": ("bmp", "image/bmp"),
     "TIFF": ("tiff", "image/tiff"),
 }
+# OpenAI fine-tuning accepts these formats, in these colour modes.
+OPENAI_FORMATS = ("PNG", "JPEG", "WEBP")
+OPENAI_MODES = ("RGB", "RGBA")
 
 OnError = Literal["fail", "skip"]
 
@@ -56,10 +63,11 @@ class RowError(Exception):
 
 @dataclass(frozen=True)
 class ImageData:
-    """Encoded image bytes as found in the source, with their format and size."""
+    """Encoded image bytes as found in the source, with their format, colour mode and size."""
 
     data: bytes
     format: str
+    mode: str
     width: int
     height: int
 
@@ -71,64 +79,51 @@ class ImageData:
     def extension(self) -> str:
         return _FORMATS.get(self.format, ("png", ""))[0]
 
-    def data_url(self, allowed: tuple[str, ...] = ("PNG", "JPEG", "WEBP")) -> str:
-        """A base64 data URL; formats outside `allowed` are re-encoded as PNG (lossless)."""
-        data, fmt = self.data, self.format
-        if fmt not in allowed:
-            from PIL import Image
+    def data_url(self) -> str:
+        return f"data:{_FORMATS[self.format][1]};base64,{base64.b64encode(self.data).decode('ascii')}"
 
-            buf = io.BytesIO()
-            Image.open(io.BytesIO(data)).convert("RGBA").save(buf, format="PNG")
-            data, fmt = buf.getvalue(), "PNG"
-        return f"data:{_FORMATS[fmt][1]};base64,{base64.b64encode(data).decode('ascii')}"
+    @property
+    def openai_ready(self) -> bool:
+        return self.format in OPENAI_FORMATS and self.mode in OPENAI_MODES
+
+    def for_openai(self) -> ImageData:
+        """This image as OpenAI accepts it: PNG, JPEG or WEBP in RGB or RGBA. Grayscale, palette, CMYK, LA
+        and other modes are converted to RGB (RGBA stays RGBA); other formats are re-encoded as PNG."""
+        if self.openai_ready:
+            return self
+        from synth.data.images import decode_image
+
+        image = decode_image({"bytes": self.data, "path": None}, mode=None)
+        image = image.convert("RGBA" if image.mode == "RGBA" else "RGB")
+        fmt = self.format if self.format in OPENAI_FORMATS else "PNG"
+        buf = io.BytesIO()
+        image.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        return ImageData(buf.getvalue(), fmt, image.mode, image.width, image.height)
 
 
-def decode_image(data: bytes, where: str) -> ImageData:
-    from PIL import Image, UnidentifiedImageError
+def image_data(ref: dict, record_id: str) -> ImageData:
+    """`ImageData` for an image ref the reader produced (bytes already checked whole). The header gives the
+    format, mode and size; a format outside the known ones is stored as PNG (its pixels kept)."""
+    from PIL import Image
 
+    from synth.data.images import ImageError, decode_image
+
+    data = ref["bytes"]
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise RowError("bad_image", f"unreadable or corrupt image {where}: {str(e).splitlines()[0][:200]}") from e
-    fmt = image.format if image.format in _FORMATS else "PNG"
-    if image.format not in _FORMATS:  # an exotic format: keep the pixels, store them as PNG
+        with Image.open(io.BytesIO(data)) as image:
+            fmt, mode, (width, height) = image.format, image.mode, image.size
+    except Exception as e:  # PIL raises many types for broken files
+        where = ref.get("path") or "(inline bytes)"
+        raise RowError("bad_image", f"record {record_id}: unreadable or corrupt image {where}: {str(e).splitlines()[0][:200]}") from None
+    if fmt not in _FORMATS:  # an exotic format: keep the pixels, store them as PNG
+        try:
+            image = decode_image(ref, record_id=record_id, mode=None)
+        except ImageError as e:
+            raise RowError("bad_image", str(e)) from None
         buf = io.BytesIO()
         image.save(buf, format="PNG")
-        data = buf.getvalue()
-    return ImageData(data, fmt, image.width, image.height)
-
-
-def load_image(value: Any, base_dir: Path | None) -> ImageData:
-    """Image bytes from a datasets Image cell ({bytes, path}), raw bytes, a PIL image or a relative path."""
-    from synth.io import resolve_image_path
-
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return decode_image(value["bytes"], "<bytes>")
-        if value.get("path"):  # written by the datasets library itself: trust the path as stored
-            return _read_image_file(Path(value["path"]))
-        raise RowError("bad_image", "image entry has neither bytes nor path")
-    if isinstance(value, (bytes, bytearray)):
-        return decode_image(bytes(value), "<bytes>")
-    if isinstance(value, (str, os.PathLike)):
-        if base_dir is None:
-            return _read_image_file(Path(value))
-        try:
-            return _read_image_file(resolve_image_path(base_dir, str(value)))
-        except SynthError as e:
-            raise RowError("bad_image", str(e).split(": ", 1)[-1]) from e
-    if hasattr(value, "save") and hasattr(value, "mode"):  # PIL image
-        buf = io.BytesIO()
-        value.save(buf, format="PNG")
-        return decode_image(buf.getvalue(), "<PIL image>")
-    raise RowError("bad_image", f"unsupported image value of type {type(value).__name__}")
-
-
-def _read_image_file(path: Path) -> ImageData:
-    if not path.is_file():
-        raise RowError("bad_image", f"image not found: {path}")
-    return decode_image(path.read_bytes(), str(path))
+        return ImageData(buf.getvalue(), "PNG", image.mode, image.width, image.height)
+    return ImageData(bytes(data), fmt, mode, width, height)
 
 
 # ---------------------------------------------------------------- message helpers
@@ -147,6 +142,17 @@ def flat_text(message: Message, image_token: str = IMAGE_TOKEN) -> str:
 
 def has_image(message: Message) -> bool:
     return not isinstance(message.content, str) and any(isinstance(p, ImagePart) for p in message.content)
+
+
+def check_no_image_token(messages: list[Message], trainer: str) -> None:
+    """A literal ``<image>`` in the text would be read as an image placeholder by the trainer's processor."""
+    for i, message in enumerate(messages):
+        if IMAGE_TOKEN in flat_text(message, ""):
+            raise RowError(
+                "image_token_literal",
+                f"message {i} ({message.role}) contains a literal '{IMAGE_TOKEN}' in its text, which {trainer} would "
+                "read as an image placeholder; remove or rewrite it",
+            )
 
 
 def check_turns(messages: list[Message], end_with: Literal["assistant", "user"]) -> None:
@@ -215,7 +221,8 @@ Record = Sample | PreferencePair
 
 
 class Exporter:
-    """One output format. Subclasses convert records (`convert`) and write the collected rows (`write`)."""
+    """One output format. Subclasses convert records (`convert`), write one file of rows per split
+    (`write`), and may add files that describe them all (`finish`, e.g. LLaMA-Factory's dataset_info.json)."""
 
     name: ClassVar[str]
     supports_preference: ClassVar[bool] = True
@@ -223,13 +230,19 @@ class Exporter:
     def __init__(self, context: ExportContext):
         self.context = context
         self.embedded_images = 0  # images written inline (Parquet bytes, data URLs), not as files
+        self.converted_images = 0  # images re-encoded to fit the format (e.g. grayscale -> RGB for OpenAI)
 
     def convert(self, record: Record) -> Any:
         raise NotImplementedError
 
-    def write(self, rows: Iterator[Any]) -> list[str]:
-        """Write the converted rows; return the files written (relative to the output folder)."""
+    def write(self, rows: Iterator[Any], stem: str) -> str:
+        """Write the converted rows of one split to a file named after `stem`; return its name (relative to
+        the output folder)."""
         raise NotImplementedError
+
+    def finish(self, written: dict[str | None, str]) -> list[str]:
+        """Files that describe the data files (split name -> file name); the names of the files written."""
+        return []
 
 
 def write_json_list(path: Path, rows: Iterator[Any]) -> None:
@@ -259,7 +272,9 @@ class ExportSummary:
     skipped: int = 0
     image_files: int = 0
     embedded_images: int = 0
+    converted_images: int = 0
     files: list[str] = field(default_factory=list)
+    splits: dict[str, int] = field(default_factory=dict)  # split name -> rows exported (DatasetDict sources)
     rejects: Path | None = None
 
 
@@ -267,42 +282,61 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "data"
 
 
-def raw_rows(dataset, batch_size: int = 256) -> Iterator[dict]:
-    """Rows as stored: image cells stay encoded bytes/paths (no decode + re-encode, so exports are
-    byte-equal), and nothing is cast or cached beside the source."""
-    for batch in dataset.with_format("arrow").iter(batch_size=batch_size):
-        yield from batch.to_pylist()
-
-
-def prepare(row: dict, kind: str, base_dir: Path | None) -> Record:
-    """A source row as a record with decoded-checked `ImageData` images; problems raise `RowError`."""
+def prepare(record: dict, kind: str) -> Record:
+    """A reader record as a `Sample` / `PreferencePair` with `ImageData` images; problems raise `RowError`."""
     from pydantic import ValidationError
 
-    row = dict(row)
-    images = row.get("images")
-    if images is None:
-        images = []
-    elif not isinstance(images, list):
-        images = [images]
-    row["images"] = [load_image(value, base_dir) for value in images]
+    turns = record["prompt"] + record["chosen"] + record["rejected"] if kind == "preference" else record["messages"]
+    record_id = record.get("id") or content_id(turns, record.get("images") or [])
+    images = [image_data(ref, record_id) for ref in record.get("images") or []]
     try:
-        record = row_to_pair(row) if kind == "preference" else row_to_sample(row)
+        if kind == "preference":
+            prepared: Record = PreferencePair(
+                id=record_id,
+                prompt=messages_from_arrow(record["prompt"]),
+                chosen=messages_from_arrow(record["chosen"]),
+                rejected=messages_from_arrow(record["rejected"]),
+                images=images,
+                meta=record.get("meta") or {},
+            )
+        else:
+            prepared = Sample(id=record_id, messages=messages_from_arrow(record["messages"]), images=images, meta=record.get("meta") or {})
     except ValidationError as e:
         item = e.errors()[0]
         where = ".".join(str(x) for x in item.get("loc", ()))
-        raise RowError("bad_row", f"{where}: {item.get('msg')}") from e
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise RowError("bad_row", f"malformed row: {e}") from e
-    messages = record.prompt + record.chosen + record.rejected if kind == "preference" else record.messages
+        raise RowError("bad_row", f"{where}: {item.get('msg')}") from None
+    except (KeyError, TypeError) as e:
+        raise RowError("bad_row", f"malformed row: {e}") from None
+    messages = prepared.prompt + prepared.chosen + prepared.rejected if kind == "preference" else prepared.messages
     parts = image_parts(messages)
-    if parts != len(record.images):
-        raise RowError("image_count", f"{parts} image part(s) in the messages but {len(record.images)} image(s) in 'images'")
-    return record
+    if parts != len(prepared.images):
+        raise RowError("image_count", f"{parts} image part(s) in the messages but {len(prepared.images)} image(s) in 'images'")
+    return prepared
 
 
-def _row_label(index: int, row: dict) -> str:
-    row_id = row.get("id")
-    return f"row {index} (id {row_id})" if row_id else f"row {index}"
+def _row_label(row_number: int, row_id: Any) -> str:
+    return f"row {row_number} (id {row_id})" if row_id else f"row {row_number}"
+
+
+def _open(source, split: str | None, config: str | None, revision: str | None):
+    """`{split name or None: Source}` for a path / Hub id, or for a `datasets` Dataset / DatasetDict."""
+    from synth.data.reader import Source, detect_layout, open_splits, without_image_decoding
+
+    if isinstance(source, (str, os.PathLike)):
+        return str(source), open_splits(source, split, config=config, revision=revision)
+    from datasets import DatasetDict
+
+    datasets = dict(source) if isinstance(source, DatasetDict) else {None: source}
+    if split is not None:
+        if split not in datasets:
+            raise SynthError(f"dataset: no split '{split}' (splits: {', '.join(map(str, datasets))})")
+        datasets = {None: datasets[split]}
+    out = {}
+    for name, dataset in datasets.items():
+        dataset = without_image_decoding(dataset)
+        out[name] = Source("dataset" if name is None else f"dataset (split {name})", dataset, None,
+                           detect_layout(set(dataset.column_names)), list(dataset.column_names))
+    return "dataset", out
 
 
 def run_export(
@@ -315,65 +349,84 @@ def run_export(
     jsonl: bool = False,
     on_error: OnError = "fail",
     split: str | None = None,
+    config: str | None = None,
+    revision: str | None = None,
     show_progress: bool = True,
 ) -> ExportSummary:
-    """Export `source` (a path / Hub id or a `datasets.Dataset`) to the folder `out`, atomically."""
-    from synth.io import atomic_path, check_output, dataset_base_dir, read_dataset, rejects_path, write_jsonl
+    """Export `source` (a path / Hub id, or a `datasets` Dataset / DatasetDict) to the folder `out`."""
+    from synth.data import REJECTS, OutputFolder, check_output
+    from synth.data.layouts import to_record
     from synth.progress import progress
 
     if on_error not in ("fail", "skip"):
         raise SynthError(f"--on-error must be 'fail' or 'skip' (got '{on_error}')")
     out = check_output(out, overwrite)
-    if isinstance(source, (str, os.PathLike)):
-        dataset, base_dir = read_dataset(source, split), dataset_base_dir(source)
-        label = str(source)
-    else:
-        dataset, base_dir, label = source, None, "dataset"
-    kind = dataset_kind(dataset)
-    if kind == "other":
+    label, splits = _open(source, split, config, revision)
+    first = next(iter(splits.values()))
+    kind = first.kind
+    if kind == "raw":
         raise SynthError(
-            f"{label}: not an SFT dataset ('messages') or a preference dataset ('prompt', 'chosen', 'rejected'); "
-            f"its columns are {', '.join(dataset.column_names)}. Turn it into one first (e.g. synth adapt)"
+            f"{label}: not an SFT dataset ('messages', or a peer chat layout) or a preference dataset ('prompt', "
+            f"'chosen', 'rejected'); its columns are {', '.join(first.columns)}. Turn it into one first (e.g. synth adapt)"
         )
     if kind == "preference" and not exporter_cls.supports_preference:
         raise SynthError(f"{label}: the {exporter_cls.name} format holds SFT data only; export preference data with --format trl, llamafactory or openai")
     summary = ExportSummary(format=exporter_cls.name, out=out, kind=kind)
-    rejects: list[dict] = []
+    stage = f"export:{exporter_cls.name}"
 
-    with atomic_path(out, overwrite) as tmp:
-        tmp.mkdir()
-        context = ExportContext(tmp, safe_name(name or out.name), kind, "images" in dataset.column_names, jsonl)
+    with OutputFolder(out, overwrite) as folder:
+        context = ExportContext(folder.path, safe_name(name or out.name), kind, any(s.multimodal for s in splits.values()), jsonl)
         exporter = exporter_cls(context)
 
-        def converted() -> Iterator[Any]:
+        def converted(src, split_name: str | None) -> Iterator[Any]:
+            where_split = "" if split_name is None else f" (split {split_name})"
             with progress() as bar:
-                task = bar.add_task(f"exporting ({exporter_cls.name})", total=len(dataset), tokens="", visible=show_progress)
-                for index, row in enumerate(raw_rows(dataset)):
-                    bar.advance(task)
-                    try:
-                        result = exporter.convert(prepare(row, kind, base_dir))
-                    except RowError as e:
-                        where = _row_label(index, row)
-                        if on_error == "fail":
-                            raise SynthError(f"{label}: {where}: {e.detail} (fix the row, or pass --on-error skip to leave such rows out)") from None
-                        rejects.append({"id": row.get("id"), "index": index, "stage": f"export:{exporter_cls.name}", "reason": e.reason, "detail": e.detail})
-                        continue
-                    summary.rows += 1
-                    yield result
+                task = bar.add_task(f"exporting{where_split} ({exporter_cls.name})", total=src.num_rows, tokens="", visible=show_progress)
+                number = 0
+                for rows in src.rows():
+                    for row in rows:
+                        number += 1
+                        bar.advance(task)
+                        row_id = row.get("id") or None
+                        where = _row_label(number, row_id)
+                        try:
+                            # the reader's conversion: layout, images resolved inside the folder and checked
+                            record = to_record(row, src.layout, f"{label}{where_split}: {where}", src.base_dir, src.check_images)
+                            result = exporter.convert(prepare(record, kind))
+                        except (RowError, SynthError) as e:
+                            reason = getattr(e, "reason", "bad_record")
+                            detail = e.detail if isinstance(e, RowError) else str(e)
+                            if on_error == "fail":
+                                if isinstance(e, RowError):
+                                    detail = f"{label}{where_split}: {where}: {detail}"
+                                elif "row " not in detail:
+                                    detail = f"{label}{where_split}: {where}: {detail}"
+                                raise SynthError(f"{detail} (fix the row, or pass --on-error skip to leave such rows out)") from None
+                            extra = {"row": number} if split_name is None else {"row": number, "split": split_name}
+                            folder.rejects.write(row_id, stage, reason, detail, **extra)
+                            continue
+                        summary.rows += 1
+                        yield result
 
-        summary.files = exporter.write(converted())
+        written: dict[str | None, str] = {}
+        for split_name, src in splits.items():
+            before = summary.rows
+            stem = context.name if split_name is None else f"{context.name}_{safe_name(split_name)}"
+            if src.kind != kind:
+                raise SynthError(f"{src.name}: a {src.kind} split beside {kind} ones; export the splits one by one (--split)")
+            written[split_name] = exporter.write(converted(src, split_name), stem)
+            if split_name is not None:
+                summary.splits[split_name] = summary.rows - before
+        summary.files = list(written.values()) + exporter.finish(written)
+        summary.skipped = folder.rejects.count
         if summary.rows == 0:
-            raise SynthError(f"{label}: no rows to export" + (f" ({len(rejects)} skipped; see the reasons with --on-error fail)" if rejects else ""))
+            raise SynthError(f"{label}: no rows to export" + (f" ({summary.skipped} skipped; see the reasons with --on-error fail)" if summary.skipped else ""))
         summary.image_files = context.images.count
         summary.embedded_images = exporter.embedded_images
+        summary.converted_images = exporter.converted_images
         if context.images.count:
             summary.files.append(f"{context.images.folder}/ ({context.images.count} files)")
 
-    summary.skipped = len(rejects)
-    stale = rejects_path(out)
-    if rejects:
-        write_jsonl(rejects, stale)
-        summary.rejects = stale
-    elif stale.exists():
-        stale.unlink()  # left by an earlier export into the same OUT; it no longer applies
+    if summary.skipped:
+        summary.rejects = out / REJECTS
     return summary

@@ -3,7 +3,8 @@
 Rows: ``{"messages": [{"role", "content"}], "images": [relative paths], "id"}``; each image part becomes an
 ``<image>`` token where it stood, and the number of tokens in a row must equal ``len(images)`` (LLaMA-Factory
 pairs them up in order). Preference rows add ``chosen`` / ``rejected`` as single assistant messages and the
-entry says ``"ranking": true``. OUT is a LLaMA-Factory ``dataset_dir``: paths are relative to it.
+entry says ``"ranking": true``. OUT is a LLaMA-Factory ``dataset_dir``: paths are relative to it. A DatasetDict
+gives one file and one ``dataset_info.json`` entry per split (``NAME_train``, ``NAME_validation``, ...).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class LlamaFactoryExporter(Exporter):
         row["id"] = record.id
         return row
 
-    def dataset_info(self, file_name: str) -> dict[str, Any]:
+    def entry(self, file_name: str) -> dict[str, Any]:
         columns = {"messages": "messages", "images": "images"}
         entry: dict[str, Any] = {"file_name": file_name, "formatting": "sharegpt"}
         if self.context.kind == "preference":
@@ -73,11 +74,16 @@ class LlamaFactoryExporter(Exporter):
             columns.update({"chosen": "chosen", "rejected": "rejected"})
         entry["columns"] = columns
         entry["tags"] = dict(TAGS)
-        return {self.context.name: entry}
+        return entry
 
-    def write(self, rows: Iterator[dict]) -> list[str]:
-        file_name = f"{self.context.name}.{'jsonl' if self.context.jsonl else 'json'}"
+    def write(self, rows: Iterator[dict], stem: str) -> str:
+        file_name = f"{stem}.{'jsonl' if self.context.jsonl else 'json'}"
         (write_jsonl_rows if self.context.jsonl else write_json_list)(self.context.root / file_name, rows)
-        info = self.context.root / "dataset_info.json"
-        info.write_text(json.dumps(self.dataset_info(file_name), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        return [file_name, "dataset_info.json"]
+        return file_name
+
+    def finish(self, written: dict[str | None, str]) -> list[str]:
+        # the entry's key is the file's stem: NAME, or NAME_SPLIT for each split of a DatasetDict
+        info = {file_name.rsplit(".", 1)[0]: self.entry(file_name) for file_name in written.values()}
+        path = self.context.root / "dataset_info.json"
+        path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return ["dataset_info.json"]

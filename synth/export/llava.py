@@ -54,7 +54,7 @@ class LlavaExporter(Exporter):
         if context.jsonl:
             raise SynthError("the llava format is one JSON list (LLaVA reads no JSONL); drop --jsonl")
 
-    def write(self, rows: Iterator[dict]) -> list[str]:
-        file_name = f"{self.context.name}.json"
+    def write(self, rows: Iterator[dict], stem: str) -> str:
+        file_name = f"{stem}.json"
         write_json_list(self.context.root / file_name, rows)
-        return [file_name]
+        return file_name

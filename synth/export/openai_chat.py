@@ -1,7 +1,8 @@
 """OpenAI fine-tuning JSONL: chat rows ``{"messages": [...]}`` or preference rows for DPO fine-tuning.
 
-Images go inline as base64 data URLs in ``image_url`` parts (PNG, JPEG and WEBP as they are; other formats
-re-encoded as PNG). OpenAI accepts images in user messages only. Preference rows are
+Images go inline as base64 data URLs in ``image_url`` parts. OpenAI accepts PNG, JPEG and WEBP in RGB or
+RGBA only: such images go as they are (byte for byte); grayscale, palette, CMYK, LA and other modes are
+converted to RGB (RGBA stays RGBA), other formats re-encoded as PNG. Images in user messages only. Preference rows are
 ``{"input": {"messages": [...]}, "preferred_output": [assistant], "non_preferred_output": [assistant]}``.
 """
 
@@ -40,7 +41,11 @@ class OpenAIExporter(Exporter):
                     if part.text:
                         parts.append({"type": "text", "text": part.text})
                 else:
-                    parts.append({"type": "image_url", "image_url": {"url": next(images).data_url()}})
+                    image = next(images)
+                    if not image.openai_ready:
+                        image = image.for_openai()
+                        self.converted_images += 1
+                    parts.append({"type": "image_url", "image_url": {"url": image.data_url()}})
                     self.embedded_images += 1
             out.append({"role": message.role, "content": parts})
         return out
@@ -60,7 +65,7 @@ class OpenAIExporter(Exporter):
         check_turns(record.messages, end_with="assistant")
         return {"messages": self._messages(record.messages, images)}
 
-    def write(self, rows: Iterator[dict]) -> list[str]:
-        file_name = f"{self.context.name}.jsonl"
+    def write(self, rows: Iterator[dict], stem: str) -> str:
+        file_name = f"{stem}.jsonl"
         write_jsonl_rows(self.context.root / file_name, rows)
-        return [file_name]
+        return file_name

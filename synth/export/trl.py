@@ -3,6 +3,8 @@
 Parquet (default) embeds the image bytes and carries the `datasets` features in its metadata, so
 `load_dataset("parquet", data_files=...)` gives `images` as decoded images, ready for TRL's SFTTrainer /
 DPOTrainer. With `--jsonl` the images are written once under `images/` and rows hold their relative paths.
+A literal ``<image>`` in a row's text is an error naming the row: TRL's vision processors would read it as an
+image placeholder (and text-only trainers gain nothing from it).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from synth.export.common import Exporter, Record, write_jsonl_rows
+from synth.export.common import Exporter, Record, check_no_image_token, write_jsonl_rows
 from synth.records import dump_meta, messages_to_arrow, preference_features, sft_features
 
 _BATCH = 256  # rows per Parquet row group: bounded memory for large image datasets
@@ -21,6 +23,10 @@ class TrlExporter(Exporter):
 
     def convert(self, record: Record) -> dict[str, Any]:
         multimodal = self.context.multimodal
+        if self.context.kind == "preference":
+            check_no_image_token(record.prompt + record.chosen + record.rejected, "TRL")
+        else:
+            check_no_image_token(record.messages, "TRL")
         row: dict[str, Any] = {"id": record.id}
         if self.context.kind == "preference":
             for column in ("prompt", "chosen", "rejected"):
@@ -36,14 +42,14 @@ class TrlExporter(Exporter):
         row["meta"] = dump_meta(record.meta)
         return row
 
-    def write(self, rows: Iterator[dict]) -> list[str]:
+    def write(self, rows: Iterator[dict], stem: str) -> str:
         if self.context.jsonl:
-            file_name = f"{self.context.name}.jsonl"
+            file_name = f"{stem}.jsonl"
             write_jsonl_rows(self.context.root / file_name, rows)
-            return [file_name]
-        file_name = f"{self.context.name}.parquet"
+            return file_name
+        file_name = f"{stem}.parquet"
         self._write_parquet(file_name, rows)
-        return [file_name]
+        return file_name
 
     def _write_parquet(self, file_name: str, rows: Iterator[dict]) -> None:
         import pyarrow as pa
