@@ -204,6 +204,9 @@ def peek(records: Iterable[dict], n: int = 256) -> tuple[list[dict], Iterator[di
     return head, itertools.chain(head, it)
 
 
+SHARD_BYTES = 500 << 20  # like save_to_disk's default max_shard_size
+
+
 def write_records(
     records: Iterable[dict],
     folder: Path | str,
@@ -215,10 +218,87 @@ def write_records(
     on_row: Callable[[dict], None] | None = None,
 ) -> int:
     """Write records (one split) as a ``save_to_disk`` dataset in `folder`; the number of rows written.
-    `multimodal=None` decides from the first records; `features` + raw rows for other layouts."""
-    ds = build_dataset(records, kind=kind, multimodal=multimodal, features=features, scratch=scratch, on_row=on_row)
-    save(ds, folder)
-    return len(ds)
+    `multimodal=None` decides from the first records; `features` + raw rows for other layouts.
+
+    Rows stream through `datasets`' own `ArrowWriter` straight into the folder's shard files (rotated at
+    about 500 MB), so neither the rows nor a second copy of the output is ever held or re-read;
+    `save_to_disk` would re-read (memory-map) everything it writes. `scratch` is unused (kept for callers)."""
+    from datasets import DatasetInfo
+    from datasets.arrow_writer import ArrowWriter
+
+    features, rows = _rows_for(records, kind, multimodal, features, on_row)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shards: list[Path] = []
+    total = 0
+    writer = None
+    try:
+        for row in rows:
+            if writer is None:
+                shards.append(folder / f".shard-{len(shards):05d}.arrow")
+                writer = ArrowWriter(features=features, path=str(shards[-1]), embed_local_files=True)
+            writer.write(row)
+            total += 1
+            if writer._num_bytes >= SHARD_BYTES:  # bytes flushed so far (every writer_batch_size rows)
+                writer.finalize()
+                writer = None
+        if writer is not None:
+            writer.finalize()
+            writer = None
+    finally:
+        if writer is not None:
+            writer.close()
+    if not shards:  # no rows: one empty shard, as save_to_disk writes for an empty dataset
+        shards.append(folder / ".shard-00000.arrow")
+        empty = ArrowWriter(features=features, path=str(shards[0]))
+        empty.finalize()
+    names = [f"data-{i:05d}-of-{len(shards):05d}.arrow" for i in range(len(shards))]
+    for shard, name in zip(shards, names):
+        os.replace(shard, folder / name)
+    _write_dataset_metadata(folder, names, DatasetInfo(features=features))
+    return total
+
+
+def _write_dataset_metadata(folder: Path, shard_names: list[str], info) -> None:
+    """``state.json`` and ``dataset_info.json`` in the layout `Dataset.save_to_disk` writes (and
+    `load_from_disk` reads)."""
+    from dataclasses import asdict
+
+    state = {
+        "_data_files": [{"filename": name} for name in shard_names],
+        "_fingerprint": uuid.uuid4().hex[:16],
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }
+    with open(folder / "state.json", "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=2, sort_keys=True)
+    dataset_info = asdict(info)
+    with open(folder / "dataset_info.json", "w", encoding="utf-8") as f:
+        json.dump({key: dataset_info[key] for key in sorted(dataset_info)}, f, indent=2)
+
+
+def _rows_for(records, kind, multimodal, features, on_row):
+    """The features to write and the Arrow rows (records converted unless raw `features` were given)."""
+    if features is None:
+        if multimodal is None:
+            head, records = peek(records)
+            multimodal = any(r.get("images") for r in head)
+        features = features_for(kind, multimodal)
+        convert = True
+    else:
+        convert = False
+
+    def rows() -> Iterator[dict]:
+        for record in records:
+            row = record_to_row(record, kind, multimodal) if convert else record
+            if on_row is not None:
+                on_row(row)
+            yield row
+
+    return features, rows()
 
 
 def build_dataset(
@@ -233,24 +313,10 @@ def build_dataset(
     """A memory-mapped `datasets.Dataset` built from a generator of records (Arrow files in `scratch`)."""
     from datasets import Dataset
 
-    if features is None:
-        if multimodal is None:
-            head, records = peek(records)
-            multimodal = any(r.get("images") for r in head)
-        features = features_for(kind, multimodal)
-        convert = True
-    else:
-        convert = False
-    head, records = peek(records, 1)
+    features, rows = _rows_for(records, kind, multimodal, features, on_row)
+    head, rows = peek(rows, 1)
     if not head:  # from_generator cannot build a dataset of no rows ("corresponds to no data")
         return Dataset.from_dict({name: [] for name in features}, features=features)
-
-    def rows() -> Iterator[dict]:
-        for record in records:
-            row = record_to_row(record, kind, multimodal) if convert else record
-            if on_row is not None:
-                on_row(row)
-            yield row
 
     from datasets.exceptions import DatasetGenerationError
 
@@ -258,7 +324,7 @@ def build_dataset(
     try:
         with quiet_datasets():
             # A fixed fingerprint: datasets would otherwise try to hash (pickle) the generator and its closure.
-            ds = Dataset.from_generator(rows, features=features, cache_dir=cache, fingerprint=uuid.uuid4().hex)
+            ds = Dataset.from_generator(lambda: rows, features=features, cache_dir=cache, fingerprint=uuid.uuid4().hex)
     except DatasetGenerationError as e:
         # datasets wraps whatever the generator raised; a SynthError (bad record, dead backend) is the user's
         # message and must reach the CLI as it is.
