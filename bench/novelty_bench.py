@@ -20,15 +20,14 @@ per-pair decision (F > threshold) of every sampled pair, which must both be 100%
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
-from pathlib import Path
 
 from rouge_score import rouge_scorer
 
 from synth.generate.novelty import RougeNoveltyIndex, lcs_length, rouge_l_fmeasure_from_lcs, rouge_tokens
+from synth.generate.self_instruct.seeds import load_seed_tasks
 
 VERBS = [
     "Write",
@@ -147,10 +146,7 @@ def make_instructions(n: int, seed: int) -> list[str]:
 
 
 def seed_instructions() -> list[str]:
-    path = Path(__file__).resolve().parents[1] / "templates" / "seeds" / "self_instruct_seed_tasks.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line)["instruction"] for line in path.read_text().splitlines() if line.strip()]
+    return [task.instruction for task in load_seed_tasks()]
 
 
 def main() -> None:

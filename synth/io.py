@@ -63,6 +63,32 @@ def read_yaml(path: str | os.PathLike, what: str) -> Any:
         raise SynthError(f"{where}: invalid {what}: {problem}") from None
 
 
+
+def read_jsonl(path: str | os.PathLike, what: str = "JSONL") -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a small JSONL file (seed tasks, few-shot
+    examples); errors name the file and the line. Datasets are read by `synth.data.open_source`."""
+    path = Path(path)
+    try:
+        handle = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise SynthError(f"{what} file {path} not found") from None
+    except OSError as e:
+        raise SynthError(f"cannot read {what} file {path}: {e.strerror or e}") from None
+    with handle:
+        try:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SynthError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(value, dict):
+                    raise SynthError(f"{path}:{number}: expected a JSON object, got {type(value).__name__}")
+                yield number, value
+        except UnicodeDecodeError as e:
+            raise SynthError(f"cannot read {what} file {path}: not UTF-8 text ({e.reason})") from None
+
 # ---------------------------------------------------------------- writing
 
 

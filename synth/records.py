@@ -16,7 +16,6 @@ force one schema on all of them.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal, Union
@@ -57,6 +56,24 @@ class Message(BaseModel):
         if isinstance(self.content, str):
             return 0
         return sum(1 for p in self.content if isinstance(p, ImagePart))
+
+
+def message_text(message: Message | dict) -> str:
+    """All text of one message (a `Message` or a row dict; content a string or parts), images left out."""
+    if isinstance(message, Message):
+        return message.text
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join((p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
+    return "" if content is None else str(content)
+
+
+def first_turn_text(messages: Iterable[Message | dict] | None, role: str = "user") -> str:
+    """Text of the first turn with `role` ("" when there is none), stripped."""
+    for message in messages or []:
+        if (message.role if isinstance(message, Message) else message.get("role")) == role:
+            return message_text(message).strip()
+    return ""
 
 
 class Provenance(BaseModel):

@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
 
 from synth.errors import SynthError
-from synth.generate.elimination import (
+from synth.generate.evolution.elimination import (
     EliminationRules,
-    EvolutionReport,
+    JudgeReply,
     Verdict,
     Verdicts,
-    check_weights,
+    check_items,
+    judge_outcomes,
     match_verdicts,
     parse_structured,
-    parse_weights,
-    pick_weighted,
     same_text,
 )
+from synth.generate.evolution.operators import check_weights, parse_weights, pick_weighted
+from synth.generate.evolution.report import EvolutionReport
 from synth.llm.base import Completion
-from synth.stages import Rejected
+from synth.pipeline import Failed, Rejected
 
 RULES = EliminationRules()
 
@@ -120,14 +122,47 @@ def test_verdict_ids_written_as_numbers_are_accepted():
     assert parsed.verdicts[0].id == "1"
 
 
-def test_parse_structured_repairs_near_json_and_rejects_garbage():
+def test_parse_structured_repairs_near_json_and_fails_on_garbage():
     near = Completion(texts=['```json\n{"verdicts": [{"id": "1", "improved": true, "score": 6, "reason": "more detail",},]}\n```'])
     parsed = parse_structured(near, Verdicts)
     assert isinstance(parsed, Verdicts) and parsed.verdicts[0].score == 6
-    assert parse_structured(Completion(texts=["I think it is better."]), Verdicts).reason == "unparseable"
-    assert parse_structured(Completion(texts=[""]), Verdicts).reason == "empty_reply"
-    out_of_range = Completion(texts=['{"verdicts": [{"id": "1", "improved": true, "score": 42}]}'])
-    assert parse_structured(out_of_range, Verdicts).reason == "unparseable"
+    garbage = parse_structured(Completion(texts=["I think it is better."]), Verdicts)
+    assert isinstance(garbage, Failed) and garbage.reason == "unparseable"  # failed, not a decision: retried
+    assert parse_structured(Completion(texts=[""]), Verdicts) == Rejected("empty_reply", "the model returned no text")
+
+
+def test_a_bad_score_eliminates_only_its_own_item():
+    reply = json.dumps({"verdicts": [
+        {"id": "1", "improved": True, "score": 42, "reason": "way better"},  # out of range
+        {"id": "2", "improved": True, "score": "high"},  # not a number
+        {"id": 3, "improved": True, "score": 8, "reason": "more detail"},
+        {"id": "4", "improved": False, "score": 0, "reason": "MMEvol's rubric starts at 0"},
+        {"id": "5", "score": 7},  # no 'improved'
+        "a stray sentence",  # not an item at all
+    ]})
+    outcome = judge_outcomes(["1", "2", "3", "4", "5", "6"], Completion(texts=[reply]))
+    assert outcome["1"].reason == "judge_invalid_verdict" and "score" in outcome["1"].detail and "42" in outcome["1"].detail
+    assert outcome["2"].reason == "judge_invalid_verdict" and "'high'" in outcome["2"].detail
+    assert outcome["3"] == Verdict(id="3", improved=True, score=8, reason="more detail")
+    assert outcome["4"].score == 0 and outcome["4"].improved is False
+    assert outcome["5"].reason == "judge_invalid_verdict" and "improved" in outcome["5"].detail
+    assert outcome["6"].reason == "judge_missing_verdict"
+    # The schema sent to the server still says what a verdict is.
+    schema = JudgeReply.model_json_schema()["$defs"]["JudgeItem"]
+    assert schema["properties"]["score"] == {"maximum": 10, "minimum": 0, "title": "Score", "type": "integer"}
+    assert schema["required"] == ["id", "improved", "score"]
+
+
+def test_an_unreadable_judge_reply_fails_every_item_of_its_batch():
+    outcome = judge_outcomes(["1", "2"], Completion(texts=["Both look fine to me!"]))
+    assert {k: type(v) for k, v in outcome.items()} == {"1": Failed, "2": Failed}
+    assert outcome["1"].reason == "unparseable"
+    assert judge_outcomes(["1"], Completion(texts=[""]))["1"].reason == "judge_empty_reply"
+
+
+def test_valid_and_invalid_verdicts_for_one_id():
+    items = check_items([{"id": "1", "improved": True, "score": 99}, {"id": "1", "improved": True, "score": 9}])
+    assert isinstance(match_verdicts(["1"], items)["1"], Verdict)  # the valid one answers for the item
 
 
 def test_pick_weighted_is_deterministic_and_follows_weights():

@@ -8,10 +8,12 @@ import re
 
 import pytest
 
-from synth.generate.elimination import make_stage, pick_weighted
-from synth.generate.evol_instruct import OPERATORS, EvolInstruct
+from synth.data import RecordLog
+from synth.generate.evolution.driver import make_stage
+from synth.generate.evolution.evol_instruct import OPERATORS, EvolInstruct
+from synth.generate.evolution.operators import pick_weighted
 from synth.llm.base import Completion
-from synth.stages import Rejected, run_stages
+from synth.pipeline import Failed, Rejected, run_stages
 
 SEEDS = [
     {"id": "seed-1", "instruction": "Write a haiku about rain.", "output": "Rain taps on the roof."},
@@ -94,7 +96,7 @@ Reply with JSON only, one verdict per item, using the item ids above:
 def test_in_depth_prompts_render_exactly(operator):
     stage = EvolInstruct(None)
     seed = stage.seed_version(SEEDS[0])
-    request = stage.format_input(seed, operator, 1)
+    request = stage.format_evolve_input(seed, operator, 1)
     assert request.messages[0].role == "user"
     assert request.messages[0].content == HEADER.format(method=METHODS[operator])
     assert request.schema_model is None and request.temperature == 0.7
@@ -102,7 +104,7 @@ def test_in_depth_prompts_render_exactly(operator):
 
 def test_in_breadth_prompt_renders_exactly():
     stage = EvolInstruct(None)
-    request = stage.format_input(stage.seed_version(SEEDS[0]), "in_breadth", 1)
+    request = stage.format_evolve_input(stage.seed_version(SEEDS[0]), "in_breadth", 1)
     assert request.messages[0].content == IN_BREADTH
 
 
@@ -113,7 +115,7 @@ def test_judge_prompt_renders_exactly_and_asks_for_a_schema():
     cb = stage.child(b, "in_breadth", 1, {"instruction": "Explain what a Carmichael number is.", "answer": ""})
     request = stage.format_judge_input([("1", a, ca), ("2", b, cb)])
     assert request.messages[0].content == JUDGE
-    assert request.schema_model.__name__ == "Verdicts"
+    assert request.schema_model.__name__ == "JudgeReply"
     assert request.temperature == 0.0
 
 
@@ -122,7 +124,7 @@ def test_format_output_and_checks_over_clean_noisy_and_broken_text():
     seed = stage.seed_version(SEEDS[0])
 
     def evolve(text):
-        candidate = stage.format_output(seed, "deepen", 1, Completion(texts=[text]))
+        candidate = stage.parse_evolve_output(seed, "deepen", 1, Completion(texts=[text]))
         if isinstance(candidate, Rejected):
             return candidate.reason
         rejected = stage.check_candidate(seed, candidate)
@@ -133,12 +135,13 @@ def test_format_output_and_checks_over_clean_noisy_and_broken_text():
     assert evolve("write a HAIKU about rain") == "unchanged"
     assert evolve("#Rewritten Prompt#: Write a haiku about rain at night.") == "prompt_leak"
 
-    answer = stage.format_answer_output
+    answer = stage.parse_answer_output
     candidate = stage.child(seed, "deepen", 1, {"instruction": "Write a haiku about rain at dawn.", "answer": ""})
     assert answer(candidate, Completion(texts=["I'm sorry, I can't write poems."])).reason == "answer_refusal"
     assert answer(candidate, Completion(texts=["..."])).reason == "answer_only_punctuation"
     assert answer(candidate, Completion(texts=["a long answer cut"], finish_reasons=["length"])).reason == "answer_truncated"
-    assert answer(candidate, Completion(error="timeout")).reason == "llm_failure"
+    failed = answer(candidate, Completion(error="timed out after 120 s", error_kind="timeout"))
+    assert failed == Failed("timeout", "timed out after 120 s")  # a failure, not a decision: retried next run
     kept = answer(candidate, Completion(texts=["Grey dawn, soft rain falls\non tin roofs of sleeping streets\nthe city breathes slow"]))
     assert kept.fields["answer"].startswith("Grey dawn")
 
@@ -306,22 +309,46 @@ def test_judge_missing_and_garbled_verdicts_and_timeouts(llm_server, make_llm_ba
     stage = EvolInstruct(backend, rounds=1, judge_batch_size=1)
     records = run(stage)
     report = stage.report.as_dict()
-    assert report["eliminated"] == {"judge_unparseable": 1, "llm_failure": 1, "judge_missing_verdict": 1}
+    # A judge reply that stays unreadable after re-asks, and a request that times out, are failures (asked
+    # again next run); a verdict the judge left out is a decision about that item only.
+    assert report["eliminated"] == {"judge_missing_verdict": 1}
+    assert report["failed"] == {"unparseable": 1, "timeout": 1}
+    assert stage.stats.failed == report["failed"] and stage.answered > 0
     assert report["kept"] == 1
     assert [r["meta"]["root_id"] for r in records] == ["seed-3"]
+
+
+def test_a_bad_score_in_a_judge_batch_eliminates_only_its_item(llm_server, make_llm_backend):
+    def judge(items, verdicts):
+        for v, (_, _, first, _) in zip(verdicts, items, strict=True):
+            if first.startswith("List three"):
+                v["score"] = 42  # out of range
+            if first.startswith("Summarise"):
+                v["score"] = "very high"  # not a number
+        return json.dumps({"verdicts": verdicts})
+
+    llm_server.script(lambda body: realistic(body, judge=judge))
+    stage = EvolInstruct(make_llm_backend(max_reask=0), rounds=1, judge_batch_size=4)
+    records = run(stage)
+    report = stage.report.as_dict()
+    assert report["tokens"]["judge"]["requests"] == 1  # all four in one batch
+    assert report["eliminated"] == {"judge_invalid_verdict": 2} and report["failed"] == {}
+    assert sorted(r["meta"]["root_id"] for r in records) == ["seed-1", "seed-2"]
 
 
 def test_rejects_file_names_reason_round_and_operator(llm_server, make_llm_backend, tmp_path):
     llm_server.script(lambda body: realistic(body, answer=lambda text: "..."))
     stage = EvolInstruct(make_llm_backend(), rounds=1)
     path = tmp_path / "rejects.jsonl"
-    assert list(run_stages([stage], [dict(s) for s in SEEDS[:2]], path)) == []
+    with RecordLog(path) as rejects:
+        assert list(run_stages([stage], [dict(s) for s in SEEDS[:2]], rejects)) == []
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(x["id"], x["reason"], x["stage"]) for x in lines] == [
         ("seed-1", "answer_only_punctuation", "evol-instruct"),
         ("seed-2", "answer_only_punctuation", "evol-instruct"),
     ]
     assert lines[0]["detail"].startswith("round 1, ")
+    assert (lines[0]["round"], lines[0]["phase"]) == (1, "answer") and lines[0]["operator"] in OPERATORS
 
 
 def test_output_final_and_include_seeds(llm_server, make_llm_backend):
@@ -373,11 +400,12 @@ def test_cli_end_to_end(llm_server, tmp_path):
     assert {m["operator"] for m in metas} <= {"deepen", "in_breadth"}
     assert {m["root_id"] for m in metas} == {"seed-1", "seed-2"}
 
-    report = json.loads((tmp_path / "evolved.report.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("evolved")) == ["evolved"]  # sidecars inside
+    report = json.loads((out / "report.json").read_text())
     assert report["generated"] == 6 and report["kept"] == 4 and report["eliminated"] == {"answer_refusal": 2}
     assert report["usage"]["requests"] == llm_server.request_count
     assert report["config"]["operators"] == {"deepen": 3.0, "in_breadth": 1.0}
-    rejects = [json.loads(x) for x in (tmp_path / "evolved.rejects.jsonl").read_text().splitlines()]
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rejects] == ["seed-3", "seed-3"]
 
     # A rerun is served from the request cache: no new request reaches the server.

@@ -9,8 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from synth.cli import app
-from synth.generate.responses import ResponseGenerator, ResponsesConfig, instruction_records
-from synth.io import read_dataset, rejects_path
+from synth.data import open_source
+from synth.generate.responses import ResponseGenerator, ResponsesConfig, sft_records
+from synth.io import read_dataset
 from synth.llm.base import Backend, Completion
 from synth.records import content_id, load_meta
 
@@ -58,9 +59,10 @@ def test_format_input_builds_the_request():
 
 def test_regenerate_drops_the_old_answer_and_answered_records_pass_through():
     answered = record(("user", "Q"), ("assistant", "old"))
-    assert not stage().needs_answer(answered)
+    assert stage().passes_through(answered)
+    assert not stage().passes_through(record(("user", "Q")))
     s = stage(regenerate=True)
-    assert s.needs_answer(answered)
+    assert not s.passes_through(answered)
     assert [(m.role, m.text) for m in s.format_input(answered).messages] == [("user", "Q")]
 
 
@@ -72,19 +74,19 @@ def test_format_input_rejects_what_cannot_be_answered():
     assert rejected.reason == "images_unsupported" and "no-model takes no images" in rejected.detail
 
 
-def test_format_outputs_over_clean_noisy_empty_and_cut_answers():
+def test_format_output_over_clean_noisy_empty_and_cut_answers():
     s = stage(n=3, max_tokens=8)
     rec = record(("user", "Q"), meta={"source": "demo"})
     done = Completion(texts=["  A clean answer.\n", "", "cut off"], finish_reasons=["stop", "stop", "length"])
-    [out] = s.format_outputs(rec, done)
+    [out] = s.format_output(rec, done)
     assert out["messages"] == [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A clean answer."}]
     assert out["meta"]["source"] == "demo" and out["meta"]["model"] == "no-model"
     assert out["meta"]["parent_id"] == rec["id"] and out["meta"]["sample"] == 0
     assert out["meta"]["finish_reason"] == "stop" and out["meta"]["generation"]["n"] == 3
     assert out["id"] != rec["id"]
-    assert s.format_outputs(rec, Completion(texts=["", "  "], finish_reasons=["stop", "stop"])).reason == "empty"
-    assert s.format_outputs(rec, Completion(texts=["cut"], finish_reasons=["length"])).reason == "truncated"
-    kept = stage(keep_truncated=True).format_output(rec, Completion(texts=["cut"], finish_reasons=["length"]))
+    assert s.format_output(rec, Completion(texts=["", "  "], finish_reasons=["stop", "stop"])).reason == "empty"
+    assert s.format_output(rec, Completion(texts=["cut"], finish_reasons=["length"])).reason == "truncated"
+    [kept] = stage(keep_truncated=True).format_output(rec, Completion(texts=["cut"], finish_reasons=["length"]))
     assert kept["meta"]["finish_reason"] == "length"
 
 
@@ -94,16 +96,17 @@ def test_instruction_tables_become_sft_records(tmp_path):
         json.dumps({"instruction": "Translate to French.", "input": "cat", "output": ""}) + "\n"
         + json.dumps({"instruction": "Say hi.", "input": "", "output": "Hi!"}) + "\n"
     )
-    rows = list(instruction_records(read_dataset(path), "tasks.jsonl"))
+    rows = list(sft_records(open_source(path)))
     assert rows[0]["messages"] == [{"role": "user", "content": "Translate to French.\n\ncat"}]
     assert rows[1]["messages"][-1] == {"role": "assistant", "content": "Hi!"}
-    assert rows[0]["meta"] == {"source": "tasks.jsonl"}
+    assert rows[0]["meta"] == {"source": str(path)}
+    assert rows[0]["id"] == content_id(rows[0]["messages"])  # every record gets an id its answers can name
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "?"}) + "\n")
     from synth.errors import SynthError
 
     with pytest.raises(SynthError, match="'instruction' column"):
-        list(instruction_records(read_dataset(bad), "bad.jsonl"))
+        list(sft_records(open_source(bad)))
 
 
 # ---------------------------------------------------------------- `synth generate` end to end
@@ -132,7 +135,7 @@ def test_generate_against_the_test_server_caches_and_records_failures(tmp_path, 
             "--cache-dir", str(tmp_path / "cache"), "--temperature", "0", "--system", "Answer briefly."]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "wrote 7 samples" in result.output and "llm_failure: 1" in result.output
+    assert "wrote 7 samples" in result.output and "failed 1 (http_400: 1; a rerun retries them)" in result.output
 
     rows = rows_of(out)
     by_question = {next(m["content"] for m in r["messages"] if m["role"] == "user"): r for r in rows}
@@ -144,11 +147,14 @@ def test_generate_against_the_test_server_caches_and_records_failures(tmp_path, 
     assert answer["meta"]["model"] == "test-model" and answer["meta"]["generation"]["temperature"] == 0
     assert answer["meta"]["parent_id"] == content_id([{"role": "user", "content": "Question number 3"}])
 
-    rejects = [json.loads(line) for line in rejects_path(out).read_text().splitlines()]
-    assert [r["reason"] for r in rejects] == ["llm_failure"] and "HTTP 400" in rejects[0]["detail"]
+    # The failed request is a failure, not a reject: in failures.jsonl inside the output, never cached.
+    assert not (out / "rejects.jsonl").exists() and not (tmp_path / "out.rejects.jsonl").exists()
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [f["reason"] for f in failures] == ["http_400"] and "400" in failures[0]["detail"]
     usage = json.loads((out / "usage.json").read_text())
     assert usage["usage"]["requests"] == 7 and usage["usage"]["failures"] == 1 and usage["usage"]["cached"] == 0
-    assert usage["usage"]["backend"] == "openai" and usage["stats"]["dropped"] == {"llm_failure": 1}
+    assert usage["usage"]["backend"] == "openai" and usage["stats"]["failed"] == {"http_400": 1}
+    assert usage["stats"]["dropped"] == {}
     sent = llm_server.request_count
     assert sent == 7
 

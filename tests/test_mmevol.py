@@ -12,10 +12,11 @@ import re
 import pytest
 from PIL import Image, ImageDraw
 
-from synth.generate.mmevol import INTERACTION_FORMS, MMEvol, normalise_objects
+from synth.data import ImageError, decode_image
+from synth.generate.evolution.mmevol import INTERACTION_FORMS, MMEvol, normalise_objects
 from synth.llm.base import Completion
 from synth.llm.testing import image_urls
-from synth.stages import Rejected, run_stages
+from synth.pipeline import Failed, Rejected, run_stages
 
 COLOURS = {"ALPHA": "red", "BRAVO": "blue", "CHARLIE": "green"}
 
@@ -120,7 +121,7 @@ def evolved(question="How many shapes are darker than the circle?", answer="1", 
 @pytest.mark.parametrize("operator", ["perception", "reasoning", "interaction"])
 def test_evolve_prompts_render_exactly_as_text(operator):
     stage = MMEvol(None, interaction_forms={"fill_in_the_blank": 1.0})
-    request = stage.format_input(stage.seed_version(SCENES[0]), operator, 1)
+    request = stage.format_evolve_input(stage.seed_version(SCENES[0]), operator, 1)
     fmt = '"fill_in_the_blank"' if operator == "interaction" else 'the question form, e.g. "open question"'
     assert request.messages[0].content == SCENE_TEXT + TASKS[operator] + OUTPUT_TEXT.format(format=fmt)
     assert request.images == [] and request.schema_model.__name__ == "EvolvedQA"
@@ -129,7 +130,7 @@ def test_evolve_prompts_render_exactly_as_text(operator):
 def test_evolve_prompt_with_image_puts_the_image_first():
     stage = MMEvol(None, image_input="image")
     seed = stage.seed_version(SCENES[0])
-    request = stage.format_input(seed, "perception", 2)
+    request = stage.format_evolve_input(seed, "perception", 2)
     image_part, text_part = request.messages[0].content
     assert image_part.type == "image" and request.images == [seed.seed["image"]]
     fmt = 'the question form, e.g. "open question"'
@@ -149,7 +150,7 @@ def test_judge_prompts_render_exactly_text_and_image():
         "- red circle: [0.10, 0.20, 0.50, 0.60]\n"
         "- black square: [0.62, 0.09, 0.81, 0.28]\n" + JUDGE_ITEM + JUDGE_TAIL
     )
-    assert request.images == [] and request.schema_model.__name__ == "ImageVerdicts"
+    assert request.images == [] and request.schema_model.__name__ == "ImageJudgeReply"
 
     image_stage = MMEvol(None, image_input="image")
     other = image_stage.seed_version(SCENES[1])
@@ -171,7 +172,9 @@ def test_format_output_and_checks_over_clean_noisy_and_broken_json():
     seed = stage.seed_version(SCENES[0])
 
     def outcome(text, operator="reasoning"):
-        candidate = stage.format_output(seed, operator, 1, Completion(texts=[text]))
+        candidate = stage.parse_evolve_output(seed, operator, 1, Completion(texts=[text]))
+        if isinstance(candidate, Failed):
+            return f"failed: {candidate.reason}"
         if isinstance(candidate, Rejected):
             return candidate.reason
         rejected = stage.check_candidate(seed, candidate)
@@ -182,7 +185,7 @@ def test_format_output_and_checks_over_clean_noisy_and_broken_json():
     assert stage.answer_text(clean) == "Step 1: The circle is red.\nStep 2: Only the black square is darker.\nAnswer: 1"
     noisy = 'Sure! Here it is:\n```json\n{"question": "How many squares?", "answer": 1, "steps": [“One square.”, "So 1.",],}\n```'
     assert outcome(noisy).fields["answer"] == "1"
-    assert outcome('{"question": "How many squares?", "answer": "1", "steps": [') == "unparseable"
+    assert outcome("The circle is red, so the answer is one.") == "failed: unparseable"  # retried next run
     assert outcome("") == "empty_reply"
     assert outcome(json.dumps(evolved(steps=["Only one step."]))) == "missing_steps"
     assert outcome(json.dumps(evolved(steps=[])), "perception").fields["steps"] == []
@@ -202,7 +205,7 @@ def test_interaction_form_is_recorded_and_region_forms_need_boxes():
     assert {stage.choose_form(stage.seed_version({**SCENES[0], "objects": [], "id": f"s{i}"}), 1) for i in range(200)}.isdisjoint(
         {"region_selection", "object_region_matching"}
     )
-    candidate = stage.format_output(seed, "interaction", 1, Completion(texts=[json.dumps(evolved())]))
+    candidate = stage.parse_evolve_output(seed, "interaction", 1, Completion(texts=[json.dumps(evolved())]))
     assert candidate.extra == {"form": stage.choose_form(seed, 1)}
     assert no_boxes.seed["objects"] == []
 
@@ -231,7 +234,8 @@ def test_seeds_from_demo_columns_sft_rows_and_mapping():
     assert (version.seed["caption"], version.fields["question"], version.fields["answer"]) == ("Two shapes.", "How many shapes?", "2")
 
     assert MMEvol(None).seed_version({"caption": "no image"}).reason == "missing_image"
-    assert MMEvol(None).seed_version({"image": b"not a png", "caption": "x"}).reason == "unreadable_image"
+    with pytest.raises(ImageError, match="unreadable or corrupt image"):  # the run stops, naming the record
+        MMEvol(None).seed_version({"id": "bad-1", "image": b"not a png", "caption": "x"})
     assert MMEvol(None).seed_version({"image": SCENES[0]["image"]}).reason == "no_image_description"
     assert not isinstance(MMEvol(None, image_input="image").seed_version({"image": SCENES[0]["image"]}), Rejected)
 
@@ -345,8 +349,8 @@ def test_text_only_backend_gets_the_image_as_text(llm_server, make_llm_backend):
         assert "Scene ALPHA" in text or "Scene BRAVO" in text
     assert "You cannot see the image" in user_text(llm_server.requests[0])
     assert "(described in text)" in user_text(llm_server.requests[-1])
-    # The output still carries the image itself.
-    assert records[0]["images"][0].size == (64, 64)
+    # The output still carries the image itself, encoded.
+    assert decode_image(records[0]["images"][0]).size == (64, 64)
 
 
 def test_judge_no_out_of_order_missing_duplicate_and_image_free_questions(llm_server, make_llm_backend):
@@ -381,7 +385,8 @@ def test_conflicting_duplicates_and_garbage_judge(llm_server, make_llm_backend):
     stage = MMEvol(make_llm_backend(max_reask=0), rounds=1, judge_batch_size=2, judge_images_per_request=2)
     records = run(stage)
     report = stage.report.as_dict()
-    assert report["eliminated"] == {"judge_conflicting_verdicts": 1, "judge_unparseable": 1}
+    assert report["eliminated"] == {"judge_conflicting_verdicts": 1}
+    assert report["failed"] == {"unparseable": 1}  # the garbage reply: a failure, asked again next run
     assert [r["meta"]["root_id"] for r in records] == ["scene-bravo"]
 
 
@@ -398,7 +403,9 @@ def test_broken_json_empty_replies_and_timeouts_fall_back(llm_server, make_llm_b
     stage = MMEvol(backend, rounds=1)
     assert run(stage) == []
     report = stage.report.as_dict()
-    assert report["eliminated"] == {"unparseable": 2, "llm_failure": 1}
+    # Broken JSON (after re-asks), an empty reply and a timeout: failures, not eliminations.
+    assert report["eliminated"] == {} and report["failed"] == {"unparseable": 2, "timeout": 1}
+    assert stage.answered == 0
     assert report["tokens"].get("judge") is None  # nothing reached the judge
 
 
@@ -445,19 +452,20 @@ def test_cli_end_to_end_on_demo_shapes(llm_server, tmp_path):
     assert set(data.column_names) == {"id", "messages", "images", "meta"}
     row = data[0]
     assert row["images"][0].size == (96, 96)
+    assert row["images"][0].format == "PNG"  # the demo's encoding is kept
     assert row["messages"][0]["content"][0]["type"] == "image"
     metas = [json.loads(m) for m in data["meta"]]
     assert {m["root_id"] for m in metas} == {"shapes-00000", "shapes-00001", "shapes-00002"}
     assert all(m.get("form") == "multiple_choice" for m in metas if m["operator"] == "interaction")
     # Images went as data URLs, one per request (judge batches too, by default: servers often take one).
     assert all(len(image_urls(b)) == 1 for b in llm_server.requests)
-    report = json.loads((tmp_path / "evolved.report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     assert report["image_input"] == "image" and report["kept"] == 6
 
     text_out = tmp_path / "as-text"
     result = CliRunner().invoke(app, [*args[:5], str(text_out), *args[6:], "--image-input", "text"])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "as-text.report.json").read_text())["image_input"] == "text"
+    assert json.loads((text_out / "report.json").read_text())["image_input"] == "text"
     assert image_urls(llm_server.requests[-1]) == []
 
 
@@ -467,7 +475,7 @@ def test_cli_end_to_end_on_demo_shapes(llm_server, tmp_path):
 def test_tiny_local_model_smoke(tmp_path):
     """A random-weight model (mechanics only: it writes noise) runs both engines in-process: MMEvol gets the
     image as text (the local backend takes no images) and grammar-constrained JSON; counts add up."""
-    from synth.generate.evol_instruct import EvolInstruct
+    from synth.generate.evolution.evol_instruct import EvolInstruct
     from synth.llm.local import LocalBackend, LocalConfig
     from synth.llm.tiny import build_tiny_model
     from tests.test_evol_instruct import SEEDS
@@ -480,7 +488,7 @@ def test_tiny_local_model_smoke(tmp_path):
         records = run(stage, seeds)
         report = stage.report.as_dict()
         assert report["generated"] == generated
-        assert report["kept"] + sum(report["eliminated"].values()) == generated
+        assert report["kept"] + sum(report["eliminated"].values()) + sum(report["failed"].values()) == generated
         assert len(records) == report["kept"]
         assert report["tokens"]["evolve"]["completion_tokens"] > 0
     backend.close()
@@ -490,13 +498,13 @@ def test_tiny_local_model_smoke(tmp_path):
 def test_embedded_gemma_one_round_on_demo_shapes(tmp_path):
     """The real default model, offline (minutes on 2 cores): one MMEvol round writes a valid dataset."""
     from synth.demo_data import write_demo_data
-    from synth.generate.elimination import evolve_dataset
+    from synth.generate.evolution.driver import evolve_dataset
     from synth.io import read_dataset
     from synth.llm.factory import make_backend
 
     demo = write_demo_data(tmp_path / "shapes", count=2, seed=0, size=128)
     backend = make_backend(None, cache=False)
     report = evolve_dataset(str(demo), tmp_path / "out", "mmevol", backend, {"rounds": 1, "max_tokens": 200})
-    assert report.generated == 2 and report.kept + sum(report.eliminated.values()) == 2
+    assert report.generated == 2 and report.kept + sum(report.eliminated.values()) + sum(report.failed.values()) == 2
     assert len(read_dataset(str(tmp_path / "out"))) == report.written
     backend.close()

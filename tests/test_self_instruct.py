@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from synth.data import RecordLog
 from synth.errors import SynthError
 from synth.generate.self_instruct import (
     InstructionFilter,
@@ -16,11 +17,11 @@ from synth.generate.self_instruct import (
     parse_instances,
     parse_numbered_list,
     parse_yes_no,
+    run_self_instruct,
     self_instruct,
     write_self_instruct,
 )
 from synth.llm.base import Completion
-from synth.stages import RejectsWriter
 
 # ---------------------------------------------------------------- a scripted "model" for the test server
 
@@ -315,7 +316,7 @@ def test_parse_yes_no():
 def test_each_filter_reason_is_counted(tmp_path):
     f = InstructionFilter(SelfInstructConfig(min_words=3, max_words=12))
     f.prime(["Write a haiku about the first snow of the year."])
-    f.rejects = RejectsWriter(tmp_path / "rejects.jsonl")
+    f.rejects = RecordLog(tmp_path / "rejects.jsonl")
     cases = {
         "": "empty",
         "Do it.": "too_short",
@@ -367,7 +368,8 @@ def test_full_run_counts_lineage_and_instance_order(llm_server, make_llm_backend
     llm_server.script(model)
     backend = make_llm_backend()
     config = {"count": 8, "concurrency": 2, "new_per_request": 4}
-    result = self_instruct(backend, config, rejects_path=tmp_path / "rejects.jsonl", show_progress=False)
+    out = tmp_path / "out"
+    result = run_self_instruct(backend, out, config, show_progress=False)
 
     stats = result.stats
     assert stats["prompt_style"] == "chat"
@@ -415,7 +417,8 @@ def test_full_run_counts_lineage_and_instance_order(llm_server, make_llm_backend
     assert round2  # machine-written tasks were shown in round 2
     assert stats["usage"]["requests"] == 4 + 8 + 8 and stats["usage"]["completion_tokens"] > 0
 
-    rejects = [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # everything inside the output folder
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     assert sorted(r["reason"] for r in rejects) == [
         "duplicate",
         "rouge_similar",
@@ -423,17 +426,20 @@ def test_full_run_counts_lineage_and_instance_order(llm_server, make_llm_backend
         "unsupported_keyword",
     ]
 
-    out = write_self_instruct(result, tmp_path / "out")
     from synth.io import read_dataset
 
     dataset = read_dataset(out)
     assert len(dataset) == 8 and set(dataset.column_names) == {"id", "messages", "meta"}
     assert json.loads(dataset[0]["meta"])["operator"] == "self-instruct"
-    written = json.loads((out / "self_instruct_stats.json").read_text())
+    written = json.loads((out / "report.json").read_text())
     assert written["instructions"]["kept"] == 8
+    assert json.loads((out / "usage.json").read_text())["requests"] == 4 + 8 + 8
     assert len((out / "self_instruct_tasks.jsonl").read_text().splitlines()) == 8
     with pytest.raises(SynthError, match="already exists"):
         write_self_instruct(result, out)
+    # A result made in memory writes the same dataset.
+    again = write_self_instruct(result, tmp_path / "again")
+    assert read_dataset(again)["messages"] == dataset["messages"]
 
 
 def test_failures_empty_and_broken_replies_are_counted_not_fatal(llm_server, make_llm_backend):
@@ -474,8 +480,10 @@ def test_failures_empty_and_broken_replies_are_counted_not_fatal(llm_server, mak
     assert result.stats["classification"]["unclear"] == 1
     unclear = next(t for t in result.tasks if "study plan" in t["instruction"])
     assert unclear["is_classification"] is False and unclear["meta"]["classification_unclear"] is True
-    dropped = result.stats["instances"]["rejected"]
-    assert dropped == {"no_instances": 1, "llm_failure": 1}
+    # A broken reply is a decision about that task; a timed-out request is a failure (asked again next run).
+    assert result.stats["instances"]["rejected"] == {"no_instances": 1}
+    assert result.stats["instances"]["failed"] == {"timeout": 1}
+    assert result.stats["failed"] == {"http_500": 1, "timeout": 1}
     assert len(result.samples) == 5
     assert result.stats["usage"]["failures"] >= 2
 

@@ -38,7 +38,8 @@ def test_cli_end_to_end_then_rerun_from_cache(llm_server, tmp_path, monkeypatch)
     assert len(dataset) == 6
     meta = [json.loads(m) for m in dataset["meta"]]
     assert {m["operator"] for m in meta} == {"self-instruct"} and {m["model"] for m in meta} == {"test-model"}
-    rejects = [json.loads(x) for x in (tmp_path / "si.rejects.jsonl").read_text().splitlines()]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("si")) == ["si"]  # sidecars inside
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     assert sorted(r["reason"] for r in rejects) == ["too_short", "unsupported_keyword"]
     sent = llm_server.request_count
 

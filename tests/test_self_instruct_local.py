@@ -73,6 +73,6 @@ def test_embedded_gemma_smoke_run(tmp_path):
     assert result.stats["instructions"]["kept"] >= 1, result.stats
     if result.samples:
         out = write_self_instruct(result, tmp_path / "out")
-        assert (out / "self_instruct_stats.json").exists()
+        assert (out / "report.json").exists()
         assert all(s.meta["model"] == backend.model_name for s in result.samples)
     backend.close()

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from synth.cli.common import command, console
+from synth.cli.llm_options import (
+    PANEL,
+    BackendName,
+    BaseUrl,
+    CacheDir,
+    Concurrency,
+    MaxTokens,
+    Model,
+    NoCache,
+    Out,
+    Seed,
+    Temperature,
+    make_llm,
+)
 
 # Options that only one method understands (the other would reject them as unknown keys).
 _MMEVOL_ONLY = ("interaction_forms", "image_column", "caption_column", "boxes_column", "qa_column", "question_column", "image_input")
@@ -16,9 +29,19 @@ _EVOL_ONLY = ("instruction_column",)
 
 @command("evolve")
 def evolve(
-    dataset: str = typer.Argument(..., help="Seed dataset: folder, Parquet, JSONL, CSV or Hub id."),
-    method: str = typer.Option("evol-instruct", "--method", "-m", help="evol-instruct (text) or mmevol (image-text)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (an SFT dataset, save_to_disk layout)."),
+    dataset: Annotated[str, typer.Argument(help="Seed dataset: folder, Parquet, JSONL, CSV or Hub id.")],
+    out: Out,
+    method: str = typer.Option("evol-instruct", "--method", help="evol-instruct (text) or mmevol (image-text)."),
+    model: Model = None,
+    base_url: BaseUrl = None,
+    backend: BackendName = None,
+    concurrency: Concurrency = None,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    max_tokens: MaxTokens = 1024,
+    temperature: Temperature = 0.7,
+    seed: Seed = 0,
+    judge_max_tokens: int = typer.Option(512, "--judge-max-tokens", min=16, help="Token limit of each judge reply.", rich_help_panel=PANEL),
     rounds: int = typer.Option(3, "--rounds", min=1, max=20, help="Evolution rounds per seed."),
     operators: Optional[str] = typer.Option(
         None,
@@ -32,16 +55,9 @@ def evolve(
         help="mmevol interaction forms NAME=W,...: multiple_choice, fill_in_the_blank, region_selection, "
         "text_image_matching, object_region_matching, rationale, true_false.",
     ),
-    backend: Optional[str] = typer.Option(None, "--backend", help="openai or local (default: local, or openai with --base-url)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name or path (default local: the embedded Gemma 3 270M)."),
-    base_url: Optional[list[str]] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (repeat for replicas)."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="Requests in flight."),
-    seed: int = typer.Option(0, "--seed", help="Fixes operator choice per sample and round, and request seeds."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evolve only the first N seeds."),
     judge: bool = typer.Option(True, "--judge/--no-judge", help="Ask the LLM judge (off: rule-based elimination only)."),
     judge_batch_size: int = typer.Option(4, "--judge-batch-size", min=1, max=32, help="Items judged per request."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=16, help="Token limit of each evolution reply (default 1024)."),
-    judge_max_tokens: Optional[int] = typer.Option(None, "--judge-max-tokens", min=16, help="Token limit of each judge reply (default 512)."),
     output: str = typer.Option("all", "--output", help="all: every kept evolution; final: the last version per seed."),
     include_seeds: bool = typer.Option(False, "--include-seeds", help="Also write the unevolved seeds."),
     image_input: str = typer.Option("auto", "--image-input", help="mmevol: auto, image (send it) or text (caption + boxes)."),
@@ -53,15 +69,15 @@ def evolve(
     qa_column: Optional[str] = typer.Option(None, "--qa-column", help="mmevol: list of {question, answer} (default: qa)."),
     question_column: Optional[str] = typer.Option(None, "--question-column", help="mmevol: question column (with --answer-column)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to read when the source has several."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the LLM request cache."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
     """Evolve instructions (Evol-Instruct) or visual QA (MMEvol) over several rounds, keeping only the
-    evolutions that pass elimination; writes OUT, OUT.report.json and OUT.rejects.jsonl."""
+    evolutions that pass elimination; writes OUT with report.json, rejects.jsonl and failures.jsonl inside."""
+    from synth.data import FAILURES, REJECTS, REPORT, check_output
     from synth.errors import SynthError
-    from synth.generate.elimination import evolve_dataset, parse_weights, report_path
-    from synth.io import check_output, rejects_path
-    from synth.llm.factory import make_backend, report_usage
+    from synth.generate.evolution.driver import ENGINES, evolve_dataset, make_stage, open_seeds
+    from synth.generate.evolution.operators import parse_weights
+    from synth.llm.factory import report_usage
     from synth.progress import progress
 
     config: dict[str, Any] = {
@@ -69,6 +85,7 @@ def evolve(
         "seed": seed,
         "judge": judge,
         "judge_batch_size": judge_batch_size,
+        "temperature": temperature,
         "max_tokens": max_tokens,
         "judge_max_tokens": judge_max_tokens,
         "output": output,
@@ -84,26 +101,34 @@ def evolve(
         "qa_column": qa_column,
         "question_column": question_column,
     }
+    if method == "evol-instruct":
+        config["answer_temperature"] = temperature  # the new answers sample like the evolutions
     config = {k: v for k, v in config.items() if v is not None}
+    if method not in ENGINES:
+        raise SynthError(f"unknown --method '{method}'; use one of: {', '.join(ENGINES)}")
     not_for_method = _EVOL_ONLY if method == "mmevol" else _MMEVOL_ONLY
     misplaced = [k for k in not_for_method if k in config]
     if misplaced:
         flags = ", ".join("--" + ("forms" if k == "interaction_forms" else k.replace("_", "-")) for k in misplaced)
         raise SynthError(f"{flags}: not an option of --method {method}")
-    check_output(out, overwrite)  # fail before loading a model
+    check_output(out, overwrite)  # fail before reading data or loading a model
+    make_stage(method, None, config)  # bad options fail here too
+    source = open_seeds(dataset, config, split, limit)
 
-    llm = make_backend(backend, model, base_url, concurrency=concurrency, cache=not no_cache)
+    llm = make_llm(backend, model, base_url, concurrency, cache_dir, no_cache)
     try:
         with progress() as bar:
-            report = evolve_dataset(dataset, out, method, llm, config, split=split, limit=limit, overwrite=overwrite, progress=bar)
+            report = evolve_dataset(source, out, method, llm, config, overwrite=overwrite, progress=bar)
         render_report(report.as_dict())
         report_usage(llm, console=console)
     finally:
         llm.close()
     eliminated = sum(report.eliminated.values()) + sum(report.seeds_skipped.values())
+    failed = sum(report.failed.values())
     console.print(
-        f"wrote [bold]{report.written}[/bold] samples to [bold]{out}[/bold]; table in {report_path(out)}"
-        + (f"; {eliminated} eliminated in {rejects_path(out)}" if eliminated else "")
+        f"wrote [bold]{report.written}[/bold] samples to [bold]{out}[/bold]; table in {out / REPORT}"
+        + (f"; {eliminated} eliminated in {out / REJECTS}" if eliminated else "")
+        + (f"; {failed} failed in {out / FAILURES} (a rerun retries them)" if failed else "")
     )
 
 
@@ -112,7 +137,7 @@ def render_report(data: dict[str, Any]) -> None:
     from rich.table import Table
 
     summary = Table(title=f"{data['method']}: evolution", title_justify="left", header_style="bold")
-    for name in ("seeds", "skipped", "generated", "kept", "eliminated", "written"):
+    for name in ("seeds", "skipped", "generated", "kept", "eliminated", "failed", "written"):
         summary.add_column(name, justify="right")
     summary.add_row(
         str(data["seeds"]),
@@ -120,18 +145,22 @@ def render_report(data: dict[str, Any]) -> None:
         str(data["generated"]),
         str(data["kept"]),
         str(sum(data["eliminated"].values())),
+        str(sum(data.get("failed", {}).values())),
         str(data["written"]),
     )
     console.print(summary)
 
     def breakdown(title: str, rows: dict[str, dict[str, int]]) -> None:
         table = Table(title=title, title_justify="left", header_style="bold")
-        for name in ("", "generated", "kept", "eliminated", "kept %"):
+        for name in ("", "generated", "kept", "eliminated", "failed", "kept %"):
             table.add_column(name, justify="right" if name else "left")
         for key, counts in rows.items():
             generated = counts.get("generated", 0)
             rate = f"{100 * counts.get('kept', 0) / generated:.0f}%" if generated else "-"
-            table.add_row(key, str(generated), str(counts.get("kept", 0)), str(counts.get("eliminated", 0)), rate)
+            table.add_row(
+                key, str(generated), str(counts.get("kept", 0)), str(counts.get("eliminated", 0)),
+                str(counts.get("failed", 0)), rate,
+            )
         console.print(table)
 
     breakdown("per operator", data["per_operator"])
@@ -145,6 +174,13 @@ def render_report(data: dict[str, Any]) -> None:
         for reason, count in data["seeds_skipped"].items():
             reasons.add_row(f"seed skipped: {reason}", str(count))
         console.print(reasons)
+    if data.get("failed"):
+        failures = Table(title="failed requests by reason (retried by the next run)", title_justify="left", header_style="bold")
+        failures.add_column("reason")
+        failures.add_column("count", justify="right")
+        for reason, count in data["failed"].items():
+            failures.add_row(reason, str(count))
+        console.print(failures)
     if data["interaction_forms"]:
         console.print("interaction forms: " + ", ".join(f"{k} {v}" for k, v in data["interaction_forms"].items()))
     if data["tokens"]:

@@ -1,32 +1,46 @@
-"""Commands: generate (answers for an instruction dataset; see synth/generate/responses.py)."""
+"""Command: generate (answers for an instruction dataset; see synth/generate/responses.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
 from synth.cli.common import command, console
+from synth.cli.llm_options import (
+    BackendName,
+    BaseUrl,
+    CacheDir,
+    Concurrency,
+    MaxTokens,
+    Model,
+    NoCache,
+    Out,
+    Seed,
+    Temperature,
+    make_llm,
+    uses_embedded_default,
+)
 
 
 @command("generate")
 def generate(
-    dataset: str = typer.Argument(..., help="SFT dataset (messages) or a JSONL/CSV/Parquet with an 'instruction' column."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output dataset folder."),
-    backend: Optional[str] = typer.Option(
-        None, "--backend", help="openai | local (default: openai with --base-url, else the embedded local model)."
-    ),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name (openai) or Hub id / folder (local)."),
-    base_url: Optional[list[str]] = typer.Option(
-        None, "--base-url", help="OpenAI-compatible server URL; repeat for replicas of one model."
-    ),
+    dataset: Annotated[
+        str, typer.Argument(help="SFT dataset (messages; TRL, LLaVA, sharegpt, OpenAI layouts) or a table with an 'instruction' column.")
+    ],
+    out: Out,
+    model: Model = None,
+    base_url: BaseUrl = None,
+    backend: BackendName = None,
+    concurrency: Concurrency = None,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    max_tokens: MaxTokens = 512,
+    temperature: Temperature = 0.7,
+    seed: Seed = None,
     n: int = typer.Option(1, "--n", min=1, help="Answers per instruction (one output record each)."),
-    temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="0 = greedy."),
     top_p: Optional[float] = typer.Option(None, "--top-p"),
-    max_tokens: int = typer.Option(512, "--max-tokens", min=1),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="Parallel requests (openai)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Sequences per forward pass (local)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N records."),
     system: Optional[str] = typer.Option(None, "--system", help="System prompt for conversations without one."),
@@ -36,24 +50,18 @@ def generate(
     regenerate: bool = typer.Option(False, "--regenerate", help="Replace existing answers too."),
     keep_truncated: bool = typer.Option(False, "--keep-truncated", help="Keep answers cut at --max-tokens."),
     split: Optional[str] = typer.Option(None, "--split"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Request cache folder (default: user cache)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the request cache."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
-    """Fill in (or --regenerate) the assistant answers of an instruction dataset with an LLM."""
+    """Fill in (or --regenerate) the assistant answers of an instruction dataset with an LLM; writes OUT with
+    usage.json, rejects.jsonl and failures.jsonl inside."""
+    from synth.data import check_output, open_source
     from synth.generate.responses import ResponsesConfig, default_few_shot, generate_responses, load_few_shot
-    from synth.io import check_output
-    from synth.llm.embedded import EMBEDDED_MODEL
-    from synth.llm.factory import make_backend
 
-    check_output(out, overwrite)  # fail before loading a model
-    options = {"batch_size": batch_size} if batch_size else {}
-    llm = make_backend(
-        backend, model, base_url, concurrency=concurrency, cache_dir=cache_dir, cache=not no_cache, **options
-    )
+    check_output(out, overwrite)  # fail before reading data or loading a model
+    source = open_source(dataset, split, limit=limit)
     if few_shot is not None:
         examples = load_few_shot(few_shot)
-    elif backend in (None, "local") and not base_url and (model or EMBEDDED_MODEL) == EMBEDDED_MODEL:
+    elif uses_embedded_default(backend, model, base_url):
         examples = default_few_shot()  # the embedded default is a base model: it needs examples
     else:
         examples = []
@@ -68,15 +76,19 @@ def generate(
         keep_truncated=keep_truncated,
         few_shot=examples,
     )
+    options = {"batch_size": batch_size} if batch_size else {}
+    llm = make_llm(backend, model, base_url, concurrency, cache_dir, no_cache, **options)
     try:
-        result = generate_responses(
-            dataset, out, llm, config, split=split, limit=limit, overwrite=overwrite, console=console
-        )
+        result = generate_responses(source, out, llm, config, overwrite=overwrite, console=console)
     finally:
         llm.close()
-    dropped = result.stats["dropped"]
+    dropped, failed = result.stats["dropped"], result.stats["failed"]
     console.print(
         f"wrote {result.written:,} samples to {result.out} in {result.seconds:.1f} s"
-        + (f"; dropped {sum(dropped.values()):,} ({', '.join(f'{k}: {v}' for k, v in dropped.items())})"
-           f" → {result.rejects}" if dropped else "")
+        + (f"; dropped {sum(dropped.values()):,} ({_counts(dropped)}) → {result.rejects}" if dropped else "")
+        + (f"; failed {sum(failed.values()):,} ({_counts(failed)}; a rerun retries them) → {result.failures}" if failed else "")
     )
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))

@@ -1,4 +1,4 @@
-"""Command: self-instruct (see synth/generate/self_instruct.py)."""
+"""Command: self-instruct (see synth/generate/self_instruct/)."""
 
 from __future__ import annotations
 
@@ -8,96 +8,90 @@ from typing import Optional
 import typer
 
 from synth.cli.common import command, console
+from synth.cli.llm_options import (
+    PANEL,
+    BackendName,
+    BaseUrl,
+    CacheDir,
+    Concurrency,
+    MaxTokens,
+    Model,
+    NoCache,
+    Out,
+    Seed,
+    Temperature,
+    make_llm,
+)
 
 
 @command("self-instruct")
 def self_instruct_command(
-    out: Path = typer.Option(..., "--out", help="Output folder (an SFT dataset, save_to_disk layout)."),
-    seeds: Optional[Path] = typer.Option(
-        None, "--seeds", help="Seed tasks (JSONL); default: the built-in 48."
+    out: Out,
+    model: Model = None,
+    base_url: BaseUrl = None,
+    backend: BackendName = None,
+    concurrency: Concurrency = None,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    max_tokens: MaxTokens = 384,
+    temperature: Temperature = 0.7,
+    seed: Seed = 0,
+    instance_max_tokens: int = typer.Option(
+        512, "--instance-max-tokens", min=16, help="Token limit of each instance reply.", rich_help_panel=PANEL
     ),
+    seeds: Optional[Path] = typer.Option(None, "--seeds", help="Seed tasks (JSONL); default: the built-in 48."),
     count: int = typer.Option(100, "--count", min=1, help="New instructions to keep."),
-    backend: Optional[str] = typer.Option(
-        None, "--backend", help="openai or local (default: local, or openai with --base-url)."
-    ),
-    model: Optional[str] = typer.Option(
-        None, "--model", help="Model name or path (default local: the embedded Gemma 3 270M)."
-    ),
-    base_url: Optional[list[str]] = typer.Option(
-        None, "--base-url", help="OpenAI-compatible server URL (repeat for replicas)."
-    ),
-    concurrency: int = typer.Option(
-        8, "--concurrency", min=1, help="Instruction requests per round (and in flight)."
-    ),
     rouge_threshold: float = typer.Option(
-        0.7,
-        "--rouge-threshold",
-        min=0.0,
-        max=1.0,
-        help="Reject when ROUGE-L F against the pool exceeds this.",
+        0.7, "--rouge-threshold", min=0.0, max=1.0, help="Reject when ROUGE-L F against the pool exceeds this."
     ),
     text_only: bool = typer.Option(
         True, "--text-only/--multimodal", help="Reject instructions about images, files, audio, ..."
     ),
-    max_instances: int = typer.Option(
-        1, "--max-instances", min=1, help="Samples (instances) kept per instruction."
-    ),
+    max_instances: int = typer.Option(1, "--max-instances", min=1, help="Samples (instances) kept per instruction."),
     responses: bool = typer.Option(
         False,
         "--responses/--instance-outputs",
         help="Answer each instruction again with the LLM instead of keeping the instance output.",
     ),
-    prompt_style: str = typer.Option(
-        "auto", "--prompt-style", help="auto, chat or continuation (base models)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Random seed (example sampling and request seeds)."),
-    max_tokens: int = typer.Option(384, "--max-tokens", min=16, help="Token limit of each instruction-list reply."),
-    instance_max_tokens: int = typer.Option(512, "--instance-max-tokens", min=16, help="Token limit of each instance reply."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the LLM request cache."),
+    prompt_style: str = typer.Option("auto", "--prompt-style", help="auto, chat or continuation (base models)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
-    """Bootstrap new instruction data from seed tasks with an LLM (Self-Instruct)."""
+    """Bootstrap new instruction data from seed tasks with an LLM (Self-Instruct); writes OUT with
+    report.json, rejects.jsonl, failures.jsonl and self_instruct_tasks.jsonl inside."""
     from pydantic import ValidationError
 
+    from synth.data import REJECTS, check_output
     from synth.errors import SynthError, validation_message
-    from synth.generate.self_instruct import (
-        SelfInstructConfig,
-        load_seed_tasks,
-        self_instruct,
-        write_self_instruct,
-    )
-    from synth.io import check_output, rejects_path
-    from synth.llm.factory import make_backend, report_usage
+    from synth.generate.self_instruct import SelfInstructConfig, load_seed_tasks, run_self_instruct
+    from synth.llm.factory import report_usage
 
     check_output(out, overwrite)
     try:
         config = SelfInstructConfig(
             count=count,
-            concurrency=concurrency,
+            concurrency=concurrency or 8,  # instruction requests sent together per round
             rouge_threshold=rouge_threshold,
             text_only=text_only,
             max_instances=max_instances,
             responses=responses,
             prompt_style=prompt_style,
-            seed=seed,
+            seed=seed or 0,
+            temperature=temperature,
             instruction_max_tokens=max_tokens,
             instance_max_tokens=instance_max_tokens,
         )
     except ValidationError as e:
         raise SynthError(validation_message(e, "self-instruct options")) from e
     tasks = load_seed_tasks(seeds)
-    rejects = rejects_path(out)
-    if overwrite:
-        rejects.unlink(missing_ok=True)  # a stale rejects file from an earlier run would mislead
-    llm = make_backend(backend, model, base_url, concurrency=concurrency, cache=not no_cache)
+    llm = make_llm(backend, model, base_url, concurrency, cache_dir, no_cache)
     try:
-        result = self_instruct(llm, config, seeds=tasks, rejects_path=rejects)
-        write_self_instruct(result, out, overwrite=overwrite)
+        result = run_self_instruct(llm, out, config, seeds=tasks, overwrite=overwrite)
         console.print(summary_table(result.stats))
         report_usage(llm, console=console)
     finally:
         llm.close()
-    console.print(f"wrote {len(result.samples):,} samples to {out} (rejects: {rejects})")
+    rejects = out / REJECTS
+    console.print(f"wrote {len(result.samples):,} samples to {out}" + (f" (rejects: {rejects})" if rejects.exists() else ""))
 
 
 def summary_table(stats: dict):
@@ -106,6 +100,9 @@ def summary_table(stats: dict):
 
     def reasons(counts: dict) -> str:
         return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "-"
+
+    def failed(step: dict) -> str:
+        return f"; failed: {reasons(step['failed'])}" if step.get("failed") else ""
 
     gen, cls, inst = stats["instructions"], stats["classification"], stats["instances"]
     table = Table(
@@ -133,9 +130,9 @@ def summary_table(stats: dict):
         "classification",
         f"{cls['tasks']:,}",
         f"{cls['classification']:,} yes",
-        f"{cls['unclear']:,} unclear (as no); " + reasons(cls["rejected"]),
+        f"{cls['unclear']:,} unclear (as no); " + reasons(cls["rejected"]) + failed(cls),
     )
-    table.add_row("instances", f"{inst['tasks']:,}", f"{inst['kept']:,}", reasons(inst["rejected"]))
+    table.add_row("instances", f"{inst['tasks']:,}", f"{inst['kept']:,}", reasons(inst["rejected"]) + failed(inst))
     if stats.get("responses"):
         answered = stats["responses"]
         table.add_row(

@@ -1,23 +1,23 @@
 """Fill in (or re-generate) the assistant answers of an instruction dataset with an LLM.
 
-Input records are SFT rows (``messages`` ending with a user turn, or with an assistant turn that
-``regenerate`` replaces); `instruction_records` also turns an ``instruction`` (+ optional ``input``,
-``output``) table into that layout. Only the final assistant turn is generated: earlier turns of a
-multi-turn conversation stay as they are and serve as context.
+Input records are SFT records from the one reader (``messages`` ending with a user turn, or with an
+assistant turn that ``regenerate`` replaces); the reader also turns ``instruction`` (+ ``input``,
+``output``) tables, TRL, LLaVA, sharegpt and OpenAI layouts into these. Only the final assistant turn is
+generated: earlier turns of a multi-turn conversation stay as they are and serve as context.
 
 Output records: the conversation plus the new assistant turn, a new content id, and provenance in
 ``meta``: ``model``, ``generation`` (sampling parameters), ``finish_reason``, ``parent_id`` (the input's
 id) and, with ``n > 1``, ``sample`` (0..n-1). With ``n > 1`` each input yields up to n records, one per
 sampled answer — the candidates a preference step can later rank into chosen/rejected pairs.
 
-Records that already end with an answer pass through unchanged unless ``regenerate`` is set. Dropped
-records (LLM failure, empty or cut-off answer, images the backend cannot take) go to the rejects file
-with their reason.
+Records that already end with an answer pass through unchanged unless ``regenerate`` is set. Rejected
+records (empty or cut-off answer, images the backend cannot take) go to ``rejects.jsonl`` with their
+reason; failed requests (backend error) go to ``failures.jsonl`` and are asked again by the next run.
+`generate_responses` streams: input records are read, answered and written in batches.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -27,10 +27,28 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from synth.data import (
+    FAILURES,
+    REJECTS,
+    USAGE,
+    OutputFolder,
+    Source,
+    check_output,
+    open_source,
+    write_records,
+)
 from synth.errors import SynthError
-from synth.llm.base import Backend, ChatRequest, Completion, LLMStage
-from synth.records import Message, content_id, load_meta, messages_from_arrow, messages_to_arrow
-from synth.stages import Rejected, StageConfig
+from synth.llm.base import Backend, ChatRequest, Completion
+from synth.pipeline import Rejected, StageConfig
+from synth.pipeline.llm_task import LLMTask, check_not_all_failed
+from synth.records import (
+    Message,
+    content_id,
+    first_turn_text,
+    load_meta,
+    messages_from_arrow,
+    messages_to_arrow,
+)
 
 
 class FewShotExample(StageConfig):
@@ -55,32 +73,27 @@ class ResponsesConfig(StageConfig):
     )
 
 
-def _messages(record: dict) -> list[Message]:
-    return messages_from_arrow(record.get("messages") or [])
-
-
 def _is_parts_form(record: dict) -> bool:
-    """Whether the record's dataset keeps content as parts (image-text datasets) or as plain strings."""
-    return "images" in record or any(not isinstance(m.get("content"), str) for m in record.get("messages") or [])
+    """Whether the record keeps content as parts (it has images, or parts already) or as plain strings."""
+    return bool(record.get("images")) or any(not isinstance(m.get("content"), str) for m in record.get("messages") or [])
 
 
-class ResponseGenerator(LLMStage):
+class ResponseGenerator(LLMTask):
     """Input: SFT records (``messages``, ``images``?, ``id``, ``meta``). Output: the same with the final
     assistant turn generated and provenance in ``meta`` (see the module docs); n records per input when n > 1."""
 
     name: ClassVar[str] = "responses"
     Config = ResponsesConfig
+    reads: ClassVar[tuple[str, ...]] = ("messages", "images", "id", "meta")
+    writes: ClassVar[tuple[str, ...]] = ("messages", "id", "meta")
 
-    def __init__(self, backend: Backend, config: ResponsesConfig | dict | None = None, progress: Callable | None = None, **overrides):
-        super().__init__(backend, config, **overrides)
-        self.progress = progress
-
-    def needs_answer(self, record: dict) -> bool:
+    def passes_through(self, record: dict) -> bool:
+        """Records that already end with an answer (unless `regenerate`)."""
         messages = record.get("messages") or []
-        return self.config.regenerate or not messages or messages[-1].get("role") != "assistant"
+        return not self.config.regenerate and bool(messages) and messages[-1].get("role") == "assistant"
 
     def _prompt_messages(self, record: dict) -> list[Message] | Rejected:
-        messages = _messages(record)
+        messages = messages_from_arrow(record.get("messages") or [])
         if messages and messages[-1].role == "assistant":
             messages = messages[:-1]  # regenerate: the old answer goes
         if not messages or messages[-1].role != "user":
@@ -119,7 +132,7 @@ class ResponseGenerator(LLMStage):
             key=record.get("id"),
         )
 
-    def format_outputs(self, record: dict, completion: Completion) -> list[dict] | Rejected:
+    def format_output(self, record: dict, completion: Completion) -> list[dict] | Rejected:
         """One output record per usable answer; Rejected when none is usable."""
         messages = self._prompt_messages(record)
         if isinstance(messages, Rejected):
@@ -173,101 +186,56 @@ class ResponseGenerator(LLMStage):
             return reasons[0] if reasons else Rejected("empty", "no answer")
         return out
 
-    def format_output(self, record: dict, completion: Completion) -> dict | Rejected:
-        outputs = self.format_outputs(record, completion)
-        return outputs if isinstance(outputs, Rejected) else outputs[0]
-
-    def _run_batch(self, batch: list[dict]) -> Iterator[dict]:
-        # Like LLMStage, plus: records that already have an answer pass through, answers may be several,
-        # and each finished request reports progress.
-        requests: list[ChatRequest] = []
-        plan: list[tuple[dict, int | None | Rejected]] = []
-        for record in batch:
-            if not self.needs_answer(record):
-                plan.append((record, None))
-                continue
-            request = self.format_input(record)
-            if isinstance(request, Rejected):
-                plan.append((record, request))
-                if self.progress:
+    def run_batch(self, batch: list[dict]) -> Iterator[dict]:
+        if self.progress:  # records that pass through count as done
+            for record in batch:
+                if self.passes_through(record):
                     self.progress(None)
-            else:
-                plan.append((record, len(requests)))
-                requests.append(request.model_copy(update={"key": str(len(requests))}))
-        completions = self.backend.complete(requests, progress=self.progress) if requests else []
-        for record, step in plan:
-            if step is None:
-                out = self._account(record, record)
-                if out is not None:
-                    yield out
-                continue
-            if isinstance(step, Rejected):
-                self._account(record, step)
-                continue
-            completion = completions[step]
-            result = (
-                Rejected("llm_failure", completion.error or "")
-                if not completion.ok
-                else self.format_outputs(record, completion)
-            )
-            if isinstance(result, Rejected):
-                self._account(record, result)
-                continue
-            self._account(record, record)  # counted once per input, however many answers it got
-            yield from result
+        yield from super().run_batch(batch)
 
 
 # ---------------------------------------------------------------- datasets
 
 
-def instruction_records(dataset, source: str = "dataset") -> Iterator[dict]:
-    """Rows of an SFT dataset (``messages``) or an instruction table (``instruction`` [+ ``input``,
-    ``output``/``response``]) as in-memory SFT records (``meta`` as a dict)."""
-    columns = set(dataset.column_names)
-    if "messages" in columns:
-        for row in dataset:
-            record = dict(row)
-            record["meta"] = load_meta(row.get("meta"))
-            if not record.get("id"):
-                record["id"] = content_id(record["messages"], record.get("images") or [])
-            yield record
-        return
-    if "instruction" not in columns:
+def sft_records(source: Source) -> Iterator[dict]:
+    """The records of an SFT source with an id on each (the content id when the row has none), so every
+    answer can name its parent; rows of an instruction table note the table as their ``meta.source``."""
+    if source.kind != "sft":
+        found = ", ".join(source.columns) or "none"
         raise SynthError(
-            f"{source}: expected a 'messages' column (SFT layout) or an 'instruction' column "
-            f"(found: {', '.join(sorted(columns)) or 'none'})"
+            f"{source.name}: expected conversations ('messages', TRL/LLaVA/sharegpt/OpenAI layouts) or an "
+            f"'instruction' column (found: {found})"
         )
-    answer_column = next((c for c in ("output", "response") if c in columns), None)
-    for row in dataset:
-        instruction = (row.get("instruction") or "").strip()
-        extra = (row.get("input") or "").strip() if "input" in columns else ""
-        prompt = f"{instruction}\n\n{extra}" if extra else instruction
-        messages = [{"role": "user", "content": prompt}]
-        answer = (row.get(answer_column) or "").strip() if answer_column else ""
-        if answer:
-            messages.append({"role": "assistant", "content": answer})
-        meta = {"source": source}
-        yield {"messages": messages, "id": content_id(messages), "meta": meta}
+    for record in source.records():
+        if not record.get("id"):
+            record["id"] = content_id(record["messages"], record.get("images") or [])
+        if source.layout == "alpaca":
+            record["meta"] = {"source": source.name, **(record.get("meta") or {})}
+        yield record
 
 
 def load_few_shot(path: str | os.PathLike) -> list[FewShotExample]:
-    """Few-shot examples from a JSONL/JSON/CSV file with ``instruction`` and ``response`` (or ``output``)."""
-    from synth.io import read_dataset
-
-    data = read_dataset(path)
-    columns = set(data.column_names)
-    answer = next((c for c in ("response", "output") if c in columns), None)
-    if "instruction" not in columns or answer is None:
+    """Few-shot examples from a JSONL/JSON/CSV/Parquet file with ``instruction`` and ``response`` (or
+    ``output``) columns, or conversations with a user and an assistant turn."""
+    source = open_source(path)
+    examples = []
+    for number, record in enumerate(source.records() if source.kind == "sft" else [], start=1):
+        instruction = first_turn_text(record["messages"], "user")
+        response = first_turn_text(record["messages"], "assistant")
+        if not instruction or not response:
+            raise SynthError(f"{path}: row {number}: a few-shot example needs an instruction and a response")
+        examples.append(FewShotExample(instruction=instruction, response=response))
+    if not examples:
         raise SynthError(f"{path}: few-shot examples need 'instruction' and 'response' columns")
-    return [FewShotExample(instruction=r["instruction"], response=r[answer]) for r in data]
+    return examples
 
 
 def default_few_shot() -> list[FewShotExample]:
     """The shipped examples for base models (``templates/fewshot/responses.jsonl``)."""
+    from synth.io import read_jsonl
     from synth.paths import templates_dir
 
-    path = templates_dir() / "fewshot" / "responses.jsonl"
-    return [FewShotExample(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [FewShotExample(**row) for _, row in read_jsonl(templates_dir() / "fewshot" / "responses.jsonl", "few-shot")]
 
 
 @dataclass
@@ -277,12 +245,13 @@ class GenerateResult:
     stats: dict[str, Any]
     usage: dict[str, Any]
     rejects: Path | None
+    failures: Path | None
     seconds: float
     meta: dict[str, Any] = field(default_factory=dict)
 
 
 def generate_responses(
-    source: str | os.PathLike,
+    source: str | os.PathLike | Source,
     out: str | os.PathLike,
     backend: Backend,
     config: ResponsesConfig | None = None,
@@ -293,64 +262,70 @@ def generate_responses(
     show_progress: bool = True,
     console=None,
 ) -> GenerateResult:
-    """Read `source`, generate answers, write the SFT dataset to `out` (atomically) with ``usage.json``
-    inside it, and dropped records to the rejects file beside it. Prints the usage summary."""
-    from synth.io import atomic_path, check_output, read_dataset, rejects_path, write_json
+    """Read `source`, generate answers and write the SFT dataset to the folder `out`, streaming, with
+    ``usage.json``, ``rejects.jsonl`` and ``failures.jsonl`` inside it; the folder appears whole or not at
+    all. Prints the usage summary. Every request failing, or no record getting an answer, is an error."""
     from synth.llm.factory import report_usage
-    from synth.records import row_to_sample, samples_to_dataset
-    from synth.stages import run_stages
 
     config = config or ResponsesConfig()
     out = check_output(out, overwrite)
-    dataset = read_dataset(source, split)
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    records = list(instruction_records(dataset, str(source)))
-    if not records:
-        raise SynthError(f"{source}: the dataset has no records")
-    todo = sum(1 for r in records if config.regenerate or not r["messages"] or r["messages"][-1]["role"] != "assistant")
-
+    src = source if isinstance(source, Source) else open_source(source, split, limit=limit)
     started = time.monotonic()
-    rejects = rejects_path(out)
-    rows: list[dict] = []
-    with _progress_bar(show_progress, todo, backend) as on_done:
-        stage = ResponseGenerator(backend, config, progress=on_done)
-        for row in run_stages([stage], records, rejects):
-            rows.append(row)
-    seconds = time.monotonic() - started
-
-    usage = report_usage(backend, console=console)
-    meta = {
-        "command": "generate",
-        "source": str(source),
-        "config": config.model_dump(exclude={"few_shot"}) | {"few_shot": len(config.few_shot)},
-        "stats": stage.stats.as_dict(),
-        "usage": usage,
-        "seconds": round(seconds, 3),
-    }
-    if not rows:
-        raise SynthError(
-            f"no record got an answer ({stage.stats.as_dict()['dropped']}); see {rejects} for the reasons"
-        )
-    dataset_out = samples_to_dataset(row_to_sample(r) for r in rows)
-    with atomic_path(out, overwrite) as tmp:
-        dataset_out.save_to_disk(str(tmp))
-        write_json(meta, tmp / "usage.json")
+    stage = ResponseGenerator(backend, config)
+    with OutputFolder(out, overwrite) as folder:
+        stage.rejects, stage.failures = folder.rejects, folder.failures
+        with _progress_bar(show_progress, src.num_rows, backend) as stage.progress:
+            written = write_records(
+                stage.run(sft_records(src)), folder.path, kind="sft", multimodal=src.multimodal,
+                scratch=folder.scratch("generate"),
+            )
+        check_not_all_failed(stage)
+        if not written:
+            raise SynthError(f"no record got an answer ({_reasons(stage.stats.dropped)}){_first_detail(folder)}")
+        seconds = time.monotonic() - started
+        usage = report_usage(backend, console=console)
+        meta = {
+            "command": "generate",
+            "source": src.name,
+            "config": config.model_dump(exclude={"few_shot"}) | {"few_shot": len(config.few_shot)},
+            "stats": stage.stats.as_dict(),
+            "usage": usage,
+            "seconds": round(seconds, 3),
+        }
+        folder.write_json(USAGE, meta)
     return GenerateResult(
         out=out,
-        written=len(rows),
+        written=written,
         stats=stage.stats.as_dict(),
         usage=usage,
-        rejects=rejects if rejects.exists() else None,
+        rejects=out / REJECTS if (out / REJECTS).exists() else None,
+        failures=out / FAILURES if (out / FAILURES).exists() else None,
         seconds=seconds,
         meta=meta,
     )
 
 
+def _reasons(counts) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in counts.most_common()) or "no reason recorded"
+
+
+def _first_detail(folder: OutputFolder) -> str:
+    """The first reject's detail (the folder, rejects file included, is removed on error)."""
+    import json
+
+    folder.rejects.flush()
+    path = folder.path / REJECTS
+    if not path.exists():
+        return ""
+    with open(path, encoding="utf-8") as f:
+        first = json.loads(f.readline() or "{}")
+    return f"; first: {first.get('detail')}" if first.get("detail") else ""
+
+
 class _progress_bar:
     """A rich progress bar fed by completion callbacks: items, rate and completion tokens."""
 
-    def __init__(self, enabled: bool, total: int, backend: Backend):
+    def __init__(self, enabled: bool, total: int | None, backend: Backend):
         self.enabled = enabled
         self.total = total
         self.backend = backend

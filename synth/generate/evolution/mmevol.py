@@ -4,42 +4,42 @@ and keep only the ones that improved.
 
 Input records, one seed per image: an image, a caption, optional object boxes (normalised
 [x0, y0, x1, y1]; pixel boxes are normalised by the image size) and an optional existing QA pair. Columns
-are found automatically on the demo shapes data (`image`, `detailed_caption`/`caption`, `objects`, `qa`)
-and on SFT data (`images` + first user/assistant turn), or named in the config.
+are found automatically on the demo shapes data (``image``, ``detailed_caption``/``caption``, ``objects``,
+``qa``) and on SFT records (``images`` + first user/assistant turn), or named in the config. Images stay
+encoded (``{"bytes", "path"}``); only their header is read (for the size that pixel boxes need).
 
 A backend that cannot take images gets the image as text (caption + boxes), as LLaVA's GPT-assisted
 data generation did; the evolve and judge prompts then say so.
 
 Output records: SFT samples (user = image + evolved question, assistant = answer, with explicit steps for
-reasoning evolutions) with lineage in `meta`.
+reasoning evolutions) with lineage in ``meta``.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from synth.errors import SynthError
-from synth.generate.elimination import (
+from synth.data.images import ImageError, image_ref
+from synth.generate.evolution.base import EvolutionConfig, EvolutionStage, Outcome, Version
+from synth.generate.evolution.elimination import (
     EliminationRules,
-    EvolutionConfig,
-    EvolutionStage,
+    JudgeItem,
+    JudgeReply,
     Verdict,
-    Version,
-    check_weights,
-    match_verdicts,
+    judge_outcomes,
     parse_structured,
-    pick_weighted,
     same_text,
-    unit_hash,
+    schema_hint,
 )
-from synth.io import open_image
+from synth.generate.evolution.operators import check_weights, pick_weighted
+from synth.hashing import unit_hash
 from synth.llm.base import ChatRequest, Completion
-from synth.records import ImagePart, Message, TextPart, load_meta
-from synth.stages import Rejected
+from synth.pipeline import Rejected
+from synth.records import ImagePart, Message, TextPart, first_turn_text, load_meta
 from synth.templating import render_file
 
 OPERATORS = ("perception", "reasoning", "interaction")
@@ -97,9 +97,12 @@ class ImageVerdict(Verdict):
     answerable_without_image: bool = False
 
 
-class ImageVerdicts(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    verdicts: list[ImageVerdict]
+class ImageJudgeItem(JudgeItem):
+    answerable_without_image: Any = Field(False, json_schema_extra=schema_hint({"type": "boolean"}))
+
+
+class ImageJudgeReply(JudgeReply):
+    verdicts: list[ImageJudgeItem]
 
 
 def _default_rules() -> EliminationRules:
@@ -123,7 +126,9 @@ class MMEvolConfig(EvolutionConfig):
     )
     question_column: str | None = None
     answer_column: str | None = None
-    base_dir: str | None = Field(default=None, description="folder that relative image paths are resolved against")
+    base_dir: str | None = Field(
+        default=None, description="the dataset folder: image paths resolve inside it (and may not leave it)"
+    )
     min_reasoning_steps: int = Field(default=2, ge=0)
     judge_images_per_request: int = Field(
         default=1, ge=1, le=32,
@@ -145,6 +150,18 @@ class MMEvolConfig(EvolutionConfig):
         return check_weights(value, INTERACTION_FORMS, "interaction form")
 
 
+def image_size(ref: dict, record_id: str) -> tuple[int, int]:
+    """Width and height from the encoded image's header (no pixels decoded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(ref["bytes"])) as image:
+            return image.size
+    except Exception as e:  # PIL raises many types for broken files
+        where = ref.get("path") or "(inline bytes)"
+        raise ImageError(f"record {record_id}: unreadable or corrupt image {where}: {str(e)[:200] or type(e).__name__}") from None
+
+
 class MMEvol(EvolutionStage):
     """MMEvol. Input: image + caption (+ boxes, + QA). Output: evolved image-text SFT samples + lineage."""
 
@@ -153,6 +170,8 @@ class MMEvol(EvolutionStage):
     operators = OPERATORS
     Config = MMEvolConfig
     schema: ClassVar[type[BaseModel]] = EvolvedQA
+    reads: ClassVar[tuple[str, ...]] = (*IMAGE_COLUMNS, *CAPTION_COLUMNS, *BOXES_COLUMNS, *QA_COLUMNS, "messages", "id", "meta")
+    writes: ClassVar[tuple[str, ...]] = ("messages", "images", "id", "meta")
 
     @property
     def show_image(self) -> bool:
@@ -164,6 +183,8 @@ class MMEvol(EvolutionStage):
     # -- seeds ----------------------------------------------------------------------------------------
 
     def seed_version(self, record: dict) -> Version | Rejected:
+        """The seed of one record; an unreadable image, or a path outside the dataset folder, is an
+        `ImageError` (the run stops with one line naming the record), never a silent skip."""
         cfg = self.config
         record_id = str(record.get("id") or "?")
         image_value = self._column(record, cfg.image_column, IMAGE_COLUMNS)
@@ -171,16 +192,12 @@ class MMEvol(EvolutionStage):
             image_value = image_value[0] if image_value else None
         if image_value is None:
             return Rejected("missing_image", "the record has no image")
-        base_dir = Path(cfg.base_dir) if cfg.base_dir else None
-        try:
-            image = open_image(image_value, base_dir, record_id)
-        except SynthError as e:  # one bad image skips its seed, not the run
-            return Rejected("unreadable_image", str(e))
+        image = image_ref(image_value, cfg.base_dir, record_id)
         caption = self._column(record, cfg.caption_column, CAPTION_COLUMNS)
         if isinstance(caption, (list, tuple)):
             caption = caption[0] if caption else ""
         caption = str(caption or "").strip()
-        objects = normalise_objects(self._column(record, cfg.boxes_column, BOXES_COLUMNS), image.size)
+        objects = normalise_objects(self._column(record, cfg.boxes_column, BOXES_COLUMNS), image_size(image, record_id))
         if not self.show_image and not caption and not objects:
             return Rejected("no_image_description", "the backend cannot see images and the record has no caption or boxes")
         question, answer = self._seed_qa(record)
@@ -215,7 +232,7 @@ class MMEvol(EvolutionStage):
         if cfg.qa_column is None and "question" in record:
             return str(record.get("question") or "").strip(), str(record.get("answer") or "").strip()
         if record.get("messages"):
-            return _first_turns(record["messages"])
+            return first_turn_text(record["messages"], "user"), first_turn_text(record["messages"], "assistant")
         return "", ""
 
     # -- evolve ---------------------------------------------------------------------------------------
@@ -231,7 +248,7 @@ class MMEvol(EvolutionStage):
     def _scene(self, version: Version) -> dict[str, Any]:
         return {"show_image": self.show_image, "caption": version.seed["caption"], "objects": version.seed["objects"]}
 
-    def format_input(self, version: Version, operator: str, round_: int) -> ChatRequest:
+    def format_evolve_input(self, version: Version, operator: str, round_: int) -> ChatRequest:
         form = self.choose_form(version, round_) if operator == "interaction" else ""
         prompt = render_file(
             f"prompts/mmevol/{operator}.jinja",
@@ -255,9 +272,9 @@ class MMEvol(EvolutionStage):
             key=f"{version.root_id}:r{round_}:{operator}:{form}",
         )
 
-    def format_output(self, version: Version, operator: str, round_: int, completion: Completion) -> Version | Rejected:
+    def parse_evolve_output(self, version: Version, operator: str, round_: int, completion: Completion) -> Version | Outcome:
         parsed = parse_structured(completion, EvolvedQA)
-        if isinstance(parsed, Rejected):
+        if not isinstance(parsed, EvolvedQA):
             return parsed
         fields = parsed.model_dump()
         fields = {**fields, "question": fields["question"].strip(), "answer": fields["answer"].strip()}
@@ -308,7 +325,7 @@ class MMEvol(EvolutionStage):
             temperature=self.config.judge_temperature,
             max_tokens=self.config.judge_max_tokens,
             seed=self.config.seed,
-            schema_model=ImageVerdicts,
+            schema_model=ImageJudgeReply,
             key="judge:" + ",".join(f"{cand.root_id}:r{cand.round}" for _, _, cand in pairs),
         )
         if not self.show_image:
@@ -326,11 +343,8 @@ class MMEvol(EvolutionStage):
             return min(self.config.judge_batch_size, self.config.judge_images_per_request)
         return self.config.judge_batch_size
 
-    def parse_judge_output(self, ids: Sequence[str], completion: Completion) -> dict[str, Verdict | Rejected]:
-        parsed = parse_structured(completion, ImageVerdicts)
-        if isinstance(parsed, Rejected):
-            return {i: Rejected("judge_" + parsed.reason, parsed.detail) for i in ids}
-        return match_verdicts(ids, parsed.verdicts)
+    def parse_judge_output(self, ids: Sequence[str], completion: Completion) -> dict[str, Verdict | Outcome]:
+        return judge_outcomes(ids, completion, ImageVerdict, ImageJudgeReply)
 
     def judge_rule(self, verdict: Verdict) -> Rejected | None:
         if getattr(verdict, "answerable_without_image", False):
@@ -389,18 +403,3 @@ def normalise_objects(value: Any, image_size: tuple[int, int]) -> list[dict[str,
             continue
         out.append({"label": str(label), "box": [round(v, 3) for v in box]})
     return out
-
-
-def _first_turns(messages: list) -> tuple[str, str]:
-    """Text of the first user and first assistant turns of a messages row."""
-
-    def text(message: dict) -> str:
-        content = message.get("content")
-        if isinstance(content, list):
-            return "".join(p.get("text") or "" for p in content if p.get("type") == "text")
-        return str(content or "")
-
-    rows = [m.model_dump() if isinstance(m, Message) else m for m in messages]
-    user = next((text(m) for m in rows if m.get("role") == "user"), "")
-    answer = next((text(m) for m in rows if m.get("role") == "assistant"), "")
-    return user.strip(), answer.strip()

@@ -1,33 +1,32 @@
 """Evol-Instruct for text: evolve instructions in depth and in breadth over several rounds, eliminate
 failed evolutions, and answer each kept instruction with the LLM.
 
-Input records: the SFT layout (first user turn = instruction, first assistant turn = answer) or plain
-columns (`instruction` plus an optional `input`, or any column named in the config).
-Output records: SFT samples (user = evolved instruction, assistant = new answer) with lineage in `meta`.
+Input records: SFT records (first user turn = instruction, first assistant turn = answer; the reader turns
+Alpaca ``instruction``/``input``/``output`` tables into these) or plain columns (``instruction``, ``prompt``,
+``question`` or ``query``, or the column named in the config, plus an optional ``input``).
+Output records: SFT samples (user = evolved instruction, assistant = new answer) with lineage in ``meta``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from synth.generate.elimination import (
+from synth.generate.evolution.base import EvolutionConfig, EvolutionStage, Outcome, Version
+from synth.generate.evolution.elimination import (
     EliminationRules,
-    EvolutionConfig,
-    EvolutionStage,
+    JudgeReply,
     Verdict,
-    Verdicts,
-    Version,
-    check_weights,
-    match_verdicts,
-    parse_structured,
+    judge_outcomes,
     same_text,
 )
+from synth.generate.evolution.operators import check_weights
 from synth.llm.base import ChatRequest, Completion
-from synth.records import Message, load_meta
-from synth.stages import Rejected
+from synth.pipeline import Rejected
+from synth.pipeline.llm_task import failure_of
+from synth.records import Message, first_turn_text, load_meta
 from synth.templating import render_file
 
 IN_DEPTH = ("add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input")
@@ -48,8 +47,8 @@ class EvolInstructConfig(EvolutionConfig):
     instruction_column: str | None = None
     input_column: str | None = Field(default=None, description="appended to the instruction (Alpaca 'input')")
     answer_column: str | None = None
-    answer_temperature: float = 0.7
-    answer_max_tokens: int = 1024
+    answer_temperature: float = Field(default=0.7, ge=0)
+    answer_max_tokens: int = Field(default=1024, ge=1)
 
     @field_validator("operators")
     @classmethod
@@ -64,6 +63,8 @@ class EvolInstruct(EvolutionStage):
     method = "evol-instruct"
     operators = OPERATORS
     Config = EvolInstructConfig
+    finish_phase = "answer"
+    reads: ClassVar[tuple[str, ...]] = ("messages", *INSTRUCTION_COLUMNS, "input", *ANSWER_COLUMNS, "id", "meta")
 
     # -- seeds ----------------------------------------------------------------------------------------
 
@@ -81,10 +82,7 @@ class EvolInstruct(EvolutionStage):
     def _read_seed(self, record: dict) -> tuple[str, str]:
         cfg = self.config
         if cfg.instruction_column is None and record.get("messages"):
-            messages = [m if isinstance(m, Message) else Message.model_validate(_plain(m)) for m in record["messages"]]
-            user = next((m.text for m in messages if m.role == "user"), "")
-            answer = next((m.text for m in messages if m.role == "assistant"), "")
-            return user, answer
+            return first_turn_text(record["messages"], "user"), first_turn_text(record["messages"], "assistant")
         column = cfg.instruction_column or next((c for c in INSTRUCTION_COLUMNS if c in record), None)
         if column is None or column not in record:
             return "", ""
@@ -97,7 +95,7 @@ class EvolInstruct(EvolutionStage):
 
     # -- evolve ---------------------------------------------------------------------------------------
 
-    def format_input(self, version: Version, operator: str, round_: int) -> ChatRequest:
+    def format_evolve_input(self, version: Version, operator: str, round_: int) -> ChatRequest:
         prompt = render_file(f"prompts/evol/{operator}.jinja", record_id=version.root_id, instruction=version.fields["instruction"])
         return ChatRequest(
             messages=[Message(role="user", content=prompt)],
@@ -107,7 +105,7 @@ class EvolInstruct(EvolutionStage):
             key=f"{version.root_id}:r{round_}:evolve",
         )
 
-    def format_output(self, version: Version, operator: str, round_: int, completion: Completion) -> Version | Rejected:
+    def parse_evolve_output(self, version: Version, operator: str, round_: int, completion: Completion) -> Version | Outcome:
         text = completion.text.strip().strip('"').strip()
         if not text:
             return Rejected("empty_reply", "the model returned no evolved prompt")
@@ -132,15 +130,12 @@ class EvolInstruct(EvolutionStage):
             temperature=self.config.judge_temperature,
             max_tokens=self.config.judge_max_tokens,
             seed=self.config.seed,
-            schema_model=Verdicts,
+            schema_model=JudgeReply,
             key="judge:" + ",".join(f"{cand.root_id}:r{cand.round}" for _, _, cand in pairs),
         )
 
-    def parse_judge_output(self, ids: Sequence[str], completion: Completion) -> dict[str, Verdict | Rejected]:
-        parsed = parse_structured(completion, Verdicts)
-        if isinstance(parsed, Rejected):
-            return {i: Rejected("judge_" + parsed.reason, parsed.detail) for i in ids}
-        return match_verdicts(ids, parsed.verdicts)
+    def parse_judge_output(self, ids: Sequence[str], completion: Completion) -> dict[str, Verdict | Outcome]:
+        return judge_outcomes(ids, completion, Verdict)
 
     # -- answer ---------------------------------------------------------------------------------------
 
@@ -154,9 +149,9 @@ class EvolInstruct(EvolutionStage):
             key=f"{version.root_id}:r{version.round}:answer",
         )
 
-    def format_answer_output(self, version: Version, completion: Completion) -> Version | Rejected:
+    def parse_answer_output(self, version: Version, completion: Completion) -> Version | Outcome:
         if not completion.ok:
-            return Rejected("llm_failure", completion.error or "")
+            return failure_of(completion)
         answer = completion.text.strip()
         if completion.finish_reasons and completion.finish_reasons[0] == "length":
             return Rejected("answer_truncated", "the answer hit max_tokens")
@@ -166,10 +161,10 @@ class EvolInstruct(EvolutionStage):
         version.fields["answer"] = answer
         return version
 
-    def finish(self, pairs: list[tuple[Version, Version]], round_: int) -> list[Version | Rejected]:
+    def finish(self, pairs: list[tuple[Version, Version]], round_: int) -> list[Version | Outcome]:
         candidates = [candidate for _, candidate in pairs]
         completions = self._call("answer", round_, [self.format_answer_input(c) for c in candidates])
-        return [self.format_answer_output(c, done) for c, done in zip(candidates, completions, strict=True)]
+        return [self.parse_answer_output(c, done) for c, done in zip(candidates, completions, strict=True)]
 
     # -- output ---------------------------------------------------------------------------------------
 
@@ -182,12 +177,3 @@ class EvolInstruct(EvolutionStage):
             messages.append({"role": "assistant", "content": version.fields["answer"]})
         meta = self.lineage(version) if version.round else {**version.seed_meta, "source": version.seed_meta.get("source", "seed")}
         return {"id": version.id, "messages": messages, "meta": meta}
-
-
-def _plain(message: dict) -> dict:
-    """A message row from Arrow (parts carry ``text=None`` for images) as a `Message` dict."""
-    content = message.get("content")
-    if isinstance(content, list):
-        content = [p if p.get("type") == "text" else {"type": "image"} for p in content]
-        content = [{"type": "text", "text": p.get("text") or ""} if p["type"] == "text" else p for p in content]
-    return {"role": message["role"], "content": content}
