@@ -242,3 +242,32 @@ def test_yaml_duplicate_keys_are_errors_with_line(tmp_path):
         read_yaml(path, "recipe")
     path.write_text("a: 1\nb: {c: 2}\n")
     assert read_yaml(path, "recipe") == {"a": 1, "b": {"c": 2}}
+
+
+def test_zero_shard_save_to_disk_reads_as_empty(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_dict({"a": []}).save_to_disk(str(tmp_path / "zero"))  # datasets writes no shard at all
+    with pytest.raises(EmptyDatasetError, match="the dataset is empty"):
+        open_source(tmp_path / "zero")
+
+
+def test_all_failed_error_names_the_first_failure():
+    from synth.pipeline import Failed, Map
+    from synth.pipeline.llm_task import check_not_all_failed
+
+    class Flaky(Map):
+        name = "flaky"
+        answered = 0
+
+        def process(self, record):
+            return Failed("http_500", f"server error for {record['id']}")
+
+    stage = Flaky()
+    assert list(stage.run([{"id": "a"}, {"id": "b"}])) == []
+    with pytest.raises(SynthError, match=r"flaky: every LLM request failed \(2; http_500: 2\); first: record a: server error for a"):
+        check_not_all_failed(stage)
+    stage.answered = 1
+    check_not_all_failed(stage)  # some answered: the run stands
+    with pytest.raises(SynthError, match="nothing was written and LLM requests failed"):
+        check_not_all_failed(stage, written=0)

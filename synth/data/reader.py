@@ -112,6 +112,14 @@ class EmptyDatasetError(SynthError):
     """The source holds no records."""
 
 
+def _saved_without_shards(path: Path) -> bool:
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("_data_files") == []
+
+
 def load(
     source: str | os.PathLike,
     split: str | None = None,
@@ -133,6 +141,8 @@ def load(
                 with quiet_datasets():
                     loaded = load_from_disk(str(path))
             except Exception as e:
+                if _saved_without_shards(path):  # datasets' save_to_disk of 0 rows writes no shard at all
+                    raise EmptyDatasetError(f"{source}: the dataset is empty (0 rows); nothing to do") from None
                 raise SynthError(f"{source}: cannot load saved dataset: {first_line(e)}") from None
             if all_splits and not split:
                 return loaded

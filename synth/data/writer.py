@@ -49,9 +49,12 @@ class RecordLog:
         self.path = Path(path) if path else None
         self._file = None
         self.count = 0
+        self.first: dict | None = None  # the first entry, for an error line once the file is gone
 
     def write(self, record_id: Any, stage: str, reason: str, detail: str = "", **extra: Any) -> None:
         self.count += 1
+        if self.first is None:
+            self.first = {"id": record_id, "stage": stage, "reason": reason, "detail": detail}
         if self.path is None:
             return
         if self._file is None:

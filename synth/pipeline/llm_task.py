@@ -78,14 +78,19 @@ class LLMTask(Stage):
                 yield from self.account(record, result)
 
 
-def check_not_all_failed(stage: Stage, failures_path=None) -> None:
-    """A command whose every LLM request failed has produced nothing: end it with the reasons."""
+def check_not_all_failed(stage: Stage, written: int | None = None) -> None:
+    """End a command whose LLM work produced nothing because requests failed: every request failed, or
+    (with `written`) nothing was written and some requests failed. Call it inside the `OutputFolder` block,
+    so nothing is written; the error names the reasons and the first failure."""
     failed = stage.stats.failures
     answered = getattr(stage, "answered", 0)
-    if failed and not answered:
-        reasons = ", ".join(f"{k}: {v}" for k, v in stage.stats.failed.most_common())
-        where = f"; details in {failures_path}" if failures_path else ""
-        raise SynthError(
-            f"{stage.name}: every LLM request failed ({failed:,}; {reasons}){where}; "
-            "check the server (--base-url), the model name and the API key"
-        )
+    if not failed or (answered and (written is None or written > 0)):
+        return
+    reasons = ", ".join(f"{k}: {v}" for k, v in stage.stats.failed.most_common())
+    first = stage.failures.first
+    example = f"; first: record {first['id']}: {first['detail']}" if first else ""
+    what = "every LLM request failed" if not answered else "nothing was written and LLM requests failed"
+    raise SynthError(
+        f"{stage.name}: {what} ({failed:,}; {reasons}){example}; "
+        "check the server (--base-url), the model name and the API key, then rerun (failed requests are retried)"
+    )

@@ -66,10 +66,10 @@ def evolve_dataset(
     stage = make_stage(method, backend, config, progress)
     with OutputFolder(out, overwrite) as folder:
         stage.rejects, stage.failures = folder.rejects, folder.failures
-        write_records(
+        written = write_records(
             stage.run(src.records()), folder.path, kind="sft", multimodal=method == "mmevol", scratch=folder.scratch("evolve")
         )
-        check_not_all_failed(stage)
+        check_not_all_failed(stage, written)
         summary = {
             **stage.report.as_dict(),
             "source": src.name,
