@@ -93,11 +93,10 @@ def render_row(row: dict, kind: str, base_dir: Path | None = None, title: str = 
     lines: list[RenderableType] = []
     if kind == "sft":
         lines += [_message_text(m, images) for m in row["messages"]]
-    elif kind == "preference":
-        lines += [_message_text(m, images) for m in row["prompt"]]
-        for column, style in (("chosen", "bold green"), ("rejected", "bold red")):
-            lines.append(Text(f"── {column} ──", style=style))
-            lines += [_message_text(m, images) for m in row[column]]
+    elif kind == "preference":  # chosen | rejected side by side, the words that differ highlighted
+        from synth.prefs.show import render_pair
+
+        return render_pair(row, base_dir, title)
     else:
         lines += _plain_columns(row, base_dir)
     if kind in ("sft", "preference"):

@@ -304,15 +304,23 @@ def test_openai_chat_rows_embed_images_as_data_urls(sources, tmp_path):
     assert rows[2]["messages"] == [{"role": "user", "content": "No image here: what is 2+2?"}, {"role": "assistant", "content": "4"}]
 
 
-def test_openai_preference_format(sources, tmp_path):
-    out = tmp_path / "oa"
-    export_dataset(sources["pref"], out, "openai", show_progress=False)
-    rows = [json.loads(line) for line in (out / "oa.jsonl").read_text().splitlines()]
-    assert set(rows[0]) == {"input", "preferred_output", "non_preferred_output"}
-    assert rows[0]["preferred_output"] == [{"role": "assistant", "content": "Three."}]
-    assert rows[0]["non_preferred_output"] == [{"role": "assistant", "content": "Seven."}]
-    assert _data_url_bytes(rows[0]["input"]["messages"][0]["content"][0]["image_url"]["url"])[1] == _png(4)
-    assert rows[1]["input"] == {"messages": [{"role": "user", "content": "Say hi."}]}
+def test_openai_preference_format_is_text_only(sources, tmp_path):
+    # OpenAI's DPO fine-tuning takes text only: an image pair is an error naming the row, or skipped.
+    with pytest.raises(SynthError, match=r"row 1.*OpenAI preference \(DPO\) fine-tuning accepts text only"):
+        export_dataset(sources["pref"], tmp_path / "oa", "openai", show_progress=False)
+    assert not (tmp_path / "oa").exists()
+    out = tmp_path / "oa2"
+    export_dataset(sources["pref"], out, "openai", on_error="skip", show_progress=False)
+    rows = [json.loads(line) for line in (out / "oa2.jsonl").read_text().splitlines()]
+    assert rows == [
+        {
+            "input": {"messages": [{"role": "user", "content": "Say hi."}]},
+            "preferred_output": [{"role": "assistant", "content": "Hi!"}],
+            "non_preferred_output": [{"role": "assistant", "content": "No."}],
+        }
+    ]
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in rejects] == ["images_unsupported"]
 
 
 def test_openai_refuses_images_in_assistant_turns(tmp_path):

@@ -53,6 +53,12 @@ class OpenAIExporter(Exporter):
     def convert(self, record: Record) -> dict[str, Any]:
         images = iter(record.images)
         if self.context.kind == "preference":
+            if record.images:  # OpenAI's DPO fine-tuning takes text only
+                raise RowError(
+                    "images_unsupported",
+                    f"{len(record.images)} image(s): OpenAI preference (DPO) fine-tuning accepts text only; "
+                    "export image preference sets as trl or llamafactory",
+                )
             check_turns(record.prompt, end_with="user")
             chosen = single_reply(record.chosen, "chosen")
             rejected = single_reply(record.rejected, "rejected")

@@ -9,7 +9,6 @@ import difflib
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -85,8 +84,3 @@ def render_pair(row: dict, base_dir: Path | None = None, title: str = "") -> Ren
         lines.append(Text(f"unplaced images: {' '.join(images)}", style="bold red"))
     lines.append(_summary(load_meta(row.get("meta"))))
     return Panel(Group(*lines), title=title, title_align="left", border_style="blue")
-
-
-def render_pairs(rows: list[tuple[int, dict]], base_dir: Path | None = None) -> list[Any]:
-    """Panels for (index, row) pairs, titled like `synth show` titles rows."""
-    return [render_pair(row, base_dir, f"#{i}" + (f" · id {row['id']}" if row.get("id") else "")) for i, row in rows]
