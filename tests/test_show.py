@@ -94,8 +94,12 @@ def test_preference_rows_show_both_replies(datasets_on_disk):
     out = result.output
     assert "preference dataset" in out
     assert "user: Name a colour." in out
-    assert out.index("── chosen ──") < out.index("Blue.") < out.index("── rejected ──") < out.index("Seven.")
-    assert "meta: model=judge-x" in out
+    # chosen | rejected side by side: the headers on one line, then the two replies on one line
+    header = next(line for line in out.splitlines() if "chosen" in line)
+    assert header.index("chosen") < header.index("rejected")
+    replies = next(line for line in out.splitlines() if "Blue." in line)
+    assert replies.index("Blue.") < replies.index("Seven.")
+    assert "model=judge-x" in out
 
 
 def test_plain_datasets_show_their_columns(datasets_on_disk):

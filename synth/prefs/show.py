@@ -19,7 +19,7 @@ from synth.records import load_meta
 
 _TOKENS = re.compile(r"\s+|[^\s]+")
 # The meta keys worth a glance, in this order; the rest of meta is provenance.
-_SUMMARY_KEYS = ("strategy", "ratings", "perturb", "injected", "models", "prompt_id")
+_SUMMARY_KEYS = ("strategy", "ratings", "perturb", "injected", "model", "models", "prompt_id")
 
 
 def _text(message: dict, images: list[str]) -> str:
