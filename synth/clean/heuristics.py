@@ -224,7 +224,7 @@ class ImageSizeFilter(Filter):
             try:
                 width, height = image_size(value, str(record.get("id") or "?"))
             except Exception as e:  # PIL raises several types for broken files
-                return Rejected("unreadable_image", f"image {index}: {type(e).__name__}: {str(e)[:120]}")
+                return Rejected("unreadable_image", f"image {index}: {type(e).__name__}: {str(e)[:300]}")
             if width < c.min_width or height < c.min_height:
                 return Rejected("image_too_small", f"image {index}: {width}x{height} < {c.min_width}x{c.min_height}")
             if (c.max_width and width > c.max_width) or (c.max_height and height > c.max_height):
