@@ -1,0 +1,45 @@
+"""Stage types of a recipe, each a thin adapter over an engine's library code (see `base.StageAdapter`).
+
+=============  ===========================================================  =================
+type           engine                                                       shards
+=============  ===========================================================  =================
+source         `synth.data.open_source` (local path or Hub id)              (reads in place)
+demo           `synth.demo_data` (the offline shapes dataset)               one
+adapt          `synth.adapt` template sets (one or several)                 by record
+self_instruct  `synth.generate.self_instruct` (global novelty loop)         one
+evolve         `synth.generate.evolution` (Evol-Instruct, MMEvol)           by record
+generate       `synth.generate.responses` (answers)                         by record
+filter         `synth.clean.registry` filter chains                         by record (one with dedup)
+dedup          `synth.clean.dedup`                                          one
+decontaminate  `synth.clean.decontam`                                       by record
+mix            `synth.mix`                                                  one
+prefs          `synth.prefs` (preference pairs)                             by record
+export         `synth.export` (TRL, LLaMA-Factory, LLaVA, OpenAI)           one
+push           `synth.publish` (the Hub)                                    one
+=============  ===========================================================  =================
+"""
+
+from __future__ import annotations
+
+from synth.run.adapters.base import StageAdapter
+
+_REGISTRY: dict[str, StageAdapter] = {}
+
+MODULES = ("sources", "adapt", "generate", "clean", "mix", "prefs", "export", "push")
+
+
+def registry() -> dict[str, StageAdapter]:
+    """Stage type → adapter (one instance each), imported on first use."""
+    if not _REGISTRY:
+        import importlib
+
+        found: dict[str, StageAdapter] = {}
+        for module in MODULES:
+            mod = importlib.import_module(f"synth.run.adapters.{module}")
+            for adapter in getattr(mod, "ADAPTERS", ()):
+                found[adapter.type] = adapter()
+        _REGISTRY.update(found)
+    return _REGISTRY
+
+
+__all__ = ["StageAdapter", "registry"]

@@ -1,0 +1,182 @@
+"""Cleaning stages: ``filter`` (a chain from the filter registry), ``dedup``, ``decontaminate``.
+
+A filter chain item is ``{name: length, min_answer_words: 3}``, ``{length: {min_answer_words: 3}}`` or
+``"length:min_answer_words=3"``; each is validated against that filter's own config, so a typo is an
+error at its line. A chain holding a filter that needs its whole input (dedup) runs as one shard; LLM
+filters (judge, capfilt) use the stage's ``backend``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import ConfigDict, Field, create_model, field_validator
+
+from synth.clean.decontam import DecontamConfig
+from synth.clean.dedup import DedupConfig
+from synth.clean.registry import FILTERS, parse_filter_spec
+from synth.run.adapters.base import Preview, StageAdapter
+from synth.run.adapters.sources import resolve_path
+from synth.run.recipe import DEFAULT_BACKEND, StageSpec
+
+
+def engine_config(spec, config_cls):
+    """The engine's own config from a spec that extends it (only the engine's fields)."""
+    return config_cls(**{k: getattr(spec, k) for k in config_cls.model_fields})
+
+
+def _item_model(name: str, cls) -> type:
+    return create_model(f"{name.title().replace('_', '')}FilterItem", __base__=cls.Config,
+                        __config__=None, name=(Literal[name], ...))
+
+
+FilterItem = Annotated[Union[tuple(_item_model(n, c) for n, c in FILTERS.items())], Field(discriminator="name")]
+
+
+def _is_llm_filter(cls) -> bool:
+    from synth.pipeline.llm_task import LLMTask
+
+    return issubclass(cls, LLMTask) or hasattr(cls, "from_config")
+
+
+class FilterSpec(StageSpec):
+    type: Literal["filter"]
+    input: str = Field(description="the output this stage reads")
+    filters: list[FilterItem] = Field(min_length=1, description="applied in order; see `synth filter --filter help`")  # type: ignore[valid-type]
+    backend: str = Field(DEFAULT_BACKEND, description="backend of LLM filters (judge, capfilt)")
+
+    backend_fields: ClassVar[tuple[str, ...]] = ("backend",)
+
+    @field_validator("filters", mode="before")
+    @classmethod
+    def _flat_items(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        items = []
+        for item in value:
+            if isinstance(item, str):
+                name, options = parse_filter_spec(item)
+                item = {"name": name, **options}
+            elif isinstance(item, dict) and "name" not in item and len(item) == 1:
+                name, options = next(iter(item.items()))
+                if options is None or isinstance(options, dict):
+                    item = {"name": name, **(options or {})}
+            items.append(item)
+        return items
+
+
+class FilterAdapter(StageAdapter):
+    type = "filter"
+    Spec = FilterSpec
+
+    def _classes(self, spec: FilterSpec) -> list:
+        return [FILTERS[item.name] for item in spec.filters]
+
+    def uses_llm(self, spec: FilterSpec) -> bool:
+        return any(_is_llm_filter(cls) for cls in self._classes(spec))
+
+    def is_sharded(self, spec: FilterSpec) -> bool:
+        return not any(cls.needs_all_input for cls in self._classes(spec))
+
+    def backend_name(self, spec: FilterSpec) -> str | None:
+        return spec.backend if self.uses_llm(spec) else None
+
+    def resolve(self, spec: FilterSpec, base_dir: Path) -> FilterSpec:
+        items = []
+        for item in spec.filters:
+            if getattr(item, "benchmarks", None):
+                item = item.model_copy(update={"benchmarks": [resolve_path(b, base_dir) for b in item.benchmarks]})
+            items.append(item)
+        return spec.model_copy(update={"filters": items})
+
+    @classmethod
+    def nested_model(cls, loc: tuple, stage_data: dict):
+        if len(loc) >= 2 and loc[0] == "filters" and isinstance(loc[1], int):
+            item = (stage_data.get("filters") or [None])[loc[1]] if loc[1] < len(stage_data.get("filters") or []) else None
+            name = item.get("name") if isinstance(item, dict) else None
+            if isinstance(item, dict) and name is None and len(item) == 1:
+                name = next(iter(item))
+            return FILTERS[name].Config if name in FILTERS else None
+        return None
+
+    def stages(self, spec: FilterSpec, ctx, src) -> list:
+        from synth.clean.registry import build_filter
+
+        return [build_filter(item.name, item.model_dump(exclude={"name"}, exclude_unset=True),
+                             backend_factory=lambda: ctx.backend(spec.backend)) for item in spec.filters]
+
+    def preview(self, spec: FilterSpec, ctx, records, rows) -> Preview:
+        if not self.uses_llm(spec):
+            return Preview()
+        return llm_filter_preview(self.stages(spec, ctx, None), records, rows)
+
+
+def llm_filter_preview(stages: list, records: list[dict], rows: int | None) -> Preview:
+    """Prompts of the LLM filters in a chain for a few records; one request per record and LLM filter."""
+    from synth.run.adapters.generate import render_request, request_tokens
+
+    preview = Preview()
+    llm_stages = [s for s in stages if hasattr(s, "format_input")]
+    per_record, prompt_tokens = 0, 0
+    for stage in llm_stages:
+        for record in records[:2]:
+            request = stage.format_input(record)
+            if hasattr(request, "messages"):
+                preview.prompts.append(render_request(request, stage.name))
+                prompt_tokens = max(prompt_tokens, request_tokens(request))
+        per_record += 1
+    if rows is not None and per_record:
+        preview.requests = rows * per_record
+        preview.prompt_tokens = preview.requests * prompt_tokens
+        max_tokens = max((getattr(s.config, "max_tokens", 0) or 0) for s in llm_stages)
+        preview.completion_tokens = preview.requests * max_tokens
+    return preview
+
+
+class DedupSpec(StageSpec, DedupConfig):
+    """Exact and near-duplicate removal over the whole input (the first in input order wins)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["dedup"]
+    input: str
+
+
+class DedupAdapter(StageAdapter):
+    type = "dedup"
+    Spec = DedupSpec
+    sharded = False
+
+    def stages(self, spec: DedupSpec, ctx, src) -> list:
+        from synth.clean.dedup import Dedup
+
+        return [Dedup(engine_config(spec, DedupConfig))]
+
+
+class DecontaminateSpec(StageSpec, DecontamConfig):
+    """Drop samples sharing a long n-gram with a benchmark's items."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["decontaminate"]
+    input: str
+
+
+class DecontaminateAdapter(StageAdapter):
+    type = "decontaminate"
+    Spec = DecontaminateSpec
+
+    def resolve(self, spec: DecontaminateSpec, base_dir: Path) -> DecontaminateSpec:
+        return spec.model_copy(update={"benchmarks": [resolve_path(b, base_dir) for b in spec.benchmarks]})
+
+    def fingerprint_extra(self, spec: DecontaminateSpec) -> Any:
+        from synth.run.manifest import hash_files
+
+        return [hash_files(b) if Path(b).exists() else b for b in spec.benchmarks]
+
+    def stages(self, spec: DecontaminateSpec, ctx, src) -> list:
+        from synth.clean.decontam import Decontaminate
+
+        return [Decontaminate(engine_config(spec, DecontamConfig))]
+
+
+ADAPTERS = (FilterAdapter, DedupAdapter, DecontaminateAdapter)

@@ -1,0 +1,90 @@
+"""Stages that bring data in: ``source`` (any dataset the one reader opens, read in place) and ``demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from synth.run.adapters.base import DataRef, StageAdapter
+from synth.run.recipe import StageSpec
+
+
+def resolve_path(value: str, base_dir: Path) -> str:
+    """A relative path found beside the recipe wins, then one from the current folder; else as given
+    (a Hub id)."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    beside = base_dir / path
+    if beside.exists():
+        return str(beside.resolve())
+    if path.exists():
+        return str(path.resolve())
+    return value
+
+
+class SourceSpec(StageSpec):
+    """A dataset read in place: a save_to_disk folder, Parquet/JSONL/CSV, an image folder, or a Hub id."""
+
+    type: Literal["source"]
+    path: str = Field(description="local file or folder (relative to the recipe, then the current folder) or Hub id")
+    split: str | None = None
+    config: str | None = Field(None, description="Hub dataset config (subset)")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit): pin it for reproducible runs")
+    limit: int | None = Field(None, ge=1, description="only the first N rows")
+
+    reference_fields: ClassVar[tuple[str, ...]] = ()
+
+
+class SourceAdapter(StageAdapter):
+    type = "source"
+    Spec = SourceSpec
+    source = True
+    sharded = False
+
+    def resolve(self, spec: SourceSpec, base_dir: Path) -> SourceSpec:
+        return spec.model_copy(update={"path": resolve_path(spec.path, base_dir)})
+
+    def source_ref(self, spec: SourceSpec) -> DataRef:
+        return DataRef(path=spec.path, split=spec.split, config=spec.config, revision=spec.revision,
+                       limit=spec.limit, stage=spec.name)
+
+
+class DemoSpec(StageSpec):
+    """The demo shapes dataset (drawn offline: images with exact captions, boxes, QA, labels, words)."""
+
+    type: Literal["demo"]
+    count: int = Field(200, ge=1, description="number of scenes")
+    seed: int = 0
+    size: int = Field(256, ge=64, description="image side in pixels")
+
+    reference_fields: ClassVar[tuple[str, ...]] = ()
+
+
+class DemoAdapter(StageAdapter):
+    type = "demo"
+    Spec = DemoSpec
+    sharded = False
+
+    def execute(self, spec: DemoSpec, ctx, inputs, folder, tracker) -> dict[str, Any]:
+        from synth.data import save
+        from synth.demo_data import make_demo_dataset
+
+        dataset = make_demo_dataset(spec.count, spec.seed, spec.size, show_progress=False)
+        save(dataset, folder.path)
+        if ctx.progress is not None:
+            ctx.progress.add(records=spec.count)
+        return {"counts": {"read": 0, "kept": spec.count, "rows": spec.count, "rejected": {}, "failed": {}},
+                "kind": "raw", "multimodal": True}
+
+    def sample(self, spec: DemoSpec, ctx, records, src):
+        from synth.data.layouts import to_record
+        from synth.demo_data import make_row
+
+        return [to_record(make_row(i, spec.seed, spec.size), "raw", f"demo row {i}", None)
+                for i in range(min(spec.count, 4))]
+
+
+ADAPTERS = (SourceAdapter, DemoAdapter)

@@ -1,0 +1,146 @@
+"""Fingerprints and the run's manifest.
+
+A stage's fingerprint hashes what decides its output: its type and (resolved) spec, its backend's model
+and generation options, the adapter's version, the run's seed, and for each input the fingerprint of the
+stage that wrote it plus a hash of that output's files (so an upstream rerun that changes data reruns
+its readers, and one that writes the same bytes does not). A source's input fingerprint hashes its files
+(a Hub dataset: id, config, split, revision).
+
+``manifest.json`` sums the run up: recipe, versions, seed, executor, and per stage its fingerprint,
+state, model and sampling, counts by reason, token usage and cost, timings, output rows and file hashes.
+It is rewritten atomically after every stage, so a killed run still has one that is true up to its last
+finished stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from synth.run.shards import read_json, write_json_atomic
+
+MANIFEST = "manifest.json"
+RESOLVED_RECIPE = "recipe.yaml"
+#: files of a dataset folder that change between identical runs (datasets' random fingerprint) or
+#: describe the run rather than the data
+VOLATILE_FILES = {"state.json", "report.json", "usage.json", "rejects.jsonl", "failures.jsonl"}
+LIBRARIES = ("datasets", "pyarrow", "pydantic", "transformers", "torch", "openai", "huggingface_hub",
+             "trl", "peft", "ray", "xgrammar")
+
+
+def versions() -> dict[str, str]:
+    """synth, Python and the library versions that decide what a run writes."""
+    from synth import __version__
+
+    out = {"synth": __version__, "python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str, ensure_ascii=False).encode()).hexdigest()
+
+
+def hash_files(path: str | os.PathLike, skip: set[str] = VOLATILE_FILES) -> str:
+    """xxh3-128 over a file or a folder's files (relative names and bytes, in sorted order)."""
+    import xxhash
+
+    path = Path(path)
+    h = xxhash.xxh3_128()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        rel = file.relative_to(path) if path.is_dir() else Path(file.name)
+        if file.name in skip or any(part.startswith(".") for part in rel.parts):
+            continue
+        h.update(str(rel).encode() + b"\0")
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def file_hashes(path: str | os.PathLike) -> dict[str, str]:
+    """Per-file xxh3-64 of an output (for the manifest: which files, which bytes)."""
+    import xxhash
+
+    path = Path(path)
+    out = {}
+    if not path.exists():
+        return out
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        h = xxhash.xxh3_64()
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+        out[str(file.relative_to(path))] = h.hexdigest()
+    return out
+
+
+def source_fingerprint(ref) -> str:
+    """A local source by its files; a Hub dataset by id, config, split and revision."""
+    path = Path(ref.path)
+    if path.exists():
+        return hash_files(path, skip={"state.json"})
+    return digest(["hub", ref.path, ref.config, ref.split, ref.revision])
+
+
+def stage_fingerprint(*, type_: str, spec: dict, backend: dict | None, inputs: list[tuple[str, str, str]],
+                      seed: int, adapter_version: int, extra: Any = None) -> str:
+    from synth import __version__
+
+    return digest({
+        "type": type_, "spec": spec, "backend": backend, "inputs": inputs, "seed": seed,
+        "adapter": adapter_version, "synth": __version__, "extra": extra,
+    })
+
+
+# ---------------------------------------------------------------- the manifest
+
+
+def new_manifest(name: str, recipe_path: Path, recipe: dict, executor: dict, stages: list[str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "state": "running",
+        "recipe": str(recipe_path),
+        "seed": recipe.get("seed", 0),
+        "versions": versions(),
+        "executor": executor,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.time(),
+        "finished": None,
+        "order": stages,
+        "stages": {},
+    }
+
+
+def load_manifest(run_dir: Path) -> dict[str, Any] | None:
+    return read_json(run_dir / MANIFEST)
+
+
+def save_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    write_json_atomic(run_dir / MANIFEST, manifest)
+
+
+def run_state(run_dir: Path, manifest: dict[str, Any] | None) -> str:
+    """done | failed | running | interrupted (its process is gone without finishing) | unknown."""
+    if manifest is None:
+        return "unknown"
+    state = manifest.get("state", "unknown")
+    if state == "running":
+        from synth.run.lock import is_locked
+
+        return "running" if is_locked(run_dir) else "interrupted"
+    return state

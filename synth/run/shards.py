@@ -1,0 +1,449 @@
+"""Shards: a stage's input split by stable record id, each shard written whole or not at all.
+
+Planning: record ``id`` (the row position, ``row-N``, when a source has no ids) → ``xxh64(id) % world_size``
+picks the shard; a shard keeps its records in input order. The number of shards depends only on the input
+size and the stage's ``shard_size``, never on the executor or the worker count, so every way of running a
+recipe makes the same shards.
+
+Writing a shard (`run_shard`, the task every executor runs): the records go through the stage into an
+`OutputFolder` (a temporary sibling, fsynced, renamed into place), then a completion marker
+``shard-NNNNN.done`` is written (temp file, fsync, rename). Nothing is ever appended: a shard without its
+marker is redone from scratch, and a killed LLM shard replays its finished requests from the run's request
+cache. Next to the records a shard keeps ``positions.npy``: the input position of each output record.
+
+Assembly (`assemble`): the shards, concatenated and put back in input order by those positions, become
+the stage's output — the same rows in the same order as one uninterrupted, unsharded run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synth.data import FAILURES, REJECTS, REPORT, USAGE, OutputFolder, save, write_records
+from synth.run import hooks
+
+POSITIONS = "positions.npy"
+
+
+# ---------------------------------------------------------------- files
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Temp file → fsync → rename → fsync the folder: the file is the old one or the new one, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, ensure_ascii=False, indent=2, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- planning
+
+
+def column(dataset, name: str) -> list:
+    """One column as a Python list, read as one Arrow array (indexing a dataset goes row by row)."""
+    return dataset.with_format("arrow")[name].to_pylist()
+
+
+def record_ids(src) -> list[str]:
+    """The id that places each row in a shard: its ``id``, or ``row-N`` (N = position) without one."""
+    dataset = src.dataset
+    n = src.num_rows or 0
+    if "id" in (dataset.column_names or []):
+        return [str(v) if v not in (None, "") else f"row-{i}" for i, v in enumerate(column(dataset, "id"))]
+    return [f"row-{i}" for i in range(n)]
+
+
+def world_size_for(rows: int | None, shard_size: int) -> int:
+    if not rows:
+        return 1
+    return max(1, -(-rows // shard_size))
+
+
+def assign(ids: list[str], world_size: int) -> list[list[int]]:
+    """Row positions per shard (ascending), by ``xxh64(id) % world_size``."""
+    import xxhash
+
+    shards: list[list[int]] = [[] for _ in range(world_size)]
+    if world_size == 1:
+        shards[0] = list(range(len(ids)))
+        return shards
+    for i, rid in enumerate(ids):
+        shards[xxhash.xxh64_intdigest(rid.encode("utf-8")) % world_size].append(i)
+    return shards
+
+
+@dataclass
+class ShardTask:
+    """Everything one shard needs, picklable (it travels to a worker process or a Ray task)."""
+
+    run_dir: str
+    stage: str
+    type: str
+    spec: dict
+    inputs: list[dict]  # DataRef dicts; the first one is sharded
+    rank: int
+    world_size: int
+    fingerprint: str
+    shards_dir: str
+    seed: int
+    cache_dir: str
+    recipe_dir: str
+    backends: dict = field(default_factory=dict)
+    indices: Any = None  # numpy array of rows of inputs[0] (None: all of them)
+    ids_missing: bool = False  # raw rows without ids get ``row-N`` (their position) as id
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.rank:05d}"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.shards_dir) / self.name
+
+    @property
+    def marker(self) -> Path:
+        return Path(self.shards_dir) / f"{self.name}.done"
+
+
+def completed(task: ShardTask, retry_failed: bool = True) -> dict | None:
+    """The shard's marker when it is complete for this fingerprint (and, with `retry_failed`, had no
+    failed requests: those shards run again and replay the rest from the cache)."""
+    marker = read_json(task.marker)
+    if not marker or marker.get("fingerprint") != task.fingerprint or marker.get("world_size") != task.world_size:
+        return None
+    if not task.path.is_dir():
+        return None
+    failed = sum((marker.get("report", {}).get("counts", {}).get("failed") or {}).values())
+    if retry_failed and failed:
+        return None
+    return marker
+
+
+# ---------------------------------------------------------------- running one shard
+
+
+class Tracker:
+    """Remembers which input position each output record came from, through any chain of stages that
+    follows the contract (every outcome goes through `Stage.account`), without touching the records.
+    Records made outside `account` (an evolution's versions) are placed by `origin(record)`: the id of
+    the input record they came from. The records are held while tracked, so no address is reused."""
+
+    def __init__(self, positions: Any | None, origin=None):
+        self.global_positions = positions  # row → position in the whole input (None: not tracked)
+        self.enabled = positions is not None
+        self.origin = origin
+        self._of: dict[int, tuple[int, dict]] = {}
+        self._by_id: dict[Any, int] = {}
+        self.positions: list[int] = []
+        self.ok = True
+
+    def source(self, records: Iterable[dict]) -> Iterator[dict]:
+        if not self.enabled:
+            yield from records
+            return
+        for i, record in enumerate(records):
+            position = int(self.global_positions[i])
+            self._of[id(record)] = (position, record)
+            if self.origin is not None:
+                self._by_id.setdefault(record.get("id"), position)
+            yield record
+
+    def hook(self, stage) -> None:
+        if not self.enabled:
+            return
+        account = stage.account
+        of = self._of
+
+        def tracked(record, result):
+            out = account(record, result)
+            entry = of.pop(id(record), None)
+            if entry is None:
+                self.ok = self.origin is not None and self.ok
+            else:
+                for r in out:
+                    of[id(r)] = (entry[0], r)
+            return out
+
+        stage.account = tracked
+
+    def output(self, records: Iterable[dict]) -> Iterator[dict]:
+        if not self.enabled:
+            yield from records
+            return
+        for record in records:
+            entry = self._of.pop(id(record), None)
+            position = entry[0] if entry is not None else None
+            if position is None and self.origin is not None:
+                position = self._by_id.get(self.origin(record))
+            if position is None:
+                self.ok = False
+                position = -1
+            self.positions.append(position)
+            yield record
+
+    def sorted_order(self):
+        """The permutation that puts the written rows in input order (None when they already are)."""
+        import numpy as np
+
+        if not (self.enabled and self.ok) or not self.positions:
+            return None
+        positions = np.asarray(self.positions, dtype=np.int64)
+        if bool(np.all(positions[1:] >= positions[:-1])):
+            return None
+        return np.argsort(positions, kind="stable")
+
+
+def _select(src, indices, ids_missing: bool):
+    """The shard's rows of `src` (a `Source`), ``row-N`` ids added first where the rows have none."""
+    dataset = src.dataset
+    if ids_missing and "id" not in (dataset.column_names or []):
+        dataset = dataset.add_column("id", [f"row-{i}" for i in range(len(dataset))])
+        src.columns = [*src.columns, "id"]
+    if indices is not None:
+        dataset = dataset.select(indices)
+    src.dataset = dataset
+    return src
+
+
+def counted(records: Iterable[dict], task: ShardTask | None, progress) -> Iterator[dict]:
+    """Records, counted for the live view, passing the test kill point ``record``."""
+    stage, rank = (task.stage, task.rank) if task else ("", 0)
+    for index, record in enumerate(records, 1):
+        hooks.point("record", stage=stage, shard=rank, index=index)
+        if progress is not None:
+            progress.add(records=1)
+        yield record
+
+
+def raw_features(src, writes_meta: bool):
+    """How raw rows (their own columns) are written: as read, ``meta`` as JSON text when a stage adds it."""
+    from datasets import Features, Value
+
+    features = Features(dict(src.dataset.features))
+    if writes_meta and "meta" not in features:
+        features["meta"] = Value("string")
+    return features
+
+
+def _raw_rows(records: Iterable[dict], features) -> Iterator[dict]:
+    from synth.records import dump_meta
+
+    for record in records:
+        row = {name: record.get(name) for name in features}
+        if "meta" in features and not isinstance(row.get("meta"), str):
+            row["meta"] = dump_meta(row.get("meta") or {})
+        yield row
+
+
+def write_output(records: Iterable[dict], folder, kind: str, multimodal: bool, src=None, writes_meta=False) -> int:
+    """Write a shard's records through the one writer; the number of rows."""
+    if kind == "raw":
+        features = raw_features(src, writes_meta)
+        return write_records(_raw_rows(records, features), folder.path, features=features,
+                             scratch=folder.scratch("w"))
+    return write_records(records, folder.path, kind=kind, multimodal=multimodal, scratch=folder.scratch("w"))
+
+
+def reorder(folder, tracker: Tracker) -> None:
+    """Rewrite a shard's dataset in input order when its stage emitted records out of it (an evolution
+    writes round by round), so one shard and many shards give the same order."""
+    order = tracker.sorted_order()
+    if order is None:
+        return
+    from datasets import load_from_disk
+
+    staged = folder.scratch("order")
+    dataset = load_from_disk(str(folder.path))
+    save(dataset.select(order), staged / "data")
+    del dataset
+    for item in folder.path.iterdir():
+        if item.is_file() and item.name not in (REJECTS, FAILURES):
+            item.unlink()
+    for item in (staged / "data").iterdir():
+        os.replace(item, folder.path / item.name)
+    tracker.positions = [tracker.positions[i] for i in order]
+
+
+def run_stage_chain(adapter, spec, ctx, src, folder, tracker: Tracker) -> dict[str, Any]:
+    """The default shard body: the adapter's engine stages over the shard's records, into the writer."""
+    from synth.pipeline import run_stages
+    from synth.run.adapters.base import count_stats, usage_delta, usage_snapshot
+
+    stages = adapter.stages(spec, ctx, src)
+    for stage in stages:
+        tracker.hook(stage)
+    kind, multimodal = adapter.output_layout(spec, src)
+    before = usage_snapshot(stages)
+    records = tracker.source(counted(adapter.records(spec, src), ctx.task, ctx.progress))
+    out = tracker.output(run_stages(stages, records, folder.rejects, folder.failures))
+    writes_meta = any("meta" in getattr(stage, "writes", ()) for stage in stages)
+    rows = write_output(out, folder, kind, multimodal, src, writes_meta)
+    reorder(folder, tracker)
+    counts = count_stats(stages)
+    counts["rows"] = rows
+    report: dict[str, Any] = {"counts": counts, "kind": kind, "multimodal": multimodal,
+                              "stages": [{"name": s.name, **s.stats.as_dict()} for s in stages]}
+    usage = usage_delta(before, usage_snapshot(stages))
+    if usage:
+        report["usage"] = usage
+    answered = sum(getattr(s, "answered", 0) for s in stages)
+    if any(hasattr(s, "answered") for s in stages):
+        report["answered"] = answered
+    return report
+
+
+def run_shard(task: ShardTask, progress=None) -> dict[str, Any]:
+    """Run one shard to its completion marker (the task every executor runs); returns the marker."""
+    import numpy as np
+
+    from synth.data import quiet_datasets
+    from synth.run.adapters import registry
+    from synth.run.adapters.base import DataRef, StageContext
+
+    started = time.time()
+    adapter = registry()[task.type]
+    spec = adapter.Spec.model_validate(task.spec)
+    ctx = StageContext(run_dir=Path(task.run_dir), cache_dir=Path(task.cache_dir), seed=task.seed,
+                       recipe_dir=Path(task.recipe_dir), backends=task.backends, stage=task.stage,
+                       progress=progress, task=task)
+    with quiet_datasets():
+        inputs = [DataRef.from_dict(d).open(allow_empty=True, **(adapter.open_options(spec) if i == 0 else {}))
+                  for i, d in enumerate(task.inputs)]
+        if inputs:
+            inputs[0] = _select(inputs[0], task.indices, task.ids_missing)
+        positions = None
+        if inputs and adapter.positional:
+            positions = np.asarray(task.indices) if task.indices is not None else np.arange(inputs[0].num_rows or 0)
+        tracker = Tracker(positions, adapter.origin if hasattr(adapter, "origin") else None)
+        with OutputFolder(task.path, overwrite=True) as folder:
+            report = adapter.execute(spec, ctx, inputs, folder, tracker)
+            hooks.point("shard_write", stage=task.stage, shard=task.rank)
+            if tracker.enabled and tracker.ok and task.world_size > 1:
+                np.save(folder.path / POSITIONS, np.asarray(tracker.positions, dtype=np.int64))
+            report["seconds"] = round(time.time() - started, 3)
+            folder.write_json(REPORT, report)
+        hooks.point("shard_done", stage=task.stage, shard=task.rank)
+    marker = {"fingerprint": task.fingerprint, "stage": task.stage, "rank": task.rank,
+              "world_size": task.world_size, "report": report, "finished": time.time()}
+    write_json_atomic(task.marker, marker)
+    return marker
+
+
+# ---------------------------------------------------------------- assembly
+
+
+def _concat_logs(paths: list[Path], out: Path) -> int:
+    lines = 0
+    with open(out, "w", encoding="utf-8") as f:
+        for path in paths:
+            if path.is_file():
+                with open(path, encoding="utf-8") as part:
+                    for line in part:
+                        f.write(line)
+                        lines += 1
+    if not lines:
+        out.unlink()
+    return lines
+
+
+def merge_reports(reports: list[dict]) -> dict[str, Any]:
+    """One stage report from its shards' reports (counts and usage summed)."""
+    counts: dict[str, Any] = {"read": 0, "kept": 0, "rows": 0, "rejected": {}, "failed": {}}
+    usage: dict[str, Any] = {}
+    answered = None
+    for report in reports:
+        c = report.get("counts", {})
+        for key in ("read", "kept", "rows"):
+            counts[key] += c.get(key, 0) or 0
+        for key in ("rejected", "failed"):
+            for reason, n in (c.get(key) or {}).items():
+                counts[key][reason] = counts[key].get(reason, 0) + n
+        for key, value in (report.get("usage") or {}).items():
+            if isinstance(value, (int, float)):
+                usage[key] = usage.get(key, 0) + value
+        if "answered" in report:
+            answered = (answered or 0) + report["answered"]
+    merged: dict[str, Any] = {"counts": counts}
+    for key in ("kind", "multimodal", "details"):
+        if reports and key in reports[0]:
+            merged[key] = reports[0][key]
+    if usage:
+        merged["usage"] = usage
+    if answered is not None:
+        merged["answered"] = answered
+    return merged
+
+
+def assemble(shard_paths: list[Path], out: Path, report: dict[str, Any]) -> None:
+    """Shards → the stage's output folder at `out` (replacing an older one), in input order."""
+    with OutputFolder(out, overwrite=True) as folder:
+        if len(shard_paths) == 1:
+            # one shard is the output: move it in (its report is replaced by the stage's)
+            folder.path.rmdir()
+            shutil.copytree(shard_paths[0], folder.path, copy_function=_link_or_copy)
+            (folder.path / POSITIONS).unlink(missing_ok=True)
+        else:
+            _merge_datasets(shard_paths, folder.path)
+            _concat_logs([p / REJECTS for p in shard_paths], folder.path / REJECTS)
+            _concat_logs([p / FAILURES for p in shard_paths], folder.path / FAILURES)
+        (folder.path / USAGE).unlink(missing_ok=True)
+        if report.get("usage"):
+            folder.write_json(USAGE, report["usage"])
+        folder.write_json(REPORT, report)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    # a hard link is instant and the shard folder is deleted afterwards; copy across filesystems
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _merge_datasets(shard_paths: list[Path], target: Path) -> None:
+    import numpy as np
+    from datasets import concatenate_datasets, load_from_disk
+
+    from synth.data import quiet_datasets
+
+    with quiet_datasets():
+        parts = [load_from_disk(str(p)) for p in shard_paths]
+        merged = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+        position_files = [p / POSITIONS for p in shard_paths]
+        if len(merged) and all(f.is_file() for f in position_files):
+            positions = np.concatenate([np.load(f) for f in position_files])
+            if len(positions) == len(merged):
+                merged = merged.select(np.argsort(positions, kind="stable"))
+        save(merged, target)
