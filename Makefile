@@ -6,7 +6,7 @@ SYNTH  := $(VENV)/bin/synth
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: install demo test test-fast test-slow lint bench clean
+.PHONY: install demo browser test test-fast test-slow lint bench clean
 
 # torch is installed first, pinned: the CPU wheel 2.13.0 lies on this machine, while an open range
 # would pull a multi-GB CUDA build.
@@ -14,32 +14,28 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[local,train,dev]'
+	$(PY) -m pip install -q -e '.[local,train,ray,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# The main job, offline, on the embedded model: demo data -> adapt -> mix -> export, then the LLM
-# stages (self-instruct, answer generation, one MMEvol round) on Gemma 3 270M. Reruns reuse the caches.
+# The main job, offline, on the embedded model: one recipe (recipes/quickstart.yaml: demo data -> adapt ->
+# self-instruct -> MMEvol -> answers -> filters, dedup -> mix -> preference pairs -> exports -> Hub folder),
+# then the HTML report, then LoRA SFT + DPO of the embedded model on the demo's scene questions and the
+# before/after evaluation on held-out images. Reruns reuse every finished stage and the request cache.
 demo: export HF_HUB_OFFLINE := 1
 demo: install
-	$(SYNTH) demo-data $(DEMO)/shapes --count 200 --overwrite
-	$(SYNTH) adapt $(DEMO)/shapes -t vqa_conversation -o $(DEMO)/vqa_conversation --overwrite
-	$(SYNTH) adapt $(DEMO)/shapes -t caption_brief -o $(DEMO)/caption_brief --overwrite
-	$(SYNTH) adapt $(DEMO)/shapes -t vqa_short -o $(DEMO)/vqa_short --overwrite
-	$(SYNTH) adapt $(DEMO)/shapes -t ocr -o $(DEMO)/ocr --overwrite
-	$(SYNTH) adapt $(DEMO)/shapes -t scene_qa_text -o $(DEMO)/scene_qa_text --limit 20 --overwrite
-	$(SYNTH) mix recipes/mix_demo.yaml --out $(DEMO)/mix --overwrite
-	$(SYNTH) export $(DEMO)/mix --format llamafactory --out $(DEMO)/export/llamafactory --overwrite
-	$(SYNTH) export $(DEMO)/mix --format trl --out $(DEMO)/export/trl --overwrite
-	$(SYNTH) generate $(DEMO)/scene_qa_text --regenerate --limit 6 --max-tokens 24 --temperature 0 --out $(DEMO)/answers --overwrite
-	$(SYNTH) self-instruct --out $(DEMO)/self_instruct --count 3 --concurrency 4 --max-tokens 128 --instance-max-tokens 64 --seed 1 --overwrite
-	$(SYNTH) evolve $(DEMO)/shapes --method mmevol --rounds 1 --limit 4 --max-tokens 192 --judge-max-tokens 128 --out $(DEMO)/mmevol --overwrite
-	$(SYNTH) show $(DEMO)/answers -n 2
-	$(PY) -m synth.demo_summary $(DEMO)
+	$(SYNTH) run recipes/quickstart.yaml
+	rm -rf $(DEMO)/hub && mkdir -p $(DEMO) && cp -r runs/quickstart/hub $(DEMO)/hub
+	$(SYNTH) report runs/quickstart/mix runs/quickstart/mmevol runs/quickstart/prefs_perturb runs/quickstart/prefs_hallucinate --out $(DEMO)/report.html
+	$(PY) -m synth.train.demo $(DEMO)
 
 # Fast tests, then the slow ones on the real embedded model.
-test: install
+# The report's browser test needs Debian's chromium (installed here when missing; needs root).
+browser:
+	bash .ci/install-browser.sh
+
+test: install browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
 
@@ -57,6 +53,9 @@ bench: install
 	$(PY) bench/llm_bench.py
 	$(PY) bench/novelty_bench.py
 	$(PY) bench/clean_bench.py
+	$(PY) bench/memory_bench.py
+	$(PY) bench/run_bench.py
+	$(PY) bench/train_bench.py
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) runs .pytest_cache
