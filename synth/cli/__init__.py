@@ -15,6 +15,9 @@ from synth.cli import evolve as _evolve  # noqa: F401,E402
 from synth.cli import export as _export  # noqa: F401,E402
 from synth.cli import generate as _generate  # noqa: F401,E402
 from synth.cli import mix as _mix  # noqa: F401,E402
+from synth.cli import prefs as _prefs  # noqa: F401,E402
+from synth.cli import publish as _publish  # noqa: F401,E402
+from synth.cli import run as _run  # noqa: F401,E402
 from synth.cli import self_instruct as _self_instruct  # noqa: F401,E402
 from synth.cli.common import app
 
