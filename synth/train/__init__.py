@@ -1,0 +1,41 @@
+"""Training on synth's datasets: align (connector), LoRA SFT, DPO, merge, on transformers + peft + TRL.
+
+`load_recipe` reads a YAML recipe; `run_stage` runs it. Every check that needs no weights (recipe keys,
+columns, images vs placeholders, image data vs a text-only model, output folder) happens before the
+model loads. See `synth.train.runner` for the output layout and `synth.train.evaluate` for `synth eval`.
+"""
+
+from __future__ import annotations
+
+from synth.train.recipe import AlignRecipe, DpoRecipe, MergeRecipe, SftRecipe, load_recipe, recipe_from_dict
+
+
+def run_stage(stage: str, recipe, callbacks=None):
+    """Run a validated recipe for `stage` (align | sft | dpo | merge), with library noise silenced."""
+    from synth.train.runner import quiet_training
+
+    with quiet_training():
+        return _run(stage, recipe, callbacks)
+
+
+def _run(stage: str, recipe, callbacks):
+    if stage == "align":
+        from synth.train.align import run_align
+
+        return run_align(recipe, callbacks)
+    if stage == "sft":
+        from synth.train.sft import run_sft
+
+        return run_sft(recipe, callbacks)
+    if stage == "dpo":
+        from synth.train.dpo import run_dpo
+
+        return run_dpo(recipe, callbacks)
+    if stage == "merge":
+        from synth.train.merge import run_merge
+
+        return run_merge(recipe)
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+__all__ = ["AlignRecipe", "DpoRecipe", "MergeRecipe", "SftRecipe", "load_recipe", "recipe_from_dict", "run_stage"]

@@ -1,0 +1,541 @@
+"""`synth eval`: held-out metrics for one model, or several side by side on the same rows.
+
+On SFT rows (the last assistant reply is the reference):
+
+- **exact match** and **normalised accuracy** of the greedy answer, on short-answer rows (references
+  of at most `short_answer_words` words, or a multiple-choice letter). The answer is the first line of
+  the reply. Normalised: lower case, punctuation and articles dropped, number words as digits; a
+  multiple-choice reference ``B`` accepts a reply that starts with that letter (``B``, ``(B)``, ``B) red``).
+  Also, leniently, whether the answer *contains* the normalised reference as whole words ("The answer is
+  3." for ``3``): it shows what a model knows apart from the answer format.
+- **mean log-likelihood per token** of the reference replies (all rows), over the tokens the chat
+  template renders for the reply (its end-of-turn token included), as TRL trains them.
+
+On preference rows: **preference accuracy** (share of pairs where the model gives the chosen reply a
+higher log-likelihood than the rejected one) and the mean log-likelihood margin; for a model with an
+adapter also the **DPO reward accuracy** and **margin**, with the reference being the same model with
+the adapter disabled: reward = beta * (log p_model - log p_reference).
+
+Prompts are rendered with the chat template saved with the adapter (else the model's own, else synth's
+default), the one training used. Results: a table, ``eval.json`` and ``eval_predictions.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synth.errors import SynthError
+
+_ARTICLES = {"a", "an", "the"}
+_NUMBER_WORDS = {
+    w: str(i)
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+        "seventeen eighteen nineteen twenty".split()
+    )
+}
+_CHOICE = re.compile(r"[A-Ha-h]")
+_LEADING_CHOICE = re.compile(r"\W*([A-Ha-h])(?:\W|$)")
+#: Where a reply ends when the template's end-of-turn token is not generated (base models).
+STOPS = ("\n### ", "### Instruction", "### Response", "<|im_end|>", "<|im_start|>")
+
+
+# ---------------------------------------------------------------- answers
+
+
+def normalize_answer(text: str) -> str:
+    text = re.sub(r"[^\w\s]", " ", text.lower())
+    return " ".join(_NUMBER_WORDS.get(t, t) for t in text.split() if t not in _ARTICLES)
+
+
+def extract_answer(reply: str) -> str:
+    """The answer in a generated reply: text before any stop marker, first non-empty line, stripped."""
+    for stop in STOPS:
+        cut = reply.find(stop)
+        if cut >= 0:
+            reply = reply[:cut]
+    for line in reply.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def is_short_answer(reference: str, max_words: int) -> bool:
+    return 0 < len(reference.split()) <= max_words
+
+
+def contains_answer(prediction: str, reference: str) -> bool:
+    """Lenient: the normalised reference appears as whole words in the normalised answer
+    ("The answer is 3." contains "3"), whatever the answer's format."""
+    ref, pred = normalize_answer(reference), normalize_answer(prediction)
+    return bool(ref) and f" {ref} " in f" {pred} "
+
+
+def score_answer(prediction: str, reference: str) -> tuple[bool, bool]:
+    """(exact match, normalised match) of an extracted answer against the reference."""
+    prediction, reference = prediction.strip(), reference.strip()
+    exact = prediction == reference
+    if _CHOICE.fullmatch(reference):
+        match = _LEADING_CHOICE.match(prediction)
+        return exact, bool(match) and match.group(1).upper() == reference.upper()
+    return exact, exact or normalize_answer(prediction) == normalize_answer(reference)
+
+
+# ---------------------------------------------------------------- rows
+
+
+def _text(message: dict) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text") or "" for p in content or [] if p.get("type") == "text")
+
+
+@dataclass
+class EvalData:
+    source: str
+    split: str | None
+    kind: str  # "sft" | "preference"
+    ids: list[str]
+    prompts: list[list[dict]]
+    completions: list[list[dict]]  # sft: the reference reply; preference: chosen
+    rejected: list[list[dict]] = field(default_factory=list)
+    images: list[list[Any]] = field(default_factory=list)
+
+    @property
+    def references(self) -> list[str]:
+        return [_text(c[-1]) for c in self.completions]
+
+
+def load_eval_data(source: str, split: str | None = None, limit: int | None = None) -> EvalData:
+    from synth.records import dataset_kind
+    from synth.train.data import check_rows, read_split
+
+    dataset = read_split(source, split, limit)
+    kind = dataset_kind(dataset)
+    if kind == "other":
+        raise SynthError(
+            f"{source}: `synth eval` needs an SFT dataset (messages) or a preference dataset (prompt, chosen, "
+            f"rejected); columns: {', '.join(dataset.column_names)}"
+        )
+    check_rows(dataset, "dpo" if kind == "preference" else "sft", source)
+    ids = [str(i) for i in dataset["id"]] if "id" in dataset.column_names else [str(i) for i in range(len(dataset))]
+    images = [list(x or []) for x in dataset["images"]] if "images" in dataset.column_names else [[] for _ in ids]
+    if kind == "preference":
+        return EvalData(
+            source, split, kind, ids, list(dataset["prompt"]), list(dataset["chosen"]), list(dataset["rejected"]), images
+        )
+    prompts, completions = [], []
+    for messages in dataset["messages"]:
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prompts.append(messages[:last])
+        completions.append([messages[last]])
+    return EvalData(source, split, kind, ids, prompts, completions, [], images)
+
+
+# ---------------------------------------------------------------- models
+
+
+@dataclass
+class ModelSpec:
+    label: str
+    model: str
+    adapter: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.model} + {self.adapter}" if self.adapter else self.model
+
+
+def resolve_specs(model: str, adapter: str | None, compare: list[str] | None) -> list[ModelSpec]:
+    """Model specs from the CLI: MODEL [+ --adapter], or each --compare entry.
+
+    A compare entry is ``base`` (MODEL alone), an adapter folder (MODEL + that adapter), or any other
+    model (a path or Hub id); ``LABEL=ENTRY`` names its column.
+    """
+    from synth.train.models import is_adapter_dir
+
+    if compare and adapter:
+        raise SynthError("--adapter and --compare do not mix: list the adapter among the compared models instead")
+    if not compare:
+        label = Path(adapter).name if adapter else Path(model).name or model
+        return [ModelSpec(label or model, model, adapter)]
+    specs: list[ModelSpec] = []
+    for entry in compare:
+        label, sep, value = entry.partition("=")
+        if not sep:
+            label, value = "", entry
+        if value == "base":
+            spec = ModelSpec(label or "base", model, None)
+        elif is_adapter_dir(value):
+            spec = ModelSpec(label or Path(value).name, model, value)
+        else:
+            if Path(value).exists() is False and "/" not in value and value not in ("embedded", "gemma-3-270m"):
+                raise SynthError(
+                    f"--compare {entry}: not 'base', an adapter folder or a model folder; "
+                    "pass e.g. --compare base demo/train/sft"
+                )
+            spec = ModelSpec(label or Path(value).name or value, value, None)
+        specs.append(spec)
+    seen: dict[str, int] = {}
+    for spec in specs:
+        if spec.label in seen:
+            seen[spec.label] += 1
+            spec.label = f"{spec.label}#{seen[spec.label]}"
+        else:
+            seen[spec.label] = 1
+    return specs
+
+
+class Scorer:
+    """A loaded model (with optional adapter) that generates greedy answers and scores completions."""
+
+    def __init__(self, spec: ModelSpec, device: str = "auto", batch_size: int = 8, precision: str = "auto"):
+        import torch
+
+        from synth.train.models import (
+            device_and_precision,
+            inspect_model,
+            load_processing,
+            load_weights,
+            set_chat_template,
+            tokenizer_of,
+        )
+
+        self.spec = spec
+        # bf16 autocast where the hardware has it (weights stay float32 on CPU): ~3x faster on such CPUs.
+        self.device, self.precision = device_and_precision(device, precision)
+        self.info = inspect_model(spec.model)
+        self.processing = load_processing(self.info)
+        set_chat_template(self.processing, None, spec.adapter)
+        self.tokenizer = tokenizer_of(self.processing)
+        self.vision = self.processing is not self.tokenizer
+        dtype = "bfloat16" if self.device == "cuda" else "float32"
+        model = load_weights(self.info, device=self.device, dtype=dtype)
+        if spec.adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, spec.adapter)
+        self.model = model.eval()
+        self.batch_size = batch_size
+        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self.torch = torch
+
+    def _autocast(self):
+        import contextlib
+
+        if self.precision in ("bf16", "fp16") and self.device == "cpu":
+            return self.torch.autocast("cpu", dtype=self.torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # -------------------------------------------------- rendering
+
+    def _render(self, messages: list[dict], generation_prompt: bool) -> str:
+        return self.processing.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def _encode(self, texts: list[str], images: list[list[Any]], side: str):
+        self.tokenizer.padding_side = side
+        if self.vision and any(images):
+            from synth.data import decode_image
+
+            pil = [[decode_image(img) for img in row] for row in images]
+            enc = self.processing(text=texts, images=[im for row in pil for im in row], padding=True, return_tensors="pt",
+                                  add_special_tokens=False)
+        else:
+            enc = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    # -------------------------------------------------- generation
+
+    def generate(self, prompts: list[list[dict]], images: list[list[Any]], max_new_tokens: int) -> list[str]:
+        order = sorted(range(len(prompts)), key=lambda i: len(_flat_text(prompts[i])))
+        replies: dict[int, str] = {}
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            texts = [self._render(prompts[i], True) for i in batch]
+            enc = self._encode(texts, [images[i] for i in batch], "left")
+            width = enc["input_ids"].shape[1]
+            with self.torch.inference_mode(), self._autocast():
+                generated = self.model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=self.eos_ids or None,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+            for i, row in zip(batch, generated[:, width:].tolist()):
+                replies[i] = self.tokenizer.decode(_until_eos(row, self.eos_ids), skip_special_tokens=True)
+        return [replies[i] for i in range(len(prompts))]
+
+    # -------------------------------------------------- log-likelihood
+
+    def completion_logprobs(
+        self, prompts: list[list[dict]], completions: list[list[dict]], images: list[list[Any]], *, reference: bool = False
+    ) -> list[tuple[float, int]]:
+        """(sum of log-probs, token count) of each completion given its prompt; `reference`: adapter off."""
+        import contextlib
+
+        from trl.data_utils import common_prefix_length
+
+        rows = []
+        for prompt, completion in zip(prompts, completions):
+            prompt_text = self._render(prompt, True)
+            full_text = self._render(prompt + completion, False)
+            p_ids = self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+            f_ids = self.tokenizer(full_text, add_special_tokens=False)["input_ids"]
+            rows.append((full_text, len(f_ids) - common_prefix_length(p_ids, f_ids)))
+        results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+        context = self.model.disable_adapter() if reference and self.spec.adapter else contextlib.nullcontext()
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+        with context, self.torch.inference_mode(), self._autocast():
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                enc = self._encode([rows[i][0] for i in batch], [images[i] for i in batch], "left")
+                keep = max(rows[i][1] for i in batch) + 1
+                logits = self.model(**enc, logits_to_keep=keep).logits.float()
+                logprobs = self.torch.log_softmax(logits, dim=-1)
+                ids = enc["input_ids"]
+                for row, i in enumerate(batch):
+                    n = rows[i][1]
+                    if n == 0:
+                        continue
+                    targets = ids[row, -n:]
+                    scores = logprobs[row, keep - n - 1 : keep - 1].gather(-1, targets[:, None]).squeeze(-1)
+                    results[i] = (float(scores.sum()), n)
+        return results
+
+    def close(self) -> None:
+        self.model = None
+
+
+def _flat_text(messages: list[dict]) -> str:
+    return "".join(_text(m) for m in messages)
+
+
+def _until_eos(tokens: list[int], eos_ids: list[int]) -> list[int]:
+    for i, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[:i]
+    return tokens
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids: list[int] = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")):
+        for token in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(token, int) and token >= 0 and token != tokenizer.unk_token_id and token not in ids:
+                ids.append(token)
+    return ids
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def sft_metrics(scorer: Scorer, data: EvalData, *, max_new_tokens: int, short_answer_words: int) -> tuple[dict, list]:
+    references = data.references
+    short = [i for i, ref in enumerate(references) if is_short_answer(ref, short_answer_words) or _CHOICE.fullmatch(ref.strip())]
+    replies = scorer.generate([data.prompts[i] for i in short], [data.images[i] for i in short], max_new_tokens)
+    predictions: list[dict] = []
+    exact = normalized = lenient = 0
+    for i, reply in zip(short, replies):
+        answer = extract_answer(reply)
+        e, n = score_answer(answer, references[i])
+        c = n or contains_answer(answer, references[i])
+        exact, normalized, lenient = exact + e, normalized + n, lenient + c
+        predictions.append({"index": i, "prediction": answer, "reply": reply, "exact": e, "correct": n, "contains": c})
+    scores = scorer.completion_logprobs(data.prompts, data.completions, data.images)
+    total = sum(s for s, _ in scores)
+    tokens = sum(n for _, n in scores)
+    metrics = {
+        "rows": len(references),
+        "short_answer_rows": len(short),
+        "exact_match": exact / len(short) if short else None,
+        "normalized_accuracy": normalized / len(short) if short else None,
+        "contains_accuracy": lenient / len(short) if short else None,
+        "mean_logprob_per_token": total / tokens if tokens else None,
+        "reference_tokens": tokens,
+    }
+    return metrics, predictions
+
+
+def preference_metrics(scorer: Scorer, data: EvalData, *, beta: float) -> tuple[dict, list]:
+    chosen = scorer.completion_logprobs(data.prompts, data.completions, data.images)
+    rejected = scorer.completion_logprobs(data.prompts, data.rejected, data.images)
+    n = len(chosen)
+    margins = [c - r for (c, _), (r, _) in zip(chosen, rejected)]
+    metrics: dict[str, Any] = {
+        "pairs": n,
+        "preference_accuracy": sum(m > 0 for m in margins) / n,
+        "logprob_margin": sum(margins) / n,
+    }
+    rows = [{"index": i, "chosen_logprob": c, "rejected_logprob": r} for i, ((c, _), (r, _)) in enumerate(zip(chosen, rejected))]
+    if scorer.spec.adapter:
+        ref_c = scorer.completion_logprobs(data.prompts, data.completions, data.images, reference=True)
+        ref_r = scorer.completion_logprobs(data.prompts, data.rejected, data.images, reference=True)
+        rewards = [
+            (beta * (c - rc), beta * (r - rr)) for (c, _), (r, _), (rc, _), (rr, _) in zip(chosen, rejected, ref_c, ref_r)
+        ]
+        metrics.update(
+            reward_accuracy=sum(rc > rr for rc, rr in rewards) / n,
+            reward_margin=sum(rc - rr for rc, rr in rewards) / n,
+            beta=beta,
+        )
+        for row, (rc, rr) in zip(rows, rewards):
+            row.update(chosen_reward=rc, rejected_reward=rr)
+    return metrics, rows
+
+
+@dataclass
+class EvalReport:
+    data: EvalData
+    specs: list[ModelSpec]
+    metrics: dict[str, dict[str, Any]]
+    predictions: dict[str, list[dict]]
+    seconds: dict[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.data.source,
+            "split": self.data.split,
+            "kind": self.data.kind,
+            "rows": len(self.data.ids),
+            "models": {
+                s.label: {"model": s.model, "adapter": s.adapter, **self.metrics[s.label], "seconds": round(self.seconds[s.label], 1)}
+                for s in self.specs
+            },
+        }
+
+
+def evaluate(
+    specs: list[ModelSpec],
+    source: str,
+    split: str | None = None,
+    *,
+    limit: int | None = None,
+    max_new_tokens: int = 16,
+    batch_size: int = 8,
+    beta: float = 0.1,
+    short_answer_words: int = 5,
+    device: str = "auto",
+    precision: str = "auto",
+    announce=None,
+) -> EvalReport:
+    """Evaluate every spec on the same rows (models load one at a time)."""
+    from synth.train.runner import quiet_training
+
+    with quiet_training():
+        return _evaluate(
+            specs, source, split, limit, max_new_tokens, batch_size, beta, short_answer_words, device, precision, announce
+        )
+
+
+def _evaluate(specs, source, split, limit, max_new_tokens, batch_size, beta, short_answer_words, device, precision, announce):
+    data = load_eval_data(source, split, limit)
+    metrics, predictions, seconds = {}, {}, {}
+    for spec in specs:
+        started = time.monotonic()
+        if announce:
+            announce(f"evaluating {spec.label} ({spec.describe()}) on {len(data.ids)} rows")
+        scorer = Scorer(spec, device=device, batch_size=batch_size, precision=precision)
+        try:
+            if data.kind == "preference":
+                metrics[spec.label], predictions[spec.label] = preference_metrics(scorer, data, beta=beta)
+            else:
+                metrics[spec.label], predictions[spec.label] = sft_metrics(
+                    scorer, data, max_new_tokens=max_new_tokens, short_answer_words=short_answer_words
+                )
+        finally:
+            scorer.close()
+        seconds[spec.label] = time.monotonic() - started
+    return EvalReport(data, specs, metrics, predictions, seconds)
+
+
+def write_report(report: EvalReport, out: str | Path) -> tuple[Path, Path]:
+    """eval.json (metrics) and eval_predictions.jsonl (one line per row and model) beside it."""
+    from synth.io import write_json, write_jsonl
+
+    out = Path(out)
+    if out.suffix != ".json":
+        out = out / "eval.json"
+    write_json(report.as_dict(), out)
+    predictions_path = out.with_name(out.stem + "_predictions.jsonl")
+    data = report.data
+    references = data.references
+
+    def rows():
+        for label, items in report.predictions.items():
+            for item in items:
+                i = item["index"]
+                yield {"model": label, "id": data.ids[i], "reference": references[i] if data.kind == "sft" else None,
+                       **{k: v for k, v in item.items() if k != "index"}}
+
+    write_jsonl(rows(), predictions_path)
+    return out, predictions_path
+
+
+METRIC_LABELS = {
+    "sft": [
+        ("exact_match", "exact match", "pct"),
+        ("normalized_accuracy", "normalised accuracy", "pct"),
+        ("contains_accuracy", "answer contains reference", "pct"),
+        ("mean_logprob_per_token", "mean log-lik / token", "num"),
+        ("short_answer_rows", "short-answer rows", "int"),
+        ("rows", "rows", "int"),
+    ],
+    "preference": [
+        ("preference_accuracy", "preference accuracy", "pct"),
+        ("logprob_margin", "log-lik margin", "num"),
+        ("reward_accuracy", "DPO reward accuracy", "pct"),
+        ("reward_margin", "DPO reward margin", "num"),
+        ("pairs", "pairs", "int"),
+    ],
+}
+
+
+def format_value(value, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "int":
+        return f"{value:,}"
+    return f"{value:.4f}"
+
+
+def format_delta(a, b, kind: str) -> str:
+    if a is None or b is None or kind == "int":
+        return ""
+    if kind == "pct":
+        return f"{100 * (b - a):+.1f} pts"
+    return f"{b - a:+.4f}"
+
+
+def render_table(report: EvalReport):
+    from rich.table import Table
+
+    split = f" (split {report.data.split})" if report.data.split else ""
+    table = Table(title=f"eval on {report.data.source}{split}: {len(report.data.ids)} {report.data.kind} rows")
+    table.add_column("metric", style="bold")
+    for spec in report.specs:
+        table.add_column(spec.label, justify="right")
+    compare = len(report.specs) >= 2
+    if compare:
+        table.add_column(f"Δ {report.specs[-1].label} - {report.specs[0].label}", justify="right", style="green")
+    for key, name, kind in METRIC_LABELS[report.data.kind]:
+        values = [report.metrics[s.label].get(key) for s in report.specs]
+        if all(v is None for v in values):
+            continue
+        row = [name, *(format_value(v, kind) for v in values)]
+        if compare:
+            row.append(format_delta(values[0], values[-1], kind))
+        table.add_row(*row)
+    return table
+
+
+def summary_json(report: EvalReport) -> str:
+    return json.dumps(report.as_dict(), indent=2)

@@ -1,0 +1,346 @@
+"""What every training stage shares: checks before loading, TRL config fields, resume, save, summary.
+
+A stage (align, sft, dpo) is: `prepare` (read + check the data, read the model's config, load the
+tokenizer/processor and its chat template, drop over-long rows: all before any weights load), build a
+TRL trainer, `train` (resume from a checkpoint when asked), `finish` (save the adapter or model with its
+tokenizer/processor and chat template, write ``train_summary.json``, print the summary).
+
+Output folder: ``OUT/`` holds the result (adapter or model files, tokenizer/processor, chat template,
+``train_summary.json``); ``OUT/checkpoints/checkpoint-N`` the Trainer checkpoints that `resume` reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synth.errors import SynthError
+from synth.train.data import (
+    DataReport,
+    check_dataset,
+    check_model_fits_data,
+    drop_long_rows,
+    read_recipe_data,
+    select_for_trl,
+)
+from synth.train.models import (
+    ModelInfo,
+    device_and_precision,
+    inspect_model,
+    load_processing,
+    set_chat_template,
+)
+from synth.train.progress import ProgressLine, console, strip_printer
+
+DEFAULT_LR = {"align": 1e-3, "sft": 2e-4, "dpo": 5e-5}
+
+
+@dataclass
+class Plan:
+    """Everything known before the weights load."""
+
+    stage: str
+    recipe: Any
+    info: ModelInfo
+    processing: Any
+    train: Any
+    eval: Any | None
+    report: DataReport
+    device: str
+    precision: str
+    out: Path
+    resume_from: str | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_vision_data(self) -> bool:
+        return "images" in self.train.column_names
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    summary: dict[str, Any]
+
+
+# ---------------------------------------------------------------- before loading
+
+
+def _check_output(recipe) -> tuple[Path, str | None]:
+    """The output folder, and the checkpoint to resume from (None: start fresh)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(recipe.output_dir)
+    checkpoints = out / "checkpoints"
+    if recipe.resume:
+        if isinstance(recipe.resume, str):
+            path = Path(recipe.resume)
+            if not (path / "trainer_state.json").is_file():
+                raise SynthError(f"resume: {path} is not a checkpoint folder (no trainer_state.json)")
+            return out, str(path)
+        last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        if last is None:
+            raise SynthError(
+                f"resume: no checkpoint in {checkpoints}; run without resume (checkpoints are written every "
+                "`save_steps` steps)"
+            )
+        return out, last
+    if _has_results(out):
+        if not recipe.overwrite:
+            raise SynthError(
+                f"{out} already exists; set overwrite: true (or -s overwrite=true) to replace it, "
+                "or resume: true to continue its last checkpoint"
+            )
+        shutil.rmtree(out)
+    elif out.is_dir():
+        shutil.rmtree(out)  # only an empty checkpoints folder of a run that never got to a step
+    return out, None
+
+
+def _has_results(out: Path) -> bool:
+    """Anything there besides an empty checkpoints folder (the Trainer makes one before the first step)."""
+    if not out.is_dir():
+        return out.exists()
+    for entry in out.iterdir():
+        if entry.name == "checkpoints" and entry.is_dir() and not any(entry.iterdir()):
+            continue
+        return True
+    return False
+
+
+def prepare(recipe, stage: str) -> Plan:
+    """Checks that need no weights, in the order that fails fastest; then the tokenizer and lengths."""
+    train, evaluation = read_recipe_data(recipe)
+    source = recipe.dataset + (f" (split {recipe.split})" if recipe.split else "")
+    eval_source = (recipe.eval_dataset or recipe.dataset) + (f" (split {recipe.eval_split})" if recipe.eval_split else "")
+    check_dataset(train, stage, source)
+    if evaluation is not None:
+        check_dataset(evaluation, stage, eval_source)
+    out, resume_from = _check_output(recipe)
+    info = inspect_model(recipe.model, recipe.revision)
+    check_model_fits_data(train, info, stage, source)
+    device, precision = device_and_precision(recipe.device, recipe.precision)
+
+    processing = load_processing(info)
+    set_chat_template(processing, recipe.chat_template, getattr(recipe, "adapter", None))
+    report = DataReport(source=source, max_length=recipe.max_length)
+    train = select_for_trl(train, stage)
+    train, report.dropped_too_long, report.longest = drop_long_rows(train, processing, stage, recipe.max_length)
+    if len(train) == 0:
+        raise SynthError(
+            f"{source}: every row is longer than max_length={recipe.max_length} tokens (longest {report.longest}); "
+            "raise max_length"
+        )
+    report.rows = len(train)
+    if evaluation is not None:
+        evaluation = select_for_trl(evaluation, stage)
+        evaluation, report.eval_dropped_too_long, _ = drop_long_rows(evaluation, processing, stage, recipe.max_length)
+        report.eval_rows = len(evaluation)
+        if len(evaluation) == 0:
+            evaluation = None
+    # In memory: TRL's map() calls would otherwise write cache files into the user's dataset folder.
+    train = train.flatten_indices(keep_in_memory=True)
+    if evaluation is not None:
+        evaluation = evaluation.flatten_indices(keep_in_memory=True)
+    plan = Plan(stage, recipe, info, processing, train, evaluation, report, device, precision, out, resume_from)
+    if report.dropped_too_long:
+        plan.notes.append(
+            f"dropped {report.dropped_too_long} of {report.rows + report.dropped_too_long} rows longer than "
+            f"max_length={recipe.max_length} tokens (longest {report.longest})"
+        )
+    return plan
+
+
+# ---------------------------------------------------------------- TRL config
+
+
+def trainer_fields(plan: Plan, config_cls) -> dict[str, Any]:
+    """The TrainingArguments fields a recipe sets (stage-specific ones are added by the stage)."""
+    recipe = plan.recipe
+    has_eval = plan.eval is not None
+    gradient_checkpointing = recipe.gradient_checkpointing
+    if gradient_checkpointing == "auto":
+        # Recomputing activations costs ~30% speed; only QLoRA (memory-bound by design) turns it on.
+        gradient_checkpointing = bool(getattr(recipe, "qlora", False))
+    fields: dict[str, Any] = {
+        "output_dir": str(plan.out / "checkpoints"),
+        "learning_rate": recipe.learning_rate or DEFAULT_LR[plan.stage],
+        "lr_scheduler_type": recipe.lr_scheduler,
+        "warmup_steps": recipe.warmup_ratio,
+        "weight_decay": recipe.weight_decay,
+        "num_train_epochs": recipe.epochs,
+        "max_steps": recipe.max_steps or -1,
+        "per_device_train_batch_size": recipe.batch_size,
+        "per_device_eval_batch_size": recipe.batch_size,
+        "gradient_accumulation_steps": recipe.gradient_accumulation,
+        "max_length": recipe.max_length,
+        "logging_steps": recipe.logging_steps,
+        "eval_strategy": "steps" if has_eval and recipe.eval_steps else "no",
+        "eval_steps": recipe.eval_steps if has_eval else None,
+        "save_strategy": "steps" if recipe.save_steps else "no",
+        "save_steps": recipe.save_steps or 500,
+        "save_total_limit": recipe.save_total_limit,
+        "seed": recipe.seed,
+        "data_seed": recipe.seed,
+        "report_to": recipe.report_to,
+        "use_cpu": plan.device == "cpu",
+        "bf16": plan.precision == "bf16",
+        "fp16": plan.precision == "fp16",
+        "gradient_checkpointing": gradient_checkpointing,
+        "disable_tqdm": not console.is_terminal,
+        "dataloader_pin_memory": plan.device == "cuda",
+        # Liger's fused RMSNorm/RoPE/SwiGLU kernels (Triton, CUDA only), when installed.
+        "use_liger_kernel": plan.device == "cuda" and importlib.util.find_spec("liger_kernel") is not None,
+    }
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    for key, value in recipe.trl.items():
+        if key not in names:
+            raise SynthError(f"trl.{key}: not a field of TRL's {config_cls.__name__}; see its documentation")
+        fields[key] = value
+    return fields
+
+
+@contextlib.contextmanager
+def compact_lm_head(device: str):
+    """On CPU, score only the positions that carry a label in TRL's fused LM head.
+
+    TRL's fused head projects only labelled positions on CUDA/XPU, but every position elsewhere (so
+    that compiled devices such as Neuron keep one tile shape). CPUs compile nothing, and with the loss on
+    assistant tokens most positions carry no label: with Gemma's 262k vocabulary this halves a CPU step.
+    The loss is the same (see tests/test_train_sft.py); this only swaps TRL's device test, when present.
+    """
+    try:
+        import trl.trainer.utils as trl_utils
+    except ImportError:  # pragma: no cover - trl is a dependency of the train extra
+        yield
+        return
+    original = getattr(trl_utils, "_use_triton", None)
+    if device != "cpu" or original is None or not hasattr(trl_utils, "add_fused_lm_head"):
+        yield
+        return
+    trl_utils._use_triton = lambda d: d.type == "cpu" or original(d)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+# ---------------------------------------------------------------- training
+
+
+@contextlib.contextmanager
+def quiet_training():
+    """Library noise off while a stage runs: deprecation warnings of transformers/TRL/PEFT internals,
+    `datasets` progress bars (TRL's tokenizing maps), transformers' info logs. Errors still surface."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from synth.data import quiet_datasets
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    tqdm_env = os.environ.get("TQDM_DISABLE")
+    if not console.is_terminal:
+        os.environ["TQDM_DISABLE"] = "1"  # TRL's reference-pass bar: a line per update in a log file
+    try:
+        with warnings.catch_warnings(), quiet_datasets():
+            for module in ("transformers", "trl", "peft", "accelerate", "torch"):
+                warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+                warnings.filterwarnings("ignore", category=UserWarning, module=module)
+                warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if tqdm_env is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_env
+
+
+def train(plan: Plan, trainer, progress: ProgressLine) -> dict[str, Any]:
+    """Run trainer.train (resuming when the plan says so) and a final evaluation when there is eval data."""
+    strip_printer(trainer)
+    for note in plan.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    if plan.resume_from:
+        console.print(f"resuming from {plan.resume_from}")
+    started = time.monotonic()
+    with compact_lm_head(plan.device):
+        output = trainer.train(resume_from_checkpoint=plan.resume_from)
+        metrics = dict(output.metrics)
+        if plan.eval is not None:
+            metrics.update(trainer.evaluate())
+    metrics["wall_seconds"] = time.monotonic() - started
+    return metrics
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "-"
+    return out
+
+
+def finish(plan: Plan, trainer, metrics: dict[str, Any], progress: ProgressLine, saved: str) -> TrainResult:
+    """Save the tokenizer/processor (with its chat template), the summary, and print it."""
+    plan.processing.save_pretrained(str(plan.out))
+    checkpoints = plan.out / "checkpoints"
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()  # made by the Trainer; no save_steps, no checkpoints
+    state = trainer.state
+    summary = {
+        "stage": plan.stage,
+        "model": plan.info.name,
+        "model_path": plan.info.path,
+        "adapter_of": getattr(plan.recipe, "adapter", None),
+        "saved": saved,
+        "output_dir": str(plan.out),
+        "steps": state.global_step,
+        "epochs": state.epoch,
+        "tokens": getattr(trainer, "_total_train_tokens", None) or progress.tokens or None,
+        "train_seconds": round(metrics.get("train_runtime", 0.0), 2),
+        "final_train_loss": progress.last("loss"),
+        "mean_train_loss": metrics.get("train_loss"),
+        "eval_loss": metrics.get("eval_loss"),
+        "loss_history": [[e["step"], e["loss"]] for e in progress.history if "loss" in e],
+        "resumed_from": plan.resume_from,
+        "device": plan.device,
+        "precision": plan.precision,
+        "data": plan.report.as_dict(),
+        "notes": plan.notes,
+        "recipe": plan.recipe.model_dump(mode="json"),
+        "versions": _versions(),
+    }
+    for key in ("eval_rewards/accuracies", "eval_rewards/margins"):
+        if key in metrics:
+            summary[key.replace("/", "_")] = metrics[key]
+    (plan.out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    _print_summary(summary)
+    return TrainResult(plan.out, summary)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    def num(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    tokens = s["tokens"]
+    rate = f" ({tokens / s['train_seconds']:,.0f} tok/s)" if tokens and s["train_seconds"] else ""
+    console.print(
+        f"[bold green]{s['stage']} done[/]: {s['steps']} steps, {num(tokens, ',.0f')} tokens in "
+        f"{s['train_seconds']:.0f}s{rate}; final train loss {num(s['final_train_loss'], '.4f')}, "
+        f"eval loss {num(s['eval_loss'], '.4f')}; {s['saved']} saved to {s['output_dir']}"
+    )
