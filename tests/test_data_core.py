@@ -4,7 +4,6 @@ strict YAML. (Peer layouts are in test_data_layouts.py.)"""
 from __future__ import annotations
 
 import io
-import json
 import os
 
 import pytest
