@@ -21,14 +21,18 @@ install: $(STAMP)
 
 # The main job, offline, on the embedded model: one recipe (recipes/quickstart.yaml: demo data -> adapt ->
 # self-instruct -> MMEvol -> answers -> filters, dedup -> mix -> preference pairs -> exports -> Hub folder),
-# then the HTML report, then LoRA SFT + DPO of the embedded model on the demo's scene questions and the
-# before/after evaluation on held-out images. Reruns reuse every finished stage and the request cache.
+# then the HTML report, then LoRA SFT of the embedded model on the demo's scene questions (as text), DPO on
+# perturbed pairs of them, and the before/after evaluation on held-out images (synth/train/demo.py).
+# Reruns reuse every finished stage and the request cache.
 demo: export HF_HUB_OFFLINE := 1
 demo: install
 	$(SYNTH) run recipes/quickstart.yaml
-	rm -rf $(DEMO)/hub && mkdir -p $(DEMO) && cp -r runs/quickstart/hub $(DEMO)/hub
+	rm -rf $(DEMO)/hub && mkdir -p $(DEMO) && cp -r runs/quickstart/hub/repo $(DEMO)/hub
 	$(SYNTH) report runs/quickstart/mix runs/quickstart/mmevol runs/quickstart/prefs_perturb runs/quickstart/prefs_hallucinate --out $(DEMO)/report.html
-	$(PY) -m synth.train.demo $(DEMO)
+	$(SYNTH) demo-data $(DEMO)/shapes --count 200 --overwrite
+	$(SYNTH) adapt $(DEMO)/shapes -t scene_qa_text -o $(DEMO)/scene_qa_train --overwrite
+	$(SYNTH) prefs $(DEMO)/scene_qa_train --strategy perturb --scenes $(DEMO)/shapes -o $(DEMO)/prefs --overwrite
+	$(PY) -m synth.train.demo $(DEMO) --prefs $(DEMO)/prefs
 
 # Fast tests, then the slow ones on the real embedded model.
 # The report's browser test needs Debian's chromium (installed here when missing; needs root).
