@@ -19,7 +19,11 @@ from synth.train.evaluate import (
     score_answer,
 )
 from tests.cli_helpers import one_line_error, run_cli
-from tests.train_helpers import save_pairs, tiny_text_model
+from tests.train_helpers import (
+    one_torch_thread,  # noqa: F401  (autouse: one torch thread)
+    save_pairs,
+    tiny_text_model,
+)
 
 
 def test_answer_normalisation_and_scoring():

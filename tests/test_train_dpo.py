@@ -9,7 +9,13 @@ import torch
 from transformers import TrainerCallback
 
 from synth.train import recipe_from_dict, run_stage
-from tests.train_helpers import adapted, fast_fields, scene_pairs, tiny_text_model
+from tests.train_helpers import (
+    adapted,
+    fast_fields,
+    one_torch_thread,  # noqa: F401  (autouse: one torch thread)
+    scene_pairs,
+    tiny_text_model,
+)
 
 
 @pytest.fixture(scope="module")

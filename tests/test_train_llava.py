@@ -11,7 +11,15 @@ import torch
 from transformers import TrainerCallback
 
 from synth.train import recipe_from_dict, run_stage
-from tests.train_helpers import adapted, fast_fields, params_of, save_pairs, tiny_llava, wrong_answer
+from tests.train_helpers import (
+    adapted,
+    fast_fields,
+    one_torch_thread,  # noqa: F401  (autouse: one torch thread)
+    params_of,
+    save_pairs,
+    tiny_llava,
+    wrong_answer,
+)
 
 
 class Params(TrainerCallback):

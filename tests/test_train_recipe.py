@@ -14,7 +14,13 @@ import pytest
 from synth.errors import SynthError
 from synth.train.recipe import apply_overrides, load_recipe, parse_overrides
 from tests.cli_helpers import one_line_error, run_cli
-from tests.train_helpers import adapted, save_pairs, tiny_text_model, write_recipe
+from tests.train_helpers import (
+    adapted,
+    one_torch_thread,  # noqa: F401  (autouse: one torch thread)
+    save_pairs,
+    tiny_text_model,
+    write_recipe,
+)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,12 @@ import torch
 from transformers import TrainerCallback
 
 from synth.train import recipe_from_dict, run_stage
-from tests.train_helpers import adapted, fast_fields, tiny_text_model
+from tests.train_helpers import (
+    adapted,
+    fast_fields,
+    one_torch_thread,  # noqa: F401  (autouse: one torch thread)
+    tiny_text_model,
+)
 
 PROBE = "### Instruction:\nHow many shapes are there?\n\n### Response:\n"
 

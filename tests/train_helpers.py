@@ -12,11 +12,24 @@ import random
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.cli_helpers import run_cli
 
 _ROOT = Path(tempfile.mkdtemp(prefix="synth-train-tests-"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread; on a shared 2-core machine, torch's spinning worker threads
+    made these tests 5x slower. Imported into a test module, it applies to that module (restored after)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @functools.cache

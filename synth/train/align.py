@@ -33,7 +33,7 @@ def run_align(recipe: AlignRecipe, callbacks=None) -> TrainResult:
     from synth.train.sft import loss_mode
 
     plan = prepare(recipe, "align")
-    model = load_weights(plan.info, device=plan.device, attn=attn_implementation(plan.device))
+    model = load_weights(plan.info, device=plan.device, attn=attn_implementation(plan.device, "float32"))
     freeze_all_but_connector(model)
     fields = trainer_fields(plan, SFTConfig)
     fields.update(loss_mode(plan, "assistant"))  # the captions are the assistant turns

@@ -15,7 +15,15 @@ from synth.errors import SynthError
 from synth.train.models import attn_implementation, is_adapter_dir, load_weights
 from synth.train.progress import ProgressLine
 from synth.train.recipe import DpoRecipe
-from synth.train.runner import TrainResult, compact_lm_head, finish, prepare, train, trainer_fields
+from synth.train.runner import (
+    TrainResult,
+    compact_lm_head,
+    finish,
+    prepare,
+    train,
+    trainer_fields,
+    weights_dtype,
+)
 
 
 def build_trainer(plan, model, callbacks=None):
@@ -66,7 +74,12 @@ def _check_adapter(recipe: DpoRecipe) -> None:
 def run_dpo(recipe: DpoRecipe, callbacks=None) -> TrainResult:
     _check_adapter(recipe)
     plan = prepare(recipe, "dpo")
-    model = load_weights(plan.info, device=plan.device, qlora=recipe.qlora, attn=attn_implementation(plan.device))
+    frozen_base = recipe.adapter is not None or recipe.lora is not None
+    dtype = weights_dtype(plan, frozen_base)
+    model = load_weights(
+        plan.info, device=plan.device, dtype=dtype, qlora=recipe.qlora,
+        attn=attn_implementation(plan.device, dtype),
+    )
     with compact_lm_head(plan.device):  # the reference pass runs while the trainer is built
         trainer, progress = build_trainer(plan, model, callbacks)
         metrics = train(plan, trainer, progress)

@@ -105,9 +105,10 @@ def cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def attn_implementation(device: str) -> str:
-    """flash_attention_2 on CUDA when installed (varlen kernels for packed rows), else sdpa."""
-    if device == "cuda":
+def attn_implementation(device: str, dtype: str = "bfloat16") -> str:
+    """flash_attention_2 on CUDA when installed and the weights are half precision (varlen kernels for
+    packed rows), else sdpa (which separates packed rows by their position_ids)."""
+    if device == "cuda" and dtype in ("bfloat16", "float16"):
         import importlib.util
 
         if importlib.util.find_spec("flash_attn") is not None:

@@ -208,6 +208,14 @@ def trainer_fields(plan: Plan, config_cls) -> dict[str, Any]:
     return fields
 
 
+def weights_dtype(plan: Plan, frozen_base: bool) -> str:
+    """float32 weights (mixed precision via autocast), except a frozen base (LoRA) on a GPU, which is held
+    in bf16/fp16: half the memory, and the dtype flash-attention kernels need. Adapters stay float32."""
+    if frozen_base and plan.device == "cuda" and plan.precision in ("bf16", "fp16"):
+        return "bfloat16" if plan.precision == "bf16" else "float16"
+    return "float32"
+
+
 @contextlib.contextmanager
 def compact_lm_head(device: str):
     """On CPU, score only the positions that carry a label in TRL's fused LM head.

@@ -24,7 +24,7 @@ from synth.train.models import (
 )
 from synth.train.progress import ProgressLine
 from synth.train.recipe import SftRecipe
-from synth.train.runner import TrainResult, finish, prepare, train, trainer_fields
+from synth.train.runner import TrainResult, finish, prepare, train, trainer_fields, weights_dtype
 
 
 def lora_config(spec, model, is_vision: bool):
@@ -123,8 +123,10 @@ def freeze_vision_tower(model) -> None:
 
 def run_sft(recipe: SftRecipe, callbacks=None) -> TrainResult:
     plan = prepare(recipe, "sft")
+    dtype = weights_dtype(plan, recipe.lora is not None)
     model = load_weights(
-        plan.info, device=plan.device, qlora=recipe.qlora, attn=attn_implementation(plan.device)
+        plan.info, device=plan.device, dtype=dtype, qlora=recipe.qlora,
+        attn=attn_implementation(plan.device, dtype),
     )
     trainer, progress = build_trainer(plan, model, callbacks)
     metrics = train(plan, trainer, progress)
