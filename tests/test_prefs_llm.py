@@ -451,7 +451,8 @@ def test_hallucinate_pairs_the_reference_with_an_injected_error(llm_server, make
     rejects = {r["id"]: (r["reason"], r["level"]) for r in read_jsonl(tmp_path / "out" / "rejects.jsonl")}
     assert rejects == {"h2": ("identical", "prompt"), "h3": ("empty_rewrite", "prompt"), "h4": ("no_reference", "prompt"),
                        "h5": ("copied_prompt", "prompt"), "h6": ("copied_prompt", "prompt")}
-    body = llm_server.requests[0]
+    # requests run concurrently: take h1's by its question, not by arrival order
+    body = next(b for b in llm_server.requests if "### Question\nColour?" in user_text(b))
     prompt = user_text(body)
     assert "### Correct answer\nThe circle is red." in prompt and prompt.endswith("Reply with JSON only, as before.")
     assert "exactly one plausible but wrong detail" in body["messages"][0]["content"]  # the instructions, once
