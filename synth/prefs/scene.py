@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from synth.boxes import normalise_objects, object_rows
+
 CAPTION_COLUMNS = ("detailed_caption", "caption", "description")
 OBJECT_COLUMNS = ("objects", "boxes", "regions")
 IMAGE_COLUMNS = ("image", "images")
@@ -31,40 +33,14 @@ def _first(record: dict, names: tuple[str, ...]) -> Any:
     return next((record[c] for c in names if record.get(c) not in (None, "", [])), None)
 
 
-def _rows(value: Any) -> list[dict]:
-    if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
-        keys = list(value)
-        return [dict(zip(keys, row, strict=True)) for row in zip(*(value[k] for k in keys), strict=True)]
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
-
-
 def objects_of(value: Any, image_size: tuple[int, int] | None = None) -> list[dict[str, Any]]:
-    """Object entries with a label and a normalised box; pixel boxes (values above 1) need `image_size`."""
-    out = []
-    for entry in _rows(value):
-        label = entry.get("label") or entry.get("name") or entry.get("category")
-        box = entry.get("box") or entry.get("bbox")
-        if not label or not isinstance(box, (list, tuple)) or len(box) != 4:
-            continue
-        try:
-            x0, y0, x1, y1 = (float(v) for v in box)
-        except (TypeError, ValueError):
-            continue
-        if max(x0, y0, x1, y1) > 1.0:
-            if image_size is None:
-                continue
-            width, height = image_size
-            x0, x1, y0, y1 = x0 / width, x1 / width, y0 / height, y1 / height
-        box = [round(min(max(v, 0.0), 1.0), 3) for v in (x0, y0, x1, y1)]
-        if box[2] <= box[0] or box[3] <= box[1]:
-            continue
-        extra = {k: v for k, v in entry.items() if k in ("color", "shape", "size") and v}
-        out.append({"label": str(label), "box": box, **extra})
-    return out
+    """Object entries with a label and a normalised box (and colour, shape, size when given); pixel boxes
+    (values above 1) need `image_size`."""
+    return normalise_objects(value, image_size, keep=("color", "shape", "size"))
 
 
 def _needs_size(value: Any) -> bool:
-    for entry in _rows(value):
+    for entry in object_rows(value):
         box = entry.get("box") or entry.get("bbox")
         try:
             if isinstance(box, (list, tuple)) and max(float(v) for v in box) > 1.0:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from synth import boxes
 from synth.data.images import ImageError, image_ref
 from synth.generate.evolution.base import EvolutionConfig, EvolutionStage, Outcome, Version
 from synth.generate.evolution.elimination import (
@@ -373,33 +374,5 @@ class MMEvol(EvolutionStage):
 
 
 def normalise_objects(value: Any, image_size: tuple[int, int]) -> list[dict[str, Any]]:
-    """Object boxes as ``[{"label", "box"}]`` with box = normalised [x0, y0, x1, y1]; bad entries are skipped.
-
-    Accepts a list of dicts (`label`/`name`/`category`, `box`/`bbox`) or a dict of lists (Arrow's layout
-    of a list of structs). Boxes with values above 1 are taken as pixels and divided by the image size.
-    """
-    if not value:
-        return []
-    if isinstance(value, dict):  # {"label": [...], "box": [...]}
-        keys = list(value)
-        value = [dict(zip(keys, row, strict=True)) for row in zip(*(value[k] for k in keys), strict=True)]
-    width, height = image_size
-    out = []
-    for entry in value:
-        if not isinstance(entry, dict):
-            continue
-        label = entry.get("label") or entry.get("name") or entry.get("category")
-        box = entry.get("box") or entry.get("bbox")
-        if not label or not isinstance(box, (list, tuple)) or len(box) != 4:
-            continue
-        try:
-            x0, y0, x1, y1 = (float(v) for v in box)
-        except (TypeError, ValueError):
-            continue
-        if max(x0, y0, x1, y1) > 1.0:
-            x0, x1, y0, y1 = x0 / width, x1 / width, y0 / height, y1 / height
-        box = [min(max(v, 0.0), 1.0) for v in (x0, y0, x1, y1)]
-        if box[2] <= box[0] or box[3] <= box[1]:
-            continue
-        out.append({"label": str(label), "box": [round(v, 3) for v in box]})
-    return out
+    """Object boxes as ``[{"label", "box"}]`` with box = normalised [x0, y0, x1, y1] (see `synth.boxes`)."""
+    return boxes.normalise_objects(value, image_size)
