@@ -89,7 +89,7 @@ def test_bad_benchmarks_are_clear_errors(tmp_path):
         Decontaminate(benchmarks=[str(tmp_path / "missing.jsonl")])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "ok"}\n{"question": broken\n')
-    with pytest.raises(SynthError, match=r"bad.jsonl:2: malformed JSON"):
+    with pytest.raises(SynthError, match=r"bad.jsonl:2: not valid JSON"):
         Decontaminate(benchmarks=[str(bad)])
     cols = tmp_path / "cols.jsonl"
     cols.write_text(json.dumps({"q": "text"}) + "\n")

@@ -38,19 +38,9 @@ class DecontamConfig(StageConfig):
 def _read_rows(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SynthError(f"{path}:{lineno}: malformed JSON line ({e.msg}); fix or remove it") from None
-                if not isinstance(row, dict):
-                    raise SynthError(f"{path}:{lineno}: a line must hold one JSON object")
-                rows.append(row)
-        return rows
+        from synth.io import read_jsonl
+
+        return [row for _, row in read_jsonl(path, "benchmark")]
     if suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -156,18 +156,9 @@ def _read_json(path: Path) -> Any:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Rows of a rejects/failures file; a malformed line is an error naming the file and line."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SynthError(f"{path}:{lineno}: malformed JSON line ({e.msg}); fix or remove it") from None
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
+    from synth.io import read_jsonl as read_lines
+
+    return [row for _, row in read_lines(path, "sidecar")]
 
 
 def parse_meta(value: Any) -> dict[str, Any]:
