@@ -1,33 +1,45 @@
 """CapFilt: score image-text pairs with an image-text model and drop mismatches (BLIP's caption filter).
 
-Each record's first image and one text (a caption column, the assistant answer, or the whole conversation)
-are embedded by a CLIP / SigLIP family model loaded through transformers; the score is the cosine
-similarity of the two embeddings. Records are kept by an absolute `threshold`, by `top_fraction` (the best
-scoring share of the input), or both; with neither, every record is kept and only scored.
+Each record's first image and one text are embedded by a CLIP / SigLIP family model loaded through
+transformers; the score is the cosine similarity of the two embeddings. A pair passes by an absolute
+`threshold`, by `top_fraction` (the best scoring share of all pairs), or both; with neither the stage
+refuses to start unless ``score_only: true`` says that scoring alone is wanted.
+
+Caption records and the others (``caption_records``, rule in `CapFilt.is_caption_record`): a raw row's
+caption column, a record whose ``meta.task`` / ``meta.template`` says caption, or a single-turn chat whose
+user prompt asks for a caption or description of the whole image (or is only the image) is a caption
+record: it is scored on its caption (the column or the answer) and, with the captioner, may gain a
+synthetic one. Every other record (a question, OCR, grounding, a multi-turn chat, a preference pair) is
+scored on its own text (``text: auto``: the question and answer turns) and never rewritten.
 
 Optional captioner (BLIP's bootstrapping): a vision-language backend writes a synthetic caption for each
-image (prompt: ``templates/prompts/capfilt/caption.jinja``); both captions are scored, the better one is
-kept, and ``meta.capfilt_winner`` says which ("original" or "synthetic").
+caption record's image (prompt: ``templates/prompts/capfilt/caption.jinja``) and both texts are scored.
+``keep: all_passing`` (BLIP) keeps every text that passes, so an image may leave as two records (the
+synthetic one with id ``<id>-synthetic``); ``keep: best`` keeps only the better of the two (ties keep the
+web text), in place.
 
 Input: records with an image (``images[0]`` or ``image``, as ``{"bytes", "path"}`` refs; decoded here, the
 only place pixels are needed) and the text chosen by `text`.
-Output: the same records with ``meta.scores.capfilt`` (the kept caption's score) and, with the captioner,
-``meta.capfilt`` (both scores, ``synthetic_caption``, and ``original_caption`` when it was replaced) and the
-caption (or last assistant answer) replaced when the synthetic one won. A captioner request that failed
-is a `Failed` (``failures.jsonl``; retried by the next run), not a drop; an empty caption keeps the original.
+Output: the kept pairs with ``meta.scores.capfilt`` (that pair's score) and ``meta.capfilt``: ``source``
+(``web``: the record's own text; ``synthetic``: the captioner's), ``text`` (what was scored),
+``caption_record``, ``web_score``, and with the captioner ``synthetic_score``, ``synthetic_caption``,
+``web_text`` (on a synthetic pair) or ``captioner_error``. A captioner request that failed is a `Failed`
+(``failures.jsonl``; retried by the next run), not a drop; an empty caption keeps the web text alone.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from synth.clean.common import _content_text, record_images, turns
+from synth.clean.common import IMAGE_TOKEN, _content_text, record_images, turns
 from synth.errors import SynthError
 from synth.pipeline import Aggregate, Failed, Map, Rejected, StageConfig, batched
 from synth.records import load_meta
@@ -41,13 +53,30 @@ class CapFiltConfig(StageConfig):
     text: Literal["auto", "caption", "answer", "conversation"] = Field(
         "auto",
         description="text scored against the image: a caption column (raw data), the last assistant answer, "
-        "or all turns; auto = answer for chat records, caption column otherwise",
+        "or the conversation (user and assistant turns); auto = the caption column of raw rows, the answer of "
+        "caption records, the conversation of other chat records",
+    )
+    caption_records: Literal["auto", "all", "none"] = Field(
+        "auto",
+        description="which records are captions (scored on the caption; the captioner may add or put a synthetic "
+        "one): auto = raw caption rows, meta task/template naming a caption, single-turn chats asking to "
+        "describe the image; all = every record but preference pairs (BLIP treats every pair as a caption); none",
+    )
+    caption_prompt: str | None = Field(
+        None, description="regex (case-insensitive, searched in the user prompt of a single-turn chat) that marks a "
+        "caption request; replaces the built-in word rule"
     )
     caption_column: str = "caption"
     image_column: str = "image"
     image_root: str | None = Field(None, description="folder that relative image paths are resolved against")
-    threshold: float | None = Field(None, description="keep records whose score is at least this (cosine, -1..1)")
-    top_fraction: float | None = Field(None, gt=0, le=1, description="keep this best-scoring share of the input")
+    threshold: float | None = Field(None, description="keep pairs whose score is at least this (cosine, -1..1)")
+    top_fraction: float | None = Field(None, gt=0, le=1, description="keep this best-scoring share of the pairs")
+    score_only: bool = Field(False, description="no threshold and no top fraction: only add scores, keep every pair")
+    keep: Literal["all_passing", "best"] = Field(
+        "all_passing",
+        description="with the captioner: all_passing = every text that passes, web and synthetic (BLIP: up to two "
+        "records per image); best = only the better-scoring text of each image (ties keep the web text)",
+    )
     batch_size: int = Field(32, ge=1)
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -57,10 +86,30 @@ class CapFiltConfig(StageConfig):
     caption_max_tokens: int = Field(64, ge=1)
     caption_temperature: float | None = None
 
+    @field_validator("caption_prompt")
+    @classmethod
+    def _a_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as e:
+                raise ValueError(f"caption_prompt is not a valid regular expression: {e}") from None
+        return value
+
     @model_validator(mode="after")
-    def _captioner_needs_a_caption(self):
+    def _a_clear_keep_rule(self):
         if self.captioner and self.text == "conversation":
-            raise ValueError("captioner cannot replace a whole conversation; use text: caption or answer")
+            raise ValueError("captioner cannot replace a whole conversation; use text: auto, caption or answer")
+        cuts = self.threshold is not None or self.top_fraction is not None
+        if self.score_only and cuts:
+            raise PydanticCustomError("capfilt_rule", "score_only keeps every pair: drop threshold/top_fraction, or score_only")
+        if not self.score_only and not cuts:
+            # Told before a model is loaded: no rule would silently keep everything.
+            raise PydanticCustomError(
+                "capfilt_rule",
+                "no rule to keep pairs: give threshold (e.g. 0.28 for CLIP ViT-B/32 cosine) or top_fraction "
+                "(e.g. 0.9), or score_only: true to only add scores and keep every pair",
+            )
         return self
 
 
@@ -153,6 +202,53 @@ def load_scorer(model: str, device: str = "auto", dtype: str = "auto") -> ImageT
     return ImageTextScorer(model, device, dtype)
 
 
+# ---------------------------------------------------------------- which records are captions
+
+# A caption request asks about the image as a whole: every word of it is one of these, with at least one
+# asking word and one word for the image. A word naming a thing ("man", "umbrella", "square"), a number
+# (a box) or a task word ("read", "transcribe", "classify", "region") makes the prompt something else.
+_ASKING = frozenset("""
+    describe describes describing description descriptions descriptive caption captions captioning summarize
+    summarise summarizing summary explain explaining explanation depict depicting depiction interpret
+    interpretation narrative narrate account overview elaborate analyze analyse analysis portray portrayal show shows what
+""".split())
+_IMAGE = frozenset("""
+    image images picture pictures photo photos photograph photographs pic scene visual visuals view shot snapshot
+    frame illustration drawing painting see seen shown depicted visible
+""".split())
+_FILLER = frozenset("""
+    a an the this that these those it its is are be was do does can could would will you your i me my we us
+    please kindly of in on at for to with from about and or but as by into there here all each every everything
+    anything any other main key important notable salient element elements feature features object objects thing
+    things detail details detailed great thorough thoroughly careful carefully comprehensive comprehensively
+    manner way brief briefly short concise concisely succinct succinctly terse informative compact clear clearly
+    simple simply long full fully vivid vividly accurate accurately rich one few words sentence sentences
+    paragraph single line write give provide generate create produce offer share present presented relay render
+    tell make happening happens going represented representing contained contains located location where how
+    including include mentioning mention colours colors colour color sizes size positions position relate relates
+    relation relations relationship relationships their they them possible much more than most up answer reply
+    respond using only just overall general entire whole setting observe notice look looking help understand
+    given following provided attached above below subsequent content contents now so quick quickly
+""".split()) | _ASKING | _IMAGE
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+def is_caption_request(prompt: str) -> bool:
+    """Whether a user prompt asks for a caption or description of the whole image (the built-in rule)."""
+    text = prompt.lower().replace(IMAGE_TOKEN, " ")
+    if any(ch.isdigit() for ch in text):
+        return False
+    words = [w.removesuffix("'s") for w in _WORD.findall(text)]
+    return bool(words) and all(w in _FILLER for w in words) and any(w in _ASKING for w in words) \
+        and any(w in _IMAGE for w in words)
+
+
+def _meta_says(meta: dict) -> bool | None:
+    """What ``meta.task`` / ``meta.template`` say (synth adapt writes both): caption or not; None if silent."""
+    named = [str(meta[key]) for key in ("task", "template") if isinstance(meta.get(key), str) and meta[key]]
+    return any("caption" in value.lower() for value in named) if named else None
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -165,6 +261,14 @@ def _answer_message(record: dict) -> dict | None:
                 if message.get("role") == "assistant":
                     return message
     return None
+
+
+def _is_pair(record: dict) -> bool:
+    return isinstance(record.get("prompt"), (list, tuple)) and record.get("messages") is None
+
+
+def _is_chat(record: dict) -> bool:
+    return isinstance(record.get("messages"), (list, tuple)) or _is_pair(record)
 
 
 def _with_text(content: Any, text: str) -> Any:
@@ -183,19 +287,32 @@ def _with_text(content: Any, text: str) -> Any:
     return out
 
 
+def _same_text(a: str, b: str) -> bool:
+    return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
+
+
+class Pair(NamedTuple):
+    """One image-text pair of a record: its text's source (web: the record's own; synthetic), score, record."""
+
+    source: str
+    score: float
+    record: dict
+
+
 class CapFilt(Map):
     """Keep image-text pairs whose image-text similarity passes a threshold or is in the top fraction.
 
-    A Map, not a Filter: every kept record leaves with its score in ``meta`` and, with the captioner, maybe
-    a better caption. With ``top_fraction`` the stage must see its whole input before it can answer:
-    ``CapFilt(top_fraction=...)`` is then a `CapFiltTopFraction` (an `Aggregate`).
+    A Map, not a Filter: every kept record leaves with its score in ``meta`` and, with the captioner, a
+    caption record may leave as two records (web and synthetic) or with a better caption. With
+    ``top_fraction`` the stage must see its whole input before it can answer: ``CapFilt(top_fraction=...)``
+    is then a `CapFiltTopFraction` (an `Aggregate`).
     """
 
     name: ClassVar[str] = "capfilt"
     Config: ClassVar[type[StageConfig]] = CapFiltConfig
     #: the defaults of `image_column` / `caption_column`; the text written is the caption or the answer
-    reads: ClassVar[tuple[str, ...]] = ("images", "image", "caption", "messages", "chosen", "meta")
-    writes: ClassVar[tuple[str, ...]] = ("meta", "caption", "messages", "chosen")
+    reads: ClassVar[tuple[str, ...]] = ("images", "image", "caption", "messages", "chosen", "prompt", "meta")
+    writes: ClassVar[tuple[str, ...]] = ("meta", "caption", "messages", "id")
 
     def __new__(cls, config: CapFiltConfig | dict | None = None, **overrides: Any):
         # The top fraction is relative to the whole input: that variant is an Aggregate.
@@ -209,6 +326,9 @@ class CapFilt(Map):
         super().__init__(config, **overrides)
         self.backend = backend
         self.answered = 0  # captioner requests that came back (to tell "all failed" from "some failed")
+        # (source, caption record?) -> [pairs scored, pairs kept]
+        self.pair_counts: dict[tuple[str, bool], list[int]] = {}
+        self._prompt_pattern = re.compile(self.config.caption_prompt, re.IGNORECASE) if self.config.caption_prompt else None
         if self.config.captioner:
             if backend is None:
                 raise SynthError(
@@ -238,16 +358,56 @@ class CapFilt(Map):
     def scorer(self) -> ImageTextScorer:
         return load_scorer(self.config.model, self.config.device, self.config.dtype)
 
+    # -- which records are captions
+
+    def _user_prompt(self, record: dict) -> str | None:
+        """The user prompt of a single-turn chat (one user turn, one assistant answer last), else None."""
+        messages = [m for m in record.get("messages") or () if m.get("role") != "system"]
+        if len(messages) != 2 or [m.get("role") for m in messages] != ["user", "assistant"]:
+            return None
+        return _content_text(messages[0].get("content")).replace(IMAGE_TOKEN, " ").strip()
+
+    def is_caption_record(self, record: dict) -> bool:
+        """Whether the record is an image caption (scored on its caption; the captioner may rewrite it).
+
+        ``caption_records: auto``: a raw row (its caption column); a chat whose ``meta.task`` or
+        ``meta.template`` names a caption (either present and not naming one: not a caption); else a
+        single-turn chat whose user prompt is only the image or asks for a caption or description of the
+        whole image (`is_caption_request`, or the ``caption_prompt`` regex). Preference pairs never are:
+        rewriting one side would break the pair.
+        """
+        if _is_pair(record) or self.config.caption_records == "none":
+            return False
+        if self.config.caption_records == "all" or not _is_chat(record):
+            return True
+        said = _meta_says(load_meta(record.get("meta")))
+        if said is not None:
+            return said
+        prompt = self._user_prompt(record)
+        if prompt is None:
+            return False
+        if not prompt:
+            return True  # only the image: the answer describes it
+        if self._prompt_pattern is not None:
+            return self._prompt_pattern.search(prompt) is not None
+        return is_caption_request(prompt)
+
     # -- what is scored
 
-    def _text_mode(self, record: dict) -> str:
+    def _text_mode(self, record: dict, caption: bool | None = None) -> str:
         if self.config.text != "auto":
             return self.config.text
-        return "answer" if _answer_message(record) is not None else "caption"
+        if not _is_chat(record):
+            return "caption"
+        caption = self.is_caption_record(record) if caption is None else caption
+        return "answer" if caption else "conversation"
 
-    def text_of(self, record: dict) -> str:
-        mode = self._text_mode(record)
+    def text_of(self, record: dict, mode: str | None = None) -> str:
+        mode = mode or self._text_mode(record)
         if mode == "conversation":
+            if _is_pair(record):  # the prompt and the chosen reply (the rejected one is wrong on purpose)
+                chosen = [*(record.get("prompt") or ()), *(record.get("chosen") or ())]
+                return "\n".join(_content_text(m.get("content")) for m in chosen)
             return "\n".join(text for _, text in turns(record))
         if mode == "answer":
             message = _answer_message(record)
@@ -259,19 +419,15 @@ class CapFilt(Map):
             )
         return str(record[self.config.caption_column] or "")
 
-    def _set_text(self, record: dict, text: str) -> dict:
+    def _set_text(self, record: dict, mode: str, text: str) -> dict:
         record = dict(record)
-        if self._text_mode(record) == "caption":
+        if mode == "caption":
             record[self.config.caption_column] = text
             return record
-        for key in ("messages", "chosen"):
-            messages = record.get(key)
-            if isinstance(messages, (list, tuple)) and any(m.get("role") == "assistant" for m in messages):
-                messages = [dict(m) for m in messages]
-                last = max(i for i, m in enumerate(messages) if m.get("role") == "assistant")
-                messages[last]["content"] = _with_text(messages[last].get("content"), text)
-                record[key] = messages
-                return record
+        messages = [dict(m) for m in record["messages"]]
+        last = max(i for i, m in enumerate(messages) if m.get("role") == "assistant")
+        messages[last]["content"] = _with_text(messages[last].get("content"), text)
+        record["messages"] = messages
         return record
 
     def image_source(self, record: dict):
@@ -308,7 +464,8 @@ class CapFilt(Map):
         template, name = self._caption_prompt
         requests = []
         for record, image, original in zip(records, images, originals, strict=True):
-            prompt = render(template, {"caption": original}, name, record.get("id"))
+            request = (self._user_prompt(record) or "") if _is_chat(record) else ""
+            prompt = render(template, {"caption": original, "request": request}, name, record.get("id"))
             requests.append(
                 ChatRequest(
                     messages=[Message(role="user", content=[ImagePart(), TextPart(text=prompt)])],
@@ -331,16 +488,18 @@ class CapFilt(Map):
             return compile_template(path.read_text(encoding="utf-8"), str(path)), str(path)
         return load_template(self.config.caption_template), self.config.caption_template
 
-    def score_batch(self, records: Sequence[dict]) -> list[dict | Rejected | Failed]:
-        """Score one batch: each record comes back annotated (meta.scores.capfilt), rejected, or failed
-        (its captioner request failed: retried by the next run)."""
+    def score_batch(self, records: Sequence[dict]) -> list[list[Pair] | Rejected | Failed]:
+        """Score one batch: per record its scored pairs (web, and synthetic from the captioner), a reject,
+        or a failure (its captioner request failed: retried by the next run)."""
         from synth.data.images import decode_image
         from synth.pipeline.llm_task import failure_of
 
-        results: list[dict | Rejected | Failed | None] = [None] * len(records)
-        ready, sources, images, texts = [], [], [], []
+        results: list[list[Pair] | Rejected | Failed | None] = [None] * len(records)
+        ready, sources, images, texts, modes, captions = [], [], [], [], [], []
         for i, record in enumerate(records):
-            text = self.text_of(record).strip()
+            caption = self.is_caption_record(record)
+            mode = self._text_mode(record, caption)
+            text = self.text_of(record, mode).strip()
             try:
                 source = self.image_source(record)
                 image = None if source is None else decode_image(source, None, str(record.get("id", "?")))
@@ -350,33 +509,40 @@ class CapFilt(Map):
             if image is None:
                 results[i] = Rejected("no_image", "record has no image to score")
             elif not text:
-                results[i] = Rejected("no_text", f"empty {self._text_mode(record)} text")
+                results[i] = Rejected("no_text", f"empty {mode} text")
             else:
                 ready.append(i)
                 sources.append(source)
                 images.append(image)
                 texts.append(text)
+                modes.append(mode)
+                captions.append(caption)
 
         scores = self.scorer.score_pairs(images, texts) if ready else []
         synthetic: list[str | None] = [None] * len(ready)
         synthetic_scores: list[float | None] = [None] * len(ready)
         notes: list[str | None] = [None] * len(ready)
-        if self.config.captioner and ready:
-            batch_records = [records[i] for i in ready]
+        # Only caption records are captioned: a question's answer is never replaced by a caption.
+        asked = [j for j in range(len(ready)) if self.config.captioner and captions[j]]
+        if asked:
             # The encoded image goes to the server (no re-encoding of the decoded pixels).
-            completions = self.backend.complete(self._caption_requests(batch_records, sources, texts))
+            completions = self.backend.complete(
+                self._caption_requests([records[ready[j]] for j in asked], [sources[j] for j in asked], [texts[j] for j in asked])
+            )
             scored = []
-            for j, completion in enumerate(completions):
+            for j, completion in zip(asked, completions, strict=True):
                 if not completion.ok:
                     results[ready[j]] = failure_of(completion)
                     continue
                 self.answered += 1
                 caption = completion.text.strip()
-                if caption:
+                if not caption:
+                    notes[j] = "empty caption"  # the model answered nothing: the web text stays alone
+                elif _same_text(caption, texts[j]):
+                    notes[j] = "synthetic caption repeats the web text"
+                else:
                     synthetic[j] = caption
                     scored.append(j)
-                else:
-                    notes[j] = "empty caption"  # the model answered nothing: the original stays
             if scored:
                 new_scores = self.scorer.score_pairs([images[j] for j in scored], [synthetic[j] for j in scored])
                 for j, score in zip(scored, new_scores, strict=True):
@@ -385,72 +551,96 @@ class CapFilt(Map):
         for j, i in enumerate(ready):
             if results[i] is not None:  # failed above
                 continue
-            record = dict(records[i])
-            meta = dict(load_meta(record.get("meta")))
-            meta["scores"] = {**meta.get("scores", {}), "capfilt": scores[j]}
-            if self.config.captioner:
-                record, meta = self._pick_caption(record, meta, texts[j], scores[j], synthetic[j], synthetic_scores[j], notes[j])
-            record["meta"] = meta
-            results[i] = record
+            results[i] = self._pairs(records[i], modes[j], captions[j], texts[j], scores[j], synthetic[j],
+                                     synthetic_scores[j], notes[j])
         return [r for r in results if r is not None]
 
-    def _pick_caption(self, record, meta, original, original_score, synthetic, synthetic_score, note):
-        info: dict[str, Any] = {"original_score": original_score, "synthetic_score": synthetic_score}
+    def _pairs(self, record, mode, caption, web_text, web_score, synthetic, synthetic_score, note) -> list[Pair]:
+        info: dict[str, Any] = {"source": "web", "text": mode, "caption_record": caption, "web_score": web_score}
         if synthetic is not None:
+            info["synthetic_score"] = synthetic_score
             info["synthetic_caption"] = synthetic
         if note:
             info["captioner_error"] = note
-        # Ties keep the original: a synthetic caption must be strictly better to replace real data.
-        if synthetic is not None and synthetic_score > original_score:
-            meta["capfilt_winner"] = "synthetic"
-            meta["scores"]["capfilt"] = synthetic_score
-            info["original_caption"] = original
-            record = self._set_text(record, synthetic)
-        else:
-            meta["capfilt_winner"] = "original"
-        meta["capfilt"] = info
-        return record, meta
+        meta = dict(load_meta(record.get("meta")))
+        pairs = [Pair("web", web_score, self._annotated(record, meta, info, web_score))]
+        if synthetic is not None:
+            rewritten = self._set_text(record, mode, synthetic)
+            if self.config.keep == "all_passing":  # a second sample of the same image
+                rewritten["id"] = f"{record.get('id', '?')}-synthetic"
+            synthetic_info = {**info, "source": "synthetic", "web_text": web_text}
+            pairs.append(Pair("synthetic", synthetic_score, self._annotated(rewritten, meta, synthetic_info, synthetic_score)))
+        for pair in pairs:
+            self.pair_counts.setdefault((pair.source, caption), [0, 0])[0] += 1
+        return pairs
+
+    @staticmethod
+    def _annotated(record: dict, meta: dict, info: dict, score: float) -> dict:
+        record = dict(record)
+        record["meta"] = {**meta, "scores": {**meta.get("scores", {}), "capfilt": score}, "capfilt": info}
+        return record
 
     # -- keep or drop
 
-    def _threshold_verdict(self, result: dict | Rejected | Failed) -> dict | Rejected | Failed:
+    def candidates(self, pairs: list[Pair]) -> list[Pair]:
+        """The pairs that compete for a place: all (BLIP), or only the better one (``keep: best``)."""
+        if self.config.keep == "best" and len(pairs) > 1:
+            return [max(pairs, key=lambda p: p.score)]  # max keeps the first (web) on a tie
+        return pairs
+
+    def _below_threshold(self, pair: Pair) -> bool:
+        return self.config.threshold is not None and pair.score < self.config.threshold
+
+    def _verdict(self, result: list[Pair] | Rejected | Failed, in_top=lambda pair: True) -> list[dict] | Rejected | Failed:
+        """The records of the pairs that pass, or why none did."""
         if isinstance(result, (Rejected, Failed)):
             return result
-        score = result["meta"]["scores"]["capfilt"]
-        if self.config.threshold is not None and score < self.config.threshold:
-            return Rejected("low_score", f"score {score:.4f} < threshold {self.config.threshold}")
-        return result
+        pairs = self.candidates(result)
+        kept = [p for p in pairs if in_top(p) and not self._below_threshold(p)]
+        for pair in kept:
+            self.pair_counts[(pair.source, pair.record["meta"]["capfilt"]["caption_record"])][1] += 1
+        if kept:
+            return [p.record for p in kept]
+        scores = ", ".join(f"{p.source} {p.score:.4f}" if len(pairs) > 1 else f"{p.score:.4f}" for p in pairs)
+        if all(self._below_threshold(p) for p in pairs):  # else some pair passed it but not the top fraction
+            return Rejected("low_score", f"score {scores} < threshold {self.config.threshold}")
+        return Rejected("below_top_fraction", f"score {scores} not in the top {self.config.top_fraction:g}"
+                        + (f" (cutoff {self.cutoff:.4f})" if getattr(self, "cutoff", None) is not None else ""))
 
-    def process(self, record: dict) -> dict | Rejected | Failed:
-        return self._threshold_verdict(self.score_batch([record])[0])
+    def process(self, record: dict) -> list[dict] | Rejected | Failed:
+        return self._verdict(self.score_batch([record])[0])
 
     def run(self, records: Iterable[dict]) -> Iterator[dict]:
         for batch in batched(records, self.config.batch_size):
             for record, result in zip(batch, self.score_batch(batch), strict=True):
-                yield from self.account(record, self._threshold_verdict(result))
+                yield from self.account(record, self._verdict(result))
+
+    def summary(self) -> list[dict]:
+        """Pairs scored and kept by text source and record kind (for the command's table and report.json)."""
+        return [
+            {"text": source, "records": "caption" if caption else "other", "scored": scored, "kept": kept}
+            for (source, caption), (scored, kept) in sorted(self.pair_counts.items(), key=lambda kv: (kv[0][0] != "web", not kv[0][1]))
+        ]
 
 
 class CapFiltTopFraction(CapFilt, Aggregate):
-    """CapFilt keeping the best-scoring `top_fraction` of its whole input (and, with `threshold`, only
-    those at or above it). Scores everything first, then answers in input order."""
+    """CapFilt keeping the best-scoring `top_fraction` of all its pairs (and, with `threshold`, only those
+    at or above it). Scores everything first, then answers in input order."""
+
+    cutoff: float | None = None
 
     def run(self, records: Iterable[dict]) -> Iterator[dict]:
-        scored: list[tuple[dict, dict | Rejected | Failed]] = []
+        scored: list[tuple[dict, list[Pair] | Rejected | Failed]] = []
         for batch in batched(records, self.config.batch_size):
             scored.extend(zip(batch, self.score_batch(batch), strict=True))
-        keep = top_fraction_indices(
-            [r["meta"]["scores"]["capfilt"] if isinstance(r, dict) else None for _, r in scored],
-            self.config.top_fraction,
-        )
-        cutoff = min((scored[i][1]["meta"]["scores"]["capfilt"] for i in keep), default=None)
-        for index, (record, result) in enumerate(scored):
-            if isinstance(result, dict) and index not in keep:
-                score = result["meta"]["scores"]["capfilt"]
-                result = Rejected(
-                    "below_top_fraction",
-                    f"score {score:.4f} not in the top {self.config.top_fraction:g} (cutoff {cutoff:.4f})",
-                )
-            yield from self.account(record, self._threshold_verdict(result))
+        # Every competing pair is ranked: with keep: all_passing web and synthetic texts alike.
+        pool = [(index, pair) for index, (_, result) in enumerate(scored) if isinstance(result, list)
+                for pair in self.candidates(result)]
+        top = top_fraction_indices([pair.score for _, pair in pool], self.config.top_fraction)
+        chosen = {id(pool[k][1]) for k in top}
+        self.cutoff = min((pool[k][1].score for k in top), default=None)
+        for record, result in scored:
+            yield from self.account(record, self._verdict(result, lambda pair: id(pair) in chosen))
 
 
 def top_fraction_indices(scores: Sequence[float | None], fraction: float) -> set[int]:

@@ -18,6 +18,10 @@ SUBSET_HELP = "Hub dataset: the configuration (subset) to load."
 REVISION_HELP = "Hub dataset: a branch, tag or commit."
 
 
+#: titles of the per-stage summary tables (a stage's `summary()` rows)
+SUMMARY_TITLES = {"decontaminate": "hits per benchmark", "capfilt": "image-text pairs scored and kept"}
+
+
 def _print_result(result, title: str) -> None:
     from rich.table import Table
 
@@ -39,9 +43,9 @@ def _print_result(result, title: str) -> None:
     for name, rows in result.summaries.items():
         if not rows:
             continue
-        summary = Table(title=f"{name}: hits per benchmark")
+        summary = Table(title=f"{name}: {SUMMARY_TITLES.get(name, 'summary')}")
         for key in rows[0]:
-            summary.add_column(key, justify="left" if key == "benchmark" else "right")
+            summary.add_column(key, justify="right" if isinstance(rows[0][key], (int, float)) else "left")
         for row in rows:
             summary.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
         console.print(summary)
@@ -110,6 +114,10 @@ def filter_(
     backends = _LazyBackend(backend, model, base_url, concurrency, cache_dir, no_cache)
     try:
         stages = build_filters(specs, backend_factory=backends)
+        for stage in stages:
+            if getattr(stage.config, "score_only", False):  # say it before the run, not after
+                console.print(f"{stage.name}: score only (score_only=true): nothing dropped by score; "
+                              f"scores in meta.scores.{stage.name}", style="yellow", soft_wrap=True)
         result = clean_dataset(
             dataset, out, stages, split=split, config=subset, revision=revision, overwrite=overwrite, limit=limit,
             description="filtering", command="filter",

@@ -74,7 +74,8 @@ class FilterAdapter(StageAdapter):
         return [FILTERS[item.name] for item in spec.filters]
 
     def uses_llm(self, spec: FilterSpec) -> bool:
-        return any(_is_llm_filter(cls) for cls in self._classes(spec))
+        # CapFilt asks a VLM only with its captioner on; scoring alone is a local image-text model
+        return any(_is_llm_filter(FILTERS[item.name]) and getattr(item, "captioner", True) for item in spec.filters)
 
     def is_sharded(self, spec: FilterSpec) -> bool:
         return not any(cls.needs_all_input for cls in self._classes(spec))
