@@ -8,7 +8,13 @@ template sets read these columns.
 
 Determinism: every scene draws from its own `random.Random` seeded by (seed, index), PNGs are encoded
 with fixed settings and the dataset fingerprint is derived from the arguments, so the same
-seed + count + size gives byte-identical files.
+seed + count + size (+ offset) gives byte-identical files.
+
+Disjoint sets: `offset` is the first scene's index (ids are ``shapes-{index:05d}``), so sets drawn with
+the same seed and non-overlapping index ranges (e.g. a labelled set at offset 0, an unlabeled one at
+offset 200, a held-out one at offset 400) hold different scenes with different ids; a scene is the
+same wherever its index falls (rows 200-299 of ``--count 300`` equal ``--offset 200 --count 100``).
+A different seed alone also draws other scenes, but reuses the ids.
 """
 
 from __future__ import annotations
@@ -389,71 +395,83 @@ def make_row(index: int, seed: int, size: int) -> dict:
     }
 
 
-def iter_rows(count: int, seed: int = 0, size: int = 256) -> Iterator[dict]:
-    for index in range(count):
+def iter_rows(count: int, seed: int = 0, size: int = 256, offset: int = 0) -> Iterator[dict]:
+    """Scenes `offset` .. `offset + count - 1`."""
+    for index in range(offset, offset + count):
         yield make_row(index, seed, size)
 
 
-def _fingerprint(count: int, seed: int, size: int) -> str:
-    # From the arguments (not a random one), so state.json is identical across runs too.
-    return hashlib.sha256(f"synth-demo:{count}:{seed}:{size}".encode()).hexdigest()[:16]
+def _fingerprint(count: int, seed: int, size: int, offset: int = 0) -> str:
+    # From the arguments (not a random one), so state.json is identical across runs too. Offset 0 keeps
+    # the fingerprint it had before offsets existed.
+    key = f"synth-demo:{count}:{seed}:{size}" + (f":{offset}" if offset else "")
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _check_arguments(count: int, size: int) -> None:
+def _check_arguments(count: int, size: int, offset: int = 0) -> None:
     if count < 1:
         raise SynthError(f"--count must be at least 1 (got {count})")
     if size < MIN_SIZE:
         raise SynthError(f"--size must be at least {MIN_SIZE} pixels (got {size})")
+    if offset < 0 or offset + count > 100_000:
+        raise SynthError(f"--offset must be 0 or more, with offset + count at most 100000 (ids are 5 digits); "
+                         f"got offset {offset}, count {count}")
 
 
-def _drawn_rows(count: int, seed: int, size: int, show_progress: bool) -> Iterator[dict]:
+def _drawn_rows(count: int, seed: int, size: int, show_progress: bool, offset: int = 0) -> Iterator[dict]:
     from synth.progress import progress
 
     with progress() as bar:
         task = bar.add_task("drawing scenes", total=count, tokens="", visible=show_progress)
-        for row in iter_rows(count, seed, size):
+        for row in iter_rows(count, seed, size, offset):
             yield row
             bar.advance(task)
 
 
-def _fixed(dataset, count: int, seed: int, size: int):
+def _fixed(dataset, count: int, seed: int, size: int, offset: int = 0):
     """The dataset with a fingerprint and info that depend only on the arguments (byte-identical output)."""
     from datasets import Dataset, DatasetInfo
 
-    return Dataset(dataset.data, info=DatasetInfo(features=demo_features()), fingerprint=_fingerprint(count, seed, size))
+    return Dataset(dataset.data, info=DatasetInfo(features=demo_features()),
+                   fingerprint=_fingerprint(count, seed, size, offset))
 
 
 def make_demo_dataset(
-    count: int = 200, seed: int = 0, size: int = 256, show_progress: bool = True, scratch: Path | None = None
+    count: int = 200, seed: int = 0, size: int = 256, show_progress: bool = True, scratch: Path | None = None,
+    offset: int = 0,
 ):
-    """The demo dataset, drawn row by row from a generator: memory-mapped Arrow files in `scratch`, or
-    without one, held in memory (nothing left behind in a temporary folder)."""
+    """The demo dataset (scenes `offset` .. `offset + count - 1`), drawn row by row from a generator:
+    memory-mapped Arrow files in `scratch`, or without one, held in memory (nothing left behind in a
+    temporary folder)."""
     import tempfile
 
     from datasets import Dataset
 
     from synth.data import build_dataset, quiet_datasets
 
-    _check_arguments(count, size)
-    rows = _drawn_rows(count, seed, size, show_progress)
+    _check_arguments(count, size, offset)
+    rows = _drawn_rows(count, seed, size, show_progress, offset)
     if scratch is not None:
-        return _fixed(build_dataset(rows, features=demo_features(), scratch=scratch), count, seed, size)
+        return _fixed(build_dataset(rows, features=demo_features(), scratch=scratch), count, seed, size, offset)
     with tempfile.TemporaryDirectory(prefix="synth-demo-") as tmp, quiet_datasets():
         dataset = Dataset.from_generator(
-            lambda: rows, features=demo_features(), cache_dir=tmp, keep_in_memory=True, fingerprint=_fingerprint(count, seed, size)
+            lambda: rows, features=demo_features(), cache_dir=tmp, keep_in_memory=True,
+            fingerprint=_fingerprint(count, seed, size, offset),
         )
-    return _fixed(dataset, count, seed, size)
+    return _fixed(dataset, count, seed, size, offset)
 
 
 def write_demo_data(
-    out: str | Path, count: int = 200, seed: int = 0, size: int = 256, overwrite: bool = False, show_progress: bool = True
+    out: str | Path, count: int = 200, seed: int = 0, size: int = 256, overwrite: bool = False, show_progress: bool = True,
+    offset: int = 0,
 ) -> Path:
     """Draw the demo dataset and write it through the one writer: a `save_to_disk` folder that appears
     whole or not at all."""
     from synth.data import OutputFolder, check_output, save
 
-    _check_arguments(count, size)
+    _check_arguments(count, size, offset)
     check_output(out, overwrite)  # fail before drawing anything
     with OutputFolder(out, overwrite) as folder:
-        save(make_demo_dataset(count, seed, size, show_progress, scratch=folder.scratch("demo")), folder.path)
+        save(make_demo_dataset(count, seed, size, show_progress, scratch=folder.scratch("demo"), offset=offset),
+             folder.path)
     return folder.final

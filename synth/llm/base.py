@@ -28,6 +28,8 @@ class ChatRequest(BaseModel):
     images: list[Any] = Field(default_factory=list)
     temperature: float | None = None
     top_p: float | None = None
+    # OpenAI's presence penalty; sent only by backends with `supports_presence_penalty` (others have none)
+    presence_penalty: float | None = None
     max_tokens: int | None = None
     stop: list[str] | None = None
     n: int = 1
@@ -124,6 +126,8 @@ class Backend(ABC):
     model_name: str = "unknown"
     #: whether the model takes images (otherwise callers describe the image in text)
     supports_images: bool = False
+    #: whether requests' `presence_penalty` is applied (the OpenAI-compatible API has it; transformers has not)
+    supports_presence_penalty: bool = False
 
     def __init__(self) -> None:
         self.usage = UsageTotals()

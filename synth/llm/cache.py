@@ -1,7 +1,8 @@
 """Persistent request cache: a rerun sends zero requests, and a killed run resumes where it stopped.
 
 `CachedBackend(inner, path)` wraps any backend (OpenAI-compatible or local). Each sample is one row in
-a SQLite file (WAL mode), keyed by a hash of the model, the messages (images by content hash), the
+a SQLite file (WAL mode), keyed by a hash of the model's identity (its `identity` when the backend has one,
+e.g. a local model with a LoRA adapter, named by the adapter's content hash; else its name), the messages (images by content hash), the
 sampling parameters, the schema and the sample index — so ``n=4`` stores four rows, and raising ``n``
 later only asks for the new samples. Hits come back with ``cached=True`` (counted in ``usage.cached``);
 only misses reach the inner backend. Each completion is committed as it arrives (one small WAL
@@ -60,6 +61,8 @@ def request_hash(model: str, request: ChatRequest) -> str:
     schema = schema_json(request.schema_model) if request.schema_model is not None else None
     payload = [model, messages, request.temperature, request.top_p, request.max_tokens, request.stop,
                request.seed, schema]
+    if request.presence_penalty is not None:  # appended only when set: older cache keys stay valid
+        payload.append(request.presence_penalty)
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -146,7 +149,11 @@ class CachedBackend(Backend):
         self.cache = RequestCache(path)
         self.usage = inner.usage  # one set of totals: the inner's requests plus our hits
         self.model_name = inner.model_name
+        # What decides the replies: a local model names its adapter's content (and its folder's files) here,
+        # so a retrained adapter at the same path never gets the old answers.
+        self.identity = getattr(inner, "identity", None) or inner.model_name
         self.supports_images = inner.supports_images
+        self.supports_presence_penalty = inner.supports_presence_penalty
 
     def __repr__(self) -> str:
         return f"CachedBackend({self.inner!r}, path={str(self.cache.path)!r})"
@@ -165,7 +172,7 @@ class CachedBackend(Backend):
         return run_sync(run)
 
     async def acomplete(self, requests: Sequence[ChatRequest], progress=None) -> list[Completion]:
-        model = self.model_name
+        model = self.identity
         bases = [request_hash(model, r) for r in requests]
         hits = self.cache.get_many([sample_key(b, i) for b, r in zip(bases, requests) for i in range(r.n)])
         results: list[Completion | None] = [None] * len(requests)

@@ -6,10 +6,20 @@ Per request: temperature (0 = greedy), top_p, max_tokens, n (``num_return_sequen
 strings (generation stops there and the text is cut before the first one) and a JSON schema
 (`schema_model`), which is enforced while decoding by xgrammar's logits processor, so even a tiny model
 can only produce JSON that parses and follows the schema; the reply is then validated with pydantic.
+There is no presence penalty (transformers has none; its `repetition_penalty` is a different rule):
+`supports_presence_penalty` is False and a request's `presence_penalty` is not applied.
 
 A tokenizer without a chat template (base models, like the embedded Gemma 3 270M) gets
 ``templates/chat/base.jinja``, an "### Instruction / ### Response" layout, and generation stops at the
 next "### " heading. Such models answer best to few-shot prompts.
+
+Adapters: `model` may be a PEFT LoRA adapter folder (``adapter_config.json``; what ``synth train sft``
+writes), or `adapter` names one on top of `model`. The base comes from the folder's ``train_summary.json``
+(synth's) or its ``base_model_name_or_path``; the adapter is merged into the weights in memory
+(``merge_and_unload``: generation then costs what the base costs) unless ``merge_adapter: false``. The
+tokenizer and chat template come from the adapter folder, so prompts render as they were trained. The
+backend's `model_name` names the adapter with a hash of its files, so the request cache never replays a
+different (e.g. retrained) adapter's answers; see `model_identity`.
 
 Seeds: a batch samples from one random stream seeded from its requests' seeds, so a seeded run is
 reproducible with the same requests and batch size; a different batch size or mix of requests can
@@ -19,7 +29,9 @@ change the samples (requests with different seeds still share batches, which kee
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import os
 import re
 import threading
 import zlib
@@ -61,6 +73,124 @@ class LocalConfig(BaseModel):
         True, description="with the default template, stop at the next '### ' heading the model starts"
     )
     trust_remote_code: bool = False
+    adapter: str | None = Field(
+        None, description="a PEFT LoRA adapter folder applied on `model` (`model` may also be the adapter folder itself)"
+    )
+    merge_adapter: bool = Field(
+        True, description="merge the adapter into the weights in memory (fast generation); false keeps a PeftModel"
+    )
+
+
+# ---------------------------------------------------------------- adapters and identity
+
+#: Files of a training output folder that do not decide replies (timings, logs): left out of its hash.
+_UNHASHED = {"train_summary.json", "merge_summary.json", "training_args.bin", "README.md"}
+_EMBEDDED_NAMES = ("embedded", "gemma-3-270m")
+
+
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def _json_file(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def adapter_base_model(adapter: str | os.PathLike) -> str | None:
+    """The base an adapter was trained on: synth's ``train_summary.json`` (``model``, then ``model_path``),
+    then PEFT's ``base_model_name_or_path``. The first that is the embedded model or an existing folder
+    wins (a summary may name a path relative to where training ran); else the first named (a Hub id)."""
+    adapter = Path(adapter)
+    summary = _json_file(adapter / "train_summary.json")
+    config = _json_file(adapter / "adapter_config.json")
+    names = [v for v in (summary.get("model"), summary.get("model_path"), config.get("base_model_name_or_path"))
+             if isinstance(v, str) and v]
+    for name in names:
+        if name in _EMBEDDED_NAMES or Path(name).expanduser().is_dir():
+            return name
+    return names[0] if names else None
+
+
+def resolve_model(model: str, adapter: str | None = None) -> tuple[str, str | None]:
+    """(base model, adapter folder or None) for a `model` that may itself be an adapter folder."""
+    from synth.llm.embedded import EMBEDDED_MODEL
+
+    if adapter is None and is_adapter_dir(model):
+        adapter, model = model, ""
+    if adapter is not None:
+        if not is_adapter_dir(adapter):
+            raise SynthError(
+                f"adapter {adapter}: not a LoRA adapter folder (no adapter_config.json); pass the folder "
+                "`synth train sft` wrote"
+            )
+        if not model:
+            model = adapter_base_model(adapter) or ""
+            if not model:
+                raise SynthError(
+                    f"adapter {adapter}: cannot tell its base model (no train_summary.json, no "
+                    "base_model_name_or_path in adapter_config.json); pass the base as model: and the folder as adapter:"
+                )
+    return (EMBEDDED_MODEL if model in _EMBEDDED_NAMES else model), adapter
+
+
+def folder_digest(folder: str | os.PathLike) -> str:
+    """sha256 (12 hex) of a folder's top-level files, names and contents (not timings and logs)."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name in _UNHASHED:
+            continue
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+def _stat_digest(folder: Path) -> str:
+    """A cheap identity of a model folder (file names, sizes, mtimes): rewriting the weights changes it."""
+    rows = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())
+            if p.is_file() and p.name not in _UNHASHED]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:12]
+
+
+def _base_name(model: str, revision: str | None, gguf_file: str | None) -> str:
+    from synth.llm.embedded import EMBEDDED_MODEL
+
+    if model == EMBEDDED_MODEL and not gguf_file:
+        from synth.llm.embedded import embedded_model_version
+
+        return embedded_model_version()
+    name = model + (f"/{gguf_file}" if gguf_file else "")
+    return f"{name}@{revision}" if revision else name
+
+
+def model_names(model: str, adapter: str | None = None, revision: str | None = None,
+                gguf_file: str | None = None) -> tuple[str, str]:
+    """(model name for provenance, cache identity) of a local model with an optional adapter.
+
+    The name is ``BASE`` or ``BASE+ADAPTER_FOLDER_NAME@HASH`` (hash of the adapter's files); the identity
+    adds, for a local model folder, a digest of its files' sizes and mtimes, so answers of a model
+    rewritten in place (a new round saved over the old) are never served from the cache."""
+    base, adapter = resolve_model(model, adapter)
+    name = _base_name(base, revision, gguf_file)
+    identity = name
+    if Path(base).is_dir():
+        identity = f"{name}#{_stat_digest(Path(base))}"
+    if adapter is not None:
+        label = f"+{Path(adapter).resolve().name}@{folder_digest(adapter)}"
+        name, identity = name + label, identity + label
+    return name, identity
+
+
+def model_identity(model: str, adapter: str | None = None, revision: str | None = None) -> str:
+    """What decides a local model's replies, as a string (for caches and recipe fingerprints)."""
+    return model_names(model, adapter, revision)[1]
 
 
 def _load_template_file(path: str | Path) -> str:
@@ -127,18 +257,16 @@ class LocalBackend(Backend):
         elif options:
             config = config.model_copy(update=options)
         self.config = config
-        self.model_name = config.model
+        self.base_model, self.adapter = resolve_model(config.model, config.adapter)
+        if self.adapter is not None and config.gguf_file:
+            raise SynthError("gguf_file and an adapter do not mix: merge the adapter (synth train merge) or load the "
+                             "base without gguf_file")
+        self.model_name, self.identity = model_names(self.base_model, self.adapter, config.revision, config.gguf_file)
         self._announce = announce
         self._loaded: _Loaded | None = None
         self._load_lock = threading.Lock()
         # One generate() at a time per model: torch already uses every core.
         self._generate_lock = threading.Lock()
-        from synth.llm.embedded import EMBEDDED_MODEL
-
-        if config.model == EMBEDDED_MODEL and not config.gguf_file:
-            from synth.llm.embedded import embedded_model_version
-
-            self.model_name = embedded_model_version()
 
     # ------------------------------------------------------------ loading
 
@@ -152,9 +280,9 @@ class LocalBackend(Backend):
     def _resolve_path(self) -> str:
         from synth.llm.embedded import EMBEDDED_MODEL, ensure_embedded_model
 
-        if self.config.model == EMBEDDED_MODEL and not self.config.gguf_file:
+        if self.base_model == EMBEDDED_MODEL and not self.config.gguf_file:
             return str(ensure_embedded_model(**({"announce": self._announce} if self._announce else {})))
-        return self.config.model
+        return self.base_model
 
     def _load(self) -> _Loaded:
         import torch
@@ -176,17 +304,24 @@ class LocalBackend(Backend):
 
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # per-tensor bars are noise beside synth's own progress
+        # An adapter folder holds the tokenizer saved with the chat template it was trained with.
+        adapter_tokenizer = self.adapter is not None and (Path(self.adapter) / "tokenizer_config.json").is_file()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, **common)
+            if adapter_tokenizer:
+                tokenizer = AutoTokenizer.from_pretrained(self.adapter, trust_remote_code=self.config.trust_remote_code)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(path, **common)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **common)
         except (OSError, ValueError) as e:
             raise SynthError(
-                f"cannot load the local model '{self.config.model}': {str(e).strip().splitlines()[0]} "
+                f"cannot load the local model '{self.base_model}': {str(e).strip().splitlines()[0]} "
                 "(pass a local folder, a Hub id reachable from here, or omit --model for the embedded default)"
             ) from e
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
+        if self.adapter is not None:
+            model = self._apply_adapter(model)
         model.to(device)
         model.eval()
 
@@ -203,7 +338,25 @@ class LocalBackend(Backend):
             template, default = tokenizer.chat_template, False
         else:
             template, default = default_chat_template(), True
-        return _Loaded(model, tokenizer, template, default, eos_ids)
+        # synth's training template keeps the "### Response:" layout: stop at a heading the model starts
+        # too (a trained model ends at eos; the stops catch one that runs on).
+        layout = default or "### Response:" in template
+        return _Loaded(model, tokenizer, template, layout, eos_ids)
+
+    def _apply_adapter(self, model):
+        """The base with the LoRA adapter: merged into its weights (default) or as a PeftModel."""
+        try:
+            from peft import PeftModel
+        except ImportError as e:  # a core dependency; only a broken install lacks it
+            raise SynthError("serving an adapter needs the 'peft' package: pip install peft") from e
+        try:
+            model = PeftModel.from_pretrained(model, self.adapter)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            raise SynthError(
+                f"adapter {self.adapter}: cannot apply it to '{self.base_model}': {str(e).strip().splitlines()[0][:300]} "
+                "(was it trained on this base? pass the right one as model:)"
+            ) from e
+        return model.merge_and_unload() if self.config.merge_adapter else model
 
     # ------------------------------------------------------------ serving
 

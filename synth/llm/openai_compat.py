@@ -192,6 +192,7 @@ def parse_retry_after(headers) -> float | None:
 
 class OpenAIBackend(Backend):
     supports_images = True
+    supports_presence_penalty = True
 
     def __init__(self, config: OpenAIConfig | None = None, **options: Any):
         super().__init__()
@@ -373,7 +374,7 @@ class OpenAIBackend(Backend):
         params: dict[str, Any] = {"model": self.config.model, "messages": messages}
         if n != 1:
             params["n"] = n
-        for name in ("temperature", "top_p", "stop"):
+        for name in ("temperature", "top_p", "presence_penalty", "stop"):
             value = getattr(request, name)
             if value is not None:
                 params[name] = value

@@ -14,6 +14,7 @@ dedup          `synth.clean.dedup`                                          one
 decontaminate  `synth.clean.decontam`                                       by record
 mix            `synth.mix`                                                  one
 prefs          `synth.prefs` (preference pairs)                             by record
+pseudo_label   `synth.generate.pseudo_label` (gated answers)                by record
 export         `synth.export` (TRL, LLaMA-Factory, LLaVA, OpenAI)           one
 push           `synth.publish` (the Hub)                                    one
 =============  ===========================================================  =================
@@ -25,7 +26,7 @@ from synth.run.adapters.base import StageAdapter
 
 _REGISTRY: dict[str, StageAdapter] = {}
 
-MODULES = ("sources", "adapt", "generate", "clean", "mix", "prefs", "export", "push")
+MODULES = ("sources", "adapt", "generate", "clean", "mix", "prefs", "pseudo_label", "export", "push")
 
 
 def registry() -> dict[str, StageAdapter]:

@@ -59,6 +59,8 @@ class DemoSpec(StageSpec):
     count: int = Field(200, ge=1, description="number of scenes")
     seed: int = 0
     size: int = Field(256, ge=64, description="image side in pixels")
+    offset: int = Field(0, ge=0, description="index of the first scene: disjoint index ranges (same seed) give "
+                                             "disjoint scenes with distinct ids, e.g. train / unlabeled / held-out")
 
     reference_fields: ClassVar[tuple[str, ...]] = ()
 
@@ -72,7 +74,7 @@ class DemoAdapter(StageAdapter):
         from synth.data import save
         from synth.demo_data import make_demo_dataset
 
-        dataset = make_demo_dataset(spec.count, spec.seed, spec.size, show_progress=False)
+        dataset = make_demo_dataset(spec.count, spec.seed, spec.size, show_progress=False, offset=spec.offset)
         save(dataset, folder.path)
         if ctx.progress is not None:
             ctx.progress.add(records=spec.count)
@@ -84,7 +86,7 @@ class DemoAdapter(StageAdapter):
         from synth.demo_data import make_row
 
         return [to_record(make_row(i, spec.seed, spec.size), "raw", f"demo row {i}", None)
-                for i in range(min(spec.count, 4))]
+                for i in range(spec.offset, spec.offset + min(spec.count, 4))]
 
 
 ADAPTERS = (SourceAdapter, DemoAdapter)
