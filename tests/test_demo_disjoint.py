@@ -37,3 +37,13 @@ def test_recipe_demo_stage_takes_an_offset():
     spec = DemoSpec(type="demo", name="heldout", count=2, offset=40, size=64)
     rows = DemoAdapter().sample(spec, None, [], None)
     assert [r["id"] for r in rows] == ["shapes-00040", "shapes-00041"]
+
+
+def test_cli_offset(tmp_path):
+    from datasets import load_from_disk
+
+    from tests.cli_helpers import run_cli
+
+    result = run_cli("demo-data", str(tmp_path / "d"), "--count", "3", "--offset", "7", "--size", "64")
+    assert result.exit_code == 0, result.output
+    assert load_from_disk(str(tmp_path / "d"))["id"] == ["shapes-00007", "shapes-00008", "shapes-00009"]

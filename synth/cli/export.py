@@ -14,12 +14,13 @@ def demo_data(
     count: int = typer.Option(200, "--count", help="Number of images."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical output."),
     size: int = typer.Option(256, "--size", help="Image side in pixels."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Index of the first scene: disjoint ranges give disjoint sets."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Draw the demo shapes dataset: scenes with captions, boxes, QA, labels and a word to read. Offline."""
     from synth.demo_data import write_demo_data
 
-    path = write_demo_data(out, count=count, seed=seed, size=size, overwrite=overwrite)
+    path = write_demo_data(out, count=count, seed=seed, size=size, overwrite=overwrite, offset=offset)
     console.print(Text.assemble("wrote ", (f"{count}", "bold"), f" demo images ({size}x{size}, seed {seed}) to ", (str(path), "bold")))
 
 
