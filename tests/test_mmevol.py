@@ -1,28 +1,49 @@
-"""MMEvol through the loopback OpenAI-compatible test server (a fixture, not a model): golden prompts,
-images as data URLs or as text, structured replies (clean, near-JSON, broken), judge verdicts matched by
-id, lineage and counts over several rounds."""
+"""MMEvol through the loopback OpenAI-compatible test server (a fixture, not a model): MMEvol's prompt
+scaffold and demos (golden files), a whole image's items per request and per judge call, per-item verdicts
+(a bad score eliminates only its item), box formats, interaction forms, per-round data statistics, lineage.
+
+Regenerate the golden prompts after an intended template change (then review the diff):
+
+    SYNTH_UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_mmevol.py -k golden
+"""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import os
 import re
+from collections import Counter
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
 
+from synth.boxes import read_objects
 from synth.data import ImageError, decode_image
-from synth.generate.evolution.mmevol import INTERACTION_FORMS, MMEvol, normalise_objects
+from synth.data.writer import RecordLog
+from synth.generate.evolution.mmevol import (
+    DEFAULT_OPERATORS,
+    FORMS,
+    INTERACTION_FORMS,
+    NO_ITEM_KEPT,
+    EvolvedItem,
+    MMEvol,
+    demos_text,
+    normalise_objects,
+)
 from synth.llm.base import Completion
 from synth.llm.testing import image_urls
 from synth.pipeline import Failed, Rejected, run_stages
 
+GOLDEN = Path(__file__).parent / "golden" / "mmevol"
+UPDATE = os.environ.get("SYNTH_UPDATE_GOLDEN", "") not in ("", "0")
 COLOURS = {"ALPHA": "red", "BRAVO": "blue", "CHARLIE": "green"}
 
 
 def scene(name: str, colour: str, size: int = 64) -> dict:
-    """A tiny drawn scene: a coloured circle and a black square, with caption, boxes and one QA."""
+    """A tiny drawn scene: a coloured circle and a black square, with caption, boxes and two QA items."""
     image = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(image)
     draw.ellipse([6, 12, 32, 38], fill=colour)
@@ -35,203 +56,219 @@ def scene(name: str, colour: str, size: int = 64) -> dict:
             {"label": f"{colour} circle", "box": [0.1, 0.2, 0.5, 0.6]},
             {"label": "black square", "box": [0.625, 0.094, 0.812, 0.281]},
         ],
-        "qa": [{"question": f"What colour is the circle in scene {name}?", "answer": colour}],
+        "qa": [
+            {"question": f"What colour is the circle in scene {name}?", "answer": colour},
+            {"question": f"How many squares are in scene {name}?", "answer": "1"},
+        ],
     }
 
 
 SCENES = [scene(name, colour) for name, colour in COLOURS.items()]
 
-SCENE_TEXT = (
-    "You create visual question-answer data for training image-text assistants.\n"
-    "You cannot see the image, so it is described in text below. Write as if you were looking at it, and never\n"
-    "mention the description, the caption or the coordinates list in your question.\n"
-    "Image description: Scene ALPHA: a large red circle and a small black square.\n"
-    "Objects, with boxes as normalised [x0, y0, x1, y1] coordinates (0 = left/top, 1 = right/bottom):\n"
-    "- red circle: [0.10, 0.20, 0.50, 0.60]\n"
-    "- black square: [0.62, 0.09, 0.81, 0.28]\n"
-    "\n"
-    "Current question: What colour is the circle in scene ALPHA?\n"
-    "Current answer: red\n"
-    "\n"
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / f"{name}.txt"
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"{path} missing: run with SYNTH_UPDATE_GOLDEN=1"
+    assert text == path.read_text(encoding="utf-8"), f"prompt differs from {path}"
+
+
+def item(question="How many shapes are darker than the circle? Let's think step by step.", answer="1", steps=None, **extra):
+    steps = steps if steps is not None else [
+        {"manipulation": "grounding_1(the circle)->bbx_1", "description": "Find the circle."},
+        {"manipulation": "None", "description": "Only the black square is darker."},
+    ]
+    return {"image_position": "single", "objects": ["black square"], "skills": ["Grounding", "Calculating"],
+            "format": "complex reasoning", "question": question, "steps": steps, "answer": answer, **extra}
+
+
+# ---------------------------------------------------------------- MMEvol's scaffold (golden prompts, no backend)
+
+
+@pytest.mark.parametrize(
+    "case, operator, options",
+    [
+        ("perception", "perception", {}),
+        ("reasoning", "reasoning", {}),
+        ("interaction", "interaction", {}),
+        ("interaction_drawn", "interaction", {"form_choice": "drawn", "interaction_forms": {"fill_in_the_blank": 1.0}}),
+        ("reasoning_no_demos_image", "reasoning", {"demos": False, "image_input": "image"}),
+    ],
 )
-IMAGE_SCENE_TEXT = SCENE_TEXT.replace(
-    "You cannot see the image, so it is described in text below. Write as if you were looking at it, and never\n"
-    "mention the description, the caption or the coordinates list in your question.\n",
-    "Look at the image. A description of it follows, to help you; trust the image where they differ.\n",
-)
-OUTPUT_TEXT = (
-    "\n\nReply with one JSON object only, with these keys:\n"
-    '- "question": the new question, as it will be shown to a user together with the image\n'
-    '- "answer": the correct answer, as the assistant should give it\n'
-    '- "steps": the reasoning steps that lead to the answer, one short sentence each ([] if there are none)\n'
-    '- "objects": the objects of the image the question is about\n'
-    '- "skills": the abilities the question tests (e.g. counting, colour, spatial relation, reading text, comparison)\n'
-    '- "format": {format}'
-)
-TASKS = {
-    "perception": (
-        "Task: fine-grained perception evolution. Write a new question about a rarer, finer visual detail of the\n"
-        "image than the current question uses: a small object, an exact colour, a relative position, a count of a\n"
-        "subset, a part of an object, or written text. Keep the difficulty similar. The question must need the image\n"
-        "to be answered, and the answer must follow from what the image shows."
-    ),
-    "reasoning": (
-        "Task: cognitive reasoning evolution. Rewrite the question so that answering it takes more reasoning\n"
-        "steps over what the image shows: combine several objects, compare, count then compare, or chain spatial\n"
-        'relations. The question must need the image to be answered. In "steps", give every reasoning step in\n'
-        'order (at least two), each grounded in the image; "answer" states the final answer.'
-    ),
-    "interaction": (
-        "Task: interaction evolution. Rewrite the question into another form of interaction: a fill-in-the-blank "
-        "statement about the image with one blank written as ___; the answer is the missing word or words.\n"
-        "Keep it about the same content of the image, and make sure it still needs the image to be answered."
-    ),
-}
-
-JUDGE_HEAD = (
-    "You review visual question-answer data for training image-text assistants. Each item shows an image{described},\n"
-    "its previous question-answer pair and an evolved pair made from it. Decide for each item whether the\n"
-    "evolved pair is better: harder or finer-grained, more reasoning, or a useful new form, while still correct\n"
-    "for the image and clearly written. It is NOT better when it is wrong for the image, vague, the same as\n"
-    "before, or when it can be answered without the image (from the question text or common knowledge alone).\n"
-    "\n"
-)
-JUDGE_TAIL = (
-    "Reply with JSON only, one verdict per item, using the item ids above:\n"
-    '{"verdicts": [{"id": "<item id>", "improved": true or false, "score": <1-10, quality of the evolved pair>, '
-    '"answerable_without_image": true or false, "reason": "<one short sentence>"}]}'
-)
-JUDGE_ITEM = (
-    "Previous question: What colour is the circle in scene ALPHA?\n"
-    "Previous answer: red\n"
-    "Evolved question: How many shapes are darker than the circle?\n"
-    "Evolved answer: 1\n"
-    "Evolved reasoning steps: The circle is red. | Only the black square is darker.\n"
-    "\n"
-)
-
-
-def evolved(question="How many shapes are darker than the circle?", answer="1", steps=("The circle is red.", "Only the black square is darker.")):
-    return {"question": question, "answer": answer, "steps": list(steps), "objects": ["black square"], "skills": ["comparison"], "format": "open question"}
-
-
-# ---------------------------------------------------------------- golden prompts (no backend)
-
-
-@pytest.mark.parametrize("operator", ["perception", "reasoning", "interaction"])
-def test_evolve_prompts_render_exactly_as_text(operator):
-    stage = MMEvol(None, interaction_forms={"fill_in_the_blank": 1.0})
-    request = stage.format_evolve_input(stage.seed_version(SCENES[0]), operator, 1)
-    fmt = '"fill_in_the_blank"' if operator == "interaction" else 'the question form, e.g. "open question"'
-    assert request.messages[0].content == SCENE_TEXT + TASKS[operator] + OUTPUT_TEXT.format(format=fmt)
-    assert request.images == [] and request.schema_model.__name__ == "EvolvedQA"
-
-
-def test_evolve_prompt_with_image_puts_the_image_first():
-    stage = MMEvol(None, image_input="image")
+def test_golden_evolve_prompts(case, operator, options):
+    stage = MMEvol(None, **options)
     seed = stage.seed_version(SCENES[0])
-    request = stage.format_evolve_input(seed, "perception", 2)
-    image_part, text_part = request.messages[0].content
-    assert image_part.type == "image" and request.images == [seed.seed["image"]]
-    fmt = 'the question form, e.g. "open question"'
-    assert text_part.text == IMAGE_SCENE_TEXT + TASKS["perception"] + OUTPUT_TEXT.format(format=fmt)
+    request = stage.format_evolve_input(seed, operator, 1)
+    if stage.show_image:
+        image_part, text_part = request.messages[0].content
+        assert image_part.type == "image" and request.images == [seed.seed["image"]]
+        text = text_part.text
+    else:
+        text, = [request.messages[0].content]
+        assert request.images == []
+    assert request.schema_model.__name__ == "EvolvedItems"
+    check_golden(case, text)
+    # The whole list of the image's items goes in one request.
+    assert all(qa["question"] in text for qa in SCENES[0]["qa"])
+    if options.get("demos", True):
+        assert (demos_text(operator) if case != "interaction_drawn" else '"format": "fill_in_the_blank"') in text
 
 
-def test_judge_prompts_render_exactly_text_and_image():
-    text_stage = MMEvol(None)
-    seed = text_stage.seed_version(SCENES[0])
-    candidate = text_stage.child(seed, "reasoning", 1, evolved())
-    request = text_stage.format_judge_input([("1", seed, candidate)])
-    assert request.messages[0].content == (
-        JUDGE_HEAD.format(described=" (described in text)")
-        + "### Item 1 (evolution: reasoning)\n"
-        "Image description: Scene ALPHA: a large red circle and a small black square.\n"
-        "Objects (normalised [x0, y0, x1, y1] boxes):\n"
-        "- red circle: [0.10, 0.20, 0.50, 0.60]\n"
-        "- black square: [0.62, 0.09, 0.81, 0.28]\n" + JUDGE_ITEM + JUDGE_TAIL
-    )
+def test_golden_judge_prompts_text_and_image():
+    stage = MMEvol(None)
+    seed = stage.seed_version(SCENES[0])
+    candidate = stage.child(seed, "reasoning", 1, {"items": [item(), item("Is the square above the circle? Let's think step by step.", "yes")]})
+    request = stage.format_judge_input([("1", seed, candidate)])
+    check_golden("judge_text", request.messages[0].content)
     assert request.images == [] and request.schema_model.__name__ == "ImageJudgeReply"
 
     image_stage = MMEvol(None, image_input="image")
-    other = image_stage.seed_version(SCENES[1])
-    other_candidate = image_stage.child(other, "interaction", 1, evolved("Fill in: the circle is ___.", "blue", ()), form="fill_in_the_blank")
-    request = image_stage.format_judge_input([("1", seed, candidate), ("2", other, other_candidate)])
+    request = image_stage.format_judge_input([("1", seed, candidate)])
     parts = request.messages[0].content
-    assert [p.type for p in parts] == ["text", "image", "text", "image", "text"]
-    assert request.images == [seed.seed["image"], other.seed["image"]]
-    assert parts[0].text == JUDGE_HEAD.format(described="") + "### Item 1 (evolution: reasoning)\nImage: "
-    assert parts[2].text == (
-        "\n" + JUDGE_ITEM + "### Item 2 (evolution: interaction, form: fill_in_the_blank)\nImage: "
-    )
-    assert parts[4].text.startswith("\nPrevious question: What colour is the circle in scene BRAVO?\n")
-    assert parts[4].text.endswith(JUDGE_TAIL)
+    assert [p.type for p in parts] == ["text", "image", "text"] and request.images == [seed.seed["image"]]
+    check_golden("judge_image", parts[0].text + "<<image>>" + parts[2].text)
 
 
-def test_format_output_and_checks_over_clean_noisy_and_broken_json():
+def test_demos_are_valid_items_and_cover_every_form():
+    for operator in ("perception", "reasoning", "interaction"):
+        demos = json.loads(demos_text(operator))
+        assert demos and all(isinstance(EvolvedItem.model_validate(d), EvolvedItem) for d in demos)
+        assert all(d["steps"] and all("manipulation" in s and "description" in s for s in d["steps"]) for d in demos)
+    forms = [d["format"] for d in json.loads(demos_text("interaction"))]
+    assert sorted(forms) == sorted(INTERACTION_FORMS) and len(FORMS) == 17
+    # Reasoning demos end with a step-by-step cue, as the prompt asks.
+    assert all("step by step" in d["question"].lower() for d in json.loads(demos_text("reasoning")))
+
+
+def test_operator_odds_default_to_mmevols():
+    stage = MMEvol(None)
+    assert stage.config.operators == DEFAULT_OPERATORS == {"perception": 0.5, "reasoning": 0.25, "interaction": 0.25}
+    seeds = [stage.seed_version({**SCENES[0], "id": f"s{i}"}) for i in range(2000)]
+    counts = Counter(stage.choose_operator(v, 1) for v in seeds)
+    assert 0.46 < counts["perception"] / 2000 < 0.54
+    assert 0.21 < counts["reasoning"] / 2000 < 0.29 and 0.21 < counts["interaction"] / 2000 < 0.29
+
+
+# ---------------------------------------------------------------- parsing and per-item rules
+
+
+def parse(stage, seed, text, operator="reasoning"):
+    return stage.parse_evolve_output(seed, operator, 1, Completion(texts=[text]))
+
+
+def test_reply_shapes_clean_bare_list_single_item_noisy_and_broken():
     stage = MMEvol(None)
     seed = stage.seed_version(SCENES[0])
-
-    def outcome(text, operator="reasoning"):
-        candidate = stage.parse_evolve_output(seed, operator, 1, Completion(texts=[text]))
-        if isinstance(candidate, Failed):
-            return f"failed: {candidate.reason}"
-        if isinstance(candidate, Rejected):
-            return candidate.reason
-        rejected = stage.check_candidate(seed, candidate)
-        return rejected.reason if rejected else candidate
-
-    clean = outcome(json.dumps(evolved()))
-    assert clean.fields["steps"] == ["The circle is red.", "Only the black square is darker."]
-    assert stage.answer_text(clean) == "Step 1: The circle is red.\nStep 2: Only the black square is darker.\nAnswer: 1"
-    noisy = 'Sure! Here it is:\n```json\n{"question": "How many squares?", "answer": 1, "steps": [“One square.”, "So 1.",],}\n```'
-    assert outcome(noisy).fields["answer"] == "1"
-    assert outcome("The circle is red, so the answer is one.") == "failed: unparseable"  # retried next run
-    assert outcome("") == "empty_reply"
-    assert outcome(json.dumps(evolved(steps=["Only one step."]))) == "missing_steps"
-    assert outcome(json.dumps(evolved(steps=[])), "perception").fields["steps"] == []
-    assert outcome(json.dumps(evolved(question="What colour is the circle in scene ALPHA?"))) == "unchanged"
-    assert outcome(json.dumps(evolved(question="According to the caption, what is red?"))) == "prompt_leak"
-    assert outcome(json.dumps(evolved(answer="I'm sorry, I cannot see images."))) == "answer_refusal"
-    assert outcome(json.dumps(evolved(answer="?"))) == "answer_only_punctuation"
-    assert outcome(json.dumps(evolved(question=""))) == "empty_question"
+    clean = parse(stage, seed, json.dumps({"items": [item(), item("Is the square above the circle? Think step by step.", "yes")]}))
+    assert [i["question"][:8] for i in clean.fields["items"]] == ["How many", "Is the s"]
+    assert clean.fields["items"][0]["steps"][0] == {"manipulation": "grounding_1(the circle)->bbx_1", "description": "Find the circle."}
+    assert clean.fields["items"][0]["steps"][1]["manipulation"] is None  # "None" means no manipulation
+    bare = parse(stage, seed, json.dumps([item()]))
+    assert len(bare.fields["items"]) == 1
+    single = parse(stage, seed, json.dumps({"question": "How many squares?", "answer": 1, "steps": ["One square.", "So 1."]}))
+    assert single.fields["items"][0]["answer"] == "1"
+    assert single.fields["items"][0]["steps"] == [{"manipulation": None, "description": "One square."},
+                                                  {"manipulation": None, "description": "So 1."}]
+    noisy = 'Sure!\n```json\n{"items": [{"question": "How many squares?", "answer": 1, "steps": [“One.”, "So 1.",],},]}\n```'
+    assert parse(stage, seed, noisy).fields["items"][0]["answer"] == "1"
+    garbage = parse(stage, seed, "The circle is red, so one.")
+    assert isinstance(garbage, Failed) and garbage.reason == "unparseable"  # retried next run
+    assert parse(stage, seed, "").reason == "empty_reply"
+    assert parse(stage, seed, json.dumps({"items": []})).reason == "no_items"
 
 
-def test_interaction_form_is_recorded_and_region_forms_need_boxes():
-    stage = MMEvol(None, seed=1)
+def test_a_malformed_item_or_a_rule_eliminates_only_that_item(tmp_path):
+    stage = MMEvol(None)
+    stage.rejects = RecordLog(tmp_path / "rejects.jsonl")
     seed = stage.seed_version(SCENES[0])
-    forms = {stage.choose_form(stage.seed_version({**SCENES[0], "id": f"s{i}"}), 1) for i in range(200)}
-    assert forms == set(INTERACTION_FORMS)
+    reply = {"items": [
+        item(),                                                           # kept
+        {"question": "Where?"},                                            # no answer: invalid_item
+        item("What colour is the circle in scene ALPHA?"),                # unchanged
+        item("According to the caption, what is red? Step by step."),     # prompt_leak
+        item(answer="I'm sorry, I cannot see images."),                   # answer_refusal (and a duplicate question)
+        item("Which shape is larger? Let's think step by step.", steps=[{"manipulation": None, "description": "Look."}]),
+    ]}
+    candidate = parse(stage, seed, json.dumps(reply))
+    assert isinstance(candidate, type(seed)) and len(candidate.fields["items"]) == 5
+    assert stage.check_candidate(seed, candidate) is None
+    assert [i["question"] for i in candidate.fields["items"]] == [item()["question"]]
+    stage.rejects.close()
+    lines = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["reason"], r["item"]) for r in lines] == [
+        ("invalid_item", 2), ("unchanged", 3), ("prompt_leak", 4), ("duplicate_item", 5), ("missing_steps", 6)
+    ]
+    assert all(r["round"] == 1 and r["operator"] == "reasoning" and r["id"] == seed.id for r in lines)
+    # Nothing left: the candidate goes, without a line of its own (each item has one).
+    lone = parse(stage, seed, json.dumps([item("What colour is the circle in scene ALPHA?")]))
+    assert stage.check_candidate(seed, lone).reason == NO_ITEM_KEPT
+
+
+# ---------------------------------------------------------------- interaction forms
+
+
+def test_interaction_form_chosen_by_the_model_is_recorded_canonically():
+    stage = MMEvol(None)
+    seed = stage.seed_version(SCENES[0])
+    reply = [item("Is the circle red? A) yes B) no", "A", format="Multi-choice"), item("Fill in: the square is ____.", "black", format="fill in the blank"),
+             item("Which box holds the circle? A) [0.1, 0.2, 0.5, 0.6] B) [0.6, 0.1, 0.8, 0.3]", "A", format="")]
+    candidate = parse(stage, seed, json.dumps(reply), "interaction")
+    assert [i["format"] for i in candidate.fields["items"]] == ["multi_choice", "fill_in_the_blank", "multi_choice"]
+    # All 17 forms are offered; region forms only where the image has boxes.
+    text = stage.render_evolve_prompt(seed, "interaction", 1)
+    assert all(f"{name}: " in text for name in INTERACTION_FORMS)
     no_boxes = stage.seed_version({**SCENES[0], "objects": []})
-    assert {stage.choose_form(stage.seed_version({**SCENES[0], "objects": [], "id": f"s{i}"}), 1) for i in range(200)}.isdisjoint(
-        {"region_selection", "object_region_matching"}
-    )
-    candidate = stage.parse_evolve_output(seed, "interaction", 1, Completion(texts=[json.dumps(evolved())]))
-    assert candidate.extra == {"form": stage.choose_form(seed, 1)}
-    assert no_boxes.seed["objects"] == []
+    assert "region_selection" not in stage.render_evolve_prompt(no_boxes, "interaction", 1).split("## Examples")[0]
 
 
-def test_seeds_from_demo_columns_sft_rows_and_mapping():
-    stage = MMEvol(None, seed_qa="first")
+def test_drawn_forms_follow_weights_and_skip_region_forms_without_boxes():
+    stage = MMEvol(None, seed=1, form_choice="drawn", interaction_forms={"multiple_choice": 1.0, "region_selection": 1.0, "depth_order": 2.0})
+    assert stage.config.interaction_forms == {"multi_choice": 1.0, "region_selection": 1.0, "depth_order": 2.0}  # alias
+    forms = Counter(stage.choose_form(stage.seed_version({**SCENES[0], "id": f"s{i}"}), 1) for i in range(400))
+    assert set(forms) == {"multi_choice", "region_selection", "depth_order"} and forms["depth_order"] > forms["multi_choice"]
+    no_boxes = {stage.choose_form(stage.seed_version({**SCENES[0], "objects": [], "id": f"s{i}"}), 1) for i in range(100)}
+    assert no_boxes == {"multi_choice", "depth_order"}
+    seed = stage.seed_version(SCENES[0])
+    candidate = parse(stage, seed, json.dumps([item(format="whatever")]), "interaction")
+    assert candidate.fields["items"][0]["format"] == stage.choose_form(seed, 1)
+    with pytest.raises(ValueError, match="unknown interaction form"):
+        MMEvol(None, interaction_forms={"true_or_not": 1.0})
+
+
+# ---------------------------------------------------------------- seeds and boxes
+
+
+def test_seeds_keep_the_whole_item_list_from_demo_columns_sft_turns_and_mapping():
+    stage = MMEvol(None)
     seed = stage.seed_version(SCENES[1])
     assert seed.id == seed.root_id == "scene-bravo"
-    assert seed.fields["question"] == "What colour is the circle in scene BRAVO?"
+    assert [i["question"] for i in seed.fields["items"]] == [qa["question"] for qa in SCENES[1]["qa"]]
     assert seed.seed["objects"][0] == {"label": "blue circle", "box": [0.1, 0.2, 0.5, 0.6]}
+    assert len(MMEvol(None, max_items=1).seed_version(SCENES[1]).fields["items"]) == 1
 
     sft = {
         "images": [SCENES[0]["image"]],
         "messages": [
             {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "What is shown?"}]},
             {"role": "assistant", "content": [{"type": "text", "text": "A red circle."}]},
+            {"role": "user", "content": [{"type": "text", "text": "Where is it?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "On the left."}]},
         ],
         "description": "A red circle.",
     }
     from_sft = MMEvol(None).seed_version(sft)
-    assert from_sft.fields["question"] == "What is shown?" and from_sft.fields["answer"] == "A red circle."
+    assert [(i["question"], i["answer"]) for i in from_sft.fields["items"]] == [("What is shown?", "A red circle."), ("Where is it?", "On the left.")]
     assert from_sft.seed["caption"] == "A red circle." and len(from_sft.id) == 16
 
     mapped = MMEvol(None, image_column="pic", caption_column="text", question_column="q", answer_column="a")
     version = mapped.seed_version({"pic": SCENES[0]["image"], "text": "Two shapes.", "q": "How many shapes?", "a": "2"})
-    assert (version.seed["caption"], version.fields["question"], version.fields["answer"]) == ("Two shapes.", "How many shapes?", "2")
+    assert (version.seed["caption"], version.fields["items"][0]["question"]) == ("Two shapes.", "How many shapes?")
+    arrow = {**SCENES[0], "qa": {"question": ["Q1?", "Q2?"], "answer": ["a1", "a2"]}}  # Arrow's list of structs
+    assert [i["question"] for i in MMEvol(None).seed_version(arrow).fields["items"]] == ["Q1?", "Q2?"]
+    no_qa = MMEvol(None).seed_version({**SCENES[0], "qa": []})
+    assert no_qa.fields["items"] == [] and "write 3 new items" in MMEvol(None).render_evolve_prompt(no_qa, "perception", 1)
 
     assert MMEvol(None).seed_version({"caption": "no image"}).reason == "missing_image"
     with pytest.raises(ImageError, match="unreadable or corrupt image"):  # the run stops, naming the record
@@ -240,19 +277,50 @@ def test_seeds_from_demo_columns_sft_rows_and_mapping():
     assert not isinstance(MMEvol(None, image_input="image").seed_version({"image": SCENES[0]["image"]}), Rejected)
 
 
-def test_normalise_objects_accepts_pixels_and_arrow_layout_and_skips_bad_boxes():
-    pixels = [{"name": "cat", "bbox": [32, 0, 64, 16]}, {"label": "bad", "box": [1, 2]}, {"label": "flat", "box": [0.5, 0.5, 0.5, 0.9]}]
-    assert normalise_objects(pixels, (64, 32)) == [{"label": "cat", "box": [0.5, 0.0, 1.0, 0.5]}]
+def test_coco_xywh_pixel_boxes_are_converted_and_malformed_boxes_counted():
+    # COCO: bbox = [x, y, width, height] in pixels, on a 200 x 100 image.
+    coco = [{"category": "dog", "bbox": [20, 10, 100, 50]}, {"category": "cat", "bbox": [150, 60, 50, 40]}]
+    assert normalise_objects(coco, (200, 100), box_format="xywh") == [
+        {"label": "dog", "box": [0.1, 0.1, 0.6, 0.6]},
+        {"label": "cat", "box": [0.75, 0.6, 1.0, 1.0]},
+    ]
+    # Read as corners, the same numbers are a different (wrong) box: the format must be said.
+    assert normalise_objects(coco, (200, 100))[0]["box"] != [0.1, 0.1, 0.6, 0.6]
+    # Small pixel boxes near the corner look normalised to `auto`; say pixels.
+    tiny = [{"label": "dot", "box": [0, 0, 1, 1]}]
+    assert normalise_objects(tiny, (100, 100), box_units="pixels") == [{"label": "dot", "box": [0.0, 0.0, 0.01, 0.01]}]
+    assert normalise_objects(tiny, (100, 100)) == [{"label": "dot", "box": [0.0, 0.0, 1.0, 1.0]}]
+    bad = [
+        {"label": "ok", "box": [0.1, 0.1, 0.2, 0.2]},
+        {"box": [0.1, 0.1, 0.2, 0.2]},                     # no label
+        {"label": "short", "box": [1, 2]},                 # not 4 numbers
+        {"label": "text", "box": ["a", "b", "c", "d"]},    # not numbers
+        {"label": "flat", "box": [0.5, 0.5, 0.5, 0.9]},    # zero width
+        {"label": "inverted", "box": [0.6, 0.1, 0.2, 0.3]},
+        "a stray string",
+    ]
+    read = read_objects(bad, (10, 10))
+    assert [o["label"] for o in read.objects] == ["ok"]
+    assert read.malformed == Counter({"no_box": 3, "empty_box": 2, "no_label": 1})
+    assert read_objects([{"label": "px", "box": [5, 5, 20, 20]}]).malformed == Counter({"pixels_without_image_size": 1})
     arrow = {"label": ["a", "b"], "box": [[0.1, 0.1, 0.2, 0.2], [0.3, 0.3, 0.4, 0.4]]}
     assert [o["label"] for o in normalise_objects(arrow, (10, 10))] == ["a", "b"]
     assert normalise_objects(None, (10, 10)) == []
+
+    # The stage reads boxes in the configured format and reports what it left out.
+    stage = MMEvol(None, box_format="xywh", box_units="pixels")
+    seed = stage.seed_version({**SCENES[0], "objects": [{"label": "circle", "bbox": [6, 12, 26, 26]}, {"label": "bad", "bbox": [1, 2, 3]}]})
+    assert seed.seed["objects"] == [{"label": "circle", "box": [0.094, 0.188, 0.5, 0.594]}]
+    assert stage.report.as_dict()["boxes"] == {"read": 1, "malformed": {"no_box": 1}}
+    with pytest.raises(ValueError):
+        MMEvol(None, box_format="cxcywh")
 
 
 # ---------------------------------------------------------------- through the test server
 
 ITEM = re.compile(r"### Item (\S+) \(evolution: (\w+)")
-CURRENT = re.compile(r"Current question: (.*)")
-FORM = re.compile(r'- "format": "(\w+)"')
+CURRENT = re.compile(r"## Given Q&A&S\n(\[.*?\n\]|\(none)", re.DOTALL)
+DRAWN = re.compile(r"Rewrite each given item into the form (\w+),")
 
 
 def user_text(body: dict) -> str:
@@ -260,32 +328,47 @@ def user_text(body: dict) -> str:
     return content if isinstance(content, str) else "".join(p.get("text", "") for p in content if p.get("type") == "text")
 
 
+def given_items(text: str) -> list[dict]:
+    found = CURRENT.search(text).group(1)
+    return json.loads(found) if found.startswith("[") else []
+
+
+def judged_questions(text: str) -> dict[str, str]:
+    """The judge prompt's items: label -> question."""
+    return dict(re.findall(r"### Item (\S+) .*\nQuestion: (.*)", text))
+
+
+def is_judge(body: dict) -> bool:
+    return user_text(body).startswith("You review visual")
+
+
 def realistic(body: dict, judge=None, evolve=None) -> str:
     """Structured replies as a capable model gives them; hooks change one kind of reply."""
     text = user_text(body)
     if text.startswith("You review visual"):
         items = ITEM.findall(text)
-        previous = re.findall(r"Previous question: (.*)", text)
-        verdicts = [
-            {"id": i, "improved": True, "score": 7, "answerable_without_image": False, "reason": f"{op} is harder"}
-            for i, op in items
-        ]
+        previous = re.findall(r"^- Q: (.*)", text, re.MULTILINE)
+        verdicts = [{"id": i, "improved": True, "score": 7, "answerable_without_image": False, "reason": f"{op} is harder"} for i, op in items]
         if judge:
-            return judge(verdicts, previous)
+            return judge(verdicts, previous, text)
         return json.dumps({"verdicts": verdicts[::-1]})  # reversed on purpose: verdicts are matched by id
-    current = CURRENT.search(text).group(1)
+    given = given_items(text) or [{"question": "What is in the image?", "answer": "shapes"}]
     if evolve:
-        out = evolve(current, text)
+        out = evolve(given, text)
         if out is not None:
             return out
-    if "Task: cognitive reasoning" in text:
-        reply = evolved(f"{current} Then, how many shapes are smaller than it?", "1", ["Find the circle.", "Compare sizes."])
-    elif "Task: interaction" in text:
-        form = FORM.search(text).group(1)
-        reply = {**evolved(f"({form}) {current} A. red B. blue C. green", "A. red", []), "format": form}
-    else:
-        reply = evolved(f"{current} And what colour is the small square?", "black", [])
-    return "```json\n" + json.dumps(reply) + "\n```"
+    replies = []
+    for qa in given:
+        current = qa["question"]
+        if "## Task: cognitive reasoning" in text:
+            replies.append(item(f"{current} Then, how many shapes are smaller than it? Let's think step by step.", "1"))
+        elif "## Task: interaction" in text:
+            drawn = DRAWN.search(text)
+            form = drawn.group(1) if drawn else "multi_choice"
+            replies.append(item(f"({form}) {current} A. red B. blue C. green", "A. red", steps=[], format=form))
+        else:
+            replies.append(item(f"{current} And what colour is the small square?", "black", steps=[], format="normal"))
+    return "```json\n" + json.dumps({"items": replies}) + "\n```"
 
 
 def run(stage, seeds=SCENES):
@@ -297,44 +380,54 @@ def decoded(url: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
 
 
-def test_three_rounds_with_images_lineage_counts_and_data_urls(llm_server, make_llm_backend):
+def test_three_rounds_one_request_and_one_judge_call_per_image(llm_server, make_llm_backend):
     llm_server.script(realistic)
     backend = make_llm_backend()
     assert backend.supports_images
-    stage = MMEvol(backend, rounds=3, seed=5, judge_batch_size=2, judge_images_per_request=2)
+    stage = MMEvol(backend, rounds=3, seed=5)
     records = run(stage)
     report = stage.report.as_dict()
     assert report["generated"] == 9 and report["kept"] == 9 and report["eliminated"] == {}
     assert report["per_round"] == {str(r): {"generated": 3, "kept": 3} for r in (1, 2, 3)}
-    assert report["tokens"]["evolve"]["requests"] == 9 and report["tokens"]["judge"]["requests"] == 6
-    assert sum(report["interaction_forms"].values()) == report["per_operator"].get("interaction", {}).get("generated", 0)
+    # One evolution request and one judge request per image and round, each image's 2 items together.
+    assert report["tokens"]["evolve"]["requests"] == 9 and report["tokens"]["judge"]["requests"] == 9
+    assert report["items_per_round"] == {str(r): {"generated": 6, "kept": 6} for r in (1, 2, 3)}
+    assert sum(report["interaction_forms"].values()) == 2 * report["per_operator"].get("interaction", {}).get("generated", 0)
 
-    evolve_bodies = [b for b in llm_server.requests if not user_text(b).startswith("You review")]
-    judge_bodies = [b for b in llm_server.requests if user_text(b).startswith("You review")]
-    for body in evolve_bodies:
+    for body in llm_server.requests:
         (url,) = image_urls(body)
+        assert body["response_format"]["type"] == "json_schema"
+        if is_judge(body):
+            assert len(ITEM.findall(user_text(body))) == 2
+            continue
         name = re.search(r"Scene (\w+):", user_text(body)).group(1)
         sent = decoded(url).getpixel((19, 25))  # the centre of the circle, in this scene's colour
         expected = Image.new("RGB", (1, 1), COLOURS[name]).getpixel((0, 0))
         assert max(abs(a - b) for a, b in zip(sent, expected, strict=True)) < 12  # lossy encoding allowed
-        assert body["response_format"]["type"] == "json_schema"
-    for body in judge_bodies:
-        assert len(image_urls(body)) == len(ITEM.findall(user_text(body))) in (1, 2)
 
     assert len(records) == 9
     by_id = {r["id"]: r for r in records}
     for record in records:
-        meta = record["meta"]
-        assert record["messages"][0]["content"][0] == {"type": "image", "text": None}
-        assert len(record["images"]) == 1
+        meta, messages = record["meta"], record["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant"] * 2  # one conversation, both items
+        assert messages[0]["content"][0] == {"type": "image", "text": None} and len(record["images"]) == 1
         assert meta["source"] == "mmevol" and meta["judge"]["score"] == 7 and meta["model"] == "test-model"
         assert len(meta["chain"]) == meta["round"] and meta["chain"][0]["id"] == meta["root_id"]
+        assert [q["judge"]["score"] for q in meta["qa"]] == [7, 7]
         if meta["round"] > 1:
             assert by_id[meta["parent_id"]]["meta"]["round"] == meta["round"] - 1
         if meta["operator"] == "interaction":
-            assert meta["form"] in INTERACTION_FORMS and meta["qa"]["format"] == meta["form"]
+            assert all(q["format"] in INTERACTION_FORMS for q in meta["qa"])
         if meta["operator"] == "reasoning":
-            assert record["messages"][1]["content"][0]["text"].startswith("Step 1: Find the circle.\nStep 2: ")
+            assert messages[0]["content"][1]["text"].endswith("Let's think step by step.")
+            assert [s["manipulation"] for s in meta["qa"][0]["steps"]] == ["grounding_1(the circle)->bbx_1", None]
+
+
+def test_answer_with_steps_writes_the_steps_out(llm_server, make_llm_backend):
+    llm_server.script(realistic)
+    stage = MMEvol(make_llm_backend(), rounds=1, operators={"reasoning": 1.0}, answer_with_steps=True)
+    records = run(stage, SCENES[:1])
+    assert records[0]["messages"][1]["content"][0]["text"] == "Step 1: Find the circle.\nStep 2: Only the black square is darker.\nAnswer: 1"
 
 
 def test_text_only_backend_gets_the_image_as_text(llm_server, make_llm_backend):
@@ -345,86 +438,151 @@ def test_text_only_backend_gets_the_image_as_text(llm_server, make_llm_backend):
     for body in llm_server.requests:
         assert image_urls(body) == []
         text = user_text(body)
-        assert "- black square: [0.62, 0.09, 0.81, 0.28]" in text
+        assert "black square: [0.625, 0.094, 0.812, 0.281]" in text
         assert "Scene ALPHA" in text or "Scene BRAVO" in text
-    assert "You cannot see the image" in user_text(llm_server.requests[0])
-    assert "(described in text)" in user_text(llm_server.requests[-1])
-    # The output still carries the image itself, encoded.
-    assert decode_image(records[0]["images"][0]).size == (64, 64)
+    assert "You cannot see the image" in user_text(next(b for b in llm_server.requests if not is_judge(b)))
+    assert "Detailed description: Scene" in user_text(next(b for b in llm_server.requests if is_judge(b)))
+    assert decode_image(records[0]["images"][0]).size == (64, 64)  # the output still carries the image
 
 
-def test_judge_no_out_of_order_missing_duplicate_and_image_free_questions(llm_server, make_llm_backend):
-    def judge(verdicts, previous):
-        out = []
-        for v, question in zip(verdicts, previous, strict=True):
-            if "ALPHA" in question:
-                out.append({**v, "improved": False, "score": 3, "reason": "not harder"})
-            elif "BRAVO" in question:
-                out.append({**v, "answerable_without_image": True, "reason": "common knowledge"})
-            # CHARLIE: no verdict at all
-        out.append({"id": "77", "improved": True, "score": 9})  # an id nobody asked about
-        return json.dumps({"verdicts": out[::-1]})
+def test_a_score_outside_1_to_10_eliminates_only_its_item(llm_server, make_llm_backend):
+    """The bug: one bad score must not invalidate the image's other verdicts; 0 (MMEvol's rubric) is valid."""
+    four = [item(f"Question {k} about the circle? Let's think step by step.", str(k)) for k in range(1, 5)]
 
-    llm_server.script(lambda body: realistic(body, judge=judge))
-    stage = MMEvol(make_llm_backend(), rounds=2, judge_batch_size=3, judge_images_per_request=3)
-    assert run(stage) == []
+    def judge(verdicts, previous, text):
+        scores = {"1": 0, "2": 11, "3": "8", "4": 10}
+        improved = {"1": False}
+        return json.dumps({"verdicts": [{**v, "score": scores[v["id"]], "improved": improved.get(v["id"], True)} for v in verdicts]})
+
+    llm_server.script(lambda body: realistic(body, judge=judge, evolve=lambda given, text: json.dumps({"items": four})))
+    stage = MMEvol(make_llm_backend(), rounds=1, operators={"reasoning": 1.0})
+    records = run(stage, SCENES[:1])
     report = stage.report.as_dict()
-    assert report["eliminated"] == {"judge_not_improved": 2, "answerable_without_image": 2, "judge_missing_verdict": 2}
-    # Round 2 evolves the seeds again, since round 1 kept nothing.
-    round_two = [b for b in llm_server.requests if not user_text(b).startswith("You review")][3:]
-    assert sorted(CURRENT.search(user_text(b)).group(1) for b in round_two) == sorted(s["qa"][0]["question"] for s in SCENES)
+    assert report["eliminated"] == {"judge_not_improved": 1, "judge_invalid_verdict": 1}
+    assert report["items_per_round"]["1"] == {"generated": 4, "eliminated": 2, "kept": 2}
+    (record,) = records
+    assert [q["judge"]["score"] for q in record["meta"]["qa"]] == [8, 10]
+    assert [m["content"][-1]["text"] for m in record["messages"][::2]] == [four[2]["question"], four[3]["question"]]
+    assert record["meta"]["judge"]["score"] == 9.0
 
 
-def test_conflicting_duplicates_and_garbage_judge(llm_server, make_llm_backend):
-    def judge(verdicts, previous):
-        if any("CHARLIE" in q for q in previous):
-            return "Both look fine to me!"
-        return json.dumps({"verdicts": verdicts + [{**verdicts[0], "improved": False, "score": 2}]})
+def test_judge_not_improved_image_free_missing_and_conflicting(llm_server, make_llm_backend, tmp_path):
+    def judge(verdicts, previous, text):
+        if "scene ALPHA" in previous[0]:
+            return json.dumps({"verdicts": [{**v, "improved": False, "score": 3, "reason": "not harder"} for v in verdicts]})
+        if "scene BRAVO" in previous[0]:  # only the item evolved from the colour question needs no image
+            questions = judged_questions(text)
+            return json.dumps({"verdicts": [
+                {**v, "answerable_without_image": True, "reason": "common knowledge"} if "colour is the circle" in questions[v["id"]] else v
+                for v in verdicts
+            ]})
+        # CHARLIE: item 1 judged twice differently, item 2 not at all, plus an id nobody asked about
+        return json.dumps({"verdicts": [verdicts[0], {**verdicts[0], "improved": False, "score": 2}, {"id": "77", "improved": True, "score": 9}]})
 
     llm_server.script(lambda body: realistic(body, judge=judge))
-    stage = MMEvol(make_llm_backend(max_reask=0), rounds=1, judge_batch_size=2, judge_images_per_request=2)
+    stage = MMEvol(make_llm_backend(), rounds=2)
+    stage.rejects = RecordLog(tmp_path / "rejects.jsonl")
     records = run(stage)
     report = stage.report.as_dict()
-    assert report["eliminated"] == {"judge_conflicting_verdicts": 1}
-    assert report["failed"] == {"unparseable": 1}  # the garbage reply: a failure, asked again next run
-    assert [r["meta"]["root_id"] for r in records] == ["scene-bravo"]
+    # Round 1: ALPHA loses both items (and is evolved from its seed again in round 2), BRAVO keeps one.
+    assert report["per_round"]["1"] == {"generated": 3, "eliminated": 2, "kept": 1}
+    assert report["eliminated"]["judge_not_improved"] == 4 and report["eliminated"]["answerable_without_image"] == 1
+    assert report["eliminated"]["judge_conflicting_verdicts"] == 2 and report["eliminated"]["judge_missing_verdict"] == 2
+    assert [r["meta"]["root_id"] for r in records] == ["scene-bravo", "scene-bravo"]
+    assert len(records[0]["meta"]["qa"]) == 1
+    stage.rejects.close()
+    lines = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert len(lines) == sum(report["eliminated"].values()) and all(r["phase"] == "judge" and r["item"] in (1, 2) for r in lines)
+    # Round 2 evolves ALPHA's and CHARLIE's seeds again, BRAVO's kept item.
+    round_two = [given_items(user_text(b)) for b in llm_server.requests if not is_judge(b)][3:]
+    assert sorted(len(g) for g in round_two) == [1, 2, 2]
 
 
-def test_broken_json_empty_replies_and_timeouts_fall_back(llm_server, make_llm_backend):
-    def evolve(current, text):
-        if "BRAVO" in current:
-            return ""
-        return None
+def test_garbage_judge_fails_the_image_and_broken_or_slow_evolutions_fail(llm_server, make_llm_backend):
+    def judge(verdicts, previous, text):
+        return "Both look fine to me!" if "scene CHARLIE" in previous[0] else None
 
-    llm_server.script(lambda body: realistic(body, evolve=evolve))
+    def evolve(given, text):
+        return json.dumps({"items": []}) if "BRAVO" in text else None
+
+    llm_server.script(lambda body: realistic(body, judge=lambda v, p, t: judge(v, p, t) or json.dumps({"verdicts": v}), evolve=evolve))
     llm_server.fault("broken_json", marker="Scene ALPHA")  # every try, re-asks included
-    llm_server.fault("slow", marker="Scene CHARLIE", delay=3.0)
-    backend = make_llm_backend(timeout=0.5, max_retries=1, max_reask=1)
-    stage = MMEvol(backend, rounds=1)
+    stage = MMEvol(make_llm_backend(max_reask=0), rounds=1)
     assert run(stage) == []
     report = stage.report.as_dict()
-    # Broken JSON (after re-asks), an empty reply and a timeout: failures, not eliminations.
-    assert report["eliminated"] == {} and report["failed"] == {"unparseable": 2, "timeout": 1}
-    assert stage.answered == 0
-    assert report["tokens"].get("judge") is None  # nothing reached the judge
+    assert report["failed"] == {"unparseable": 2}  # ALPHA's evolution and CHARLIE's judge reply: asked again next run
+    assert report["eliminated"] == {"no_items": 1}  # BRAVO's evolution without items
+    assert report["tokens"]["judge"]["requests"] == 1
 
 
-def test_a_later_round_compares_with_the_previous_round_not_the_seed(llm_server, make_llm_backend):
-    seen_previous: list[list[str]] = []
+def test_a_timeout_is_a_failure_not_an_elimination(llm_server, make_llm_backend):
+    llm_server.script(realistic)
+    llm_server.fault("slow", marker="Scene CHARLIE", delay=3.0)
+    stage = MMEvol(make_llm_backend(timeout=0.5, max_retries=1), rounds=1)
+    records = run(stage)
+    assert {r["meta"]["root_id"] for r in records} == {"scene-alpha", "scene-bravo"}
+    assert stage.report.as_dict()["failed"] == {"timeout": 1}
 
-    def judge(verdicts, previous):
-        seen_previous.append(previous)
+
+def test_a_later_round_evolves_the_previous_rounds_items(llm_server, make_llm_backend):
+    seen: list[list[str]] = []
+
+    def judge(verdicts, previous, text):
+        seen.append(previous)
         return json.dumps({"verdicts": verdicts})
 
     llm_server.script(lambda body: realistic(body, judge=judge))
     stage = MMEvol(make_llm_backend(), rounds=2, operators={"perception": 1.0})
     records = run(stage, SCENES[:1])
     assert [r["meta"]["round"] for r in records] == [1, 2]
-    assert seen_previous == [
-        ["What colour is the circle in scene ALPHA?"],
-        ["What colour is the circle in scene ALPHA? And what colour is the small square?"],
-    ]
+    first = [qa["question"] for qa in SCENES[0]["qa"]]
+    assert seen == [first, [f"{q} And what colour is the small square?" for q in first]]
     assert records[1]["meta"]["parent_id"] == records[0]["id"]
+
+
+# ---------------------------------------------------------------- per-round data statistics on a planted set
+
+
+def planted(body: dict) -> str:
+    """Round r (read from the given items' marks) evolves each item into one with r+1 steps and r skills;
+    the judge rates it 4 + r, except item 2 of scene CHARLIE, which it eliminates every round."""
+    text = user_text(body)
+    if text.startswith("You review visual"):
+        verdicts = []
+        for label, _ in ITEM.findall(text):
+            question = re.search(rf"### Item {label} .*\nQuestion: (.*)", text).group(1)
+            r = int(re.search(r"\[r(\d)\]", question).group(1))
+            drop = label == "2" and "CHARLIE" in question
+            verdicts.append({"id": label, "improved": not drop, "score": 4 + r, "reason": "planted"})
+        return json.dumps({"verdicts": verdicts})
+    out = []
+    for qa in given_items(text):
+        base = re.sub(r" \[r\d\].*", "", qa["question"])
+        r = int(m.group(1)) + 1 if (m := re.search(r"\[r(\d)\]", qa["question"])) else 1
+        scene_name = re.search(r"scene (\w+)", base).group(1)
+        steps = [{"manipulation": "None", "description": f"step {k}"} for k in range(r + 1)]
+        out.append(item(f"{base} [r{r}] {scene_name} Let's think step by step.", f"answer {r}", steps=steps,
+                        skills=[f"skill {k}" for k in range(r)]))
+    return json.dumps({"items": out})
+
+
+def test_per_round_statistics_on_a_planted_set(llm_server, make_llm_backend):
+    llm_server.script(planted)
+    seeds = [{**s, "qa": [{**qa, "steps": ["seen"], "skills": ["Existence"]} for qa in s["qa"]]} for s in SCENES]
+    stage = MMEvol(make_llm_backend(), rounds=3, operators={"reasoning": 1.0})
+    run(stage, seeds)
+    stats = stage.report.as_dict()["data_statistics"]
+    # Seeds: 6 items, 1 step and 1 skill each, not judged. Each round keeps 5 items (CHARLIE's second is
+    # eliminated in round 1, and CHARLIE then evolves only its first): r+1 steps, r skills, difficulty 4+r.
+    assert stats["0"] == {"items": 6, "difficulty": None, "steps": 1.0, "skills": 1.0,
+                          "change": {"difficulty": None, "steps": None, "skills": None}}
+    assert stats["1"] == {"items": 5, "difficulty": 5.0, "steps": 2.0, "skills": 1.0,
+                          "change": {"difficulty": None, "steps": 1.0, "skills": 0.0}}
+    assert stats["2"] == {"items": 5, "difficulty": 6.0, "steps": 3.0, "skills": 2.0,
+                          "change": {"difficulty": 1.0, "steps": 1.0, "skills": 1.0}}
+    assert stats["3"]["items"] == 5 and stats["3"]["difficulty"] == 7.0 and stats["3"]["change"] == {"difficulty": 1.0, "steps": 1.0, "skills": 1.0}
+    items = stage.report.as_dict()["items_per_round"]
+    assert items["1"] == {"generated": 6, "eliminated": 1, "kept": 5} and items["2"] == {"generated": 5, "kept": 5}
 
 
 # ---------------------------------------------------------------- CLI on the demo shapes data
@@ -442,31 +600,33 @@ def test_cli_end_to_end_on_demo_shapes(llm_server, tmp_path):
     llm_server.script(realistic)
     out = tmp_path / "evolved"
     args = ["evolve", str(demo), "--method", "mmevol", "--out", str(out), "--base-url", llm_server.base_url,
-            "--model", "test-model", "--rounds", "2", "--forms", "multiple_choice", "--no-cache", "--limit", "3"]
+            "--model", "test-model", "--rounds", "2", "--forms", "multiple_choice", "--form-choice", "drawn",
+            "--max-items", "2", "--no-cache", "--limit", "3"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "mmevol: evolution" in result.output
+    assert "mmevol: evolution" in result.output and "data statistics per round" in result.output
 
     data = read_dataset(str(out))
     assert len(data) == 6
     assert set(data.column_names) == {"id", "messages", "images", "meta"}
     row = data[0]
-    assert row["images"][0].size == (96, 96)
-    assert row["images"][0].format == "PNG"  # the demo's encoding is kept
-    assert row["messages"][0]["content"][0]["type"] == "image"
+    assert row["images"][0].size == (96, 96) and row["images"][0].format == "PNG"  # the demo's encoding is kept
+    assert row["messages"][0]["content"][0]["type"] == "image" and len(row["messages"]) == 4
     metas = [json.loads(m) for m in data["meta"]]
     assert {m["root_id"] for m in metas} == {"shapes-00000", "shapes-00001", "shapes-00002"}
-    assert all(m.get("form") == "multiple_choice" for m in metas if m["operator"] == "interaction")
-    # Images went as data URLs, one per request (judge batches too, by default: servers often take one).
+    assert all(q["format"] == "multi_choice" for m in metas if m["operator"] == "interaction" for q in m["qa"])
     assert all(len(image_urls(b)) == 1 for b in llm_server.requests)
     report = json.loads((out / "report.json").read_text())
-    assert report["image_input"] == "image" and report["kept"] == 6
+    assert report["image_input"] == "image" and report["kept"] == 6 and report["data_statistics"]["2"]["difficulty"] == 7.0
+    assert report["boxes"]["malformed"] == {}
 
     text_out = tmp_path / "as-text"
-    result = CliRunner().invoke(app, [*args[:5], str(text_out), *args[6:], "--image-input", "text"])
+    result = CliRunner().invoke(app, [*args[:5], str(text_out), *args[6:], "--image-input", "text", "--box-format", "xyxy"])
     assert result.exit_code == 0, result.output
     assert json.loads((text_out / "report.json").read_text())["image_input"] == "text"
     assert image_urls(llm_server.requests[-1]) == []
+    bad = CliRunner().invoke(app, [*args[:5], str(tmp_path / "x"), *args[6:], "--box-format", "cxcy"])
+    assert bad.exit_code == 1 and "box_format" in bad.output
 
 
 # ---------------------------------------------------------------- local models
@@ -482,14 +642,15 @@ def test_tiny_local_model_smoke(tmp_path):
 
     backend = LocalBackend(LocalConfig(model=str(build_tiny_model(tmp_path / "tiny")), batch_size=4))
     assert not backend.supports_images
-    mmevol = MMEvol(backend, rounds=1, max_tokens=24, judge_max_tokens=24, operators={"perception": 1.0})
+    mmevol = MMEvol(backend, rounds=1, max_tokens=24, judge_max_tokens=24, operators={"perception": 1.0}, demos=False)
     evol = EvolInstruct(backend, rounds=2, max_tokens=16, answer_max_tokens=16, judge=False)
     for stage, seeds, generated in ((mmevol, SCENES[:2], 2), (evol, SEEDS[:2], 4)):
         records = run(stage, seeds)
         report = stage.report.as_dict()
         assert report["generated"] == generated
-        assert report["kept"] + sum(report["eliminated"].values()) + sum(report["failed"].values()) == generated
-        assert len(records) == report["kept"]
+        per_round = report["per_round"]["1"]
+        assert len(records) == report["kept"] == sum(r.get("kept", 0) for r in report["per_round"].values())
+        assert sum(per_round.get(k, 0) for k in ("kept", "eliminated", "failed")) == per_round["generated"]
         assert report["tokens"]["evolve"]["completion_tokens"] > 0
     backend.close()
 
@@ -504,7 +665,8 @@ def test_embedded_gemma_one_round_on_demo_shapes(tmp_path):
 
     demo = write_demo_data(tmp_path / "shapes", count=2, seed=0, size=128)
     backend = make_backend(None, cache=False)
-    report = evolve_dataset(str(demo), tmp_path / "out", "mmevol", backend, {"rounds": 1, "max_tokens": 200})
-    assert report.generated == 2 and report.kept + sum(report.eliminated.values()) + sum(report.failed.values()) == 2
+    report = evolve_dataset(str(demo), tmp_path / "out", "mmevol", backend, {"rounds": 1, "max_tokens": 300, "max_items": 2})
+    per_round = report.as_dict()["per_round"]["1"]
+    assert report.generated == 2 and sum(per_round.get(k, 0) for k in ("kept", "eliminated", "failed")) == 2
     assert len(read_dataset(str(tmp_path / "out"))) == report.written
     backend.close()

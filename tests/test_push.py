@@ -228,7 +228,7 @@ def test_upload_reaches_the_hub_calls_with_the_right_arguments(sets, hub_env, mo
     result = run_cli("push", sets["mix"], sets["prefs"], f"evolved={sets['evolved']}", "--repo", "alice/shapes-synth",
                      "--private", "--max-shard-size", "20KB", "--license", "cc-by-4.0", "--message", "first version")
     assert result.exit_code == 0, result.output
-    assert "pushed mix (30 rows), preference (8 rows), evolved (8 rows) to https://huggingface.co/datasets/alice/shapes-synth" in result.output
+    assert "pushed mix (30 rows), preference (8 rows), evolved (6 rows) to https://huggingface.co/datasets/alice/shapes-synth" in result.output
     assert [c[0] for c in calls] == ["create_repo", "card", "push_to_hub", "push_to_hub", "push_to_hub"]
     assert calls[0][1] == ("alice/shapes-synth",)
     assert calls[0][2] == {"repo_type": "dataset", "private": True, "exist_ok": True, "token": FAKE_TOKEN}
@@ -240,7 +240,7 @@ def test_upload_reaches_the_hub_calls_with_the_right_arguments(sets, hub_env, mo
     local = (hub_dir / "README.md").read_text()
     assert "dataset_info" not in uploaded and "dataset_info" in local
     assert uploaded.split("\n---\n", 1)[1] == local.split("\n---\n", 1)[1]
-    expected = [("mix", True, {"train": 24, "validation": 6}), ("preference", False, {"train": 8}), ("evolved", False, {"train": 8})]
+    expected = [("mix", True, {"train": 24, "validation": 6}), ("preference", False, {"train": 8}), ("evolved", False, {"train": 6})]
     for call, (name, default, rows) in zip(calls[2:], expected, strict=True):
         kwargs = call[2]
         assert call[1] == ("alice/shapes-synth",)

@@ -23,7 +23,10 @@ from synth.cli.llm_options import (
 )
 
 # Options that only one method understands (the other would reject them as unknown keys).
-_MMEVOL_ONLY = ("interaction_forms", "image_column", "caption_column", "boxes_column", "qa_column", "question_column", "image_input")
+_MMEVOL_ONLY = (
+    "interaction_forms", "form_choice", "image_column", "caption_column", "boxes_column", "box_format", "box_units",
+    "qa_column", "question_column", "max_items", "image_input",
+)
 _EVOL_ONLY = ("instruction_column",)
 
 
@@ -42,18 +45,24 @@ def evolve(
     temperature: Temperature = 0.7,
     seed: Seed = 0,
     judge_max_tokens: int = typer.Option(512, "--judge-max-tokens", min=16, help="Token limit of each judge reply.", rich_help_panel=PANEL),
-    rounds: int = typer.Option(3, "--rounds", min=1, max=20, help="Evolution rounds per seed."),
+    rounds: Optional[int] = typer.Option(
+        None, "--rounds", min=1, max=20, help="Evolution rounds per seed (default: the method's; evol-instruct 4, as WizardLM)."
+    ),
     operators: Optional[str] = typer.Option(
         None,
         "--operators",
         help="Operator weights NAME=W,NAME=W (a name alone weighs 1). evol-instruct: add_constraints, deepen, "
-        "concretize, increase_reasoning, complicate_input, in_breadth. mmevol: perception, reasoning, interaction.",
+        "concretize, increase_reasoning, complicate_input, in_breadth. mmevol: perception, reasoning, interaction "
+        "(default 0.5, 0.25, 0.25, MMEvol's odds).",
     ),
     forms: Optional[str] = typer.Option(
         None,
         "--forms",
-        help="mmevol interaction forms NAME=W,...: multiple_choice, fill_in_the_blank, region_selection, "
-        "text_image_matching, object_region_matching, rationale, true_false.",
+        help="mmevol interaction forms NAME=W,... (default: all 17 of MMEvol's, e.g. multi_choice, fill_in_the_blank, "
+        "region_selection, text_image_matching, depth_order; see the README).",
+    ),
+    form_choice: Optional[str] = typer.Option(
+        None, "--form-choice", help="mmevol: model (the LLM picks the fitting form, MMEvol) or drawn (one form drawn per image)."
     ),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evolve only the first N seeds."),
     judge: bool = typer.Option(True, "--judge/--no-judge", help="Ask the LLM judge (off: rule-based elimination only)."),
@@ -66,6 +75,9 @@ def evolve(
     image_column: Optional[str] = typer.Option(None, "--image-column", help="mmevol: image column (default: image/images)."),
     caption_column: Optional[str] = typer.Option(None, "--caption-column", help="mmevol: caption column (default: detailed_caption/caption)."),
     boxes_column: Optional[str] = typer.Option(None, "--boxes-column", help="mmevol: objects with label + box (default: objects)."),
+    box_format: Optional[str] = typer.Option(None, "--box-format", help="mmevol: xyxy ([x0, y0, x1, y1], default) or xywh (COCO's bbox)."),
+    box_units: Optional[str] = typer.Option(None, "--box-units", help="mmevol: auto (default), normalised (0-1) or pixels."),
+    max_items: Optional[int] = typer.Option(None, "--max-items", min=1, help="mmevol: evolve at most N QA items per image."),
     qa_column: Optional[str] = typer.Option(None, "--qa-column", help="mmevol: list of {question, answer} (default: qa)."),
     question_column: Optional[str] = typer.Option(None, "--question-column", help="mmevol: question column (with --answer-column)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to read when the source has several."),
@@ -92,6 +104,10 @@ def evolve(
         "include_seeds": include_seeds,
         "operators": parse_weights(operators, "--operators"),
         "interaction_forms": parse_weights(forms, "--forms"),
+        "form_choice": form_choice,
+        "box_format": box_format,
+        "box_units": box_units,
+        "max_items": max_items,
         "image_input": None if image_input == "auto" else image_input,
         "instruction_column": instruction_column,
         "answer_column": answer_column,
@@ -181,6 +197,16 @@ def render_report(data: dict[str, Any]) -> None:
         for reason, count in data["failed"].items():
             failures.add_row(reason, str(count))
         console.print(failures)
+    if data.get("items_per_round"):
+        breakdown("items per round", data["items_per_round"])
+    if data.get("data_statistics"):
+        render_statistics(data["data_statistics"])
+    boxes = data.get("boxes") or {}
+    if boxes.get("malformed"):
+        console.print(
+            f"boxes: {boxes['read']} read, malformed left out: " + ", ".join(f"{k} {v}" for k, v in boxes["malformed"].items())
+            + " (check --box-format / --box-units)"
+        )
     if data["interaction_forms"]:
         console.print("interaction forms: " + ", ".join(f"{k} {v}" for k, v in data["interaction_forms"].items()))
     if data["tokens"]:
@@ -190,3 +216,22 @@ def render_report(data: dict[str, Any]) -> None:
         for phase, counts in data["tokens"].items():
             tokens.add_row(phase, f"{counts['requests']:,}", f"{counts['prompt_tokens']:,}", f"{counts['completion_tokens']:,}")
         console.print(tokens)
+
+
+def render_statistics(stats: dict[str, dict[str, Any]]) -> None:
+    """Per round, the kept items' mean judge difficulty, steps and skills per question, and their change
+    (round 0: the seeds' items, which the judge has not scored)."""
+    from rich.table import Table
+
+    def cell(row: dict[str, Any], key: str) -> str:
+        value, change = row.get(key), (row.get("change") or {}).get(key)
+        if value is None:
+            return "-"
+        return f"{value:.2f}" + (f" ({change:+.2f})" if change is not None else "")
+
+    table = Table(title="data statistics per round (kept items)", title_justify="left", header_style="bold")
+    for name in ("round", "items", "difficulty", "steps / question", "skills / question"):
+        table.add_column(name, justify="right")
+    for round_, row in stats.items():
+        table.add_row(round_, str(row["items"]), cell(row, "difficulty"), cell(row, "steps"), cell(row, "skills"))
+    console.print(table)

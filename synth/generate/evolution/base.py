@@ -238,15 +238,20 @@ class EvolutionStage(LLMTask):
             else:
                 outcome = self.parse_judge_output(ids, completion)
             for label, i in batch:
-                verdict = outcome[label]
-                if isinstance(verdict, Verdict):
-                    alive[i].judge = {"improved": verdict.improved, "score": verdict.score, "reason": verdict.reason}
-                    verdict = self.judge_rule(verdict)
-                if verdict is None:
-                    survivors[i] = alive[i]
+                result = self.apply_judge(current[i], alive[i], outcome[label])
+                if isinstance(result, Version):
+                    survivors[i] = result
                 else:
-                    self._drop(current[i], operators[i], round_, verdict, "judge")
+                    self._drop(current[i], operators[i], round_, result, "judge")
         return survivors
+
+    def apply_judge(self, previous: Version, candidate: Version, verdict: Any) -> Version | Outcome:
+        """The candidate after its judge outcome (what `parse_judge_output` gave for its label), or why it
+        is eliminated. An engine that judges several items per candidate (MMEvol) overrides this."""
+        if isinstance(verdict, Verdict):
+            candidate.judge = {"improved": verdict.improved, "score": verdict.score, "reason": verdict.reason}
+            verdict = self.judge_rule(verdict)
+        return candidate if verdict is None else verdict
 
     # -- helpers for the engines ----------------------------------------------------------------------
 

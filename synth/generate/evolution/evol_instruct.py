@@ -5,6 +5,11 @@ Input records: SFT records (first user turn = instruction, first assistant turn 
 Alpaca ``instruction``/``input``/``output`` tables into these) or plain columns (``instruction``, ``prompt``,
 ``question`` or ``query``, or the column named in the config, plus an optional ``input``).
 Output records: SFT samples (user = evolved instruction, assistant = new answer) with lineage in ``meta``.
+
+Defaults follow WizardLM (Xu et al. 2023): M = 4 rounds; "complicate the input" shows demonstrations;
+an answer is eliminated when it is empty, only punctuation or stop words, or a refusal ("sorry", and
+synth's other refusal phrases) of fewer than 80 words. Answer length is not a rule of the paper: a
+minimum (`rules.min_answer_words`) is opt-in, since "4" or "Paris" can be the whole right answer.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pydantic import Field, field_validator
 
 from synth.generate.evolution.base import EvolutionConfig, EvolutionStage, Outcome, Version
 from synth.generate.evolution.elimination import (
+    REFUSAL_PATTERNS,
     EliminationRules,
     JudgeReply,
     Verdict,
@@ -37,18 +43,39 @@ OPERATORS = IN_DEPTH + IN_BREADTH
 INSTRUCTION_COLUMNS = ("instruction", "prompt", "question", "query")
 ANSWER_COLUMNS = ("output", "response", "answer", "completion")
 
+#: Evol-Instruct's elimination defaults: the paper's rules, plus synth's other refusal phrases. The paper
+#: alone: ``rules: {refusal_patterns: ['\bsorry\b']}``.
+RULE_DEFAULTS: dict[str, Any] = {
+    "min_answer_words": 0,  # no length rule: short answers are valid answers
+    "refusal_max_words": 79,  # "sorry" in a response of fewer than 80 words
+    "refusal_patterns": [*REFUSAL_PATTERNS, r"\bsorry\b"],
+}
+
+
+def default_rules(**overrides: Any) -> EliminationRules:
+    return EliminationRules(**{**RULE_DEFAULTS, **overrides})
+
 
 class EvolInstructConfig(EvolutionConfig):
+    rounds: int = Field(default=4, ge=1, le=20, description="evolution rounds (the paper's M = 4)")
     operators: dict[str, float] = Field(
         default_factory=lambda: {name: 1.0 for name in OPERATORS},
         description="operator -> weight; each sample draws one operator per round",
     )
-    rules: EliminationRules = Field(default_factory=EliminationRules)
+    rules: EliminationRules = Field(
+        default_factory=default_rules, description="elimination rules; keys left out keep Evol-Instruct's defaults"
+    )
     instruction_column: str | None = None
     input_column: str | None = Field(default=None, description="appended to the instruction (Alpaca 'input')")
     answer_column: str | None = None
     answer_temperature: float = Field(default=0.7, ge=0)
     answer_max_tokens: int = Field(default=1024, ge=1)
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _rules_over_defaults(cls, value: Any) -> Any:
+        # `rules: {refusal_max_words: 50}` changes that rule only, not the others back to the shared class's.
+        return {**RULE_DEFAULTS, **value} if isinstance(value, dict) else value
 
     @field_validator("operators")
     @classmethod
