@@ -64,6 +64,65 @@ IN_BREADTH = (
     "#Created Prompt#:"
 )
 
+COMPLICATE_INPUT = r"""You are rewriting a prompt to make it a harder task for a capable AI assistant.
+The rewritten prompt must stay reasonable: a person must be able to understand it and answer it.
+Keep every non-text part of the given prompt, such as tables and code, exactly as it is, and keep its inputs.
+
+How to make it harder: add a concrete input the task must work on, in a fitting format (a table, code, JSON, a list of data, or a formula), and refer to it in the prompt.
+
+Keep it concise: apart from the added input, the rewritten prompt may be at most about 20 words longer than the given one.
+Reply with the rewritten prompt only. Do not mention the given prompt, the rewritten prompt, or these instructions.
+
+Examples of such rewrites:
+
+#Given Prompt#:
+Find the month with the highest sales.
+
+#Rewritten Prompt#:
+Using the table below, find the month with the highest sales and say by how many units it beat the month before it.
+
+| Month | Sales (units) |
+|-------|---------------|
+| March | 1,240 |
+| April | 1,515 |
+| May | 1,380 |
+
+#Given Prompt#:
+Explain why a recursive function can run out of memory.
+
+#Rewritten Prompt#:
+Explain why the Python function below fails with a RecursionError for large n, and rewrite it so that it does not.
+
+```python
+def total(n):
+    if n == 0:
+        return 0
+    return n + total(n - 1)
+```
+
+#Given Prompt#:
+Suggest a name for a new coffee shop.
+
+#Rewritten Prompt#:
+Suggest a name for the coffee shop described in the JSON below that suits both its neighbourhood and its customers.
+
+```json
+{"city": "Lisbon", "near": "the university", "customers": ["students", "lecturers"], "specialty": "cold brew"}
+```
+
+#Given Prompt#:
+Calculate the area of a circle.
+
+#Rewritten Prompt#:
+Using $A = \pi r^2$, calculate the area of a round garden bed that is 7.4 m across, to two decimal places, and say how the area changes if the diameter doubles.
+
+Now rewrite this prompt the same way.
+
+#Given Prompt#:
+Write a haiku about rain.
+
+#Rewritten Prompt#:"""
+
 JUDGE = """You compare pairs of prompts for an instruction-tuning dataset. In each item, the second prompt was made
 from the first by the named method. Decide for each item whether the second prompt is an improvement:
 it must add information or difficulty (new constraints, more depth, more specific requirements, more
@@ -92,7 +151,7 @@ Reply with JSON only, one verdict per item, using the item ids above:
 # ---------------------------------------------------------------- golden prompts (no backend)
 
 
-@pytest.mark.parametrize("operator", sorted(METHODS))
+@pytest.mark.parametrize("operator", sorted(set(METHODS) - {"complicate_input"}))
 def test_in_depth_prompts_render_exactly(operator):
     stage = EvolInstruct(None)
     seed = stage.seed_version(SEEDS[0])
@@ -177,6 +236,57 @@ def test_unknown_operator_is_a_clear_error():
         make_stage("evol-instruct", None, {"rounds": 0})
 
 
+# ---------------------------------------------------------------- the paper's rules (WizardLM)
+
+
+def test_rounds_default_to_the_papers_four():
+    assert EvolInstruct(None).config.rounds == 4  # the paper's M
+    assert make_stage("evol-instruct", None, {}).config.rounds == 4
+    assert make_stage("evol-instruct", None, {"rounds": 2}).config.rounds == 2
+
+
+def test_complicate_input_shows_demonstrations():
+    stage = EvolInstruct(None)
+    text = stage.format_evolve_input(stage.seed_version(SEEDS[0]), "complicate_input", 1).messages[0].content
+    assert text == COMPLICATE_INPUT
+    # the demonstrations add data in several formats, each before the real prompt
+    assert text.count("#Given Prompt#:") == 5 and text.endswith("#Given Prompt#:\nWrite a haiku about rain.\n\n#Rewritten Prompt#:")
+    for other in ("add_constraints", "deepen", "in_breadth"):
+        assert "Examples" not in stage.format_evolve_input(stage.seed_version(SEEDS[0]), other, 1).messages[0].content
+
+
+def _answer(stage, text):
+    seed = stage.seed_version(SEEDS[1])
+    candidate = stage.child(seed, "deepen", 1, {"instruction": "What is 2 + 2? Answer with the number only.", "answer": ""})
+    out = stage.parse_answer_output(candidate, Completion(texts=[text]))
+    return out.reason if isinstance(out, Rejected) else out.fields["answer"]
+
+
+def test_short_valid_answers_are_kept():
+    stage = EvolInstruct(None)
+    for short in ("4", "Paris", "Yes.", "O(n log n)"):
+        assert _answer(stage, short) == short
+    # Opt-in: a minimum answer length (not a rule of the paper).
+    strict = EvolInstruct(None, rules={"min_answer_words": 3})
+    assert _answer(strict, "4") == "answer_too_short" and _answer(strict, "It is four.") == "It is four."
+    # Setting another rule keeps the Evol-Instruct defaults of the rest.
+    partial = EvolInstruct(None, rules={"refusal_max_words": 50})
+    assert partial.config.rules.min_answer_words == 0 and _answer(partial, "4") == "4"
+
+
+def test_the_papers_refusal_rule_sorry_in_a_short_answer():
+    stage = EvolInstruct(None)
+    assert _answer(stage, "Sorry, that is beyond what I know.") == "answer_refusal"
+    assert _answer(stage, "I'm sorry, but I cannot answer that.") == "answer_refusal"
+    # fewer than 80 words: a refusal; 80 words or more: an answer that happens to say sorry
+    short = "Sorry to say it, but " + " ".join(["word"] * 74)
+    assert len(short.split()) == 79 and _answer(stage, short) == "answer_refusal"
+    long = short + " more"
+    assert _answer(stage, long) == long
+    assert _answer(stage, "...") == "answer_only_punctuation"
+    assert _answer(stage, "it is what it is") == "answer_only_stop_words"
+
+
 # ---------------------------------------------------------------- through the test server
 
 GIVEN = re.compile(r"#Given Prompt#:\n(.*?)\n\n#(?:Rewritten|Created) Prompt#:", re.DOTALL)
@@ -191,9 +301,9 @@ def user_text(body: dict) -> str:
 def realistic(body: dict, judge=None, answer=None, evolve=None):
     """Replies as a capable model would give them; hooks override one kind of reply."""
     text = user_text(body)
-    given = GIVEN.search(text)
+    given = GIVEN.findall(text)  # the last one: complicate_input shows demonstrations first
     if given:
-        prompt = given.group(1)
+        prompt = given[-1]
         if evolve:
             out = evolve(prompt)
             if out is not None:
@@ -294,7 +404,7 @@ def test_broken_replies_eliminate_and_keep_the_previous_version(llm_server, make
     }
     assert report["per_round"]["2"] == {"generated": 4, "eliminated": 4}
     round_two = [b for b in llm_server.requests if GIVEN.search(user_text(b))][4:]
-    assert sorted(GIVEN.search(user_text(b)).group(1) for b in round_two) == sorted(s["instruction"] for s in SEEDS)
+    assert sorted(GIVEN.findall(user_text(b))[-1] for b in round_two) == sorted(s["instruction"] for s in SEEDS)
 
 
 def test_judge_missing_and_garbled_verdicts_and_timeouts(llm_server, make_llm_backend):
@@ -422,3 +532,22 @@ def test_cli_end_to_end(llm_server, tmp_path):
     assert wrong.exit_code == 1 and "--image-column: not an option of --method evol-instruct" in wrong.output
     bad = CliRunner().invoke(app, [*args, "--overwrite", "--operators", "deepest=1"])
     assert bad.exit_code == 1 and "unknown operator deepest" in bad.output
+
+
+def test_cli_default_rounds_are_the_papers_four(llm_server, tmp_path):
+    from typer.testing import CliRunner
+
+    from synth.cli import app
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(json.dumps(SEEDS[0]) + "\n")
+    # A short valid answer is kept (no answer-length rule by default).
+    llm_server.script(lambda body: realistic(body, answer=lambda text: "Rain."))
+    out = tmp_path / "evolved"
+    args = ["evolve", str(seeds), "--out", str(out), "--base-url", llm_server.base_url, "--model", "test-model",
+            "--no-judge", "--no-cache"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["rounds"] == 4 and report["generated"] == 4 and report["kept"] == 4
+    assert set(report["per_round"]) == {"1", "2", "3", "4"}

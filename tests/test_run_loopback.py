@@ -88,7 +88,7 @@ def test_every_stage_runs_and_the_manifest_says_what_happened(full_run, server):
     assert sum(s["usage"]["requests"] for s in llm.values()) == sent > 0
     assert stages["answers"]["sampling"]["max_tokens"] == 32 and stages["answers"]["shards"] == 3
     assert stages["answers"]["counts"]["read"] == 14 and stages["answers"]["counts"]["rows"] == 14
-    assert stages["mmevol"]["counts"]["rows"] == 4 and stages["self_instruct"]["counts"]["rows"] == 3
+    assert stages["mmevol"]["counts"]["rows"] == 4 and stages["self_instruct"]["counts"]["rows"] == 4
     # outputs in the spine's layout, with their sidecars and file hashes
     answers = rows(run_dir / "answers")
     assert answers[0]["messages"][-1]["role"] == "assistant"
@@ -143,7 +143,7 @@ def test_dry_run_sends_nothing_and_writes_nothing(server, tmp_path, monkeypatch)
     for stage in ("self_instruct", "mmevol", "answers"):
         assert stage in result.output
     assert "[user] Using only the scene description below" in result.output or "Scene:" in result.output
-    assert "Current question:" in result.output  # MMEvol's prompt rendered from a real demo scene
+    assert "## Given Q&A&S" in result.output  # MMEvol's prompt rendered from a real demo scene
 
 
 def test_runs_and_status(full_run):

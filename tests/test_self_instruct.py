@@ -22,6 +22,7 @@ from synth.generate.self_instruct import (
     write_self_instruct,
 )
 from synth.llm.base import Completion
+from synth.pipeline import Rejected
 
 # ---------------------------------------------------------------- a scripted "model" for the test server
 
@@ -165,7 +166,9 @@ def test_golden_instruction_prompt_in_both_layouts():
 
 
 def test_golden_classification_and_instance_prompts():
-    run = make_run(prompt_style="continuation", classification_examples=1, instance_examples=1)
+    run = make_run(
+        prompt_style="continuation", classification_examples=1, instance_examples=1, max_instances=1
+    )
     request = run.classify.format_input({"id": "t1", "instruction": "Tell if the word is a noun."})
     assert [(m.role, m.content) for m in request.messages] == [
         (
@@ -200,7 +203,8 @@ def test_golden_classification_and_instance_prompts():
             "Task: Tell if the word is a noun.\nLabel:",
         ),
     ]
-    assert request.stop == ["\nTask:", "\nLabel:"]
+    assert request.stop == ["\nTask:", "\nLabel:"]  # one instance wanted: stop at the second
+    assert (request.temperature, request.top_p, request.presence_penalty) == (0.0, None, None)  # greedy
 
     record = {"id": "t3", "instruction": "Write a toast for a wedding.", "is_classification": False}
     example = run.instances.examples_for(record)[0]
@@ -398,7 +402,8 @@ def test_full_run_counts_lineage_and_instance_order(llm_server, make_llm_backend
         task = re.findall(r"^Task: (.*)$", prompt, re.M)[-1]
         assert prompt.endswith("Label:") == is_classification_task(task)
 
-    assert len(result.samples) == 8  # max_instances = 1
+    # up to 5 instances per task: the scripted classification reply has two, the others one
+    assert len(result.samples) == 6 + 2 * 2 and stats["instances"]["instances"] == 10
     for sample in result.samples:
         user, assistant = sample.messages
         meta = sample.meta
@@ -407,10 +412,9 @@ def test_full_run_counts_lineage_and_instance_order(llm_server, make_llm_backend
         assert meta["is_classification"] == is_classification_task(user.content)
         assert len(meta["examples"]) == 8  # 6 seed + 2 machine (or seeds while there are none)
         if meta["is_classification"]:
-            assert (
-                user.content.endswith("\n\nA sample that is clearly positive.")
-                and assistant.content == "Positive"
-            )
+            label = ("Positive", "Negative")[meta["instance"]]
+            assert user.content.endswith(f"\n\nA sample that is clearly {label.lower()}.")
+            assert assistant.content == label
         else:
             assert user.content in NEW_TASKS and assistant.content == f"A careful answer to: {user.content}"
     round2 = [s for s in result.samples if s.meta["round"] == 2]
@@ -429,7 +433,7 @@ def test_full_run_counts_lineage_and_instance_order(llm_server, make_llm_backend
     from synth.io import read_dataset
 
     dataset = read_dataset(out)
-    assert len(dataset) == 8 and set(dataset.column_names) == {"id", "messages", "meta"}
+    assert len(dataset) == 10 and set(dataset.column_names) == {"id", "messages", "meta"}
     assert json.loads(dataset[0]["meta"])["operator"] == "self-instruct"
     written = json.loads((out / "report.json").read_text())
     assert written["instructions"]["kept"] == 8
@@ -484,7 +488,7 @@ def test_failures_empty_and_broken_replies_are_counted_not_fatal(llm_server, mak
     assert result.stats["instances"]["rejected"] == {"no_instances": 1}
     assert result.stats["instances"]["failed"] == {"timeout": 1}
     assert result.stats["failed"] == {"http_500": 1, "timeout": 1}
-    assert len(result.samples) == 5
+    assert len(result.samples) == 5 + 2  # 5 tasks; the two classification ones have two instances
     assert result.stats["usage"]["failures"] >= 2
 
 
@@ -492,12 +496,12 @@ def test_responses_option_answers_each_instruction_again(llm_server, make_llm_ba
     llm_server.script(ScriptedModel())
     backend = make_llm_backend()
     result = self_instruct(backend, {"count": 3, "concurrency": 1, "responses": True}, show_progress=False)
-    assert len(result.samples) == 3 and result.stats["responses"]["kept"] == 3
+    assert len(result.samples) == 4 and result.stats["responses"]["kept"] == 4  # one task has 2 instances
     for sample in result.samples:
         user, assistant = sample.messages
         assert assistant.content == f"Direct answer to: {user.content}"
         assert sample.meta["operator"] == "self-instruct" and sample.meta["parent_id"]
-    assert result.stats["usage"]["requests"] == 1 + 3 + 3 + 3
+    assert result.stats["usage"]["requests"] == 1 + 3 + 3 + 4
 
 
 def test_run_stops_when_nothing_new_comes(llm_server, make_llm_backend):
@@ -518,7 +522,7 @@ def test_format_output_of_stages_without_a_backend():
     out = run.instances.format_output(
         record, Completion(texts=["noun\nInput: table\nLabel: verb\nInput: run"])
     )
-    assert out["instances"] == [{"input": "table", "output": "noun"}]  # max_instances = 1
+    assert out["instances"] == [{"input": "table", "output": "noun"}, {"input": "run", "output": "verb"}]
     out = run.instances.format_output(record, Completion(texts=[""]))
     assert out.reason == "no_instances"
     # a truncated reply loses its possibly cut-off last instance
@@ -526,3 +530,141 @@ def test_format_output_of_stages_without_a_backend():
         record, Completion(texts=["noun\nInput: table\nLabel: verb\nInput: ru"], finish_reasons=["length"])
     )
     assert out["instances"] == [{"input": "table", "output": "noun"}]
+
+
+# ---------------------------------------------------------------- the published rules (yizhongw/self-instruct)
+
+
+def test_word_limits_are_the_published_ones():
+    """The original drops instructions of 3 words or fewer and of more than 150 words."""
+    f = InstructionFilter(SelfInstructConfig())
+    assert f.check({"instruction": "Write a poem."}).reason == "too_short"  # 3 words
+    assert f.check({"instruction": "Write a sad poem."}) is None  # 4 words
+    long = "Explain " + "why " * 148 + "it."  # 150 words
+    assert len(long.split()) == 150 and f.check({"instruction": long}) is None
+    assert f.check({"instruction": "Explain " + "why " * 149 + "it."}).reason == "too_long"
+
+
+def test_write_a_program_filter_rejects_a_planted_case():
+    f = InstructionFilter(SelfInstructConfig())
+    assert f.check({"instruction": "Write a program that sorts a list of names."}).reason == "blocked_prefix"
+    assert f.check({"instruction": "write a Program to count vowels in a word."}).reason == "blocked_prefix"
+    assert f.check({"instruction": "Write a Python function that counts vowels in a word."}) is None
+    assert (
+        InstructionFilter(SelfInstructConfig(blocked_prefixes=[])).check(
+            {"instruction": "Write a program that sorts a list of names."}
+        )
+        is None
+    )
+
+
+def test_original_keyword_list_is_available():
+    from synth.generate.self_instruct import ORIGINAL_BLOCKED_KEYWORDS
+
+    f = InstructionFilter(SelfInstructConfig(blocked_keywords=ORIGINAL_BLOCKED_KEYWORDS))
+    assert f.check({"instruction": "Plot the sales figures by month."}).reason == "unsupported_keyword"
+    assert (
+        f.check({"instruction": "Describe the sound of rain on a tin roof."}) is None
+    )  # synth's list has "sound"
+
+
+def test_sampling_defaults_are_the_published_ones():
+    cfg = SelfInstructConfig()
+    assert (cfg.temperature, cfg.top_p, cfg.presence_penalty) == (0.7, 0.5, 2.0)
+    assert (cfg.instance_temperature, cfg.instance_presence_penalty) == (0.0, 1.5)
+    assert cfg.max_instances == 5 and cfg.min_words == 4 and cfg.max_words == 150
+
+
+def test_request_settings_reach_the_server(llm_server, make_llm_backend):
+    llm_server.script(ScriptedModel())
+    result = self_instruct(make_llm_backend(), {"count": 3, "concurrency": 1}, show_progress=False)
+    kinds = {"instructions": [], "classification": [], "instances": []}
+    for body in llm_server.requests:
+        text = body["messages"][-1]["content"]
+        kind = (
+            "instructions"
+            if "Continue the list with" in text
+            else "classification"
+            if text.endswith("Classification task:")
+            else "instances"
+        )
+        kinds[kind].append(body)
+    assert len(kinds["instructions"]) == 1 and len(kinds["classification"]) == len(kinds["instances"]) == 3
+    for body in kinds["instructions"]:
+        assert (body["temperature"], body["top_p"], body["presence_penalty"]) == (0.7, 0.5, 2.0)
+    for body in kinds["classification"]:
+        assert body["temperature"] == 0 and "presence_penalty" not in body
+    for body in kinds["instances"]:
+        assert body["temperature"] == 0 and body["presence_penalty"] == 1.5
+    assert result.stats["sampling"]["presence_penalty_applied"] is True
+    assert result.stats["instances"]["dropped_instances"] == {}  # the scripted instances are all valid
+
+
+def test_presence_penalty_is_not_sent_where_the_backend_has_none():
+    run = make_run(prompt_style="chat")  # _NoBackend: like the local backend, no presence penalty
+    request = run.instruction_request([("a", "Write a haiku about snow.")], 0)
+    assert request.presence_penalty is None and (request.temperature, request.top_p) == (0.7, 0.5)
+    record = {"id": "t", "instruction": "Write a toast for a wedding.", "is_classification": False}
+    assert run.instances.format_input(record).presence_penalty is None
+    sampling = run.sampling()
+    assert sampling["presence_penalty"] == 2.0 and sampling["presence_penalty_applied"] is False
+
+
+def test_presence_penalty_is_part_of_the_cache_key():
+    from synth.llm.base import ChatRequest, Message
+    from synth.llm.cache import request_hash
+
+    base = ChatRequest(messages=[Message(role="user", content="hi")], temperature=0.7)
+    penalised = base.model_copy(update={"presence_penalty": 2.0})
+    assert request_hash("m", base) != request_hash("m", penalised)
+    assert request_hash("m", penalised) == request_hash(
+        "m", base.model_copy(update={"presence_penalty": 2.0})
+    )
+
+
+def _instances(run, text, output_first=False):
+    record = {"id": "x", "instruction": "Do the task.", "is_classification": output_first, "meta": {}}
+    return run.instances.format_output(record, Completion(texts=[text]))
+
+
+def test_instance_filters_drop_planted_bad_instances():
+    run = make_run()
+    reply = (
+        " same text\nOutput: same text\n"  # input equals output
+        "Input: an input\nOutput: \n"  # empty output
+        "Input: Sentence:\nOutput: fine\n"  # a field ending with ":" (incomplete)
+        "Input: another input\nOutput: The answer is:\n"
+        "Input: good one\nOutput: a good answer\n"
+        "Input: good one\nOutput: a good answer\n"  # an exact duplicate: kept once
+        "Input: (none)\nOutput: first open answer\n"
+        "Input: (none)\nOutput: second open answer\n"  # no input: different outputs are fine
+    )
+    out = _instances(run, reply)
+    assert out["instances"] == [
+        {"input": "good one", "output": "a good answer"},
+        {"input": "", "output": "first open answer"},
+        {"input": "", "output": "second open answer"},
+    ]
+    assert dict(run.instances.instance_drops) == {
+        "input_equals_output": 1,
+        "empty_output": 1,
+        "ends_with_colon": 2,
+        "duplicate_instance": 1,
+    }
+
+
+def test_task_whose_same_input_got_two_outputs_is_dropped():
+    run = make_run()
+    out = _instances(run, " 2 + 2\nOutput: 4\nInput: 3 + 3\nOutput: 6\nInput: 2 + 2\nOutput: 5")
+    assert isinstance(out, Rejected) and out.reason == "conflicting_outputs"
+    assert "2 + 2" in out.detail
+    labels = _instances(
+        run, "Positive\nInput: I love it\nLabel: Negative\nInput: I love it", output_first=True
+    )
+    assert labels.reason == "conflicting_outputs"
+
+
+def test_up_to_max_instances_are_kept():
+    reply = "\n".join(f"Input: question {i}\nOutput: answer {i}" for i in range(7))
+    assert len(_instances(make_run(), reply)["instances"]) == 5
+    assert len(_instances(make_run(max_instances=2), reply)["instances"]) == 2

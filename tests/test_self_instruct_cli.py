@@ -33,9 +33,13 @@ def test_cli_end_to_end_then_rerun_from_cache(llm_server, tmp_path, monkeypatch)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "Self-Instruct" in result.output and "unsupported_keyword 1" in result.output
-    assert "wrote 6 samples" in result.output
+    assert "wrote 8 samples" in result.output  # 6 tasks; the 2 classification ones have 2 instances each
+    assert "presence penalty not applied" not in result.output
     dataset = read_dataset(out)
-    assert len(dataset) == 6
+    assert len(dataset) == 8
+    # The published sampling settings reach the server.
+    lists = [b for b in llm_server.requests if "Continue the list with" in b["messages"][-1]["content"]]
+    assert lists and all((b["temperature"], b["top_p"], b["presence_penalty"]) == (0.7, 0.5, 2.0) for b in lists)
     meta = [json.loads(m) for m in dataset["meta"]]
     assert {m["operator"] for m in meta} == {"self-instruct"} and {m["model"] for m in meta} == {"test-model"}
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("si")) == ["si"]  # sidecars inside
@@ -50,6 +54,13 @@ def test_cli_end_to_end_then_rerun_from_cache(llm_server, tmp_path, monkeypatch)
     assert again.exit_code == 0, again.output
     assert llm_server.request_count == sent
     assert read_dataset(out)["messages"] == dataset["messages"]
+
+    # Other values are other requests (the cache key holds them), and they reach the server too.
+    other = CliRunner().invoke(app, [*args, "--overwrite", "--top-p", "0.9", "--presence-penalty", "0", "--max-instances", "1"])
+    assert other.exit_code == 0, other.output
+    assert "wrote 6 samples" in other.output
+    lists = [b for b in llm_server.requests[sent:] if "Continue the list with" in b["messages"][-1]["content"]]
+    assert lists and all((b["top_p"], b["presence_penalty"]) == (0.9, 0) for b in lists)
 
 
 def test_cli_bad_seed_file_is_one_clear_error(tmp_path, monkeypatch):

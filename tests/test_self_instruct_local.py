@@ -46,6 +46,9 @@ def test_tiny_local_model_runs_end_to_end_in_continuation_layout(tiny_model):
     check_counts(result.stats)
     assert result.stats["instructions"]["requests"] == 2 * result.stats["rounds"]
     assert result.stats["usage"]["completion_tokens"] > 0
+    # transformers has no presence penalty: the requests do not claim one, the report says so
+    assert run.instruction_request([("a", "Write a haiku about snow.")], 0).presence_penalty is None
+    assert result.stats["sampling"]["presence_penalty_applied"] is False
     backend.close()
 
 

@@ -47,7 +47,19 @@ def self_instruct_command(
     text_only: bool = typer.Option(
         True, "--text-only/--multimodal", help="Reject instructions about images, files, audio, ..."
     ),
-    max_instances: int = typer.Option(1, "--max-instances", min=1, help="Samples (instances) kept per instruction."),
+    top_p: float = typer.Option(
+        0.5, "--top-p", min=0.0, max=1.0, help="Top-p of the instruction requests.", rich_help_panel=PANEL
+    ),
+    presence_penalty: float = typer.Option(
+        2.0,
+        "--presence-penalty",
+        min=-2.0,
+        max=2.0,
+        help="Presence penalty of the instruction requests, where the backend has one (OpenAI-compatible "
+        "servers; the local backend has none).",
+        rich_help_panel=PANEL,
+    ),
+    max_instances: int = typer.Option(5, "--max-instances", min=1, help="Samples (instances) kept per instruction."),
     responses: bool = typer.Option(
         False,
         "--responses/--instance-outputs",
@@ -77,6 +89,8 @@ def self_instruct_command(
             prompt_style=prompt_style,
             seed=seed or 0,
             temperature=temperature,
+            top_p=top_p,
+            presence_penalty=presence_penalty,
             instruction_max_tokens=max_tokens,
             instance_max_tokens=instance_max_tokens,
         )
@@ -87,6 +101,11 @@ def self_instruct_command(
     try:
         result = run_self_instruct(llm, out, config, seeds=tasks, overwrite=overwrite)
         console.print(summary_table(result.stats))
+        sampling = result.stats["sampling"]
+        if not sampling["presence_penalty_applied"] and (
+            sampling["presence_penalty"] or sampling["instance_presence_penalty"]
+        ):
+            console.print("[yellow]presence penalty not applied: this backend has none (OpenAI-compatible servers do)")
         report_usage(llm, console=console)
     finally:
         llm.close()
@@ -132,7 +151,9 @@ def summary_table(stats: dict):
         f"{cls['classification']:,} yes",
         f"{cls['unclear']:,} unclear (as no); " + reasons(cls["rejected"]) + failed(cls),
     )
-    table.add_row("instances", f"{inst['tasks']:,}", f"{inst['kept']:,}", reasons(inst["rejected"]) + failed(inst))
+    dropped = inst.get("dropped_instances") or {}
+    notes = reasons(inst["rejected"]) + failed(inst) + (f"; instances dropped: {reasons(dropped)}" if dropped else "")
+    table.add_row("instances", f"{inst['tasks']:,}", f"{inst['kept']:,} tasks, {inst.get('instances', 0):,} instances", notes)
     if stats.get("responses"):
         answered = stats["responses"]
         table.add_row(

@@ -142,6 +142,13 @@ def dry_run_tables(entries: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _clip(text: str, head: int = 600, tail: int = 2400) -> str:
+    """A long prompt's start and end: the fixed scaffold comes first, the record's own part last."""
+    if len(text) <= head + tail + 200:
+        return text
+    return f"{text[:head]}\n … ({len(text) - head - tail:,} characters left out) …\n{text[-tail:]}"
+
+
 def dry_run(path, overrides: list[str] | None = None, console=None, prompts: int = 2) -> list[dict[str, Any]]:
     """Plan the recipe and print the plan and a few rendered prompts per LLM stage."""
     from rich.console import Console
@@ -157,7 +164,6 @@ def dry_run(path, overrides: list[str] | None = None, console=None, prompts: int
             head += f": {e['note']}"
         console.print(head, soft_wrap=True)
         for text in e["prompts"][:prompts]:
-            console.print(text if len(text) < 1500 else text[:1500] + " …", markup=False, highlight=False,
-                          soft_wrap=True)
+            console.print(_clip(text), markup=False, highlight=False, soft_wrap=True)
     console.print("tokens: prompt estimate (4 characters a token) plus max_tokens per request, an upper bound")
     return entries

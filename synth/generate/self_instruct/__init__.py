@@ -5,7 +5,12 @@ One job per module: `seeds` (the seed file), `config` (options), `prompts` (the 
 classification, instances) and `driver` (the run, and writing its output folder).
 """
 
-from synth.generate.self_instruct.config import DEFAULT_BLOCKED_KEYWORDS, SelfInstructConfig
+from synth.generate.self_instruct.config import (
+    DEFAULT_BLOCKED_KEYWORDS,
+    DEFAULT_BLOCKED_PREFIXES,
+    ORIGINAL_BLOCKED_KEYWORDS,
+    SelfInstructConfig,
+)
 from synth.generate.self_instruct.driver import (
     SelfInstruct,
     SelfInstructResult,
@@ -20,6 +25,8 @@ from synth.generate.self_instruct.tasks import ClassifyTasks, GenerateInstances
 
 __all__ = [
     "DEFAULT_BLOCKED_KEYWORDS",
+    "DEFAULT_BLOCKED_PREFIXES",
+    "ORIGINAL_BLOCKED_KEYWORDS",
     "ClassifyTasks",
     "GenerateInstances",
     "InstructionFilter",

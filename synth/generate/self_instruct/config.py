@@ -1,4 +1,8 @@
-"""Options of a Self-Instruct run (`SelfInstructConfig`) and the words a text-only target cannot serve."""
+"""Options of a Self-Instruct run (`SelfInstructConfig`) and the words a text-only target cannot serve.
+
+The defaults are those of the published pipeline (Wang et al. 2023, yizhongw/self-instruct) unless a
+field's description says where synth differs and how to get the original.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +51,16 @@ DEFAULT_BLOCKED_KEYWORDS = [
     "attachment",
 ]
 
+#: The original's keyword list (synth's default above adds audio, video, charts, attachments, ...).
+ORIGINAL_BLOCKED_KEYWORDS = [
+    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw",
+    "plot", "go to",
+]  # fmt: skip
+
+#: The original drops these openings: the model tends to prefix tasks with "Write a program", leaving it
+#: unclear whether to write code or give the result.
+DEFAULT_BLOCKED_PREFIXES = ["Write a program"]
+
 
 class SelfInstructConfig(StageConfig):
     """Options of a Self-Instruct run (all have defaults)."""
@@ -62,11 +76,22 @@ class SelfInstructConfig(StageConfig):
         0.7, ge=0, le=1, description="reject when ROUGE-L F against the pool exceeds it"
     )
     use_stemmer: bool = Field(False, description="Porter stemming in ROUGE-L (as rouge_score's use_stemmer)")
-    min_words: int = Field(3, ge=1)
-    max_words: int = Field(150, ge=1)
+    min_words: int = Field(
+        4, ge=1, description="fewer words: too_short (the original drops 3 words or fewer)"
+    )
+    max_words: int = Field(150, ge=1, description="more words: too_long")
     text_only: bool = Field(True, description="reject instructions needing images, files, audio, ...")
-    blocked_keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_BLOCKED_KEYWORDS))
-    max_instances: int = Field(1, ge=1, description="instances (SFT samples) kept per instruction")
+    blocked_keywords: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BLOCKED_KEYWORDS),
+        description="whole words a text-only model cannot serve; the original's list: ORIGINAL_BLOCKED_KEYWORDS",
+    )
+    blocked_prefixes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BLOCKED_PREFIXES),
+        description="instructions starting with one of these (any case) are rejected as blocked_prefix",
+    )
+    max_instances: int = Field(
+        5, ge=1, description="instances (SFT samples) kept per instruction (original: 5)"
+    )
     responses: bool = Field(
         False,
         description="answer each instruction (+ input) again with the LLM instead of keeping the output "
@@ -77,8 +102,19 @@ class SelfInstructConfig(StageConfig):
     prompt_style: Literal["auto", "chat", "continuation"] = Field(
         "auto", description="continuation for base models (local backend), chat for chat APIs"
     )
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(0.9, gt=0, le=1)
+    # Instruction sampling as published: temperature 0.7, top_p 0.5, presence penalty 2.
+    temperature: float = Field(0.7, ge=0, description="instruction requests")
+    top_p: float = Field(0.5, gt=0, le=1, description="instruction requests")
+    presence_penalty: float | None = Field(
+        2.0,
+        ge=-2,
+        le=2,
+        description="instruction requests, where the backend supports it (OpenAI-compatible: yes; local: no)",
+    )
+    # Instances as published: greedy, presence penalty 1.5 (classification is always greedy).
+    instance_temperature: float = Field(0.0, ge=0, description="instance requests (0 = greedy)")
+    instance_top_p: float | None = Field(None, gt=0, le=1, description="instance requests (None: not sent)")
+    instance_presence_penalty: float | None = Field(1.5, ge=-2, le=2, description="instance requests")
     instruction_max_tokens: int = Field(384, ge=16)
     instance_max_tokens: int = Field(512, ge=16)
     patience: int = Field(5, ge=1, description="stop after this many rounds in a row that keep nothing")

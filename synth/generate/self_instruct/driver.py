@@ -27,7 +27,7 @@ from synth.generate.self_instruct.filters import InstructionFilter
 from synth.generate.self_instruct.parsing import parse_numbered_list
 from synth.generate.self_instruct.prompts import PROMPTS, build_messages, resolve_prompt_style
 from synth.generate.self_instruct.seeds import SeedTask, instruction_id, load_seed_tasks
-from synth.generate.self_instruct.tasks import ClassifyTasks, GenerateInstances
+from synth.generate.self_instruct.tasks import ClassifyTasks, GenerateInstances, sent_presence_penalty
 from synth.llm.base import Backend, ChatRequest, Completion
 from synth.pipeline.llm_task import LLMTask, check_not_all_failed, failure_of
 from synth.records import Message, Sample
@@ -77,6 +77,7 @@ class SelfInstruct(LLMTask):
         self.generation = Counter()  # requests, failed requests, empty replies, parsed items, ...
         self.rounds = 0
         self.classified: list[dict] = []
+        self._tasks: list[dict] = []  # tasks with their instances
         self.responder = None  # the response stage, when `responses` is set
         self.result: SelfInstructResult | None = None
 
@@ -105,6 +106,7 @@ class SelfInstruct(LLMTask):
             messages=messages,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
+            presence_penalty=sent_presence_penalty(self.backend, cfg.presence_penalty),
             max_tokens=cfg.instruction_max_tokens,
             stop=[f"\n{next_number + cfg.new_per_request}."],
             seed=cfg.seed * 1_000_003 + index,
@@ -196,7 +198,7 @@ class SelfInstruct(LLMTask):
         self._share_logs()
         tasks = self.generate_instructions()
         self.classified = list(self.classify.run(tasks))
-        tasks = list(self.instances.run(self.classified))
+        tasks = self._tasks = list(self.instances.run(self.classified))
         samples = [s for task in tasks for s in self.samples_for(task)]
         if self.config.responses:
             samples = self.answer_again(samples)
@@ -249,10 +251,9 @@ class SelfInstruct(LLMTask):
         cfg = self.config
         self.responder = ResponseGenerator(
             self.backend,
-            ResponsesConfig(
+            ResponsesConfig(  # answers sample with the response stage's top_p, not the instruction lists'
                 regenerate=True,
                 temperature=cfg.temperature,
-                top_p=cfg.top_p,
                 max_tokens=cfg.instance_max_tokens,
                 seed=cfg.seed,
                 few_shot=default_few_shot() if self.style == "continuation" else [],
@@ -260,6 +261,20 @@ class SelfInstruct(LLMTask):
         )
         self.responder.rejects, self.responder.failures = self.rejects, self.failures
         return [row_to_sample(row) for row in self.responder.run(sample_record(s) for s in samples)]
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling settings of the run, and whether the backend applies the presence penalties."""
+        cfg = self.config
+        applied = bool(getattr(self.backend, "supports_presence_penalty", False))
+        return {
+            "instructions": {"temperature": cfg.temperature, "top_p": cfg.top_p},
+            "classification": {"temperature": 0.0},
+            "instances": {"temperature": cfg.instance_temperature, "top_p": cfg.instance_top_p},
+            "presence_penalty": cfg.presence_penalty,
+            "instance_presence_penalty": cfg.instance_presence_penalty,
+            # The local transformers backend has no presence penalty: it is left out of its requests.
+            "presence_penalty_applied": applied,
+        }
 
     def summary(self, samples: int) -> dict[str, Any]:
         """Counts for the end-of-run table and the run's ``report.json``."""
@@ -297,9 +312,12 @@ class SelfInstruct(LLMTask):
                 "kept": self.instances.stats.kept,
                 "rejected": dict(self.instances.stats.dropped),
                 "failed": dict(self.instances.stats.failed),
+                "instances": sum(len(t["instances"]) for t in self._tasks),
+                "dropped_instances": dict(self.instances.instance_drops),
             },
             "responses": self.responder.stats.as_dict() if self.responder is not None else None,
             "samples": samples,
+            "sampling": self.sampling(),
             "failed": dict(self.stats.failed),
             "novelty": self.filter.novelty.stats.as_dict(),
             "usage": self.backend.usage.as_dict(),

@@ -19,7 +19,7 @@ class InstructionFilter(Filter):
     """Keeps new instructions that are well-formed and novel; a kept instruction joins the pool.
 
     Input record: ``{"id", "instruction", ...}``. Reasons: empty, too_short, too_long, punctuation_start,
-    non_ascii_start, unsupported_keyword, duplicate, rouge_similar.
+    non_ascii_start, unsupported_keyword, blocked_prefix ("Write a program ..."), duplicate, rouge_similar.
     """
 
     name = "self-instruct-filter"
@@ -35,6 +35,11 @@ class InstructionFilter(Filter):
             re.compile(r"\b(" + "|".join(re.escape(k) for k in keywords) + r")\b", re.IGNORECASE)
             if keywords
             else None
+        )
+        prefixes = [r"\s+".join(map(re.escape, p.split())) for p in self.config.blocked_prefixes if p.strip()]
+        # Any case (the original capitalizes an instruction before its test), whole words only.
+        self._prefixes = (
+            re.compile(r"^(?:" + "|".join(prefixes) + r")(?!\w)", re.IGNORECASE) if prefixes else None
         )
 
     def prime(self, instructions: Iterable[str]) -> None:
@@ -61,6 +66,10 @@ class InstructionFilter(Filter):
             found = self._keywords.search(text)
             if found:
                 return Rejected("unsupported_keyword", f"'{found.group(1)}': {text}")
+        if self._prefixes is not None:
+            found = self._prefixes.match(text.strip())
+            if found:
+                return Rejected("blocked_prefix", f"starts with '{found.group(0)}': {text}")
         key = _normalized(text)
         if key in self._seen:
             return Rejected("duplicate", text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -69,9 +70,31 @@ def classification_examples(seeds: list[SeedTask], per_kind: int) -> list[SeedTa
     return out
 
 
+def sent_presence_penalty(backend: Backend, value: float | None) -> float | None:
+    """`value` where the backend applies a presence penalty, else None (the request says what is used)."""
+    return value if getattr(backend, "supports_presence_penalty", False) else None
+
+
+def instance_problem(instance: dict[str, str]) -> str | None:
+    """Why the original pipeline would not use this instance, or None."""
+    if not instance["output"].strip():
+        return "empty_output"
+    if instance["input"] == instance["output"]:
+        return "input_equals_output"
+    if instance["input"].strip().endswith(":") or instance["output"].strip().endswith(":"):
+        return "ends_with_colon"  # usually a generation that stopped before its content
+    return None
+
+
 class GenerateInstances(LLMTask):
     """Adds ``instances`` ([{input, output}]) to classified task records: output-first for classification
-    tasks, input-first otherwise. Drops a task whose reply has no usable instance ("no_instances")."""
+    tasks, input-first otherwise.
+
+    As published, an instance is dropped when its output is empty, equals its input, or a field ends with
+    ":" (counted in `instance_drops`, exact repeats as ``duplicate_instance``); a task whose same non-empty
+    input got two different outputs is rejected ("conflicting_outputs"), and one left with no instance is
+    rejected ("no_instances"). At most `max_instances` are kept, in reply order.
+    """
 
     name = "self-instruct-instances"
     Config = SelfInstructConfig
@@ -92,6 +115,7 @@ class GenerateInstances(LLMTask):
         self.style = style
         self.classification_seeds = [s for s in seeds if s.is_classification] or seeds
         self.other_seeds = [s for s in seeds if not s.is_classification] or seeds
+        self.instance_drops: Counter = Counter()
 
     def examples_for(self, record: dict) -> list[SeedTask]:
         pool = self.classification_seeds if record["is_classification"] else self.other_seeds
@@ -109,11 +133,13 @@ class GenerateInstances(LLMTask):
             examples=self.examples_for(record),
             instruction=record["instruction"],
         )
+        cfg = self.config
         return ChatRequest(
             messages=messages,
-            temperature=self.config.temperature,
-            top_p=self.config.top_p,
-            max_tokens=self.config.instance_max_tokens,
+            temperature=cfg.instance_temperature,
+            top_p=cfg.instance_top_p,
+            presence_penalty=sent_presence_penalty(self.backend, cfg.instance_presence_penalty),
+            max_tokens=cfg.instance_max_tokens,
             stop=self.stops(record),
             seed=self.config.seed,
             key=record["id"],
@@ -131,15 +157,36 @@ class GenerateInstances(LLMTask):
         instances = parse_instances(completion.text, output_first=record["is_classification"])
         if truncated and instances:
             instances.pop()  # the last output may be cut off
-        kept, seen_inputs = [], set()
+        drops: Counter = Counter()
+        valid = []
         for instance in instances:
-            if not instance["output"] or instance["output"] == instance["input"]:
+            problem = instance_problem(instance)
+            if problem:
+                drops[problem] += 1
+            else:
+                valid.append(instance)
+        outputs: dict[str, str] = {}
+        for instance in valid:
+            first = outputs.setdefault(instance["input"], instance["output"])
+            if instance["input"] and first != instance["output"]:
+                # The task is ambiguous or the model confused itself: none of its instances can be trusted.
+                self.instance_drops.update(drops)
+                return Rejected(
+                    "conflicting_outputs",
+                    f"{record['instruction']} -> input {instance['input'][:80]!r} got {first[:60]!r} and "
+                    f"{instance['output'][:60]!r}",
+                )
+        kept, seen = [], set()
+        for instance in valid:
+            pair = (instance["input"], instance["output"])
+            if pair in seen:
+                drops["duplicate_instance"] += 1
                 continue
-            if instance["input"] in seen_inputs and instance["input"]:
-                continue
-            seen_inputs.add(instance["input"])
+            seen.add(pair)
             kept.append(instance)
+        self.instance_drops.update(drops)
         if not kept:
             reply = completion.text.strip().replace("\n", " ")[:160]
-            return Rejected("no_instances", f"{record['instruction']} -> {reply!r}")
+            why = f" (dropped: {', '.join(f'{k} {v}' for k, v in drops.items())})" if drops else ""
+            return Rejected("no_instances", f"{record['instruction']} -> {reply!r}{why}")
         return {**record, "instances": kept[: self.config.max_instances]}

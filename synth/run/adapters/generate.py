@@ -141,7 +141,8 @@ class GenerateAdapter(StageAdapter):
 
 
 class SelfInstructSpec(LLMSpec, SelfInstructConfig):
-    """Self-Instruct from seed tasks: instructions (global ROUGE-L novelty loop), classification, instances."""
+    """Self-Instruct from seed tasks: instructions (global ROUGE-L novelty loop), classification, instances;
+    the published pipeline's filters and sampling by default (see `SelfInstructConfig`)."""
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["self_instruct"]
@@ -202,7 +203,7 @@ class SelfInstructAdapter(StageAdapter):
         preview = Preview(prompts=[render_request(request, f"{spec.name}: instruction request")])
         # rounds of `concurrency` requests until `count` instructions pass (at least count / new_per_request)
         instruction_requests = -(-spec.count // spec.new_per_request) * 2
-        per_task = 2 + (1 if spec.responses else 0)  # classification, instances, (answer)
+        per_task = 2 + (spec.max_instances if spec.responses else 0)  # classification, instances, (answers)
         requests = instruction_requests + spec.count * per_task
         preview.note = "instruction requests: about twice count / new_per_request (novelty rejects some)"
         return estimate(preview, requests, request_tokens(request),
@@ -310,7 +311,8 @@ class EvolveAdapter(StageAdapter):
                 size = max(size, request_tokens(request))
         cfg = stage.config
         n = min(rows, spec.limit) if rows is not None and spec.limit else rows
-        per_seed = cfg.rounds * (1 + (1 / cfg.judge_batch_size if cfg.judge else 0))
+        judged = (1 if spec.method == "mmevol" else 1 / cfg.judge_batch_size) if cfg.judge else 0  # mmevol: a judge call per image
+        per_seed = cfg.rounds * (1 + judged)
         if spec.method == "evol-instruct":
             per_seed += cfg.rounds  # each kept evolution is answered
         requests = None if n is None else int(round(n * per_seed))
