@@ -5,22 +5,36 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
+import synth.clean.dedup as dedup_module
 from synth.clean.dedup import Dedup, DedupConfig, dedup
 from synth.clean.minhash import MinHasher, band_keys, ngram_hashes, optimal_bands, tokenize
 from synth.clean.phash import blocks, dhash, hamming, phash
 from synth.data import RecordLog
+from synth.errors import SynthError
 
 WORDS = (
     "apple river stone cloud music paper garden window silver forest engine yellow market winter bridge "
     "candle ocean pencil mirror castle rabbit thunder violin basket desert harbor lantern meadow orbit pepper "
     "quartz saddle tunnel velvet walnut zebra anchor blossom copper dragon ember falcon glacier hammer island"
 ).split()
+
+
+@pytest.fixture(autouse=True, params=["numpy", "rensa"])
+def engine(request, monkeypatch):
+    """Every dedup test runs with both engines: rensa (the default when installed) and the numpy fallback."""
+    if request.param == "numpy":
+        monkeypatch.setattr(dedup_module, "rensa_available", lambda: False)
+    else:
+        pytest.importorskip("rensa")
+    assert Dedup().engine == request.param
+    return request.param
 
 
 def sft(rid: str, user: str, answer: str, source: str | None = None, images: list | None = None) -> dict:
@@ -261,3 +275,57 @@ def test_optimal_bands_balance_errors_like_datasketch():
     sig = np.arange(24, dtype=np.uint32).reshape(2, 12)
     keys = band_keys(sig, 3, 4)
     assert keys.shape == (2, 3) and len(set(keys.ravel().tolist())) == 6
+
+
+def test_engine_choice_and_missing_rensa(engine, monkeypatch):
+    assert Dedup(engine="numpy").engine == "numpy"
+    assert Dedup(near=True).engine == engine  # auto: rensa when installed
+    monkeypatch.setattr(dedup_module, "rensa_available", lambda: False)
+    assert Dedup().engine == "numpy"
+    with pytest.raises(SynthError, match="pip install rensa"):
+        Dedup(engine="rensa")
+
+
+def test_engines_agree_on_planted_duplicates(engine):
+    if engine != "rensa":
+        pytest.skip("compares both engines itself: once is enough")
+    rng = random.Random(8)
+    records = []
+    for i in range(1500):
+        if i > 10 and rng.random() < 0.2:
+            words = records[rng.randrange(len(records))]["messages"][1]["content"].split()
+            words.append(rng.choice(WORDS))  # one word more: Jaccard ~0.98
+            records.append(sft(f"r{i}", "Q", " ".join(words)))
+        else:
+            records.append(sft(f"r{i}", "Q", sentence(rng, 60)))
+    twins = {}
+    for name in ("numpy", "rensa"):
+        stage = Dedup(engine=name)
+        list(stage.run(records))
+        twins[name] = stage.twins
+    a, b = set(twins["numpy"]), set(twins["rensa"])
+    planted = sum(1 for r in records if r["messages"][1]["content"].count(" ") == 60)
+    assert len(a) >= 0.99 * planted and len(a) > 250
+    assert len(a & b) >= 0.99 * len(a | b)
+    assert {k: twins["numpy"][k] for k in a & b} == {k: twins["rensa"][k] for k in a & b}
+
+
+def test_rensa_sketches_are_the_same_in_every_process(engine):
+    if engine != "rensa":
+        pytest.skip("rensa only")
+    import subprocess
+    import sys
+
+    code = (
+        "from synth.clean.minhash import RensaIndex, tokenize\n"
+        "idx = RensaIndex(128, 9, 13, 5, 1, 0.8)\n"
+        "sketches, _ = idx.sketches_of_words(tokenize(['the quick brown fox jumps over the lazy dog again', 'x']))\n"
+        "print([s.digest()[:4] for s in sketches])\n"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True, check=True
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(outputs) == 1 and "[" in outputs.pop()

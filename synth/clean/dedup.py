@@ -18,6 +18,9 @@ Decisions, in order, for each record:
    carries many questions).
 
 Text is the whole conversation (all turns). Shingles are word n-grams (`synth.clean.minhash`).
+Engines (``engine``): ``rensa`` (the default when installed: Rust R-MinHash sketches and LSH over synth's
+shingle hashes, faster; sketch size bands x rows) or ``numpy`` (vectorised MinHash, the fallback); the
+same tokens, shingles, bands, rows and keep rule, different hash families (decisions agree ~99%).
 Images are compared by their encoded bytes (exact) and, for near duplicates, by a perceptual hash of the
 decoded pixels (the only decode). Dedup must see every earlier record to judge a later one, so it is an
 `Aggregate`; it still streams its output (a record leaves as soon as it is known to be first).
@@ -31,7 +34,15 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from synth.clean.common import record_images, record_text
-from synth.clean.minhash import LSHIndex, MinHasher, band_keys, optimal_bands, tokenize_with_normalized
+from synth.clean.minhash import (
+    LSHIndex,
+    MinHasher,
+    RensaIndex,
+    band_keys,
+    optimal_bands,
+    rensa_available,
+    tokenize_with_normalized,
+)
 from synth.clean.phash import blocks, hamming, image_phash
 from synth.data.writer import RecordLog
 from synth.errors import SynthError
@@ -55,6 +66,9 @@ class DedupConfig(StageConfig):
     image_distance: int = Field(6, ge=0, le=31, description="max differing bits for near-duplicate images")
     image_only: bool = Field(False, description="drop near-duplicate images whatever their text")
     batch_size: int = Field(4096, ge=1)
+    engine: Literal["auto", "rensa", "numpy"] = Field(
+        "auto", description="near-duplicate engine: rensa (Rust) when installed, else numpy"
+    )
 
     @model_validator(mode="after")
     def _bands_fit(self):
@@ -104,8 +118,12 @@ class Dedup(Aggregate):
         super().__init__(config, **overrides)
         cfg: DedupConfig = self.config
         self.bands, self.rows = cfg.lsh_params()
-        self.hasher = MinHasher(cfg.num_perm, cfg.shingle, cfg.seed)
-        self.index = LSHIndex(cfg.num_perm, self.bands, self.rows)
+        self.engine = self._engine(cfg)
+        if self.engine == "rensa":
+            self.index = RensaIndex(cfg.num_perm, self.bands, self.rows, cfg.shingle, cfg.seed, cfg.threshold)
+        else:
+            self.hasher = MinHasher(cfg.num_perm, cfg.shingle, cfg.seed)
+            self.index = LSHIndex(cfg.num_perm, self.bands, self.rows)
         self._exact: dict[int, _Kept] = {}
         self._slots: list[_Kept] = []
         self._image_pieces = cfg.image_distance + 1
@@ -114,6 +132,16 @@ class Dedup(Aggregate):
         # Perceptual hashes cost a decode per image: only when a near-duplicate check will use them.
         self._perceptual = cfg.images and (cfg.near or cfg.image_only)
         self._phash_cache: dict[str, int] = {}  # image bytes digest -> perceptual hash
+
+    @staticmethod
+    def _engine(cfg: DedupConfig) -> str:
+        if cfg.engine == "numpy":
+            return "numpy"
+        if rensa_available():
+            return "rensa"
+        if cfg.engine == "rensa":
+            raise SynthError("dedup engine 'rensa' needs the rensa package: pip install rensa (or use engine numpy)")
+        return "numpy"
 
     # ------------------------------------------------------------ per-record keys
 
@@ -190,7 +218,10 @@ class Dedup(Aggregate):
 
         cfg: DedupConfig = self.config
         words, normalized = tokenize_with_normalized([record_text(r) for r in batch])
-        if cfg.near:
+        if cfg.near and self.engine == "rensa":
+            signatures, has_shingles = self.index.sketches_of_words(words)
+            all_keys = signatures  # rensa's LSH takes the sketch itself
+        elif cfg.near:
             signatures, has_shingles = self.hasher.signatures_of_words(words)
             all_keys = band_keys(signatures, self.bands, self.rows).tolist()
         for i, record in enumerate(batch):

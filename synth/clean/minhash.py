@@ -14,6 +14,9 @@ the shift (the shift is monotone), which saves a pass over the big matrix.
 LSH: the signature is cut into ``bands`` bands of ``rows`` rows; records sharing one band are candidates.
 `optimal_bands` picks (bands, rows) for a threshold by minimising the weighted false-positive and
 false-negative areas under the S-curve, the same criterion datasketch uses.
+
+`RensaIndex` does the sketching and the LSH with rensa (Rust) over the same shingle hashes: the default
+engine of `Dedup` when rensa is installed (faster in `bench/clean_bench.py`); the numpy path is the fallback.
 """
 
 from __future__ import annotations
@@ -296,4 +299,65 @@ class LSHIndex:
                 buckets[key] = [hit, slot]
             else:
                 hit.append(slot)
+        return slot
+
+
+# ---------------------------------------------------------------- the rensa engine
+
+
+def rensa_available() -> bool:
+    try:
+        import rensa  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class RensaIndex:
+    """The same job as `MinHasher` + `LSHIndex`, done by rensa (Rust R-MinHash sketches and LSH).
+
+    Shingles are synth's word n-gram hashes (`ngram_hashes_of_words`), so tokens and shingles are the same
+    as the numpy engine's; rensa sketches them with its own seeded hash family. rensa's LSH needs
+    ``num_perm`` divisible by the bands, so the sketch has ``bands * rows`` slots (117 for the default 9 x
+    13 of 128): the same LSH S-curve, and the estimated Jaccard is the fraction of equal slots among those.
+    Deterministic for a seed (rensa's sketches are seeded; no process-dependent hashing).
+    """
+
+    def __init__(self, num_perm: int, bands: int, rows: int, shingle: int, seed: int, threshold: float):
+        from rensa import RMinHashLSH
+
+        self.bands, self.rows, self.shingle, self.seed = bands, rows, shingle, seed
+        self.num_perm = bands * rows
+        self._lsh = RMinHashLSH(threshold, self.num_perm, bands)
+        self._sketches: list = []
+        self.size = 0
+
+    def sketches_of_words(self, words) -> tuple[list, np.ndarray]:
+        """(one rensa ``RMinHash`` per text; bool mask of texts that had any shingle)."""
+        from rensa import RMinHash
+
+        count = len(words)
+        hashes, owner = ngram_hashes_of_words(words, self.shingle)
+        bounds = np.zeros(count + 1, dtype=np.int64)
+        np.cumsum(np.bincount(owner, minlength=count), out=bounds[1:])
+        # 8-byte tokens: numpy's fixed-width bytes drop trailing NULs, which is still one-to-one for 8 bytes.
+        tokens = hashes.view("S8").tolist()
+        edges = bounds.tolist()
+        sketches = RMinHash.from_token_sets(
+            [tokens[edges[i] : edges[i + 1]] for i in range(count)], self.num_perm, self.seed
+        )
+        return sketches, np.diff(bounds) > 0
+
+    def candidates(self, sketch) -> list[int]:
+        """Slots sharing at least one band, in insertion order (so the earliest kept comes first)."""
+        return sorted(self._lsh.query(sketch))
+
+    def similarity(self, slot: int, sketch) -> float:
+        return sketch.jaccard(self._sketches[slot])
+
+    def add(self, sketch, _signature=None) -> int:
+        slot = self.size
+        self._lsh.insert(slot, sketch)
+        self._sketches.append(sketch)
+        self.size += 1
         return slot

@@ -138,6 +138,7 @@ def dedup(
     shingle: int = typer.Option(5, help="Words per shingle."),
     num_perm: int = typer.Option(128, "--num-perm", help="MinHash permutations."),
     exact_only: bool = typer.Option(False, "--exact-only", help="Only exact duplicates (no MinHash)."),
+    engine: str = typer.Option("auto", "--engine", help="MinHash engine: auto (rensa when installed), rensa, numpy."),
     images: bool = typer.Option(True, "--images/--no-images", help="Compare images by perceptual hash (off: exact bytes)."),
     image_distance: int = typer.Option(6, "--image-distance", help="Max differing pHash bits for near-duplicate images."),
     image_only: bool = typer.Option(False, "--image-only", help="Also drop near-duplicate images whatever their text."),
@@ -151,7 +152,7 @@ def dedup(
     from synth.clean.registry import build_filter
 
     options = dict(
-        threshold=threshold, shingle=shingle, num_perm=num_perm, near=not exact_only,
+        threshold=threshold, shingle=shingle, num_perm=num_perm, near=not exact_only, engine=engine,
         images=images, image_distance=image_distance, image_only=image_only,
     )
     stage = build_filter("dedup", options)
@@ -161,7 +162,8 @@ def dedup(
     )
     if not exact_only:
         console.print(
-            f"near-duplicates: estimated Jaccard >= {threshold}, {shingle}-word shingles, {num_perm} permutations, "
+            f"near-duplicates ({stage.engine} engine): estimated Jaccard >= {threshold}, {shingle}-word shingles, "
+            f"{num_perm} permutations, "
             f"LSH {stage.bands} bands x {stage.rows} rows; images by {'perceptual hash' if images else 'exact bytes'}",
             soft_wrap=True,
         )
