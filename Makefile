@@ -6,7 +6,7 @@ SYNTH  := $(VENV)/bin/synth
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: install demo browser test test-fast test-slow lint bench clean
+.PHONY: install demo loop-demo browser test test-fast test-slow lint bench clean
 
 # torch is installed first, pinned: the CPU wheel 2.13.0 lies on this machine, while an open range
 # would pull a multi-GB CUDA build.
@@ -33,6 +33,13 @@ demo: install
 	$(SYNTH) adapt $(DEMO)/shapes -t scene_qa_text -o $(DEMO)/scene_qa_train --overwrite
 	$(SYNTH) prefs $(DEMO)/scene_qa_train --strategy perturb --scenes $(DEMO)/shapes -o $(DEMO)/prefs --overwrite
 	$(PY) -m synth.train.demo $(DEMO) --prefs $(DEMO)/prefs
+
+# The closed loop on the demo shapes (recipes/loop_shapes.yaml): round 0 trains the embedded model on
+# labelled scene questions, rounds 1-2 pseudo-label questions about other images with the current model
+# (self-consistency gate), retrain, and score each round on held-out images. Resumes where it stopped.
+loop-demo: export HF_HUB_OFFLINE := 1
+loop-demo: install
+	$(SYNTH) loop recipes/loop_shapes.yaml
 
 # Fast tests, then the slow ones on the real embedded model.
 # The report's browser test needs Debian's chromium (installed here when missing; needs root).

@@ -14,6 +14,7 @@ from synth.cli import clean as _clean  # noqa: F401,E402
 from synth.cli import evolve as _evolve  # noqa: F401,E402
 from synth.cli import export as _export  # noqa: F401,E402
 from synth.cli import generate as _generate  # noqa: F401,E402
+from synth.cli import loop as _loop  # noqa: F401,E402
 from synth.cli import mix as _mix  # noqa: F401,E402
 from synth.cli import prefs as _prefs  # noqa: F401,E402
 from synth.cli import pseudo_label as _pseudo_label  # noqa: F401,E402

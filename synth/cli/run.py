@@ -32,6 +32,10 @@ def run(
 
         manifest, state, table = run_status(runs_dir, status)
         console.print(table)
+        if manifest.get("rounds") is not None:
+            from synth.run.loop_report import loop_tables
+
+            console.print(loop_tables({**manifest, "state": state}))
         if manifest.get("error"):
             console.print(f"[red]error:[/] {manifest['error']}", soft_wrap=True)
         console.print(f"run folder: {runs_dir / status}   manifest: {runs_dir / status / 'manifest.json'}")
@@ -51,6 +55,10 @@ def run(
     result = run_recipe(recipe, set_, options)
     entries = [{"name": n, **result.manifest["stages"][n]} for n in result.manifest["order"]]
     console.print(summary_table(entries, title=f"run {result.name}: done"))
+    if result.manifest.get("rounds") is not None:
+        from synth.run.loop_report import loop_tables
+
+        console.print(loop_tables(result.manifest))
     console.print(f"outputs in [bold]{result.run_dir}/[/] (manifest: {result.run_dir / 'manifest.json'})",
                   soft_wrap=True)
 

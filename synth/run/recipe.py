@@ -159,6 +159,7 @@ class Recipe(BaseModel):
     llm_shard_size: int = Field(256, ge=1, description="records per shard of LLM stages")
     backends: dict[str, Any] = Field(default_factory=dict, description="named LLM backends; stages pick one by name")
     stages: list[Any] = Field(default_factory=list)
+    loop: Any = Field(None, description="rounds of data → train → eval (see synth.run.loop_recipe)")
 
 
 _RECIPE_MODEL: list[type[Recipe]] = []
@@ -174,9 +175,12 @@ def recipe_model() -> type[Recipe]:
         stage_union = Annotated[Union[specs], Field(discriminator="type")]  # type: ignore[valid-type]
         backend_union = Annotated[Union[openai_spec, local_spec], Field(discriminator="backend")]
 
+        from synth.run.loop_recipe import LoopSpec
+
         class TypedRecipe(Recipe):
             backends: dict[str, backend_union] = Field(default_factory=dict)  # type: ignore[valid-type]
             stages: list[stage_union] = Field(default_factory=list)  # type: ignore[valid-type]
+            loop: LoopSpec | None = None
 
         _RECIPE_MODEL.append(TypedRecipe)
     return _RECIPE_MODEL[0]
@@ -482,6 +486,9 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     from synth.run.dag import check_wiring
 
     check_wiring(recipe, doc)
+    from synth.run.loop_recipe import check_loop
+
+    check_loop(recipe, doc)
     return LoadedRecipe(recipe=recipe, doc=doc)
 
 

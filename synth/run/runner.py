@@ -148,7 +148,8 @@ def _resolved_recipe_text(plan: Plan) -> str:
 
 
 class Runner:
-    def __init__(self, plan: Plan, run_dir: Path, options: RunOptions, view):
+    def __init__(self, plan: Plan, run_dir: Path, options: RunOptions, view, prefix: str = "",
+                 identity: dict[str, Any] | None = None):
         self.plan = plan
         self.run_dir = run_dir
         self.options = options
@@ -157,6 +158,19 @@ class Runner:
         self.outputs: dict[str, tuple[DataRef, str, str]] = {}  # name → (ref, fingerprint, data hash)
         self.results: list[StageOutcome] = []
         self.executor = None
+        # A closed loop's round runs its stages under a subfolder (``round_1/NAME``), and its backends'
+        # identity adds what the model name alone does not say (a hash of the round's adapter).
+        self.prefix = prefix
+        self.identity = identity or {}
+
+    def out_dir(self, name: str) -> Path:
+        return self.run_dir / self.prefix / name if self.prefix else self.run_dir / name
+
+    def marker_path(self, name: str) -> Path:
+        return self.run_dir / STATE_DIR / self.prefix / f"{name}.json"
+
+    def shards_root(self, name: str) -> Path:
+        return self.run_dir / SHARDS_DIR / self.prefix / name
 
     @property
     def cache_dir(self) -> Path:
@@ -213,7 +227,10 @@ class Runner:
         inputs = [(dep, self.outputs[dep][1], self.outputs[dep][2]) for dep in adapter.inputs(spec)]
         backend = None
         if adapter.uses_llm(spec):
-            backend = backend_identity(backend_spec(self.plan.recipe, adapter.backend_name(spec) or DEFAULT_BACKEND))
+            bname = adapter.backend_name(spec) or DEFAULT_BACKEND
+            backend = backend_identity(backend_spec(self.plan.recipe, bname))
+            if bname in self.identity:
+                backend = {**backend, "identity": self.identity[bname]}
         extra = adapter.fingerprint_extra(spec)
         return stage_fingerprint(type_=spec.type, spec=spec.model_dump(mode="json"), backend=backend, inputs=inputs,
                                  seed=self.plan.recipe.seed, adapter_version=adapter.version, extra=extra)
@@ -224,9 +241,9 @@ class Runner:
         if adapter.source:
             return self.run_source(name, spec, adapter)
         fp = self.fingerprint(name, spec, adapter)
-        marker_path = self.run_dir / STATE_DIR / f"{name}.json"
+        marker_path = self.marker_path(name)
         marker = read_json(marker_path)
-        out = self.run_dir / name
+        out = self.out_dir(name)
         if (marker and marker.get("fingerprint") == fp and out.exists() and name not in self.options.rerun
                 and not (self.options.retry_failed and adapter.uses_llm(spec) and _failed(marker.get("report", {})))):
             ref = DataRef.from_dict(marker["output"])
@@ -258,7 +275,7 @@ class Runner:
     def plan_shards(self, name: str, spec, adapter, fp: str) -> list[ShardTask]:
         from synth.data import quiet_datasets
 
-        shards_root = self.run_dir / SHARDS_DIR / name
+        shards_root = self.shards_root(name)
         shards_dir = shards_root / fp[:16]
         if shards_root.is_dir():  # shards of an older fingerprint are of no use
             for old in shards_root.iterdir():
@@ -335,7 +352,7 @@ class Runner:
             raise SynthError(f"stage {name}: every LLM request failed ({failed:,}; {reasons}); check the "
                              f"server (base_url), the model name and the API key; details in "
                              f"{tasks[0].shards_dir}/shard-*/failures.jsonl")
-        out = self.run_dir / name
+        out = self.out_dir(name)
         report["seconds"] = round(time.time() - started, 3)
         assemble([t.path for t in tasks], out, report)
         hooks.point("stage_output", stage=name)
@@ -373,7 +390,7 @@ class Runner:
         if adapter.uses_llm(spec):
             entry["sampling"] = _sampling(spec)
         if outcome.state != "source" and outcome.ref is not None:
-            marker = read_json(self.run_dir / STATE_DIR / f"{outcome.name}.json") or {}
+            marker = read_json(self.marker_path(outcome.name)) or {}
             entry["hash"] = marker.get("hash")
             entry["files"] = marker.get("files")
             entry["seconds_first_run"] = marker.get("report", {}).get("seconds")
@@ -411,6 +428,8 @@ def run_recipe(path: str | os.PathLike, overrides: list[str] | None = None, opti
 
     options = options or RunOptions()
     plan = prepare(path, overrides)
+    if plan.recipe.loop is not None and options.rerun:
+        raise SynthError("--rerun does not apply to a loop; change the recipe (a changed stage reruns in every round)")
     for name in options.rerun:
         if name not in plan.specs:
             raise SynthError(f"--rerun {name}: no such stage (stages: {', '.join(plan.order)})")
@@ -419,5 +438,11 @@ def run_recipe(path: str | os.PathLike, overrides: list[str] | None = None, opti
 
         options.rerun = sorted(downstream(plan.recipe, set(options.rerun)))
     run_dir = run_dir_for(plan, options)
+    if plan.recipe.loop is not None:  # a closed loop: rounds of data → train → eval (synth.run.loop)
+        from rich.console import Console
+
+        from synth.run.loop import Loop
+
+        return Loop(plan, run_dir, options, console=getattr(view, "console", None) or Console(stderr=True)).run()
     view = view or RunView(live=options.live)
     return Runner(plan, run_dir, options, view).run()

@@ -101,6 +101,9 @@ class AlignRecipe(_Recipe):
 class SftRecipe(_Recipe):
     """LoRA (or full) supervised fine-tuning, loss on assistant tokens."""
 
+    adapter: str | None = Field(
+        None, description="keep training this LoRA adapter (e.g. the previous round's) instead of a new one"
+    )
     lora: LoraSpec | None = Field(default_factory=LoraSpec, description="null: full fine-tuning")
     qlora: bool = Field(False, description="load the base in 4-bit (needs bitsandbytes and a CUDA GPU)")
     loss: Literal["assistant", "completion", "all"] = Field(

@@ -94,7 +94,12 @@ def build_trainer(plan, model, callbacks=None):
     args = SFTConfig(**fields)
 
     peft_config = None
-    if recipe.lora is not None:
+    if recipe.adapter:
+        from peft import PeftModel
+
+        # Continue an earlier adapter (a closed loop's previous round): its own LoRA settings apply.
+        model = PeftModel.from_pretrained(model, recipe.adapter, is_trainable=True)
+    elif recipe.lora is not None:
         peft_config = lora_config(recipe.lora, model, plan.info.is_vision)
     elif plan.info.is_vision:
         freeze_vision_tower(model)
@@ -122,15 +127,20 @@ def freeze_vision_tower(model) -> None:
 
 
 def run_sft(recipe: SftRecipe, callbacks=None) -> TrainResult:
+    if recipe.adapter:
+        from synth.train.models import is_adapter_dir
+
+        if not is_adapter_dir(recipe.adapter):
+            raise SynthError(f"adapter: {recipe.adapter} is not a LoRA adapter folder (no adapter_config.json)")
     plan = prepare(recipe, "sft")
-    dtype = weights_dtype(plan, recipe.lora is not None)
+    dtype = weights_dtype(plan, recipe.lora is not None or recipe.adapter is not None)
     model = load_weights(
         plan.info, device=plan.device, dtype=dtype, qlora=recipe.qlora,
         attn=attn_implementation(plan.device, dtype),
     )
     trainer, progress = build_trainer(plan, model, callbacks)
     metrics = train(plan, trainer, progress)
-    if recipe.lora is not None:
+    if recipe.lora is not None or recipe.adapter:
         trainer.model.save_pretrained(str(plan.out))
         saved = "adapter"
     else:

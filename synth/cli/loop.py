@@ -1,0 +1,41 @@
+"""Command: loop (a recipe's closed loop: per round data with model k → train model k+1 → held-out eval)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from synth.cli.common import command, console
+
+
+@command("loop")
+def loop(
+    recipe: Path = typer.Argument(..., help="Recipe YAML with a loop: block (see recipes/loop_shapes.yaml)."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a recipe value: path.to.key=value (repeatable)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", min=1, help="Override loop.rounds."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (folder RUNS_DIR/NAME); default: the recipe's name."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run folders live."),
+    executor: str = typer.Option("local", "--executor", help="local (processes) or ray, for the data stages."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (local) or CPUs for a local Ray."),
+    no_retry_failed: bool = typer.Option(False, "--no-retry-failed", help="Keep stages whose LLM requests partly failed as they are."),
+) -> None:
+    """Run a recipe's closed loop (same as synth run on it); the same command resumes a killed loop."""
+    from rich.console import Console
+
+    from synth.run import RunOptions
+    from synth.run.loop import run_loop
+    from synth.run.loop_report import loop_tables
+    from synth.run.progress import summary_table
+
+    overrides = list(set_) + ([f"loop.rounds={rounds}"] if rounds else [])
+    options = RunOptions(name=name, runs_dir=runs_dir, executor=executor, workers=workers,
+                         retry_failed=not no_retry_failed)
+    result = run_loop(recipe, overrides, options, console=Console(stderr=True))
+    entries = [{"name": n, **result.manifest["stages"][n]} for n in result.manifest["order"]]
+    if entries:
+        console.print(summary_table(entries, title=f"run {result.name}: shared stages"))
+    console.print(loop_tables(result.manifest))
+    console.print(f"outputs in [bold]{result.run_dir}/[/] (manifest: {result.run_dir / 'manifest.json'}, "
+                  f"best model: {result.run_dir / 'best.json'})", soft_wrap=True)
