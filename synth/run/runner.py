@@ -399,7 +399,8 @@ class Runner:
         return entry
 
 
-SAMPLING_FIELDS = ("temperature", "top_p", "max_tokens", "judge_max_tokens", "instance_max_tokens", "n", "seed",
+SAMPLING_FIELDS = ("temperature", "top_p", "presence_penalty", "max_tokens", "judge_max_tokens", "instance_max_tokens",
+                   "instance_temperature", "instance_top_p", "instance_presence_penalty", "n", "samples", "seed",
                    "stop", "judge_temperature")
 
 
