@@ -269,3 +269,42 @@ stages:
     check = compare_labels(out, result.run_dir / "qa")
     assert check["compared"] == len(qa) and check["correct"] == sum(
         r["messages"][-1]["content"] == "3" for r in qa)
+
+
+def test_report_over_several_shards_sums_counts_and_recomputes_shares(server, tmp_path):
+    """A stage split into shards reports the whole stage: counts summed, shares of the whole."""
+    from synth.run import RunOptions, run_recipe
+    from tests.run_helpers import backend_block, write_recipe
+
+    def reply(body):
+        if is_judge(body):
+            return None
+        n = int(body.get("n") or 1)
+        # questions about colour get five different answers (no majority), the rest agree on "3"
+        return ["red", "blue", "green", "pink", "gray"][:n] if "colo" in str(body["messages"]) else ["3"] * n
+
+    server.script(reply)
+    recipe = write_recipe(tmp_path, backend_block(server) + """
+stages:
+  - {type: demo, name: scenes, count: 6, size: 64}
+  - {type: adapt, name: qa, input: scenes, template: scene_qa_text}
+  - type: pseudo_label
+    name: pseudo
+    input: qa
+    hide_labels: true
+    samples: 5
+    max_tokens: 8
+    shard_size: 4
+""")
+    result = run_recipe(recipe, options=RunOptions(runs_dir=tmp_path / "runs", live=False))
+    out = result.run_dir / "pseudo"
+    report = json.loads((out / "report.json").read_text())
+    qa, rows = load(result.run_dir / "qa"), load(out)
+    details = report["details"]
+    assert report["shards"] > 1 and details["asked"] == len(qa) and details["kept"] == len(rows)
+    assert 0 < len(rows) < len(qa) and details["rejected"]["low_agreement"] == len(qa) - len(rows)
+    assert details["kept_share"] == round(len(rows) / len(qa), 4) and details["gate"] == "agreement"
+    check = compare_labels(out, result.run_dir / "qa")
+    assert details["label_check"]["kept"] == len(rows)
+    assert details["label_check"]["kept_correct"] == check["correct"]
+    assert details["label_check"]["kept_accuracy"] == round(check["correct"] / len(rows), 4)

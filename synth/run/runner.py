@@ -339,7 +339,7 @@ class Runner:
         markers = [read_json(t.marker) for t in tasks]
         if any(m is None for m in markers):
             raise SynthError(f"stage {name}: a shard finished without its marker; run again to resume")
-        report = merge_reports([m["report"] for m in markers])
+        report = adapter.merged_report(spec, merge_reports([m["report"] for m in markers]))
         report["shards"] = len(tasks)
         report["shard_seconds"] = round(sum(m["report"].get("seconds", 0) for m in markers), 3)
         if adapter.uses_llm(spec):

@@ -396,14 +396,37 @@ def merge_reports(reports: list[dict]) -> dict[str, Any]:
         if "answered" in report:
             answered = (answered or 0) + report["answered"]
     merged: dict[str, Any] = {"counts": counts}
-    for key in ("kind", "multimodal", "details"):
+    for key in ("kind", "multimodal"):
         if reports and key in reports[0]:
             merged[key] = reports[0][key]
+    details = [r["details"] for r in reports if "details" in r]
+    if details:
+        merged["details"] = details[0] if len(details) == 1 else merge_details(details)
     if usage:
         merged["usage"] = usage
     if answered is not None:
         merged["answered"] = answered
     return merged
+
+
+def merge_details(parts: list[Any]) -> Any:
+    """A stage's own report figures over its shards: counts (ints) summed, mappings merged key by key,
+    anything else kept when every shard agrees (the gate, a config value) and left out when they differ
+    (a per-shard ratio is no ratio of the whole: recompute it from the summed counts)."""
+    present = [p for p in parts if p is not None]
+    if not present:
+        return None
+    if all(isinstance(p, dict) for p in present):
+        keys = list(dict.fromkeys(k for p in present for k in p))
+        merged = {}
+        for key in keys:
+            value = merge_details([p.get(key) for p in present if key in p])
+            if value is not None:
+                merged[key] = value
+        return merged
+    if all(isinstance(p, int) and not isinstance(p, bool) for p in present):
+        return sum(present)
+    return present[0] if all(p == present[0] for p in present) else None
 
 
 def assemble(shard_paths: list[Path], out: Path, report: dict[str, Any]) -> None:

@@ -274,6 +274,11 @@ class StageAdapter:
 
         return run_stage_chain(self, spec, ctx, inputs[0], folder, tracker)
 
+    def merged_report(self, spec: StageSpec, report: dict[str, Any]) -> dict[str, Any]:
+        """The stage's report once its shards' reports are merged (counts summed): recompute here what a
+        sum does not give, such as a share of the whole."""
+        return report
+
     def after_assembly(self, spec: StageSpec, ctx: StageContext, out: Path) -> None:
         """A hook run once the stage's output is in place (e.g. check every LLM request failed)."""
 

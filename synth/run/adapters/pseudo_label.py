@@ -105,6 +105,17 @@ class PseudoLabelAdapter(StageAdapter):
             report["details"] = details
         return report
 
+    def merged_report(self, spec: PseudoLabelSpec, report: dict[str, Any]) -> dict[str, Any]:
+        # shares of the whole stage, from the counts summed over its shards
+        details = report.get("details")
+        if isinstance(details, dict):
+            details["kept_share"] = _share(details.get("kept"), details.get("asked"))
+            check = details.get("label_check")
+            if isinstance(check, dict):
+                check["kept_accuracy"] = _share(check.get("kept_correct"), check.get("kept"))
+                check["majority_accuracy"] = _share(check.get("majority_correct"), check.get("majority"))
+        return report
+
     def preview(self, spec: PseudoLabelSpec, ctx, records, rows) -> Preview:
         stage = self.stages(spec, ctx, None)[0]
         self._made.pop(id(ctx), None)
@@ -125,3 +136,7 @@ class PseudoLabelAdapter(StageAdapter):
 
 
 ADAPTERS = (PseudoLabelAdapter,)
+
+
+def _share(part: Any, whole: Any) -> float | None:
+    return round(part / whole, 4) if isinstance(part, int) and isinstance(whole, int) and whole else None
