@@ -36,8 +36,8 @@ from synth.errors import SynthError
 from synth.run import hooks
 from synth.run.adapters.base import close_backends
 from synth.run.loop_recipe import LOOP_MODEL, LoopSpec, active_stages, loop_backends, round_stages
-from synth.run.manifest import RESOLVED_RECIPE, digest, hash_files, load_manifest, new_manifest, save_manifest
-from synth.run.runner import STATE_DIR, Plan, Runner, RunOptions, _resolved_recipe_text, _write_text_atomic
+from synth.run.manifest import digest, hash_files, save_manifest
+from synth.run.runner import STATE_DIR, Plan, Runner, RunOptions, opened_run
 from synth.run.shards import read_json, write_json_atomic
 
 BEST = "best.json"
@@ -131,42 +131,13 @@ class Loop:
     # -- the whole run
 
     def run(self) -> LoopResult:
-        from synth.run.executors import make_executor
-        from synth.run.lock import RunLock
-
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with RunLock(self.run_dir):
-            hooks.mark_main_process()
-            (self.run_dir / STATE_DIR).mkdir(exist_ok=True)
-            _write_text_atomic(self.run_dir / RESOLVED_RECIPE, _resolved_recipe_text(self.plan))
-            self.executor = make_executor(self.options.executor, self.options.workers, self.options.ray_address)
-            previous = load_manifest(self.run_dir) or {}
-            self.manifest = new_manifest(self.run_dir.name, self.plan.loaded.path,
-                                         self.plan.recipe.model_dump(mode="json"), self.executor.describe(),
-                                         self.shared)
-            self.manifest["runs"] = previous.get("runs", 0) + 1
-            self.manifest["stages"] = {n: {"state": "pending", "type": self.plan.specs[n].type} for n in self.shared}
-            self.manifest["loop"] = {"rounds": self.spec.rounds, "model": self.spec.model,
-                                     "per_round_stages": [n for n in self.plan.order if n in self.per_round],
-                                     "stop": self.spec.stop.model_dump(mode="json")}
-            self.manifest["rounds"] = []
-            save_manifest(self.run_dir, self.manifest)
-            try:
-                self.run_shared()
-                self.run_rounds()
-                self.manifest["state"] = "done"
-            except KeyboardInterrupt:
-                self.manifest["state"] = "interrupted"
-                raise
-            except BaseException as e:
-                self.manifest["state"] = "failed"
-                self.manifest["error"] = str(e).splitlines()[0][:500] if str(e) else type(e).__name__
-                raise
-            finally:
-                self.manifest["finished"] = time.time()
-                save_manifest(self.run_dir, self.manifest)
-                self.executor.close()
-                close_backends()
+        loop = {"rounds": self.spec.rounds, "model": self.spec.model,
+                "per_round_stages": [n for n in self.plan.order if n in self.per_round],
+                "stop": self.spec.stop.model_dump(mode="json")}
+        with opened_run(self.plan, self.run_dir, self.options, self.shared, loop=loop, rounds=[]) as opened:
+            self.executor, self.manifest = opened
+            self.run_shared()
+            self.run_rounds()
         return LoopResult(self.run_dir.name, self.run_dir, self.manifest, self.manifest["rounds"])
 
     def runner(self, plan: Plan, view, prefix: str = "", identity: dict | None = None) -> Runner:

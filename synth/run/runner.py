@@ -17,6 +17,7 @@ same command.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -147,6 +148,44 @@ def _resolved_recipe_text(plan: Plan) -> str:
 # ---------------------------------------------------------------- running
 
 
+@contextlib.contextmanager
+def opened_run(plan: Plan, run_dir: Path, options: RunOptions, stages: list[str], **fields: Any):
+    """A run folder held for one run: locked, the resolved recipe written, an executor started and a new
+    manifest (``fields`` added) saved; on the way out the manifest says how the run ended (done,
+    interrupted, failed and why), and the executor and backends are closed."""
+    from synth.run.executors import make_executor
+    from synth.run.lock import RunLock
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        hooks.mark_main_process()
+        (run_dir / STATE_DIR).mkdir(exist_ok=True)
+        _write_text_atomic(run_dir / RESOLVED_RECIPE, _resolved_recipe_text(plan))
+        executor = make_executor(options.executor, options.workers, options.ray_address)
+        previous = load_manifest(run_dir) or {}
+        manifest = new_manifest(run_dir.name, plan.loaded.path, plan.recipe.model_dump(mode="json"),
+                                executor.describe(), stages)
+        manifest["runs"] = previous.get("runs", 0) + 1
+        manifest["stages"] = {n: {"state": "pending", "type": plan.specs[n].type} for n in stages}
+        manifest.update(fields)
+        save_manifest(run_dir, manifest)
+        try:
+            yield executor, manifest
+            manifest["state"] = "done"
+        except KeyboardInterrupt:
+            manifest["state"] = "interrupted"
+            raise
+        except BaseException as e:
+            manifest["state"] = "failed"
+            manifest["error"] = str(e).splitlines()[0][:500] if str(e) else type(e).__name__
+            raise
+        finally:
+            manifest["finished"] = time.time()
+            save_manifest(run_dir, manifest)
+            executor.close()
+            close_backends()
+
+
 class Runner:
     def __init__(self, plan: Plan, run_dir: Path, options: RunOptions, view, prefix: str = "",
                  identity: dict[str, Any] | None = None):
@@ -181,44 +220,14 @@ class Runner:
                             recipe_dir=self.plan.loaded.base_dir, backends=self.plan.backends, stage=name)
 
     def run(self) -> RunResult:
-        from synth.run.executors import make_executor
-        from synth.run.lock import RunLock
-
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with RunLock(self.run_dir):
-            hooks.mark_main_process()
-            (self.run_dir / STATE_DIR).mkdir(exist_ok=True)
-            _write_text_atomic(self.run_dir / RESOLVED_RECIPE, _resolved_recipe_text(self.plan))
-            self.executor = make_executor(self.options.executor, self.options.workers, self.options.ray_address)
-            previous = load_manifest(self.run_dir) or {}
-            self.manifest = new_manifest(self.run_dir.name, self.plan.loaded.path,
-                                         self.plan.recipe.model_dump(mode="json"), self.executor.describe(),
-                                         self.plan.order)
-            self.manifest["runs"] = previous.get("runs", 0) + 1
-            self.manifest["stages"] = {n: {"state": "pending", "type": self.plan.specs[n].type}
-                                       for n in self.plan.order}
-            save_manifest(self.run_dir, self.manifest)
-            try:
-                with self.view:
-                    for name in self.plan.order:
-                        self.manifest["stages"][name]["state"] = "running"
-                        save_manifest(self.run_dir, self.manifest)
-                        self.results.append(self.run_stage(name))
-                        self.manifest["stages"][name] = self.stage_entry(self.results[-1])
-                        save_manifest(self.run_dir, self.manifest)
-                self.manifest["state"] = "done"
-            except KeyboardInterrupt:
-                self.manifest["state"] = "interrupted"
-                raise
-            except BaseException as e:
-                self.manifest["state"] = "failed"
-                self.manifest["error"] = str(e).splitlines()[0][:500] if str(e) else type(e).__name__
-                raise
-            finally:
-                self.manifest["finished"] = time.time()
-                save_manifest(self.run_dir, self.manifest)
-                self.executor.close()
-                close_backends()
+        with opened_run(self.plan, self.run_dir, self.options, self.plan.order) as (self.executor, self.manifest):
+            with self.view:
+                for name in self.plan.order:
+                    self.manifest["stages"][name]["state"] = "running"
+                    save_manifest(self.run_dir, self.manifest)
+                    self.results.append(self.run_stage(name))
+                    self.manifest["stages"][name] = self.stage_entry(self.results[-1])
+                    save_manifest(self.run_dir, self.manifest)
         return RunResult(self.run_dir.name, self.run_dir, self.results, self.manifest)
 
     # -- one stage
