@@ -256,3 +256,20 @@ def test_cli_sft_one_step(tmp_path):
     summary = json.loads((tmp_path / "cli" / "train_summary.json").read_text())
     assert summary["steps"] == 1 and summary["recipe"]["lora"]["r"] == 4
     assert "sft done: 1 steps" in result.output
+
+
+def test_same_recipe_gives_the_same_adapter_whatever_the_global_rng(tmp_path):
+    """A new adapter's initial LoRA weights come from the global RNG: the recipe's seed decides them."""
+    from safetensors.torch import load_file
+
+    base = tiny_text_model()
+    adapters = []
+    for noise in (1, 2):
+        torch.manual_seed(noise)  # whatever ran before in this process
+        torch.rand(noise * 7)
+        out = tmp_path / f"run{noise}"
+        recipe = recipe_from_dict(fast_fields(base, adapted("scene_qa_text"), out, limit=4, max_steps=1, batch_size=2), "sft")
+        run_stage("sft", recipe)
+        adapters.append(load_file(str(out / "adapter_model.safetensors")))
+    assert adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])

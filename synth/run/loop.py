@@ -382,10 +382,7 @@ class Loop:
             return marker["result"]
         self.say(f"round {k} {step}: {sum(counts.values()):,} rows ({_counts_text(counts)}), "
                  f"from {adapter or base}")
-        from transformers import set_seed
-
-        set_seed(recipe.seed)  # a new adapter's initial weights come from the global RNG: same seed, same adapter
-        result = run_stage(step, recipe)
+        result = run_stage(step, recipe)  # seeds the global RNG first: same seed, same adapter
         summary = result.summary
         entry = {"output_dir": str(out), "rows": summary.get("data", {}).get("train_rows"), "data": counts,
                  "steps": summary.get("steps"), "tokens": summary.get("tokens"),

@@ -14,6 +14,13 @@ def run_stage(stage: str, recipe, callbacks=None):
     """Run a validated recipe for `stage` (align | sft | dpo | merge), with library noise silenced."""
     from synth.train.runner import quiet_training
 
+    seed = getattr(recipe, "seed", None)
+    if seed is not None:
+        from transformers import set_seed
+
+        # Seed before anything draws random numbers (model loading, wrapping an adapter), not only where
+        # the trainer seeds itself: the same recipe gives the same adapter whatever ran before it.
+        set_seed(seed)
     with quiet_training():
         return _run(stage, recipe, callbacks)
 
