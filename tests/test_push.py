@@ -309,3 +309,17 @@ def test_legacy_sidecars_beside_the_folder_are_read(sets, tmp_path):  # noqa: F8
     assert set(lineage.sidecars) == {"report.json", "rejects.jsonl", "usage.json"}
     assert lineage.rejects and [s.name for s in lineage.stages][-1] == "mmevol round 2"
     assert lineage.tokens()["requests"] == json.loads((tmp_path / "evolved.usage.json").read_text())["requests"]
+
+
+def test_every_method_the_provenance_shows_has_a_card_entry():
+    """A card names what made the data: each method `methods_of` can find has a label and a description."""
+    from synth.publish.card import method_catalog
+    from synth.publish.lineage import methods_of
+
+    meta = {"source": "self-instruct", "template": "vqa_short", "generation": {"temperature": 0.7},
+            "pseudo_label": {"gate": "agreement", "agreement": 0.8}, "scores": {"capfilt": 0.3}, "mix": {"source": "a"}}
+    found = methods_of(meta)
+    assert "pseudo-label" in found and "capfilt" in found
+    catalog = method_catalog()["methods"]
+    for method in found:
+        assert catalog[method]["label"] and catalog[method]["what"], method

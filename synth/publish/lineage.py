@@ -218,6 +218,8 @@ def methods_of(meta: dict[str, Any]) -> list[str]:
         found.append("adapt")
     if isinstance(meta.get("generation"), dict):
         found.append("generate")
+    if isinstance(meta.get("pseudo_label"), dict):
+        found.append("pseudo-label")
     if meta.get("strategy"):
         found.append(f"prefs:{meta['strategy']}")
     scores = meta.get("scores") if isinstance(meta.get("scores"), dict) else {}
