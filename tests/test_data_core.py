@@ -270,3 +270,31 @@ def test_all_failed_error_names_the_first_failure():
     check_not_all_failed(stage)  # some answered: the run stands
     with pytest.raises(SynthError, match="nothing was written and LLM requests failed"):
         check_not_all_failed(stage, written=0)
+
+
+def test_hub_image_cells_with_only_a_cache_path_resolve_inside_the_hf_cache(tmp_path, monkeypatch):
+    """`datasets` gives image cells of some Hub datasets (image folders, archives) as a path into its cache
+    and no bytes. For a Hub id the reader resolves those inside the Hugging Face cache, nowhere else.
+    (No Hub here: the cells are made as `datasets` makes them, up to the download.)"""
+    import datasets.config
+    from huggingface_hub import constants
+
+    from synth.data import ImageError, base_dir_of, image_ref
+
+    home = tmp_path / "huggingface"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(home / "datasets"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    extracted = home / "datasets" / "downloads" / "extracted" / "abc123" / "train"
+    extracted.mkdir(parents=True)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, format="PNG")
+    (extracted / "0.png").write_bytes(buf.getvalue())
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes(buf.getvalue())
+
+    base = base_dir_of("someone/image-folder-dataset")  # not a local path: a Hub id
+    assert base == home.resolve()
+    ref = image_ref({"bytes": None, "path": str(extracted / "0.png")}, base, "row 0")
+    assert ref["bytes"] == buf.getvalue()
+    with pytest.raises(ImageError, match="outside the dataset folder"):
+        image_ref({"bytes": None, "path": str(outside)}, base, "row 1")

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from synth.data import EmptyDatasetError, ImageError, RecordError, open_source
-from synth.data.reader import open_splits
+from synth.data.reader import hub_cache_root, open_splits
 
 
 def _image(color=(200, 10, 10), size=(12, 10), fmt: str = "PNG", noise: bool = False) -> bytes:
@@ -365,7 +365,7 @@ def test_hub_ids_take_config_revision_split_and_streaming(monkeypatch):
     assert src.num_rows is None and src.layout == "sharegpt"
     assert [r["messages"] for r in src.records()] == [[{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]]
     assert calls[-1] == {"path": "org/chat", "name": "en", "split": "test", "revision": "v1.0", "streaming": True}
-    assert src.base_dir is None  # a Hub id has no folder: relative image paths cannot be resolved
+    assert src.base_dir == hub_cache_root()  # a Hub id: image paths resolve only inside the HF cache
 
     splits = open_splits("org/chat", config="en", revision="main")
     assert list(splits) == ["train", "test"] and calls[-1]["split"] is None and calls[-1]["revision"] == "main"

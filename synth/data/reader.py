@@ -200,12 +200,25 @@ def load_hub(
 
 
 def base_dir_of(source: str | os.PathLike) -> Path | None:
-    """The folder relative image paths resolve against: the dataset's folder (a file's parent); None for a Hub id."""
+    """The folder image paths must stay inside: the dataset's folder (a file's parent); for a Hub id, the
+    Hugging Face cache, where `datasets` leaves the files of image cells that hold a path and no bytes."""
     path = Path(source)
     if not path.exists():
-        return None
+        return hub_cache_root()
     path = path.resolve()
     return path if path.is_dir() else path.parent
+
+
+def hub_cache_root() -> Path:
+    """The folder holding both the `datasets` cache (extracted archives) and the Hub's file cache (data
+    files downloaded from a repo): their common parent, usually ``~/.cache/huggingface``."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    caches = [Path(datasets.config.HF_DATASETS_CACHE).resolve(), Path(constants.HF_HUB_CACHE).resolve()]
+    common = Path(os.path.commonpath(caches))
+    # caches moved apart (HF_DATASETS_CACHE elsewhere): the datasets cache, never a parent as wide as "/"
+    return common if common != Path(common.anchor) else caches[0]
 
 
 def without_image_decoding(dataset):
