@@ -424,6 +424,52 @@ def test_capfilt_with_captioner_inside_a_mix_recipe(tiny_clip, tmp_path, llm_ser
     assert "synthetic" in winners
 
 
+def test_blip_itm_scores_are_the_itm_heads_match_probability(tmp_path):
+    """BLIP's own filter: a tiny random BLIP image-text matching model; the score is the ITM head's
+    probability of "matched", one pair at a time in BLIP's forward pass, batched in the stage."""
+    from transformers import (
+        AutoProcessor,
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForImageTextRetrieval,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    words = sorted({w for line in CORPUS for w in line.lower().split()} | set(COLORS))
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"), model_max_length=32)
+    # a wide initialisation, so that the random head's match probabilities differ from pair to pair
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "initializer_range": 0.5}
+    torch.manual_seed(0)
+    config = BlipConfig(
+        text_config={**small, "vocab_size": tokenizer.vocab_size, "max_position_embeddings": 32,
+                     "encoder_hidden_size": 32, "sep_token_id": 3, "pad_token_id": 0, "bos_token_id": 2},
+        vision_config={**small, "image_size": 32, "patch_size": 8},
+        projection_dim=16, initializer_range=0.5,
+    )
+    folder = tmp_path / "blip"
+    BlipForImageTextRetrieval(config).save_pretrained(folder)
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer).save_pretrained(folder)
+
+    records = raw_records(5)
+    stage = CapFilt(model=str(folder), threshold=0.5, batch_size=2)
+    kept = run(stage, records, tmp_path / "rejects.jsonl")
+    model, processor = BlipForImageTextRetrieval.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+    expected = []
+    with torch.no_grad():
+        for r in records:
+            out = model(**processor(images=[r["image"]], text=[r["caption"]], return_tensors="pt"), use_itm_head=True)
+            expected.append(float(torch.softmax(out.itm_score, -1)[0, 1]))
+    assert all(0.0 <= p <= 1.0 for p in expected), expected
+    scored = {r["id"]: r["meta"]["scores"]["capfilt"] for r in kept}
+    want = {r["id"]: p for r, p in zip(records, expected, strict=True) if p >= 0.5}
+    assert 0 < len(want) < len(records)  # the planted model matches some pairs and not others
+    assert scored.keys() == want.keys() and list(scored.values()) == pytest.approx(list(want.values()), abs=1e-5)
+    assert stage.stats.seen == len(records) and sum(stage.stats.dropped.values()) == len(records) - len(want)
+
+
 def test_siglip_family_loads_through_the_same_path(tmp_path):
     """A tiny random SigLIP: texts are padded to the full length, as SigLIP was trained."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers

@@ -1,7 +1,8 @@
 """CapFilt: score image-text pairs with an image-text model and drop mismatches (BLIP's caption filter).
 
-Each record's first image and one text are embedded by a CLIP / SigLIP family model loaded through
-transformers; the score is the cosine similarity of the two embeddings. A pair passes by an absolute
+Each record's first image and one text are scored by an image-text model loaded through transformers:
+a CLIP / SigLIP dual encoder (the cosine similarity of the two embeddings), or a BLIP image-text matching
+model as BLIP's CapFilt itself filters (the ITM head's probability that the text matches the image). A pair passes by an absolute
 `threshold`, by `top_fraction` (the best scoring share of all pairs), or both; with neither the stage
 refuses to start unless ``score_only: true`` says that scoring alone is wanted.
 
@@ -49,7 +50,11 @@ CAPTION_TEMPLATE = "prompts/capfilt/caption.jinja"
 
 
 class CapFiltConfig(StageConfig):
-    model: str = Field(DEFAULT_MODEL, description="image-text model: Hub id or local path (CLIP / SigLIP family)")
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="image-text model, Hub id or local path: CLIP / SigLIP (cosine similarity) or BLIP ITM "
+        "(match probability, BLIP's own filter; threshold 0.5 = the head says matched)",
+    )
     text: Literal["auto", "caption", "answer", "conversation"] = Field(
         "auto",
         description="text scored against the image: a caption column (raw data), the last assistant answer, "
@@ -129,28 +134,38 @@ def _pick_device(device: str) -> str:
 
 
 class ImageTextScorer:
-    """Embeds images and texts with a CLIP / SigLIP model and returns pairwise cosine similarities."""
+    """Scores image-text pairs: a CLIP / SigLIP dual encoder gives the cosine similarity of the two
+    embeddings; a BLIP image-text matching model (BLIP's own CapFilt filter, e.g.
+    Salesforce/blip-itm-base-coco) gives its ITM head's probability that the text matches the image."""
 
     def __init__(self, model: str, device: str = "auto", dtype: str = "auto"):
         import torch
-        from transformers import AutoModel, AutoProcessor
+        from transformers import AutoConfig, AutoModel, AutoProcessor
 
         self.model_id = model
         self.device = _pick_device(device)
         if dtype == "auto":
             dtype = "float16" if self.device.startswith("cuda") else "float32"
         try:
+            model_type = getattr(AutoConfig.from_pretrained(model), "model_type", "")
             self.processor = AutoProcessor.from_pretrained(model)
-            self.model = AutoModel.from_pretrained(model, dtype=getattr(torch, dtype))
+            if model_type == "blip":
+                from transformers import BlipForImageTextRetrieval
+
+                self.model = BlipForImageTextRetrieval.from_pretrained(model, dtype=getattr(torch, dtype))
+            else:
+                self.model = AutoModel.from_pretrained(model, dtype=getattr(torch, dtype))
         except Exception as e:
             raise SynthError(
                 f"capfilt: cannot load image-text model '{model}': {str(e).strip().splitlines()[0][:300]}; "
-                "pass a CLIP or SigLIP model id (e.g. openai/clip-vit-base-patch32) or a local folder"
+                "pass a CLIP, SigLIP or BLIP-ITM model id (e.g. openai/clip-vit-base-patch32, "
+                "Salesforce/blip-itm-base-coco) or a local folder"
             ) from e
-        if not (hasattr(self.model, "get_image_features") and hasattr(self.model, "get_text_features")):
+        self.kind = "itm" if model_type == "blip" else "cosine"
+        if self.kind == "cosine" and not (hasattr(self.model, "get_image_features") and hasattr(self.model, "get_text_features")):
             raise SynthError(
                 f"capfilt: '{model}' ({type(self.model).__name__}) is not a dual image-text encoder; "
-                "use a CLIP or SigLIP family model"
+                "use a CLIP or SigLIP family model, or a BLIP image-text matching model"
             )
         self.model.to(self.device).eval()
         text_config = getattr(self.model.config, "text_config", None)
@@ -190,10 +205,24 @@ class ImageTextScorer:
         return torch.nn.functional.normalize(features.float(), dim=-1)
 
     def score_pairs(self, images: Sequence[Any], texts: Sequence[str]) -> list[float]:
-        """Cosine similarity of image i with text i, for each i."""
+        """For each i, the score of image i with text i: cosine similarity, or the ITM match probability."""
+        if self.kind == "itm":
+            return self.match_probabilities(images, texts)
         image_embeddings = self.embed_images(images)
         text_embeddings = self.embed_texts(texts)
         return (image_embeddings * text_embeddings).sum(dim=-1).tolist()
+
+    def match_probabilities(self, images: Sequence[Any], texts: Sequence[str]) -> list[float]:
+        """BLIP's filter: the image-grounded text encoder's ITM head, softmax over (no match, match)."""
+        import torch
+
+        inputs = self.processor(images=list(images), text=list(texts), return_tensors="pt", padding=True,
+                                truncation=True, max_length=self.max_text_tokens)
+        inputs = {k: v.to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        with torch.inference_mode():
+            logits = self.model(**inputs, use_itm_head=True).itm_score
+        return torch.softmax(logits.float(), dim=-1)[:, 1].tolist()
 
 
 @functools.lru_cache(maxsize=2)
