@@ -44,13 +44,12 @@ from synth.data import (
     Source,
     check_output,
     open_source,
-    write_records,
 )
 from synth.errors import SynthError
-from synth.generate.responses import FewShotExample, ResponseGenerator, ResponsesConfig, sft_records
+from synth.generate.responses import FewShotExample, ResponseGenerator, ResponsesConfig
 from synth.llm.base import Backend, ChatRequest, Completion
 from synth.pipeline import Rejected, StageConfig, batched
-from synth.pipeline.llm_task import LLMTask, check_not_all_failed, failure_of
+from synth.pipeline.llm_task import LLMTask, failure_of
 from synth.records import Message, content_id, load_meta, messages_from_arrow, messages_to_arrow
 
 Gate = Literal["agreement", "score", "both"]
@@ -354,7 +353,7 @@ def pseudo_label(
     """Read `source`, pseudo-label it and write the SFT dataset to `out` (streaming) with ``report.json``,
     ``usage.json``, ``rejects.jsonl`` and ``failures.jsonl`` inside; the folder appears whole or not at all.
     Every request failing, or no question getting a kept answer, is an error."""
-    from synth.generate.responses import _progress_bar
+    from synth.generate.responses import _reasons, write_answered
     from synth.llm.factory import report_usage
 
     config = config or PseudoLabelConfig()
@@ -363,14 +362,9 @@ def pseudo_label(
     started = time.monotonic()
     stage = PseudoLabeler(backend, config, judge_backend=judge_backend)
     with OutputFolder(out, overwrite) as folder:
-        stage.rejects, stage.failures = folder.rejects, folder.failures
-        with _progress_bar(show_progress, src.num_rows, backend) as stage.progress:
-            written = write_records(stage.run(sft_records(src)), folder.path, kind="sft", multimodal=src.multimodal,
-                                    scratch=folder.scratch("pseudo"))
-        check_not_all_failed(stage, written)
+        written = write_answered(stage, src, folder, backend, show_progress)
         if not written:
-            reasons = ", ".join(f"{k}: {v}" for k, v in stage.stats.dropped.most_common()) or "no reason recorded"
-            raise SynthError(f"{src.name}: no question got a kept pseudo-label ({reasons}); lower min_agreement "
+            raise SynthError(f"{src.name}: no question got a kept pseudo-label ({_reasons(stage.stats.dropped)}); lower min_agreement "
                              "(or threshold), raise samples, or check the model's answers in a dry run")
         seconds = time.monotonic() - started
         usage = report_usage(backend, console=console)

@@ -273,13 +273,7 @@ def generate_responses(
     started = time.monotonic()
     stage = ResponseGenerator(backend, config)
     with OutputFolder(out, overwrite) as folder:
-        stage.rejects, stage.failures = folder.rejects, folder.failures
-        with _progress_bar(show_progress, src.num_rows, backend) as stage.progress:
-            written = write_records(
-                stage.run(sft_records(src)), folder.path, kind="sft", multimodal=src.multimodal,
-                scratch=folder.scratch("generate"),
-            )
-        check_not_all_failed(stage)
+        written = write_answered(stage, src, folder, backend, show_progress)
         if not written:
             raise SynthError(f"no record got an answer ({_reasons(stage.stats.dropped)}){_first_detail(folder)}")
         seconds = time.monotonic() - started
@@ -303,6 +297,17 @@ def generate_responses(
         seconds=seconds,
         meta=meta,
     )
+
+
+def write_answered(stage, src: Source, folder: OutputFolder, backend: Backend, show_progress: bool) -> int:
+    """Stream `src`'s SFT records through an LLM stage into `folder` (its sidecars inside), with a progress
+    bar; the rows written. Ends the command, writing nothing, when the LLM requests failed."""
+    stage.rejects, stage.failures = folder.rejects, folder.failures
+    with _progress_bar(show_progress, src.num_rows, backend) as stage.progress:
+        written = write_records(stage.run(sft_records(src)), folder.path, kind="sft", multimodal=src.multimodal,
+                                scratch=folder.scratch(stage.name))
+    check_not_all_failed(stage, written)
+    return written
 
 
 def _reasons(counts) -> str:
