@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from synth.errors import SynthError
-from synth.train.models import attn_implementation, is_adapter_dir, load_weights
+from synth.train.models import attn_implementation, load_weights
 from synth.train.progress import ProgressLine
 from synth.train.recipe import DpoRecipe
 from synth.train.runner import (
@@ -24,6 +24,7 @@ from synth.train.runner import (
     trainer_fields,
     weights_dtype,
 )
+from synth.train.sft import attach_lora, check_adapter
 
 
 def build_trainer(plan, model, callbacks=None):
@@ -44,15 +45,7 @@ def build_trainer(plan, model, callbacks=None):
     fields.update(beta=recipe.beta, loss_type=loss_type, precompute_ref_log_probs=bool(precompute))
     args = DPOConfig(**fields)
 
-    peft_config = None
-    if recipe.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, recipe.adapter, is_trainable=True)
-    elif recipe.lora is not None:
-        from synth.train.sft import lora_config
-
-        peft_config = lora_config(recipe.lora, model, plan.info.is_vision)
+    model, peft_config = attach_lora(recipe, model, plan.info.is_vision)
     progress = ProgressLine("dpo")
     trainer = DPOTrainer(
         model=model,
@@ -66,13 +59,8 @@ def build_trainer(plan, model, callbacks=None):
     return trainer, progress
 
 
-def _check_adapter(recipe: DpoRecipe) -> None:
-    if recipe.adapter and not is_adapter_dir(recipe.adapter):
-        raise SynthError(f"adapter: {recipe.adapter} is not a LoRA adapter folder (no adapter_config.json)")
-
-
 def run_dpo(recipe: DpoRecipe, callbacks=None) -> TrainResult:
-    _check_adapter(recipe)
+    check_adapter(recipe)
     plan = prepare(recipe, "dpo")
     frozen_base = recipe.adapter is not None or recipe.lora is not None
     dtype = weights_dtype(plan, frozen_base)

@@ -27,6 +27,26 @@ from synth.train.recipe import SftRecipe
 from synth.train.runner import TrainResult, finish, prepare, train, trainer_fields, weights_dtype
 
 
+def check_adapter(recipe) -> None:
+    """`adapter:` must name a LoRA adapter folder; said before any weights load."""
+    from synth.train.models import is_adapter_dir
+
+    if recipe.adapter and not is_adapter_dir(recipe.adapter):
+        raise SynthError(f"adapter: {recipe.adapter} is not a LoRA adapter folder (no adapter_config.json)")
+
+
+def attach_lora(recipe, model, is_vision: bool):
+    """The model and PEFT config a TRL trainer takes: `recipe.adapter` trained further (its own LoRA
+    settings apply; e.g. a closed loop's previous round), else a new LoRA from `recipe.lora` (None: full)."""
+    if recipe.adapter:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, recipe.adapter, is_trainable=True), None
+    if recipe.lora is not None:
+        return model, lora_config(recipe.lora, model, is_vision)
+    return model, None
+
+
 def lora_config(spec, model, is_vision: bool):
     """peft.LoraConfig from the recipe; image-text models keep LoRA off the vision side, train the connector."""
     from peft import LoraConfig
@@ -93,15 +113,8 @@ def build_trainer(plan, model, callbacks=None):
     fields.update(packing=bool(packing), packing_strategy="bfd")
     args = SFTConfig(**fields)
 
-    peft_config = None
-    if recipe.adapter:
-        from peft import PeftModel
-
-        # Continue an earlier adapter (a closed loop's previous round): its own LoRA settings apply.
-        model = PeftModel.from_pretrained(model, recipe.adapter, is_trainable=True)
-    elif recipe.lora is not None:
-        peft_config = lora_config(recipe.lora, model, plan.info.is_vision)
-    elif plan.info.is_vision:
+    model, peft_config = attach_lora(recipe, model, plan.info.is_vision)
+    if recipe.adapter is None and recipe.lora is None and plan.info.is_vision:
         freeze_vision_tower(model)
     progress = ProgressLine("sft")
     trainer = SFTTrainer(
@@ -127,11 +140,7 @@ def freeze_vision_tower(model) -> None:
 
 
 def run_sft(recipe: SftRecipe, callbacks=None) -> TrainResult:
-    if recipe.adapter:
-        from synth.train.models import is_adapter_dir
-
-        if not is_adapter_dir(recipe.adapter):
-            raise SynthError(f"adapter: {recipe.adapter} is not a LoRA adapter folder (no adapter_config.json)")
+    check_adapter(recipe)
     plan = prepare(recipe, "sft")
     dtype = weights_dtype(plan, recipe.lora is not None or recipe.adapter is not None)
     model = load_weights(
