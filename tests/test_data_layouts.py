@@ -370,3 +370,20 @@ def test_hub_ids_take_config_revision_split_and_streaming(monkeypatch):
     splits = open_splits("org/chat", config="en", revision="main")
     assert list(splits) == ["train", "test"] and calls[-1]["split"] is None and calls[-1]["revision"] == "main"
     assert [s.num_rows for s in splits.values()] == [1, 1]
+
+
+def test_mixed_string_and_parts_content_keeps_answers_that_look_like_json(tmp_path):
+    """TRL-style JSONL mixing image rows (content parts) and text rows (content strings): `datasets` reads
+    the column as Json and hands a string answer such as "3" or "true" back as a number or a bool."""
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "0.png")
+    rows = [
+        {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
+                      {"role": "assistant", "content": [{"type": "text", "text": "red"}]}], "images": ["0.png"]},
+        {"messages": [{"role": "user", "content": "How many sides has a triangle?"}, {"role": "assistant", "content": "3"}]},
+        {"messages": [{"role": "user", "content": "Is the sky blue?"}, {"role": "assistant", "content": "true"}]},
+        {"messages": [{"role": "user", "content": "Half of one?"}, {"role": "assistant", "content": "0.5"}]},
+    ]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    answers = [r["messages"][-1]["content"] for r in open_source(path).records()]
+    assert answers[1:] == ["3", "true", "0.5"]

@@ -92,6 +92,10 @@ def _parts(content: Any, where: str, images_out: list | None = None) -> list[dic
         return ""
     if isinstance(content, str):
         return content
+    if isinstance(content, (bool, int, float)):
+        # `datasets` 5 stores a column of mixed strings and parts as Json, keeping a string that parses as
+        # JSON ("3", "true") as that JSON: it comes back a number. Message text is never a number: undo it.
+        return json.dumps(content)
     if isinstance(content, dict):
         content = [content]
     if not isinstance(content, list):
