@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jinja2
+import jinja2.sandbox
 from jinja2.sandbox import SandboxedEnvironment
 
 from synth.errors import SynthError
@@ -57,6 +58,39 @@ def compile_template(source: str, name: str) -> jinja2.Template:
         return environment().from_string(source)
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"{name}, line {e.lineno}: template syntax error: {e.message}") from e
+
+
+# What the sandbox refuses to read, whatever the object: private and dunder names, and the attributes of
+# code, frames and generators (`is_internal_attribute`). `mro` is refused on classes.
+_UNSAFE_NAMES = (
+    jinja2.sandbox.UNSAFE_FUNCTION_ATTRIBUTES
+    | jinja2.sandbox.UNSAFE_METHOD_ATTRIBUTES
+    | jinja2.sandbox.UNSAFE_GENERATOR_ATTRIBUTES
+    | jinja2.sandbox.UNSAFE_COROUTINE_ATTRIBUTES
+    | jinja2.sandbox.UNSAFE_ASYNC_GENERATOR_ATTRIBUTES
+    | {"mro"}
+)
+
+
+def unsafe_attributes(ast: jinja2.nodes.Template) -> list[tuple[str, int]]:
+    """``(name, line)`` of every attribute a template reads that the sandbox refuses (``x.__class__``,
+    ``x['__class__']``, ``x | attr('_y')``): found without rendering, so a variant no record draws is
+    caught as well."""
+    from jinja2 import nodes
+
+    found = []
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+        if isinstance(node, nodes.Getattr):
+            name = node.attr
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+            name = node.arg.value
+        elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args and isinstance(node.args[0], nodes.Const):
+            name = node.args[0].value
+        else:
+            continue
+        if isinstance(name, str) and (name.startswith("_") or name in _UNSAFE_NAMES):
+            found.append((name, node.lineno))
+    return found
 
 
 def load_template(path: str) -> jinja2.Template:

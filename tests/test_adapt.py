@@ -352,18 +352,20 @@ def test_on_error_skip_writes_rejects_and_keeps_good_records(tmp_path):
 
 
 def test_on_error_skip_counts_render_and_field_errors(tmp_path):
-    # integer labels: -1 (SNLI's "no gold label") has no name, so the answer template fails
+    # integer labels: -1 (SNLI's "no gold label") is not among the classes
     rows = [dict(r) for r in NLI_ROWS_INT] + [{"id": "nli-x", "premise": "p", "hypothesis": "h", "label": -1}]
     result = adapt(write_jsonl(tmp_path / "ints.jsonl", rows), "nli", tmp_path / "o1", on_error="skip")
     assert (result.samples, result.skipped) == (3, 1)
-    assert result.rejects[0]["id"] == "nli-x" and result.rejects[0]["reason"] == "template_error"
-    # string labels: a null field is an error (never the text "None"); so is an empty answer
+    assert result.rejects[0]["id"] == "nli-x" and result.rejects[0]["reason"] == "unknown_label"
+    # a null field is an error (never the text "None"); so is an empty answer
     rows = [
         {"id": "ok", "premise": "p", "hypothesis": "h", "label": "neutral"},
         {"id": "nli-y", "premise": None, "hypothesis": "h", "label": "neutral"},
         {"id": "nli-z", "premise": "p", "hypothesis": "h", "label": ""},
     ]
-    result = adapt(write_jsonl(tmp_path / "strs.jsonl", rows), "nli", tmp_path / "o2", on_error="skip")
+    classes = ["", "neutral"]  # a class list that allows an empty label: the answer renders empty
+    result = adapt(write_jsonl(tmp_path / "strs.jsonl", rows), "nli", tmp_path / "o2", on_error="skip",
+                   classes=classes)
     assert result.samples == 1
     by_id = {r["id"]: r for r in result.rejects}
     assert set(by_id) == {"nli-y", "nli-z"}

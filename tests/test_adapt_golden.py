@@ -24,7 +24,7 @@ from test_adapt_data import (
     write_jsonl,
 )
 
-from synth.adapt import adapt, load_template_set, shipped_names
+from synth.adapt import adapt, class_list, load_template_set, shipped_names
 from synth.adapt.engine import Renderer
 from synth.records import content_id, load_meta
 
@@ -50,10 +50,13 @@ def _first_row(source: Path, rows) -> dict:
     return ds[0] if rows is None else rows[0]
 
 
-def _all_variants(template: str, row: dict) -> list[str]:
+def _all_variants(template: str, row: dict, source: Path) -> list[str]:
     """The first record (and its first item) rendered with every instruction variant."""
+    from synth.io import read_dataset
+
     ts = load_template_set(template)
-    renderer = Renderer(ts, seed=0)
+    classes, _ = class_list(read_dataset(source), ts)  # as `adapt` reads it from the source
+    renderer = Renderer(ts, seed=0, classes=classes)
     base = renderer.variables(row, "golden")
     item = None
     if ts.items:
@@ -98,7 +101,7 @@ def test_golden_rendering(case, tmp_path):
     actual = {
         "template": template,
         "samples": _rendered(result, ts.multimodal),
-        "all_variants": _all_variants(template, _first_row(source, rows)),
+        "all_variants": _all_variants(template, _first_row(source, rows), source),
     }
     assert len(actual["all_variants"]) >= 5
     assert len(set(actual["all_variants"])) == len(actual["all_variants"]), "variants must differ"

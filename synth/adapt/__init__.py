@@ -1,7 +1,16 @@
 """Data adaptation: labelled datasets (captions, VQA, classification, grounding, OCR, QA, NLI, ...) →
 instruction samples, through YAML template sets with several paraphrased instruction variants."""
 
-from synth.adapt.engine import AdaptResult, Renderer, adapt, adapt_dataset, choose_variant, parse_mapping
+from synth.adapt.engine import (
+    AdaptResult,
+    Renderer,
+    adapt,
+    adapt_dataset,
+    choose_variant,
+    class_list,
+    parse_classes,
+    parse_mapping,
+)
 from synth.adapt.template_set import TemplateSet, list_template_sets, load_template_set, shipped_names
 
 __all__ = [
@@ -11,8 +20,10 @@ __all__ = [
     "adapt",
     "adapt_dataset",
     "choose_variant",
+    "class_list",
     "list_template_sets",
     "load_template_set",
+    "parse_classes",
     "parse_mapping",
     "shipped_names",
 ]

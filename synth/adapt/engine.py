@@ -41,8 +41,14 @@ class FieldError(SynthError):
     """A record lacks a field a template set reads (or it has the wrong shape)."""
 
 
+class LabelError(FieldError):
+    """A record's label is not among the classes of the set."""
+
+
 def reject_reason(error: BaseException) -> str:
     """Short stable key for the rejects file and the summary."""
+    if isinstance(error, LabelError):
+        return "unknown_label"
     if isinstance(error, TemplateError):
         return "template_error"
     if isinstance(error, ImageError):
@@ -151,14 +157,29 @@ class Renderer:
         base_dir: str | Path | None = None,
         label_names: dict[str, list[str]] | None = None,
         verify_images: bool = True,
+        classes: list[str] | None = None,
     ):
         self.ts = template_set
         self.seed = seed
         self.source_name = source_name
-        self.base_dir = Path(base_dir) if base_dir else None
+        # a Path stays as it is: an `ImageRoot` (--image-root) keeps its type, for its error messages
+        self.base_dir = (base_dir if isinstance(base_dir, Path) else Path(base_dir)) if base_dir else None
         self.label_names = label_names or {}
         self.verify_images = verify_images
         self.multimodal = template_set.multimodal
+        if template_set.classes is not None and classes is None:
+            classes = template_set.classes.names
+            if classes is None:
+                raise SynthError(
+                    f"template set '{template_set.name}' needs its class list: pass classes (--classes), "
+                    "or use `class_list` to read it from the dataset"
+                )
+        self.classes = list(classes) if classes is not None else None
+        self._class_set = set(self.classes or ())
+        self._ignore_case = template_set.classes is not None and template_set.classes.ignore_case
+        self._folded = {c.casefold(): c for c in reversed(self.classes or ())}
+        # an integer label is an index into the list (as in a ClassLabel column) unless the names are numbers
+        self._index_labels = not any(_is_int_text(c) for c in self._class_set)
         self._text_variables = [
             (var, path, path_steps(path))
             for var, path in template_set.variables.items()
@@ -188,7 +209,27 @@ class Renderer:
             if names is not None and isinstance(value, int) and 0 <= value < len(names):
                 value = names[value]
             values[var] = value
+        if self.classes is not None:
+            values[self.ts.classes.variable] = self.class_of(values[self.ts.classes.variable], record_id)
+            values["classes"] = self.classes
         return values
+
+    def class_of(self, value: Any, record_id: str) -> str:
+        """The record's class name; a label outside the class list is an error, never a made-up answer."""
+        text = str(value)
+        if not isinstance(value, (dict, list)):
+            if text in self._class_set:
+                return text
+            if self._ignore_case and text.casefold() in self._folded:
+                return self._folded[text.casefold()]
+        if self._index_labels and isinstance(value, int) and not isinstance(value, bool):
+            if 0 <= value < len(self.classes):
+                return self.classes[value]
+        shown = ", ".join(self.classes[:12]) + (f", ... ({len(self.classes)} in all)" if len(self.classes) > 12 else "")
+        raise LabelError(
+            f"record {record_id}: label {value!r} (variable '{self.ts.classes.variable}') is not among the "
+            f"classes ({shown}); fix the record or pass --classes with the full list"
+        )
 
     def image(self, row: dict, record_id: str) -> dict:
         column = self.ts.variables["image"]
@@ -409,7 +450,67 @@ class Renderer:
         return out
 
 
+def _is_int_text(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
 # ---------------------------------------------------------------- whole datasets
+
+
+def parse_classes(value: str | list[str] | None) -> list[str] | None:
+    """``--classes a,b,c`` (or a list, from a recipe) as a list of names; duplicates and blanks are errors."""
+    if value is None:
+        return None
+    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else [str(n).strip() for n in value]
+    if not names or any(not n for n in names):
+        raise SynthError(f"--classes {value!r}: give the class names separated by commas, e.g. --classes cat,dog")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SynthError(f"--classes: class '{repeated[0]}' is listed twice")
+    return names
+
+
+def class_list(dataset, ts: TemplateSet, classes: list[str] | None = None) -> tuple[list[str] | None, str | None]:
+    """The class list a set with `classes:` renders with, and a note when it was guessed from the data.
+
+    First to last: `classes` (``--classes``), the names of a ClassLabel column, the set's own ``names``,
+    the distinct labels of the dataset (sorted: numbers by value). None for a set without `classes:`.
+    """
+    from datasets import ClassLabel
+
+    if ts.classes is None:
+        if classes:
+            raise SynthError(
+                f"--classes (recipe: classes:): template set '{ts.name}' has no class list to set "
+                "(it has no `classes:` section)"
+            )
+        return None, None
+    if classes:
+        return list(classes), None
+    path = ts.variables[ts.classes.variable]
+    feature = dataset.features.get(path)
+    if isinstance(feature, ClassLabel):
+        return list(feature.names), None
+    if ts.classes.names:
+        return list(ts.classes.names), None
+    if path in dataset.column_names:
+        values = dataset.unique(path)
+    else:
+        steps = path_steps(path)
+        values = {walk_path(row, steps) for row in dataset.select_columns([path.split(".", 1)[0]])}
+    values = {v for v in values if v is not None and v is not _MISSING and not isinstance(v, (dict, list))}
+    def is_number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    names = [str(v) for v in sorted(v for v in values if is_number(v))]
+    names = list(dict.fromkeys(names + sorted(str(v) for v in values if not is_number(v))))
+    if not names:
+        raise SynthError(f"template set '{ts.name}': column '{path}' has no labels to take the classes from; "
+                         "pass --classes")
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    note = (f"classes taken from the {len(names)} distinct values of '{path}': {shown}; "
+            "pass --classes (recipe: classes:) to give the list and its order")
+    return names, note
 
 
 @dataclass
@@ -419,6 +520,7 @@ class AdaptResult:
     rejects: list[dict] = field(default_factory=list)
     out: Path | None = None
     rejects_file: Path | None = None
+    notes: list[str] = field(default_factory=list)  # e.g. where the class list came from
 
     @property
     def samples(self) -> int:
@@ -523,12 +625,14 @@ def adapt_dataset(
     cache_dir: str | Path | None = None,
     batch_size: int = 1000,
     verify_images: bool = True,
+    classes: list[str] | None = None,
 ) -> AdaptResult:
     """Apply a template set to a `datasets.Dataset`; returns the adapted dataset and the rejected records.
 
     `base_dir` is the folder relative image paths resolve against (None: only embedded images).
     `cache_dir` is where the map writes its Arrow files (default: a temporary folder of `datasets`); the
-    source folder is never written to.
+    source folder is never written to. `classes` is the class list of a set with `classes:` (default: see
+    `class_list`; the note saying it was taken from the data is in the result's `notes`).
     """
     import numpy as np
     import pyarrow.compute as pc
@@ -541,14 +645,17 @@ def adapt_dataset(
         ts.check_variables(item_fields(dataset.features, ts.variables[ts.items.variable]))
     else:
         ts.check_variables()
+    classes, note = class_list(dataset, ts, classes)
+    notes = [note] if note else []
     records = len(dataset)
     if records == 0:  # `map` would not run at all, so the output columns would be missing
         from datasets import Dataset
 
         features = sft_features(ts.multimodal)
-        return AdaptResult(dataset=Dataset.from_dict({k: [] for k in features}, features=features), records=0)
+        return AdaptResult(dataset=Dataset.from_dict({k: [] for k in features}, features=features), records=0,
+                           notes=notes)
     dataset, label_names = _prepare(dataset, ts)
-    renderer = Renderer(ts, seed, source_name, base_dir, label_names, verify_images)
+    renderer = Renderer(ts, seed, source_name, base_dir, label_names, verify_images, classes)
 
     fingerprint = hashlib.sha256(
         json.dumps(
@@ -560,6 +667,7 @@ def adapt_dataset(
                 str(base_dir),
                 on_error,
                 verify_images,
+                classes,
             ],
             sort_keys=True,
         ).encode()
@@ -598,7 +706,7 @@ def adapt_dataset(
         ]
         mapped = mapped.select(np.flatnonzero(~flags.to_numpy(zero_copy_only=False)))
     mapped = mapped.remove_columns([REJECT_COLUMN, REJECT_DETAIL_COLUMN])
-    return AdaptResult(dataset=mapped, records=records, rejects=rejects)
+    return AdaptResult(dataset=mapped, records=records, rejects=rejects, notes=notes)
 
 
 def parse_mapping(pairs: Iterable[str]) -> dict[str, str]:
@@ -627,9 +735,13 @@ def adapt(
     on_error: str = "fail",
     overwrite: bool = False,
     verify_images: bool = True,
+    classes: list[str] | None = None,
+    image_root: str | os.PathLike | None = None,
 ) -> AdaptResult:
     """Read SOURCE, adapt it with a template set, write the SFT dataset to the folder OUT (appears whole or
-    not at all), with ``rejects.jsonl`` and ``report.json`` inside it. An empty source is an error."""
+    not at all), with ``rejects.jsonl`` and ``report.json`` inside it. An empty source is an error.
+    `classes`: the class list of a set with `classes:` (see `class_list`); `image_root`: the folder relative
+    image paths resolve under (default: the dataset's folder)."""
     from datasets import load_from_disk
 
     from synth.data import REJECTS, REPORT, OutputFolder, check_output, open_source, quiet_datasets, save
@@ -638,7 +750,7 @@ def adapt(
     if mapping:
         ts = ts.with_mapping(mapping)
     check_output(out, overwrite)  # before reading anything
-    src = open_source(source, split, config=config, revision=revision, limit=limit)
+    src = open_source(source, split, config=config, revision=revision, limit=limit, image_root=image_root)
     with OutputFolder(out, overwrite) as folder:
         # The map's Arrow files live in the output's temporary folder (same disk) and go with it.
         result = adapt_dataset(
@@ -651,6 +763,7 @@ def adapt(
             on_error=on_error,
             cache_dir=folder.scratch("adapt"),
             verify_images=verify_images,
+            classes=classes,
         )
         for reject in result.rejects:
             folder.rejects.write(reject["id"], reject["stage"], reject["reason"], reject["detail"])

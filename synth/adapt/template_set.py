@@ -8,6 +8,7 @@ deterministically) and an answer template. List-valued fields (QA pairs, objects
 
 from __future__ import annotations
 
+import difflib
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from synth.errors import SynthError, validation_message
 from synth.io import read_yaml
 from synth.paths import templates_dir
-from synth.templating import TemplateError, compile_template, environment, fast_renderer
+from synth.templating import TemplateError, compile_template, environment, fast_renderer, unsafe_attributes
 
 MIN_VARIANTS = 5
 
@@ -47,6 +48,23 @@ class MultipleChoiceConfig(BaseModel):
     answer: str = Field("answer", description="variable holding the correct option's text")
 
 
+class ClassesConfig(BaseModel):
+    """A classification-style set: which variable holds each record's class, and (optionally) the class list.
+
+    The templates see the list as ``classes``. It comes from, first to last: ``--classes`` (recipe
+    ``classes:``), the names of a ClassLabel column, ``names`` here, the distinct labels of the data.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    variable: str = Field(description="the template variable that holds each record's class")
+    names: list[str] | None = Field(
+        None, min_length=1, description="the class list, for a set written for one dataset"
+    )
+    ignore_case: bool = Field(
+        False, description="a label matches a class whatever its case; the answer is the name as listed"
+    )
+
+
 class TemplateSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,6 +82,7 @@ class TemplateSet(BaseModel):
     image_position: Literal["before", "after", "none"] | None = None
     items: ItemsConfig | None = None
     multiple_choice: MultipleChoiceConfig | None = None
+    classes: ClassesConfig | None = None
 
     # Where the set came from (file path), for error messages; not part of the YAML.
     origin: str = Field("<memory>", exclude=True)
@@ -81,6 +100,11 @@ class TemplateSet(BaseModel):
             raise ValueError("a text template set cannot place an image (image_position must be 'none')")
         if self.items and self.items.variable not in self.variables:
             raise ValueError(f"items.variable '{self.items.variable}' is not one of the mapped variables")
+        if self.classes is not None:
+            if self.classes.variable not in self.variables:
+                raise ValueError(f"classes.variable '{self.classes.variable}' is not one of the mapped variables")
+            if "classes" in self.constants or "classes" in self.variables:
+                raise ValueError("'classes' is the class list of `classes:`; it cannot be a constant or variable")
         clash = set(self.constants) & set(self.variables)
         if clash:
             raise ValueError(f"names used both as constants and variables: {', '.join(sorted(clash))}")
@@ -121,12 +145,27 @@ class TemplateSet(BaseModel):
             names |= {"item", "index"}
         if self.multiple_choice is not None:
             names |= {"answer_index", "answer_letter"}
+        if self.classes is not None:
+            names.add("classes")
         return names
+
+    def check_safe(self) -> None:
+        """No variant may read what the sandbox refuses (``x.__class__``): it would fail only on the records
+        that draw it (and with --on-error skip, quietly drop them), so it fails when the set loads."""
+        for key, source in self.templates():
+            for name, line in unsafe_attributes(environment().parse(source)):
+                raise TemplateError(
+                    f"template set '{self.name}' ({self.origin}) {key}, line {line}: unsafe attribute access "
+                    f"'{name}' (the template sandbox refuses names starting with '_' and interpreter "
+                    "internals); read the value through a mapped variable instead"
+                )
 
     def check_variables(self, item_fields: set[str] | None = None) -> None:
         """Every variant's variables must be defined, so a typo fails before any record is read (not only
         when a record happens to draw that variant). Names an item set does not define are taken to be
-        keys of its items; with `item_fields` (the keys the data's items have) they are checked too."""
+        keys of its items; with `item_fields` (the keys the data's items have) they are checked too.
+        Every variant is checked against the sandbox too (`check_safe`)."""
+        self.check_safe()
         provided = self.provided_names()
         where = f"template set '{self.name}' ({self.origin})"
         needed: list[tuple[str, str, int | None]] = []  # (template key, variable, line)
@@ -245,8 +284,10 @@ def load_template_set(name_or_path: str | Path) -> TemplateSet:
     shipped = shipped_dir() / f"{text}.yaml"
     if shipped.is_file():
         return load_template_set_file(shipped)
+    close = difflib.get_close_matches(text, shipped_names(), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
     raise SynthError(
-        f"unknown template set '{text}' (known: {', '.join(shipped_names())}); "
+        f"unknown template set '{text}' ({hint}known: {', '.join(shipped_names())}); "
         "pass a shipped name or a path to a .yaml file"
     )
 

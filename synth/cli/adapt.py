@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from synth.cli.common import command, console
 
@@ -34,11 +35,23 @@ def adapt(
         "--on-error",
         help="fail: stop at the first bad record; skip: count it and write it to OUT/rejects.jsonl.",
     ),
+    classes: str | None = typer.Option(
+        None,
+        "--classes",
+        help="Class list for a set with classes (e.g. classification): NAME,NAME,... in order "
+        "(default: a ClassLabel column's names, else the distinct labels).",
+    ),
+    image_root: Path | None = typer.Option(
+        None,
+        "--image-root",
+        help="Folder that relative (and absolute) image paths resolve under and may not leave "
+        "(default: the dataset's folder).",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Turn a labelled dataset into instruction samples with a template set."""
     from synth.adapt import adapt as run_adapt
-    from synth.adapt import parse_mapping
+    from synth.adapt import parse_classes, parse_mapping
 
     result = run_adapt(
         source,
@@ -53,7 +66,11 @@ def adapt(
         mapping=parse_mapping(map_),
         on_error=on_error,
         overwrite=overwrite,
+        classes=parse_classes(classes),
+        image_root=image_root,
     )
+    for note in result.notes:
+        console.print(Text.assemble(("note: ", "yellow"), note), soft_wrap=True)
     line = (
         f"[green]wrote {result.samples:,} samples[/] from {result.records:,} records to [bold]{result.out}[/]"
     )
@@ -69,7 +86,6 @@ def adapt(
 def templates() -> None:
     """List the shipped template sets."""
     from rich.table import Table
-    from rich.text import Text
 
     from synth.adapt import list_template_sets
 

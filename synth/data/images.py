@@ -30,19 +30,39 @@ def _where(record_id: str) -> str:
     return f"record {record_id}"
 
 
+class ImageRoot(type(Path())):  # type: ignore[misc]  # Path itself cannot be subclassed before 3.12
+    """A folder the user gave for image paths (``--image-root``, recipe ``image_root:``), not the dataset's
+    own folder: it resolves the same way, and its errors name the option."""
+
+
+def image_root(path: str | os.PathLike) -> ImageRoot:
+    """The ``--image-root`` folder, checked: it must exist (a typo would otherwise fail on every record)."""
+    root = ImageRoot(Path(path).expanduser().resolve())
+    if not root.is_dir():
+        raise SynthError(f"--image-root {path}: no such folder")
+    return root
+
+
 def resolve_image_path(base_dir: Path | str | None, value: str, record_id: str = "?") -> Path:
     """The file an image path names, inside `base_dir`; refuse paths (and symlinks) that lead outside it."""
     if base_dir is None:
         raise ImageError(
             f"{_where(record_id)}: image path '{value}' has no dataset folder to resolve against; "
-            "embed the image bytes or read the dataset from a local folder or file"
+            "embed the image bytes, read the dataset from a local folder or file, or pass --image-root DIR"
         )
+    given = isinstance(base_dir, ImageRoot)
     base = Path(base_dir).resolve()
     candidate = (base / value).resolve()  # resolve() follows symlinks: a link out of the folder is caught
     if candidate != base and base not in candidate.parents:
+        if given:
+            raise ImageError(
+                f"{_where(record_id)}: image path '{value}' points outside --image-root {base} "
+                "(recipe: image_root); image paths must stay inside it"
+            )
         raise ImageError(
             f"{_where(record_id)}: image path '{value}' points outside the dataset folder {base}; "
-            "image paths must stay inside it"
+            "image paths must stay inside it (pass --image-root DIR, recipe image_root:, for images that "
+            "live in a folder above the dataset's)"
         )
     return candidate
 

@@ -199,9 +199,14 @@ def load_hub(
     return loaded
 
 
-def base_dir_of(source: str | os.PathLike) -> Path | None:
-    """The folder image paths must stay inside: the dataset's folder (a file's parent); for a Hub id, the
-    Hugging Face cache, where `datasets` leaves the files of image cells that hold a path and no bytes."""
+def base_dir_of(source: str | os.PathLike, image_root: str | os.PathLike | None = None) -> Path | None:
+    """The folder image paths must stay inside: `image_root` when given (``--image-root``), else the
+    dataset's folder (a file's parent); for a Hub id, the Hugging Face cache, where `datasets` leaves the
+    files of image cells that hold a path and no bytes."""
+    if image_root is not None:
+        from synth.data.images import image_root as checked_root
+
+        return checked_root(image_root)
     path = Path(source)
     if not path.exists():
         return hub_cache_root()
@@ -362,10 +367,13 @@ def open_source(
     layout: str | None = None,
     allow_empty: bool = False,
     check_images: bool = True,
+    image_root: str | os.PathLike | None = None,
 ) -> Source:
     """Open a dataset for reading records (see the module docs). An empty dataset is an error unless
-    `allow_empty`; `layout` forces a layout instead of detecting it from the columns."""
+    `allow_empty`; `layout` forces a layout instead of detecting it from the columns; `image_root` is the
+    folder relative image paths resolve under (default: the dataset's own folder)."""
     name = str(source)
+    base_dir = base_dir_of(source, image_root)  # a missing --image-root fails before any loading
     dataset = load(source, split, config=config, revision=revision, streaming=streaming)
     dataset = without_image_decoding(dataset)
     if limit is not None:
@@ -376,7 +384,7 @@ def open_source(
     return Source(
         name=name,
         dataset=dataset,
-        base_dir=base_dir_of(source),
+        base_dir=base_dir,
         layout=layout or detect_layout(set(columns)),
         columns=columns,
         check_images=check_images,
@@ -395,6 +403,7 @@ def open_splits(
     config: str | None = None,
     revision: str | None = None,
     check_images: bool = True,
+    image_root: str | os.PathLike | None = None,
 ) -> dict[str | None, Source]:
     """Every split of a source, for commands that write one output per split (export): ``{None: source}``
     for a single dataset (or when `split` picks one), ``{split name: source}`` for a DatasetDict. An
@@ -402,7 +411,9 @@ def open_splits(
     from datasets import DatasetDict, IterableDatasetDict
 
     if split is not None:
-        return {None: open_source(source, split, config=config, revision=revision, check_images=check_images)}
+        return {None: open_source(source, split, config=config, revision=revision, check_images=check_images,
+                                  image_root=image_root)}
+    base_dir = base_dir_of(source, image_root)
     loaded = load(source, None, config=config, revision=revision, all_splits=True)
     if not isinstance(loaded, (DatasetDict, IterableDatasetDict)):
         loaded = {None: loaded}
@@ -413,7 +424,7 @@ def open_splits(
         out[name] = Source(
             name=str(source) if name is None else f"{source} (split {name})",
             dataset=dataset,
-            base_dir=base_dir_of(source),
+            base_dir=base_dir,
             layout=detect_layout(set(columns)),
             columns=columns,
             check_images=check_images,

@@ -28,11 +28,21 @@ class AdaptSpec(StageSpec):
     limit: int | None = Field(None, ge=1, description="only the first N rows of the input")
     on_error: Literal["fail", "skip"] = Field("fail", description="skip: a bad row goes to rejects.jsonl")
     verify_images: bool = True
+    classes: list[str] | None = Field(
+        None, description="class list of a set with classes (e.g. classification); default: a ClassLabel "
+                          "column's names, else the distinct labels of the whole input")
 
     @field_validator("template", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _class_names(cls, value: Any) -> Any:
+        from synth.adapt import parse_classes
+
+        return parse_classes(value) if isinstance(value, (str, list)) else value
 
 
 def load_sets(spec: AdaptSpec) -> list:
@@ -82,7 +92,7 @@ class AdaptAdapter(StageAdapter):
         for ts in sets:
             result = adapt_dataset(dataset, ts, seed=seed, source_name=source_name, base_dir=src.base_dir,
                                    on_error=spec.on_error, cache_dir=folder.scratch("adapt"),
-                                   verify_images=spec.verify_images)
+                                   verify_images=spec.verify_images, classes=_classes(spec, ts, ctx, dataset))
             prefix = f"{ts.name}:" if len(sets) > 1 else ""
             for reject in result.rejects:
                 folder.rejects.write(reject["id"], reject["stage"], reject["reason"], reject["detail"],
@@ -110,12 +120,16 @@ class AdaptAdapter(StageAdapter):
                 "kind": "sft", "multimodal": multimodal}
 
     def sample(self, spec: AdaptSpec, ctx, records: list[dict], src) -> list[dict]:
-        from synth.adapt import Renderer
+        from synth.adapt import Renderer, class_list
 
         out = []
         for ts in load_sets(spec):
-            renderer = Renderer(ts, spec.seed if spec.seed is not None else ctx.seed, spec.input,
-                                src.base_dir if src is not None else None)
+            try:
+                classes = class_list(src.dataset, ts, spec.classes)[0] if src is not None else spec.classes
+                renderer = Renderer(ts, spec.seed if spec.seed is not None else ctx.seed, spec.input,
+                                    src.base_dir if src is not None else None, classes=classes)
+            except Exception:  # no class list to show: the run itself says why
+                continue
             for i, record in enumerate(records):
                 try:
                     out.extend(renderer.render_record(record, str(record.get("id") or f"row-{i}")))
@@ -125,6 +139,20 @@ class AdaptAdapter(StageAdapter):
 
     def preview(self, spec: AdaptSpec, ctx, records, rows) -> Preview:
         return Preview(note=f"{len(spec.template)} template set(s)")
+
+
+def _classes(spec: AdaptSpec, ts, ctx, shard) -> list[str] | None:
+    """The class list of a set with `classes:`, read from the whole input (not this shard), so every shard
+    renders the same list."""
+    from synth.adapt import class_list
+    from synth.run.adapters.base import DataRef
+
+    if ts.classes is None or spec.classes:
+        return spec.classes
+    whole = DataRef.from_dict(ctx.task.inputs[0]).open(allow_empty=True).dataset if ctx.task else shard
+    if ts.columns[ts.classes.variable] not in whole.column_names:
+        return None  # `adapt_dataset` says which column is missing
+    return class_list(whole, ts)[0]
 
 
 def _positions(ids: list[str], positions, source_ids: list[str]):

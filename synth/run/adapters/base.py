@@ -34,15 +34,19 @@ class DataRef:
     multimodal: bool | None = None
     rows: int | None = None
     stage: str | None = None  # the stage that wrote (or named) it
+    image_root: str | None = None  # the folder image paths resolve under (a source's image_root)
 
     def open(self, **options: Any):
         from synth.data import open_source
 
         return open_source(self.path, self.split, config=self.config, revision=self.revision,
-                           streaming=self.streaming, limit=self.limit, **options)
+                           streaming=self.streaming, limit=self.limit, image_root=self.image_root, **options)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["image_root"] is None:  # refs (and fingerprints) of sources without one stay as they were
+            del data["image_root"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataRef:

@@ -34,6 +34,8 @@ class SourceSpec(StageSpec):
     config: str | None = Field(None, description="Hub dataset config (subset)")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit): pin it for reproducible runs")
     limit: int | None = Field(None, ge=1, description="only the first N rows")
+    image_root: str | None = Field(None, description="folder that image paths resolve under and may not leave "
+                                                     "(relative to the recipe; default: the dataset's folder)")
 
     reference_fields: ClassVar[tuple[str, ...]] = ()
 
@@ -45,11 +47,14 @@ class SourceAdapter(StageAdapter):
     sharded = False
 
     def resolve(self, spec: SourceSpec, base_dir: Path) -> SourceSpec:
-        return spec.model_copy(update={"path": resolve_path(spec.path, base_dir)})
+        update = {"path": resolve_path(spec.path, base_dir)}
+        if spec.image_root is not None:  # a folder, never a Hub id: relative to the recipe
+            update["image_root"] = str((base_dir / Path(spec.image_root).expanduser()).resolve())
+        return spec.model_copy(update=update)
 
     def source_ref(self, spec: SourceSpec) -> DataRef:
         return DataRef(path=spec.path, split=spec.split, config=spec.config, revision=spec.revision,
-                       limit=spec.limit, stage=spec.name)
+                       limit=spec.limit, stage=spec.name, image_root=spec.image_root)
 
 
 class DemoSpec(StageSpec):
