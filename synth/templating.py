@@ -78,8 +78,13 @@ def unsafe_attributes(ast: jinja2.nodes.Template) -> list[tuple[str, int]]:
     caught as well."""
     from jinja2 import nodes
 
+    def in_source_order(node: nodes.Node):  # children first: `a.__x__.__y__` gives __x__, then __y__
+        for child in node.iter_child_nodes():
+            yield from in_source_order(child)
+        yield node
+
     found = []
-    for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+    for node in in_source_order(ast):
         if isinstance(node, nodes.Getattr):
             name = node.attr
         elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):

@@ -153,10 +153,12 @@ class TemplateSet(BaseModel):
         """No variant may read what the sandbox refuses (``x.__class__``): it would fail only on the records
         that draw it (and with --on-error skip, quietly drop them), so it fails when the set loads."""
         for key, source in self.templates():
-            for name, line in unsafe_attributes(environment().parse(source)):
+            found = unsafe_attributes(environment().parse(source))
+            if found:
+                names = ", ".join(dict.fromkeys(f"'{name}'" for name, _ in found))
                 raise TemplateError(
-                    f"template set '{self.name}' ({self.origin}) {key}, line {line}: unsafe attribute access "
-                    f"'{name}' (the template sandbox refuses names starting with '_' and interpreter "
+                    f"template set '{self.name}' ({self.origin}) {key}, line {found[0][1]}: unsafe attribute "
+                    f"access {names} (the template sandbox refuses names starting with '_' and interpreter "
                     "internals); read the value through a mapped variable instead"
                 )
 
