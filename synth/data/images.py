@@ -61,8 +61,8 @@ def resolve_image_path(base_dir: Path | str | None, value: str, record_id: str =
             )
         raise ImageError(
             f"{_where(record_id)}: image path '{value}' points outside the dataset folder {base}; "
-            "image paths must stay inside it (pass --image-root DIR, recipe image_root:, for images that "
-            "live in a folder above the dataset's)"
+            "image paths must stay inside it (pass --image-root DIR, recipe image_root:, to resolve them "
+            "under another folder)"
         )
     return candidate
 

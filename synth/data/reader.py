@@ -3,7 +3,8 @@
 Sources: a ``save_to_disk`` folder (Dataset or DatasetDict), Parquet, JSONL/JSON, CSV (a file or a folder of
 them), an image folder, or a Hugging Face Hub id (with ``config``, ``revision``, ``split``, ``streaming``).
 Images stay encoded (``{"bytes", "path"}``; image columns are read with ``Image(decode=False)``), relative
-image paths resolve against the dataset's own folder whatever the working directory, and none may leave it.
+image paths resolve against the dataset's own folder (or ``image_root``, the user's ``--image-root``)
+whatever the working directory, and none may leave it.
 Rows of peer layouts (TRL, LLaVA, sharegpt, alpaca, OpenAI) are converted by `synth.data.layouts`.
 """
 
