@@ -74,8 +74,13 @@ def test_recipe_template_typo_and_classes(tmp_path):
           - {{type: source, name: raw, path: {source}}}
           - {{type: adapt, name: labelled, input: raw, template: clasification, classes: [dog, cat, fox]}}
         """), encoding="utf-8")
-    with pytest.raises(SynthError, match="did you mean 'classification'"):
+    with pytest.raises(SynthError, match=r"recipe.yaml:4: stages.1.template: .*did you mean 'classification'"):
         run_recipe(recipe, options=RunOptions(runs_dir=tmp_path / "runs", live=False))
+    assert not (tmp_path / "runs" / "cls").exists()  # refused when the recipe loads, before any stage
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(recipe.read_text().replace("[dog, cat, fox]", "[dog, dog]"))
+    with pytest.raises(SynthError, match=r"twice.yaml:4: stages.1.classes: class 'dog' is listed twice"):
+        run_recipe(twice, options=RunOptions(runs_dir=tmp_path / "runs", live=False))
     recipe.write_text(recipe.read_text().replace("clasification", "classification"))
     run_recipe(recipe, options=RunOptions(runs_dir=tmp_path / "runs", live=False))
     rows = load_from_disk(str(tmp_path / "runs" / "cls" / "labelled"))

@@ -279,17 +279,26 @@ def load_template_set(name_or_path: str | Path) -> TemplateSet:
     """A shipped set by name (``caption_brief``) or a YAML file by path."""
     text = str(name_or_path)
     path = Path(text)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
+    if is_set_path(text):
         if not path.is_file():
             raise SynthError(f"{path}: no such template set file")
         return load_template_set_file(path)
     shipped = shipped_dir() / f"{text}.yaml"
     if shipped.is_file():
         return load_template_set_file(shipped)
-    close = difflib.get_close_matches(text, shipped_names(), n=1)
+    raise SynthError(unknown_set_message(text))
+
+
+def is_set_path(text: str) -> bool:
+    """Whether a -t / recipe `template` value names a YAML file rather than a shipped set."""
+    return Path(text).suffix in (".yaml", ".yml") or Path(text).is_file()
+
+
+def unknown_set_message(name: str) -> str:
+    close = difflib.get_close_matches(name, shipped_names(), n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
-    raise SynthError(
-        f"unknown template set '{text}' ({hint}known: {', '.join(shipped_names())}); "
+    return (
+        f"unknown template set '{name}' ({hint}known: {', '.join(shipped_names())}); "
         "pass a shipped name or a path to a .yaml file"
     )
 

@@ -41,8 +41,12 @@ class AdaptSpec(StageSpec):
     @classmethod
     def _class_names(cls, value: Any) -> Any:
         from synth.adapt import parse_classes
+        from synth.errors import SynthError
 
-        return parse_classes(value) if isinstance(value, (str, list)) else value
+        try:
+            return parse_classes(value) if isinstance(value, (str, list)) else value
+        except SynthError as e:  # a ValueError: the recipe error names the file and line
+            raise ValueError(str(e).removeprefix("--classes: ")) from None
 
 
 def load_sets(spec: AdaptSpec) -> list:
@@ -58,6 +62,13 @@ def load_sets(spec: AdaptSpec) -> list:
 class AdaptAdapter(StageAdapter):
     type = "adapt"
     Spec = AdaptSpec
+
+    def check(self, spec: AdaptSpec) -> list[tuple[tuple, dict]]:
+        """A mistyped shipped set name fails when the recipe loads, at its line, with a 'did you mean'."""
+        from synth.adapt.template_set import is_set_path, shipped_names, unknown_set_message
+
+        return [(("template",), {"type": "value_error", "msg": unknown_set_message(name)})
+                for name in spec.template if not is_set_path(name) and name not in shipped_names()][:1]
 
     def resolve(self, spec: AdaptSpec, base_dir: Path) -> AdaptSpec:
         paths = [resolve_path(t, base_dir) if t.endswith((".yaml", ".yml")) else t for t in spec.template]
