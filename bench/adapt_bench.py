@@ -166,7 +166,7 @@ def run_loop(source: Path, template: str, out: Path):
 def loop_adapt(source: Path, template: str, out: Path) -> int:
     from datasets import Dataset, Image
 
-    from synth.adapt import Renderer, load_template_set
+    from synth.adapt import Renderer, class_list, load_template_set
     from synth.data import OutputFolder, base_dir_of, save
     from synth.io import read_dataset
     from synth.records import sft_features
@@ -175,7 +175,8 @@ def loop_adapt(source: Path, template: str, out: Path) -> int:
     dataset = read_dataset(source)
     if ts.multimodal:
         dataset = dataset.cast_column("image", Image(decode=False))
-    renderer = Renderer(ts, seed=0, source_name=str(source), base_dir=base_dir_of(source))
+    classes = class_list(dataset, ts)[0]  # as the engine reads it (classification, nli)
+    renderer = Renderer(ts, seed=0, source_name=str(source), base_dir=base_dir_of(source), classes=classes)
     rows = []
     for index, row in enumerate(dataset):
         record_id = str(row.get("id") or f"row-{index}")
