@@ -95,9 +95,11 @@ def _load_files(builder: str, files: list[str], source: str, streaming: bool):
     if blank and len(blank) == len(files):
         raise EmptyDatasetError(f"{blank[0]}: the file is empty; give a file with at least one record")
     files = [f for f in files if f not in blank]
+    options = _csv_text_options(files[0]) if builder == "csv" else {}
     try:
         with quiet_datasets():
-            return load_dataset(builder, data_files=files, split="train", streaming=streaming)
+            dataset = load_dataset(builder, data_files=files, split="train", streaming=streaming, **options)
+        return _exact_json_columns(dataset, files) if builder == "json" else dataset
     except Exception as e:  # datasets raises many types; find the real cause for the user
         if builder == "json":
             for f in files:
@@ -106,6 +108,97 @@ def _load_files(builder: str, files: list[str], source: str, streaming: bool):
                     if bad:
                         raise SynthError(f"{f}:{bad[0]}: malformed JSON line ({bad[1]}); fix or remove it") from None
         raise SynthError(f"{source}: cannot read as {builder}: {first_line(e)}") from None
+
+
+def _csv_text_options(path: str) -> dict:
+    """A CSV of a chat layout (messages, conversations, prompt/completion, alpaca ...) is read as text, cell
+    for cell: pandas would otherwise read an answer "3" as a number, "true" as a bool and "null" or "NA" as
+    missing. Only an empty cell is missing. Other CSVs (labelled sources) keep the inferred column types."""
+    import csv
+
+    from datasets import Features, Value
+
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        header = next(csv.reader(f), [])
+    if not header or detect_layout(set(header)) == "raw" or len(set(header)) != len(header):
+        return {}
+    return {"features": Features({name: Value("string") for name in header}),
+            "keep_default_na": False, "na_values": [""]}
+
+
+def _json_paths(features) -> list[list]:
+    from datasets.utils.json import get_json_field_paths_from_feature
+
+    return get_json_field_paths_from_feature(features) if features else []
+
+
+def _exact_json_columns(dataset, files: list[str]):
+    """The dataset with its ``Json`` columns read exactly as the files hold them.
+
+    `datasets` reads a field that mixes types (content as a string in one row and a list of parts in the
+    next) as a ``Json`` column, and stores a string that parses as JSON as that JSON: the answer
+    ``"[1, 3, 5]"`` comes back as a list, ``"3"`` as a number. Those fields are read again here and stored
+    as their JSON encoding, which `datasets` decodes back to exactly the value in the file."""
+    paths = _json_paths(dataset.features)
+    if not paths:
+        return dataset
+    rows = _json_rows(files)
+    if rows is None:  # a shape read by `datasets` only (a JSON object of columns): left as it came
+        return dataset
+    features = dataset.features
+    columns = list(features)
+
+    def generate(files=files):
+        for row in _json_rows(files):
+            row = {name: row.get(name) for name in columns}
+            for path in paths:
+                row = _json_encoded_at(row, path)
+            yield row
+
+    from datasets import Dataset, IterableDataset
+
+    if isinstance(dataset, IterableDataset):
+        return IterableDataset.from_generator(generate, features=features)
+    import hashlib
+
+    stamp = "|".join(f"{f}:{os.stat(f).st_size}:{os.stat(f).st_mtime_ns}" for f in files)
+    with quiet_datasets():
+        return Dataset.from_generator(
+            generate, features=features, fingerprint=hashlib.sha256(stamp.encode()).hexdigest()[:16]
+        )
+
+
+def _json_rows(files: list[str]) -> Iterator[dict] | None:
+    """The objects of JSONL files and of JSON files holding a list of objects; None for another shape."""
+    for f in files:
+        if not f.endswith(".jsonl"):
+            with open(f, encoding="utf-8") as handle:
+                if handle.read(4096).lstrip()[:1] != "[":
+                    return None
+
+    def rows() -> Iterator[dict]:
+        for f in files:
+            with open(f, encoding="utf-8") as handle:
+                if f.endswith(".jsonl"):
+                    yield from (json.loads(line) for line in handle if line.strip())
+                else:
+                    yield from json.load(handle)
+
+    return rows()
+
+
+def _json_encoded_at(value: Any, path: list) -> Any:
+    """`value` with the field at `path` (keys, 0 for each list item) replaced by its JSON text."""
+    if value is None:
+        return None
+    if not path:
+        return json.dumps(value)
+    key, rest = path[0], path[1:]
+    if key == 0:
+        return [_json_encoded_at(item, rest) for item in value] if isinstance(value, list) else value
+    if not isinstance(value, dict):
+        return value
+    return {**value, key: _json_encoded_at(value.get(key), rest)}
 
 
 class EmptyDatasetError(SynthError):
