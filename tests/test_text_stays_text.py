@@ -82,6 +82,13 @@ def test_messages_mixing_parts_and_strings_keep_json_looking_answers(tmp_path):
     assert records[-1]["messages"][0]["content"][0]["type"] == "image" and len(records[-1]["images"]) == 1
     streamed = [_last_text(r) for r in open_source(path, streaming=True).records()]
     assert streamed == ANSWERS + ["red"]
+    # the same rows as one JSON list (LLaVA-style .json), and as JSON lines in a .json file
+    (tmp_path / "mixed_list.json").write_text(json.dumps(rows), encoding="utf-8")
+    (tmp_path / "lines").mkdir()
+    (tmp_path / "lines" / "0.png").write_bytes(_png())
+    (tmp_path / "lines" / "mixed.json").write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    for other in ("mixed_list.json", "lines/mixed.json"):
+        assert _answers(tmp_path / other) == ANSWERS + ["red"], other
 
 
 def test_prompt_completion_and_preference_jsonl(tmp_path):

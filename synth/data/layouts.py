@@ -281,7 +281,43 @@ def to_record(row: dict, layout: str, where: str, base_dir, check_images: bool =
     record["images"] = [image_ref(v, base_dir, rid, check=check_images) for v in sources]
     record["id"] = str(row.get("id") or "")
     record["meta"] = _meta(row)
+    other = _other_columns(row, layout)
+    if other and isinstance(record["meta"].get("columns", {}), dict):
+        record["meta"]["columns"] = {**other, **record["meta"].get("columns", {})}
     return record
+
+
+# The columns each layout reads; the others travel in ``meta.columns``.
+LAYOUT_COLUMNS = {
+    "preference": {"prompt", "chosen", "rejected"},
+    "openai_preference": {"input", "preferred_output", "non_preferred_output"},
+    "messages": {"messages", "system"},
+    "sharegpt": {"conversations", "system"},
+    "prompt_completion": {"prompt", "completion"},
+    "alpaca": {"instruction", "input", "output", "response", "system", "history"},
+}
+COMMON_COLUMNS = {"id", "meta", "images", "image"}
+
+
+def _other_columns(row: dict, layout: str) -> dict:
+    """The row's columns its layout does not read (a benchmark's ``task_id``, a category, a score): a
+    record keeps them in ``meta.columns`` so the output carries what the input had. Image cells and raw
+    bytes stay out (meta is JSON text); so do the pandas index columns (``__index_level_0__``)."""
+    used = LAYOUT_COLUMNS[layout] | COMMON_COLUMNS
+    return {
+        key: value for key, value in row.items()
+        if key not in used and not key.startswith("__") and _plain_json(value)
+    }
+
+
+def _plain_json(value: Any) -> bool:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain_json(v) for v in value)
+    if isinstance(value, dict):
+        return set(value) != {"bytes", "path"} and all(isinstance(k, str) and _plain_json(v) for k, v in value.items())
+    return False
 
 
 def _alpaca(row: dict, where: str) -> list[dict]:

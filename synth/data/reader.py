@@ -169,22 +169,36 @@ def _exact_json_columns(dataset, files: list[str]):
 
 
 def _json_rows(files: list[str]) -> Iterator[dict] | None:
-    """The objects of JSONL files and of JSON files holding a list of objects; None for another shape."""
+    """The objects of JSON Lines files (also ``.json`` ones, as `datasets` reads them) and of JSON files
+    holding a list of objects; None for another shape (e.g. one pretty-printed object of columns)."""
+    modes = []
     for f in files:
-        if not f.endswith(".jsonl"):
-            with open(f, encoding="utf-8") as handle:
-                if handle.read(4096).lstrip()[:1] != "[":
-                    return None
+        with open(f, encoding="utf-8") as handle:
+            start = handle.read(4096).lstrip()[:1]
+        if f.endswith(".jsonl") or (start == "{" and _is_json_lines(f)):
+            modes.append("lines")
+        elif start == "[":
+            modes.append("list")
+        else:
+            return None
 
     def rows() -> Iterator[dict]:
-        for f in files:
+        for f, mode in zip(files, modes):
             with open(f, encoding="utf-8") as handle:
-                if f.endswith(".jsonl"):
+                if mode == "lines":
                     yield from (json.loads(line) for line in handle if line.strip())
                 else:
                     yield from json.load(handle)
 
     return rows()
+
+
+def _is_json_lines(path: str) -> bool:
+    with open(path, encoding="utf-8") as handle:
+        try:
+            return all(isinstance(json.loads(line), dict) for line in handle if line.strip())
+        except json.JSONDecodeError:
+            return False
 
 
 def _json_encoded_at(value: Any, path: list) -> Any:
@@ -302,6 +316,19 @@ def base_dir_of(source: str | os.PathLike) -> Path | None:
     return path if path.is_dir() else path.parent
 
 
+def source_label(source: str | os.PathLike) -> str:
+    """The name records give their dataset in ``meta.source``: the same from any working directory and
+    without the folders above the dataset (which hold the user's home and end up on a Hub card). A folder
+    is its name (``shapes``), a file its folder and name (``humaneval/test.jsonl``), a Hub id itself."""
+    path = Path(source)
+    if not path.exists():
+        return str(source)
+    path = path.resolve()
+    if path.is_dir() or path.parent == Path(path.anchor):
+        return path.name or str(source)
+    return f"{path.parent.name}/{path.name}"
+
+
 def hub_cache_root() -> Path:
     """The folder holding both the `datasets` cache (extracted archives) and the Hub's file cache (data
     files downloaded from a repo): their common parent, usually ``~/.cache/huggingface``."""
@@ -370,6 +397,11 @@ class Source:
     @property
     def kind(self) -> str:
         return kind_of(self.layout)
+
+    @property
+    def label(self) -> str:
+        """The dataset's name for ``meta.source`` (see `source_label`)."""
+        return source_label(self.name)
 
     @property
     def num_rows(self) -> int | None:
