@@ -221,6 +221,10 @@ def test_every_exporter_writes_the_answers_as_written(answers_dataset, image_ans
     assert _answers(llava) == ANSWERS
     trl_images = _export(image_answers_dataset, "trl", tmp_path / "trl_images", "--jsonl")
     assert _answers(trl_images) == ANSWERS
+    # OpenAI chat rows mix part lists (the image turn) and strings (the answer): read back exactly
+    openai_images = _export(image_answers_dataset, "openai", tmp_path / "openai_images")
+    assert [r["messages"][-1]["content"] for r in _json_rows(openai_images)] == ANSWERS
+    assert _answers(openai_images) == ANSWERS
 
 
 def test_show_filter_and_dedup_read_such_a_dataset(answers_dataset, tmp_path):
