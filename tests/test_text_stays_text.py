@@ -160,6 +160,11 @@ def test_csv_cells_are_text(tmp_path):
         writer.writerow(["instruction", "input", "output"])
         writer.writerows([["Answer.", "", a] for a in ANSWERS])
     assert _answers(tmp_path / "alpaca" / "a.csv") == ANSWERS
+    # a labelled table (raw rows, for adapt): "None", "NA" and "null" are answers, only an empty cell is missing
+    (tmp_path / "raw").mkdir()
+    with open(tmp_path / "raw" / "qa.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["question", "answer"], ["a", "None"], ["b", "NA"], ["c", "null"], ["d", ""]])
+    assert [r["answer"] for r in open_source(tmp_path / "raw" / "qa.csv").records()] == ["None", "NA", "null", None]
 
 
 # ---------------------------------------------------------------- exporters and the CLI

@@ -111,19 +111,20 @@ def _load_files(builder: str, files: list[str], source: str, streaming: bool):
 
 
 def _csv_text_options(path: str) -> dict:
-    """A CSV of a chat layout (messages, conversations, prompt/completion, alpaca ...) is read as text, cell
-    for cell: pandas would otherwise read an answer "3" as a number, "true" as a bool and "null" or "NA" as
-    missing. Only an empty cell is missing. Other CSVs (labelled sources) keep the inferred column types."""
+    """How to read a CSV without mangling its text. Only an empty cell is missing (pandas would also take
+    "NA", "null", "None" ... for missing). A CSV of a chat layout (messages, conversations,
+    prompt/completion, alpaca ...) is read as text, cell for cell: an answer "3" or "007" is not a number,
+    "true" not a bool. Other CSVs (labelled sources for adapt) keep pandas' column types."""
     import csv
 
     from datasets import Features, Value
 
+    options: dict = {"keep_default_na": False, "na_values": [""]}
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
         header = next(csv.reader(f), [])
-    if not header or detect_layout(set(header)) == "raw" or len(set(header)) != len(header):
-        return {}
-    return {"features": Features({name: Value("string") for name in header}),
-            "keep_default_na": False, "na_values": [""]}
+    if header and detect_layout(set(header)) != "raw" and len(set(header)) == len(header):
+        options["features"] = Features({name: Value("string") for name in header})
+    return options
 
 
 def _json_paths(features) -> list[list]:
