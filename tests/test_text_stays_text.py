@@ -89,6 +89,9 @@ def test_messages_mixing_parts_and_strings_keep_json_looking_answers(tmp_path):
     (tmp_path / "lines" / "mixed.json").write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
     for other in ("mixed_list.json", "lines/mixed.json"):
         assert _answers(tmp_path / other) == ANSWERS + ["red"], other
+    # an edited file is read again, not served from a cache of the first read
+    _jsonl(path, [{"messages": _chat("[2, 4]"), "images": []}, image_row])
+    assert _answers(path) == ["[2, 4]", "red"]
 
 
 def test_prompt_completion_and_preference_jsonl(tmp_path):

@@ -162,7 +162,8 @@ def _exact_json_columns(dataset, files: list[str]):
         return IterableDataset.from_generator(generate, features=features)
     import hashlib
 
-    stamp = "|".join(f"{f}:{os.stat(f).st_size}:{os.stat(f).st_mtime_ns}" for f in files)
+    # the cache key: these files as they are now (an edited file is read again)
+    stamp = "exact-json-1|" + "|".join(f"{os.path.abspath(f)}:{os.stat(f).st_size}:{os.stat(f).st_mtime_ns}" for f in files)
     with quiet_datasets():
         return Dataset.from_generator(
             generate, features=features, fingerprint=hashlib.sha256(stamp.encode()).hexdigest()[:16]
