@@ -99,7 +99,7 @@ def test_instruction_tables_become_sft_records(tmp_path):
     rows = list(sft_records(open_source(path)))
     assert rows[0]["messages"] == [{"role": "user", "content": "Translate to French.\n\ncat"}]
     assert rows[1]["messages"][-1] == {"role": "assistant", "content": "Hi!"}
-    assert rows[0]["meta"] == {"source": str(path)}
+    assert rows[0]["meta"] == {"source": f"{tmp_path.name}/tasks.jsonl"}  # stable: no path above its folder
     assert rows[0]["id"] == content_id(rows[0]["messages"])  # every record gets an id its answers can name
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "?"}) + "\n")

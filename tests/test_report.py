@@ -151,7 +151,7 @@ def test_rejects_by_reason_with_the_record_they_name(context, sets):  # noqa: F8
         assert example["record"] and example["record"]["id"] == example["id"]
     prefs = groups[("prefs", "perturb", "identical")]
     found = prefs["examples"][0]["record"]  # an id of the SFT set prefs read (followed upstream)
-    assert found["dataset"] == "vqa" and found["source"] == str(sets["shapes"])
+    assert found["dataset"] == "vqa" and found["source"] == "shapes"  # meta.source: the folder name
     assert any("image" in p for t in found["turns"] for p in t["parts"])
 
 

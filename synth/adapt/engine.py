@@ -190,6 +190,8 @@ class Renderer:
         self._variant_prefix = f"{seed}\x1f{template_set.name}\x1f"
         self._variant_count = len(template_set.instructions)
         self._meta_source = '"source": ' + _json_str(str(source_name)) + ', "source_id": '
+        self._base_resolved = self.base_dir.resolve() if self.base_dir else None
+        self._image_steps = path_steps(template_set.variables["image"]) if self.multimodal else ()
         self._meta_rest = (
             ', "task": ' + _json_str(template_set.task) + ', "template": ' + _json_str(template_set.name)
         )
@@ -236,6 +238,24 @@ class Renderer:
         # The one resolver: paths inside the dataset folder only; bytes checked whole (truncated JPEGs too).
         ref = image_ref(get_path(row, column, record_id), self.base_dir, record_id, check=self.verify_images)
         return {"bytes": ref["bytes"], "path": None}  # no source path in the output: it is location-free
+
+    def image_path(self, row: dict) -> str | None:
+        """The row's image path relative to the dataset folder, for provenance (``meta.source_image``):
+        a relative path as the source holds it, an absolute one (an image folder) inside the folder.
+        None for embedded images without a name and for paths outside the folder (never a home path)."""
+        cell = walk_path(row, self._image_steps)
+        path = cell.get("path") if isinstance(cell, dict) else cell if isinstance(cell, str) else None
+        if not path or path.startswith("data:"):
+            return None
+        candidate = Path(path)
+        if not candidate.is_absolute():
+            return candidate.as_posix()
+        if self._base_resolved is None:
+            return None
+        try:
+            return candidate.resolve().relative_to(self._base_resolved).as_posix()
+        except (ValueError, OSError):
+            return None
 
     def turn_variables(self, base: dict, item: Any, record_id: str, turn: int) -> dict:
         mc = self.ts.multiple_choice
@@ -309,13 +329,16 @@ class Renderer:
     def meta_json(self, meta: dict) -> str:
         """``dump_meta(meta)`` for the meta dicts built here, written directly: it runs once per sample and
         the general encoder costs more than the rendering. Keys in sorted order, as ``sort_keys`` writes
-        them: item < items < source < source_id < task < template < variant < variants."""
+        them: item < items < source < source_id < source_image < task < template < variant < variants."""
         text = "{"
         if "item" in meta:
             text += f'"item": {meta["item"]}, '
         if "items" in meta:
             text += '"items": [' + ", ".join(map(str, meta["items"])) + "], "
-        text += self._meta_source + _json_str(meta["source_id"]) + self._meta_rest
+        text += self._meta_source + _json_str(meta["source_id"])
+        if "source_image" in meta:
+            text += ', "source_image": ' + _json_str(meta["source_image"])
+        text += self._meta_rest
         if "variant" in meta:
             return text + f', "variant": {meta["variant"]}}}'
         return text + ', "variants": [' + ", ".join(map(str, meta["variants"])) + "]}"
@@ -339,6 +362,10 @@ class Renderer:
             "template": self.ts.name,
             "task": self.ts.task,
         }
+        if image is not None:
+            image_path = self.image_path(row)
+            if image_path:
+                meta_base["source_image"] = image_path
         items_cfg = self.ts.items
 
         if items_cfg is None:
@@ -619,6 +646,7 @@ def adapt_dataset(
     *,
     seed: int = 0,
     source_name: str = "",
+    source_label: str | None = None,
     base_dir: str | Path | None = None,
     num_proc: int | None = None,
     on_error: str = "fail",
@@ -629,7 +657,9 @@ def adapt_dataset(
 ) -> AdaptResult:
     """Apply a template set to a `datasets.Dataset`; returns the adapted dataset and the rejected records.
 
-    `base_dir` is the folder relative image paths resolve against (None: only embedded images).
+    `source_name` names the source in errors; `source_label` (default: `source_name`) is what samples record
+    as ``meta.source``. `base_dir` is the folder relative image paths resolve against (None: only embedded
+    images).
     `cache_dir` is where the map writes its Arrow files (default: a temporary folder of `datasets`); the
     source folder is never written to. `classes` is the class list of a set with `classes:` (default: see
     `class_list`; the note saying it was taken from the data is in the result's `notes`).
@@ -655,7 +685,8 @@ def adapt_dataset(
         return AdaptResult(dataset=Dataset.from_dict({k: [] for k in features}, features=features), records=0,
                            notes=notes)
     dataset, label_names = _prepare(dataset, ts)
-    renderer = Renderer(ts, seed, source_name, base_dir, label_names, verify_images, classes)
+    source_label = source_name if source_label is None else source_label
+    renderer = Renderer(ts, seed, source_label, base_dir, label_names, verify_images, classes)
 
     fingerprint = hashlib.sha256(
         json.dumps(
@@ -664,6 +695,7 @@ def adapt_dataset(
                 ts.model_dump(mode="json"),
                 seed,
                 source_name,
+                source_label,
                 str(base_dir),
                 on_error,
                 verify_images,
@@ -758,6 +790,7 @@ def adapt(
             ts,
             seed=seed,
             source_name=str(source),
+            source_label=src.label,
             base_dir=src.base_dir,
             num_proc=num_proc,
             on_error=on_error,

@@ -73,8 +73,10 @@ def kind_of(layout: str) -> str:
 # ---------------------------------------------------------------- content
 
 
-def _json_value(value: Any) -> Any:
-    """`datasets` 5 infers mixed content as ``Json`` and may hand back the stored JSON text; decode it."""
+def _decoded(value: Any) -> Any:
+    """A cell the layout says holds a list or an object (a messages or conversations column, OpenAI's
+    ``input``, ``history``, ``images``, ``meta``) may arrive as its JSON text: CSV has only text cells.
+    Only such cells are decoded; message content never is (text that looks like JSON is still text)."""
     if isinstance(value, str):
         text = value.strip()
         if text[:1] in ("{", "["):
@@ -86,15 +88,14 @@ def _json_value(value: Any) -> Any:
 
 
 def _parts(content: Any, where: str, images_out: list | None = None) -> list[dict] | str:
-    """A message's content as a string, or as canonical parts (image_url parts' data go to `images_out`)."""
-    content = _json_value(content)
+    """A message's content as a string, or as canonical parts (image_url parts' data go to `images_out`).
+    A string is the message's text whatever it looks like: only a list (or one part object) is parts."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if isinstance(content, (bool, int, float)):
-        # `datasets` 5 stores a column of mixed strings and parts as Json, keeping a string that parses as
-        # JSON ("3", "true") as that JSON: it comes back a number. Message text is never a number: undo it.
+        # a JSON file that wrote the answer as a bare number (`"content": 3`): the text the file holds
         return json.dumps(content)
     if isinstance(content, dict):
         content = [content]
@@ -102,7 +103,6 @@ def _parts(content: Any, where: str, images_out: list | None = None) -> list[dic
         raise RecordError(f"{where}: message content must be a string or a list of parts, got {type(content).__name__}")
     parts = []
     for part in content:
-        part = _json_value(part)
         if isinstance(part, str):
             parts.append({"type": "text", "text": part})
             continue
@@ -126,17 +126,20 @@ def _parts(content: Any, where: str, images_out: list | None = None) -> list[dic
     return parts
 
 
-def _messages(value: Any, where: str, images_out: list | None = None, default_role: str = "user") -> list[dict]:
-    value = _json_value(value)
-    if isinstance(value, str):
+def _messages(value: Any, where: str, images_out: list | None = None, default_role: str | None = None) -> list[dict]:
+    """A column of messages. Where the layout also takes plain text (TRL's prompt, completion, chosen,
+    rejected: `default_role` set), a string is the text of one message in that role; in a column that
+    only holds message lists (messages, conversations) a string is the list's JSON text (CSV)."""
+    if isinstance(value, str) and default_role is not None:
         return [{"role": default_role, "content": value}]
+    value = _decoded(value)
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):
         raise RecordError(f"{where}: expected a list of messages, got {type(value).__name__}")
     out = []
     for i, m in enumerate(value):
-        m = _json_value(m)
+        m = _decoded(m)
         if not isinstance(m, dict):
             raise RecordError(f"{where}: message {i} must be an object with role and content")
         role = m.get("role") or SHAREGPT_ROLES.get(str(m.get("from", "")).lower())
@@ -174,7 +177,7 @@ def image_part_count(messages: list[dict]) -> int:
 
 
 def _image_list(value: Any) -> list:
-    value = _json_value(value)
+    value = _decoded(value)
     if value is None:
         return []
     if isinstance(value, (list, tuple)):
@@ -183,7 +186,7 @@ def _image_list(value: Any) -> list:
 
 
 def _meta(row: dict) -> dict:
-    meta = _json_value(row.get("meta"))
+    meta = _decoded(row.get("meta"))
     if meta is None or meta == "":
         return {}
     if not isinstance(meta, dict):
@@ -202,15 +205,16 @@ def to_record(row: dict, layout: str, where: str, base_dir, check_images: bool =
     inline: list = []
     if layout == "preference":
         record = {
-            "prompt": _messages(row["prompt"], where, inline),
+            "prompt": _messages(row["prompt"], where, inline, default_role="user"),
             "chosen": _messages(row["chosen"], where, inline, default_role="assistant"),
             "rejected": _messages(row["rejected"], where, inline, default_role="assistant"),
         }
         convs = [record["prompt"], record["chosen"], record["rejected"]]
     elif layout == "openai_preference":
-        prompt = _json_value(row["input"])
+        prompt = _decoded(row["input"])
         record = {
-            "prompt": _messages(prompt.get("messages") if isinstance(prompt, dict) else prompt, where, inline),
+            "prompt": _messages(prompt.get("messages") if isinstance(prompt, dict) else prompt, where, inline,
+                                default_role="user"),
             "chosen": _messages(row["preferred_output"], where, inline, default_role="assistant"),
             "rejected": _messages(row["non_preferred_output"], where, inline, default_role="assistant"),
         }
@@ -227,7 +231,7 @@ def to_record(row: dict, layout: str, where: str, base_dir, check_images: bool =
         record = {"messages": messages}
         convs = [messages]
     elif layout == "prompt_completion":
-        prompt = _messages(row["prompt"], where, inline)
+        prompt = _messages(row["prompt"], where, inline, default_role="user")
         completion = _messages(row["completion"], where, inline, default_role="assistant")
         record = {"messages": prompt + completion}
         convs = [record["messages"]]
@@ -277,7 +281,43 @@ def to_record(row: dict, layout: str, where: str, base_dir, check_images: bool =
     record["images"] = [image_ref(v, base_dir, rid, check=check_images) for v in sources]
     record["id"] = str(row.get("id") or "")
     record["meta"] = _meta(row)
+    other = _other_columns(row, layout)
+    if other and isinstance(record["meta"].get("columns", {}), dict):
+        record["meta"]["columns"] = {**other, **record["meta"].get("columns", {})}
     return record
+
+
+# The columns each layout reads; the others travel in ``meta.columns``.
+LAYOUT_COLUMNS = {
+    "preference": {"prompt", "chosen", "rejected"},
+    "openai_preference": {"input", "preferred_output", "non_preferred_output"},
+    "messages": {"messages", "system"},
+    "sharegpt": {"conversations", "system"},
+    "prompt_completion": {"prompt", "completion"},
+    "alpaca": {"instruction", "input", "output", "response", "system", "history"},
+}
+COMMON_COLUMNS = {"id", "meta", "images", "image"}
+
+
+def _other_columns(row: dict, layout: str) -> dict:
+    """The row's columns its layout does not read (a benchmark's ``task_id``, a category, a score): a
+    record keeps them in ``meta.columns`` so the output carries what the input had. Image cells and raw
+    bytes stay out (meta is JSON text); so do the pandas index columns (``__index_level_0__``)."""
+    used = LAYOUT_COLUMNS[layout] | COMMON_COLUMNS
+    return {
+        key: value for key, value in row.items()
+        if key not in used and not key.startswith("__") and _plain_json(value)
+    }
+
+
+def _plain_json(value: Any) -> bool:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain_json(v) for v in value)
+    if isinstance(value, dict):
+        return set(value) != {"bytes", "path"} and all(isinstance(k, str) and _plain_json(v) for k, v in value.items())
+    return False
 
 
 def _alpaca(row: dict, where: str) -> list[dict]:
@@ -287,7 +327,7 @@ def _alpaca(row: dict, where: str) -> list[dict]:
     messages: list[dict] = []
     if row.get("system"):
         messages.append({"role": "system", "content": row["system"]})
-    for turn in _json_value(row.get("history")) or []:
+    for turn in _decoded(row.get("history")) or []:
         if not (isinstance(turn, (list, tuple)) and len(turn) == 2):
             raise RecordError(f"{where}: history must be a list of [instruction, response] pairs")
         messages += [{"role": "user", "content": str(turn[0])}, {"role": "assistant", "content": str(turn[1])}]

@@ -96,9 +96,11 @@ def _load_files(builder: str, files: list[str], source: str, streaming: bool):
     if blank and len(blank) == len(files):
         raise EmptyDatasetError(f"{blank[0]}: the file is empty; give a file with at least one record")
     files = [f for f in files if f not in blank]
+    options = _csv_text_options(files[0]) if builder == "csv" else {}
     try:
         with quiet_datasets():
-            return load_dataset(builder, data_files=files, split="train", streaming=streaming)
+            dataset = load_dataset(builder, data_files=files, split="train", streaming=streaming, **options)
+        return _exact_json_columns(dataset, files) if builder == "json" else dataset
     except Exception as e:  # datasets raises many types; find the real cause for the user
         if builder == "json":
             for f in files:
@@ -107,6 +109,113 @@ def _load_files(builder: str, files: list[str], source: str, streaming: bool):
                     if bad:
                         raise SynthError(f"{f}:{bad[0]}: malformed JSON line ({bad[1]}); fix or remove it") from None
         raise SynthError(f"{source}: cannot read as {builder}: {first_line(e)}") from None
+
+
+def _csv_text_options(path: str) -> dict:
+    """How to read a CSV without mangling its text. Only an empty cell is missing (pandas would also take
+    "NA", "null", "None" ... for missing). A CSV of a chat layout (messages, conversations,
+    prompt/completion, alpaca ...) is read as text, cell for cell: an answer "3" or "007" is not a number,
+    "true" not a bool. Other CSVs (labelled sources for adapt) keep pandas' column types."""
+    import csv
+
+    from datasets import Features, Value
+
+    options: dict = {"keep_default_na": False, "na_values": [""]}
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        header = next(csv.reader(f), [])
+    if header and detect_layout(set(header)) != "raw" and len(set(header)) == len(header):
+        options["features"] = Features({name: Value("string") for name in header})
+    return options
+
+
+def _json_paths(features) -> list[list]:
+    from datasets.utils.json import get_json_field_paths_from_feature
+
+    return get_json_field_paths_from_feature(features) if features else []
+
+
+def _exact_json_columns(dataset, files: list[str]):
+    """The dataset with its ``Json`` columns read exactly as the files hold them.
+
+    `datasets` reads a field that mixes types (content as a string in one row and a list of parts in the
+    next) as a ``Json`` column, and stores a string that parses as JSON as that JSON: the answer
+    ``"[1, 3, 5]"`` comes back as a list, ``"3"`` as a number. Those fields are read again here and stored
+    as their JSON encoding, which `datasets` decodes back to exactly the value in the file."""
+    paths = _json_paths(dataset.features)
+    if not paths:
+        return dataset
+    rows = _json_rows(files)
+    if rows is None:  # a shape read by `datasets` only (a JSON object of columns): left as it came
+        return dataset
+    features = dataset.features
+    columns = list(features)
+
+    def generate(files=files):
+        for row in _json_rows(files):
+            row = {name: row.get(name) for name in columns}
+            for path in paths:
+                row = _json_encoded_at(row, path)
+            yield row
+
+    from datasets import Dataset, IterableDataset
+
+    if isinstance(dataset, IterableDataset):
+        return IterableDataset.from_generator(generate, features=features)
+    import hashlib
+
+    # the cache key: these files as they are now (an edited file is read again)
+    stamp = "exact-json-1|" + "|".join(f"{os.path.abspath(f)}:{os.stat(f).st_size}:{os.stat(f).st_mtime_ns}" for f in files)
+    with quiet_datasets():
+        return Dataset.from_generator(
+            generate, features=features, fingerprint=hashlib.sha256(stamp.encode()).hexdigest()[:16]
+        )
+
+
+def _json_rows(files: list[str]) -> Iterator[dict] | None:
+    """The objects of JSON Lines files (also ``.json`` ones, as `datasets` reads them) and of JSON files
+    holding a list of objects; None for another shape (e.g. one pretty-printed object of columns)."""
+    modes = []
+    for f in files:
+        with open(f, encoding="utf-8") as handle:
+            start = handle.read(4096).lstrip()[:1]
+        if f.endswith(".jsonl") or (start == "{" and _is_json_lines(f)):
+            modes.append("lines")
+        elif start == "[":
+            modes.append("list")
+        else:
+            return None
+
+    def rows() -> Iterator[dict]:
+        for f, mode in zip(files, modes):
+            with open(f, encoding="utf-8") as handle:
+                if mode == "lines":
+                    yield from (json.loads(line) for line in handle if line.strip())
+                else:
+                    yield from json.load(handle)
+
+    return rows()
+
+
+def _is_json_lines(path: str) -> bool:
+    with open(path, encoding="utf-8") as handle:
+        try:
+            return all(isinstance(json.loads(line), dict) for line in handle if line.strip())
+        except json.JSONDecodeError:
+            return False
+
+
+def _json_encoded_at(value: Any, path: list) -> Any:
+    """`value` with the field at `path` (keys, 0 for each list item) replaced by its JSON text."""
+    if value is None:
+        return None
+    if not path:
+        return json.dumps(value)
+    key, rest = path[0], path[1:]
+    if key == 0:
+        return [_json_encoded_at(item, rest) for item in value] if isinstance(value, list) else value
+    if not isinstance(value, dict):
+        return value
+    return {**value, key: _json_encoded_at(value.get(key), rest)}
 
 
 class EmptyDatasetError(SynthError):
@@ -215,6 +324,19 @@ def base_dir_of(source: str | os.PathLike, image_root: str | os.PathLike | None 
     return path if path.is_dir() else path.parent
 
 
+def source_label(source: str | os.PathLike) -> str:
+    """The name records give their dataset in ``meta.source``: the same from any working directory and
+    without the folders above the dataset (which hold the user's home and end up on a Hub card). A folder
+    is its name (``shapes``), a file its folder and name (``humaneval/test.jsonl``), a Hub id itself."""
+    path = Path(source)
+    if not path.exists():
+        return str(source)
+    path = path.resolve()
+    if path.is_dir() or path.parent == Path(path.anchor):
+        return path.name or str(source)
+    return f"{path.parent.name}/{path.name}"
+
+
 def hub_cache_root() -> Path:
     """The folder holding both the `datasets` cache (extracted archives) and the Hub's file cache (data
     files downloaded from a repo): their common parent, usually ``~/.cache/huggingface``."""
@@ -283,6 +405,11 @@ class Source:
     @property
     def kind(self) -> str:
         return kind_of(self.layout)
+
+    @property
+    def label(self) -> str:
+        """The dataset's name for ``meta.source`` (see `source_label`)."""
+        return source_label(self.name)
 
     @property
     def num_rows(self) -> int | None:

@@ -199,7 +199,8 @@ class ResponseGenerator(LLMTask):
 
 def sft_records(source: Source) -> Iterator[dict]:
     """The records of an SFT source with an id on each (the content id when the row has none), so every
-    answer can name its parent; rows of an instruction table note the table as their ``meta.source``."""
+    answer can name its parent; rows of an instruction table note the table as their ``meta.source`` (its
+    stable name, `Source.label`). Columns the layout does not read travel in ``meta.columns``."""
     if source.kind != "sft":
         found = ", ".join(source.columns) or "none"
         raise SynthError(
@@ -210,7 +211,7 @@ def sft_records(source: Source) -> Iterator[dict]:
         if not record.get("id"):
             record["id"] = content_id(record["messages"], record.get("images") or [])
         if source.layout == "alpaca":
-            record["meta"] = {"source": source.name, **(record.get("meta") or {})}
+            record["meta"] = {"source": source.label, **(record.get("meta") or {})}
         yield record
 
 
