@@ -18,10 +18,10 @@ from synth.errors import SynthError
 MARKER = ".synth-output"
 
 
-def mark(folder: str | os.PathLike, command: str) -> Path:
+def mark(folder: str | os.PathLike, command: str = "") -> Path:
     """Write the marker into `folder` (which synth is writing): it may be replaced by a later run."""
     path = Path(folder) / MARKER
-    path.write_text(json.dumps({"written_by": f"synth {command}"}) + "\n", encoding="utf-8")
+    path.write_text(json.dumps({"written_by": f"synth {command}".strip()}) + "\n", encoding="utf-8")
     return path
 
 
@@ -31,8 +31,9 @@ def written_by_synth(folder: str | os.PathLike, also: Iterable[str] = ()) -> boo
     return any((folder / name).is_file() for name in (MARKER, *also))
 
 
-def _local(value: str | os.PathLike | None) -> Path | None:
-    if not value:
+def _local(value) -> Path | None:
+    """The resolved path of an input on this machine (None for a Hub id, a dataset object, nothing)."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
         return None
     path = Path(value)
     return path.resolve() if path.exists() else None

@@ -637,7 +637,7 @@ def adapt(
     ts = template if isinstance(template, TemplateSet) else load_template_set(template)
     if mapping:
         ts = ts.with_mapping(mapping)
-    check_output(out, overwrite)  # before reading anything
+    check_output(out, overwrite, inputs=[source])  # before reading anything
     src = open_source(source, split, config=config, revision=revision, limit=limit)
     with OutputFolder(out, overwrite) as folder:
         # The map's Arrow files live in the output's temporary folder (same disk) and go with it.

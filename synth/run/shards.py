@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.data import FAILURES, REJECTS, REPORT, USAGE, OutputFolder, save, write_records
+from synth.ownership import MARKER
 from synth.run import hooks
 
 POSITIONS = "positions.npy"
@@ -289,7 +290,7 @@ def reorder(folder, tracker: Tracker) -> None:
     save(dataset.select(order), staged / "data")
     del dataset
     for item in folder.path.iterdir():
-        if item.is_file() and item.name not in (REJECTS, FAILURES):
+        if item.is_file() and item.name not in (REJECTS, FAILURES, MARKER):
             item.unlink()
     for item in (staged / "data").iterdir():
         os.replace(item, folder.path / item.name)
