@@ -114,8 +114,8 @@ def test_an_empty_assistant_reply_is_refused_with_its_row(tmp_path):
     ]
     data = _write_jsonl(rows, tmp_path / "data.jsonl")
     recipe = write_recipe(tmp_path, **fast_fields(tiny_text_model(), data, tmp_path / "o"))
-    one_line_error(run_cli("train", "sft", recipe), "row 1", "blank", "empty assistant reply", "fill it in")
+    one_line_error(run_cli("train", "sft", recipe), "row 2", "blank", "empty assistant reply", "fill it in")
     parts = [{"id": "parts", "messages": [{"role": "user", "content": "q"},
                                           {"role": "assistant", "content": [{"type": "text", "text": ""}]}]}]
-    with pytest.raises(SynthError, match="row 0 .id parts.: message 2 is an empty assistant reply"):
+    with pytest.raises(SynthError, match="row 1 .id parts.: message 2 is an empty assistant reply"):
         _prepare(tiny_text_model(), _write_jsonl(parts, tmp_path / "parts.jsonl"), tmp_path / "o")

@@ -108,7 +108,8 @@ def test_image_placeholder_mismatch_names_the_row(tmp_path, config_only):
     save(broken, tmp_path / "broken")
     recipe = write_recipe(tmp_path, model=str(config_only["llava"]), dataset=str(tmp_path / "broken"),
                           output_dir=str(tmp_path / "o"))
-    one_line_error(run_cli("train", "sft", recipe), "row 1", bad_id, "1 image placeholder", "but 0 images")
+    # rows count from 1, as everywhere in synth
+    one_line_error(run_cli("train", "sft", recipe), "row 2", bad_id, "1 image placeholder", "but 0 image")
 
 
 def test_vision_data_with_text_model(tmp_path, config_only):

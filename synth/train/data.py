@@ -137,7 +137,7 @@ def check_rows(dataset, stage: str, source: str) -> None:
         ids = batch["id"].to_pylist() if "id" in batch.column_names else [None] * batch.num_rows
         values = {c: batch[c].to_pylist() for c in columns}
         for row in range(batch.num_rows):
-            where = f"{source}: row {index}" + (f" (id {ids[row]})" if ids[row] else "")
+            where = f"{source}: row {index + 1}" + (f" (id {ids[row]})" if ids[row] else "")  # 1-based, as the reader
             if stage != "dpo":
                 messages = values["messages"][row] or []
                 if not any(m.get("role") == "assistant" for m in messages):
