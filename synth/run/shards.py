@@ -435,6 +435,7 @@ def assemble(shard_paths: list[Path], out: Path, report: dict[str, Any]) -> None
     with OutputFolder(out, overwrite=True) as folder:
         if len(shard_paths) == 1:
             # one shard is the output: move it in (its report is replaced by the stage's)
+            (folder.path / MARKER).unlink()  # the shard brings its own
             folder.path.rmdir()
             shutil.copytree(shard_paths[0], folder.path, copy_function=_link_or_copy)
             (folder.path / POSITIONS).unlink(missing_ok=True)
