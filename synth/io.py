@@ -95,7 +95,7 @@ def read_jsonl(path: str | os.PathLike, what: str = "JSONL") -> Iterator[tuple[i
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling path; on success move it onto `final`, on error remove it."""
-    final = Path(final)
+    final = Path(os.path.abspath(final))  # "." has no name to build a sibling from
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     target = tmp / final.name
@@ -104,6 +104,8 @@ def atomic_path(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Pa
         if final.exists():
             if not overwrite:
                 raise SynthError(f"{final} already exists; pass --overwrite to replace it")
+            if final.is_dir() and not target.is_dir():  # a file never replaces a whole folder
+                raise SynthError(f"{final} is a folder; give a file path (e.g. {final / final.name}) instead")
             trash = tmp / ".old"
             os.replace(final, trash)
         os.replace(target, final)

@@ -428,9 +428,10 @@ def run_mix(
     from synth.data import REJECTS, OutputFolder, check_output, quiet_datasets, save
     from synth.progress import progress
 
-    out = check_output(out, overwrite)
-    seed = recipe.seed if seed is None else seed
     base = Path(base_dir) if base_dir is not None else None
+    recipe_file = base / recipe_name if base is not None and Path(recipe_name).name == recipe_name else recipe_name
+    out = check_output(out, overwrite, inputs=[recipe_file, *(_resolve(s.path, base) for s in recipe.sources)])
+    seed = recipe.seed if seed is None else seed
     wheres = [_where(recipe_name, i, s) for i, s in enumerate(recipe.sources)]
     # Build every filter chain and the dedup first: a typo fails before any dataset is read.
     chains = []

@@ -296,9 +296,35 @@ def test_error_output_exists_without_overwrite(shapes, tmp_path):
     (out / "keep.txt").write_text("mine")
     one_line_error(run_cli("adapt", shapes, "-t", "ocr", "-o", out), "already exists", "--overwrite")
     assert (out / "keep.txt").read_text() == "mine"
-    result = run_cli("adapt", shapes, "-t", "ocr", "-o", out, "--overwrite")
+    # --overwrite replaces only a folder synth wrote: this one is the user's, and stays as it is.
+    one_line_error(run_cli("adapt", shapes, "-t", "ocr", "-o", out, "--overwrite"), "not written by synth",
+                   "choose another --out")
+    assert (out / "keep.txt").read_text() == "mine"
+    synth_out = tmp_path / "synth_out"
+    assert run_cli("adapt", shapes, "-t", "ocr", "-o", synth_out).exit_code == 0
+    (synth_out / "stale.txt").write_text("old run")
+    result = run_cli("adapt", shapes, "-t", "ocr", "-o", synth_out, "--overwrite")
     assert result.exit_code == 0, result.output
-    assert not (out / "keep.txt").exists()
+    assert not (synth_out / "stale.txt").exists()
+    # ... and never the input it reads (here: the output of the previous run)
+    before = sorted(p.name for p in synth_out.iterdir())
+    one_line_error(run_cli("adapt", synth_out, "-t", "caption_brief", "-o", synth_out, "--overwrite"),
+                   "is the input", "choose another --out")
+    assert sorted(p.name for p in synth_out.iterdir()) == before
+
+
+def test_overwrite_refuses_the_current_folder_and_files(shapes, tmp_path, monkeypatch):
+    """`-o .` or `-o notes.txt` with --overwrite: refused, nothing deleted (export, clean, report alike)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "notes.txt").write_text("mine")
+    one_line_error(run_cli("adapt", shapes, "-t", "ocr", "-o", ".", "--overwrite"), "not written by synth")
+    one_line_error(run_cli("export", shapes, "-o", ".", "-f", "llava", "--overwrite"), "not written by synth")
+    one_line_error(run_cli("filter", shapes, "--out", "notes.txt", "--filter", "length", "--overwrite"),
+                   "is a file")
+    one_line_error(run_cli("report", shapes, "-o", "."), "is a folder", "give a file path")
+    assert [p.name for p in work.iterdir()] == ["notes.txt"] and (work / "notes.txt").read_text() == "mine"
 
 
 def test_error_invalid_template_set_file_names_file_and_key(tmp_path, shapes):

@@ -159,6 +159,35 @@ def test_compare_cli_writes_table_and_json(tmp_path):
     one_line_error(run_cli("eval", model, data, "--compare", "nope"), "--compare nope")
 
 
+def test_collapsed_answers_are_printed_with_their_shares(tmp_path):
+    """A model giving one answer to every question while the references hold six: exact match alone would
+    hide it; the CLI prints the top answers with their shares and eval.json keeps the distribution."""
+    question = {"role": "user", "content": "How many circles are there? Answer with a number."}
+    data = _sft_dataset(tmp_path / "data", [question] * 6, ["0", "1", "2", "3", "4", "5"])
+    result = run_cli("eval", tiny_text_model(), data, "--out", tmp_path / "ev", "--max-new-tokens", 3,
+                     "--precision", "fp32", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    (label, metrics), = json.loads((tmp_path / "ev" / "eval.json").read_text())["models"].items()
+    answers = metrics["answers"]
+    assert answers["distinct_answers"] == 1 and answers["distinct_references"] == 6 and answers["collapsed"]
+    (answer, share), = answers["top"]
+    assert share == 1.0
+    output = " ".join(result.output.split())
+    assert f"{label}: answers collapsed to 1 distinct (the references hold 6)" in output
+    assert f"{json.dumps(answer)} 100%" in output
+
+
+def test_answer_distribution_rule():
+    from synth.train.evaluate import answer_distribution
+
+    refs = ["0", "1", "2", "3", "4"] * 4
+    collapsed = answer_distribution(["3"] * 12 + ["4"] * 8, refs)
+    assert collapsed["collapsed"] and collapsed["top"] == [["3", 0.6], ["4", 0.4]]
+    assert not answer_distribution(["0", "1", "2", "3", "3"] * 4, refs)["collapsed"]  # 4 of 5 answers
+    assert not answer_distribution(["yes"] * 6, ["yes", "no"] * 3)["collapsed"]  # two references say little
+    assert answer_distribution([], []) is None
+
+
 def test_resolve_specs_labels():
     specs = resolve_specs("embedded", None, ["base", "tuned=Qwen/Qwen2-0.5B"])
     assert [(s.label, s.model, s.adapter) for s in specs] == [("base", "embedded", None), ("tuned", "Qwen/Qwen2-0.5B", None)]

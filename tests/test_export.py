@@ -523,7 +523,7 @@ def test_a_datasetdict_exports_every_split(tmp_path):
     result = _cli("export", tmp_path / "dd", "-f", "trl", "-o", tmp_path / "trl", "--name", "shapes")
     assert result.exit_code == 0, result.output
     assert "exported 4 sft rows" in result.output and "splits: train 3, validation 1" in result.output
-    assert sorted(p.name for p in (tmp_path / "trl").iterdir()) == ["shapes_train.parquet", "shapes_validation.parquet"]
+    assert sorted(p.name for p in (tmp_path / "trl").iterdir() if p.name != ".synth-output") == ["shapes_train.parquet", "shapes_validation.parquet"]
     from datasets import load_dataset
 
     loaded = load_dataset("parquet", data_files={s: str(tmp_path / "trl" / f"shapes_{s}.parquet") for s in ("train", "validation")})

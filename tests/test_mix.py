@@ -403,7 +403,7 @@ def test_rejects_live_inside_the_output_and_stale_sidecars_go(tmp_path):
     (tmp_path / "out.rejects.jsonl").write_text('{"stale": true}\n')  # an older synth wrote it beside OUT
     result, out = mix(tmp_path, {"sources": [{"path": "src", "count": 2, "filters": [{"length": {"min_answer_words": 3}}]}]})
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["dataset_dict.json", "mix_report.json", "rejects.jsonl", "train"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".synth-output") == ["dataset_dict.json", "mix_report.json", "rejects.jsonl", "train"]
     assert len((out / "rejects.jsonl").read_text().splitlines()) == 3
     assert f"rejects: {out / 'rejects.jsonl'}" in " ".join(result.output.split())
     assert not (tmp_path / "out.rejects.jsonl").exists()

@@ -108,7 +108,8 @@ def test_image_placeholder_mismatch_names_the_row(tmp_path, config_only):
     save(broken, tmp_path / "broken")
     recipe = write_recipe(tmp_path, model=str(config_only["llava"]), dataset=str(tmp_path / "broken"),
                           output_dir=str(tmp_path / "o"))
-    one_line_error(run_cli("train", "sft", recipe), "row 1", bad_id, "1 image placeholder", "but 0 images")
+    # rows count from 1, as everywhere in synth
+    one_line_error(run_cli("train", "sft", recipe), "row 2", bad_id, "1 image placeholder", "but 0 image")
 
 
 def test_vision_data_with_text_model(tmp_path, config_only):
@@ -157,3 +158,55 @@ def test_shipped_recipes_validate(path):
     stage = next((s for s in ("align", "dpo", "merge") if s in path.stem), "sft")
     recipe = load_recipe(path, stage)
     assert recipe.output_dir
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_never_deletes_a_folder_synth_did_not_write(tmp_path, config_only, monkeypatch):
+    """overwrite: true replaces only a training output of synth; an unrelated folder, the dataset itself
+    and the current folder (recipe inside) stay exactly as they were."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(adapted("scene_qa_text"), data)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    model = str(config_only["text"])
+    before = {name: _tree(tmp_path / name) for name in ("data", "mine")}
+
+    recipe = write_recipe(tmp_path, model=model, dataset=str(data), output_dir=str(mine), overwrite=True)
+    one_line_error(run_cli("train", "sft", recipe), str(mine), "not written by synth", "output_dir")
+    recipe = write_recipe(tmp_path, model=model, dataset=str(data), output_dir=str(data), overwrite=True)
+    one_line_error(run_cli("train", "sft", recipe), "is the input", "overwriting would delete it")
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path, model=model, dataset="data", output_dir=".", overwrite=True)
+    one_line_error(run_cli("train", "sft", recipe), "holds the input", "overwriting would delete it")
+    assert {name: _tree(tmp_path / name) for name in ("data", "mine")} == before
+    assert recipe.is_file()
+
+    # A folder holding synth's marker (or an older synth's train_summary.json) may be replaced, unless it
+    # holds an input: here the dataset sits inside an old training output.
+    old_run = tmp_path / "old_run"
+    old_run.mkdir()
+    (old_run / "train_summary.json").write_text("{}")
+    shutil.copytree(data, old_run / "data")
+    recipe = write_recipe(tmp_path, model=model, dataset=str(old_run / "data"), output_dir=str(old_run),
+                          overwrite=True)
+    one_line_error(run_cli("train", "sft", recipe), "holds the input", str(old_run / "data"))
+    assert (old_run / "data").is_dir()
+
+
+def test_merge_overwrite_refuses_a_folder_synth_did_not_write(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    recipe = write_recipe(tmp_path, adapter=str(adapter), model=str(tmp_path / "no-such-model"),
+                          output_dir=str(mine), overwrite=True)
+    one_line_error(run_cli("train", "merge", recipe), "not written by synth")
+    assert (mine / "notes.txt").read_text() == "keep me"

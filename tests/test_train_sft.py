@@ -142,11 +142,30 @@ def test_resume_from_a_checkpoint_continues_the_step_count(tmp_path):
     assert first.seen == [1, 2]
     assert (out / "checkpoints" / "checkpoint-2").is_dir()
 
+    # A run killed while saving leaves a newer checkpoint folder that is empty or lacks its trainer state.
+    (out / "checkpoints" / "checkpoint-4").mkdir()
+    (out / "checkpoints" / "checkpoint-3").mkdir()
+    (out / "checkpoints" / "checkpoint-3" / "adapter_config.json").write_text("{}")
     second = StopAt(99)
     result = run_stage("sft", recipe_from_dict({**fields, "resume": True}, "sft"), callbacks=[second])
     assert second.seen == [3, 4]
     assert result.summary["steps"] == 4
     assert result.summary["resumed_from"].endswith("checkpoint-2")
+
+
+def test_overwrite_replaces_a_training_output_synth_wrote(tmp_path):
+    from tests.cli_helpers import run_cli
+    from tests.train_helpers import write_recipe
+
+    out = tmp_path / "run"
+    fields = fast_fields(tiny_text_model(), adapted("scene_qa_text"), out, limit=4, max_steps=1, packing=False)
+    recipe = write_recipe(tmp_path, **fields)
+    assert run_cli("train", "sft", recipe).exit_code == 0
+    assert (out / ".synth-output").is_file()
+    (out / "stale.txt").write_text("from the first run")
+    result = run_cli("train", "sft", recipe, "-s", "overwrite=true")
+    assert result.exit_code == 0, result.output
+    assert not (out / "stale.txt").exists() and (out / "train_summary.json").is_file()
 
 
 def _plan_and_trainer(tmp_path, model, name="o", limit=6, **extra):

@@ -781,7 +781,8 @@ def adapt(
     ts = template if isinstance(template, TemplateSet) else load_template_set(template)
     if mapping:
         ts = ts.with_mapping(mapping)
-    check_output(out, overwrite)  # before reading anything
+    inputs = [source] + ([image_root] if image_root else [])
+    check_output(out, overwrite, inputs=inputs)  # before reading anything
     src = open_source(source, split, config=config, revision=revision, limit=limit, image_root=image_root)
     with OutputFolder(out, overwrite) as folder:
         # The map's Arrow files live in the output's temporary folder (same disk) and go with it.

@@ -206,7 +206,7 @@ def clean_dataset(
     from synth.pipeline.llm_task import check_not_all_failed
     from synth.progress import progress
 
-    out = check_output(out, overwrite)
+    out = check_output(out, overwrite, inputs=[source])
     src = open_source(source, split, config=config, revision=revision, limit=limit)
     path_columns = _image_path_columns(src.dataset.features or {}, _image_columns(stages)) if src.kind == "raw" else {}
     read = 0

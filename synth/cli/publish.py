@@ -48,8 +48,9 @@ def push(
     check_repo_id(repo)
     options = dict(license=license, language=language, pretty_name=pretty_name, description=description)
     if to_dir is not None:
-        check_output(to_dir, overwrite)
-        configs = load_configs(parse_sources(datasets))
+        sources = parse_sources(datasets)
+        check_output(to_dir, overwrite, inputs=[path for _, path in sources])
+        configs = load_configs(sources)
         result = write_folder(configs, repo, to_dir, max_shard_size=max_shard_size, overwrite=overwrite, **options)
         console.print(push_folder_summary(result, to_dir), soft_wrap=True)
         return

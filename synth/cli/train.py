@@ -66,7 +66,7 @@ def eval_command(
 ) -> None:
     """Held-out exact match, reference log-likelihood and DPO reward accuracy; a table and eval.json."""
     from synth.errors import SynthError
-    from synth.train.evaluate import evaluate, render_table, resolve_specs, write_report
+    from synth.train.evaluate import collapse_notes, evaluate, render_table, resolve_specs, write_report
     from synth.train.models import adapter_base, is_adapter_dir
 
     if entries and not compare:
@@ -82,5 +82,7 @@ def eval_command(
         short_answer_words=short_answer_words, device=device, precision=precision, announce=lambda m: console.print(f"[dim]{m}[/]"),
     )
     console.print(render_table(report))
+    for note in collapse_notes(report):
+        console.print(f"[yellow]note:[/] {note}")
     path, predictions = write_report(report, out)
     console.print(f"wrote {path} and {predictions}")

@@ -25,6 +25,7 @@ from typing import Any
 
 from synth.data.reader import quiet_datasets
 from synth.errors import SynthError
+from synth.ownership import check_replaceable, mark
 
 LEGACY_SIDECARS = (".rejects.jsonl", ".report.json", ".usage.json", ".failures.jsonl")
 REJECTS = "rejects.jsonl"
@@ -33,11 +34,14 @@ REPORT = "report.json"
 USAGE = "usage.json"
 
 
-def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Fail early (before any work) when OUT exists and may not be replaced."""
+def check_output(out: str | os.PathLike, overwrite: bool, inputs: Iterable[Any] = ()) -> Path:
+    """Fail early (before any work) when OUT exists and may not be replaced: without overwrite, or (with
+    it) when synth did not write it or it is / holds one of `inputs`."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise SynthError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    if overwrite:
+        check_replaceable(out, inputs, choose="choose another --out")
     return out
 
 
@@ -82,8 +86,8 @@ class OutputFolder:
     """``with OutputFolder(out, overwrite) as folder:`` write into ``folder.path``; renamed onto `out` when
     the block ends without an error, removed otherwise."""
 
-    def __init__(self, out: str | os.PathLike, overwrite: bool = False):
-        self.final = check_output(out, overwrite)
+    def __init__(self, out: str | os.PathLike, overwrite: bool = False, inputs: Iterable[Any] = ()):
+        self.final = check_output(out, overwrite, inputs)
         self.overwrite = overwrite
         self._tmp: Path | None = None
         self.path: Path = self.final
@@ -97,6 +101,7 @@ class OutputFolder:
         self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".tmp", dir=self.final.parent))
         self.path = self._tmp / self.final.name
         self.path.mkdir()
+        mark(self.path)  # a later --overwrite may replace this folder, and only such a folder
         self.rejects = RecordLog(self.path / REJECTS)
         self.failures = RecordLog(self.path / FAILURES)
         return self
@@ -125,6 +130,7 @@ class OutputFolder:
                 if self.final.exists():
                     if not self.overwrite:
                         raise SynthError(f"{self.final} already exists; pass --overwrite to replace it")
+                    check_replaceable(self.final, (), choose="choose another --out")
                     os.replace(self.final, self._tmp / ".old")
                 os.replace(self.path, self.final)
                 self.committed = True

@@ -360,7 +360,7 @@ def run_export(
 
     if on_error not in ("fail", "skip"):
         raise SynthError(f"--on-error must be 'fail' or 'skip' (got '{on_error}')")
-    out = check_output(out, overwrite)
+    out = check_output(out, overwrite, inputs=[source])
     label, splits = _open(source, split, config, revision)
     first = next(iter(splits.values()))
     kind = first.kind

@@ -357,7 +357,7 @@ def pseudo_label(
     from synth.llm.factory import report_usage
 
     config = config or PseudoLabelConfig()
-    out = check_output(out, overwrite)
+    out = check_output(out, overwrite, inputs=[source])
     src = source if isinstance(source, Source) else open_source(source, split, limit=limit)
     started = time.monotonic()
     stage = PseudoLabeler(backend, config, judge_backend=judge_backend)

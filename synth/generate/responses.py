@@ -269,7 +269,7 @@ def generate_responses(
     from synth.llm.factory import report_usage
 
     config = config or ResponsesConfig()
-    out = check_output(out, overwrite)
+    out = check_output(out, overwrite, inputs=[source])
     src = source if isinstance(source, Source) else open_source(source, split, limit=limit)
     started = time.monotonic()
     stage = ResponseGenerator(backend, config)

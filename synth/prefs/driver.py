@@ -72,7 +72,7 @@ def build_preferences(
     from synth.prefs.perturb import PerturbStrategy, Vocabulary
     from synth.progress import progress
 
-    check_output(out, overwrite)
+    check_output(out, overwrite, inputs=[source])
     src = open_source(source, split, limit=limit)
     if src.kind == "preference":
         raise SynthError(f"{source}: is already a preference dataset (prompt/chosen/rejected); give an SFT dataset or raw QA rows")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.data import FAILURES, REJECTS, REPORT, USAGE, OutputFolder, save, write_records
+from synth.ownership import MARKER
 from synth.run import hooks
 
 POSITIONS = "positions.npy"
@@ -289,7 +290,7 @@ def reorder(folder, tracker: Tracker) -> None:
     save(dataset.select(order), staged / "data")
     del dataset
     for item in folder.path.iterdir():
-        if item.is_file() and item.name not in (REJECTS, FAILURES):
+        if item.is_file() and item.name not in (REJECTS, FAILURES, MARKER):
             item.unlink()
     for item in (staged / "data").iterdir():
         os.replace(item, folder.path / item.name)
@@ -434,6 +435,7 @@ def assemble(shard_paths: list[Path], out: Path, report: dict[str, Any]) -> None
     with OutputFolder(out, overwrite=True) as folder:
         if len(shard_paths) == 1:
             # one shard is the output: move it in (its report is replaced by the stage's)
+            (folder.path / MARKER).unlink()  # the shard brings its own
             folder.path.rmdir()
             shutil.copytree(shard_paths[0], folder.path, copy_function=_link_or_copy)
             (folder.path / POSITIONS).unlink(missing_ok=True)

@@ -2,10 +2,10 @@
 
 Checks (each a one-line error naming the dataset and, where it applies, the row and its id): the columns
 the stage needs (``messages`` for align/sft; ``prompt``/``chosen``/``rejected`` for dpo), an assistant
-reply in every SFT row, image placeholders matching the images of each row, and image data only with an
-image-text model. Rows longer than ``max_length`` tokens (images counted as the tokens they expand to)
-are dropped and counted before training starts: truncating them would cut answers, or image tokens
-away from their pixels.
+reply in every SFT row and none of them empty (refused, not dropped: an empty reply is a data bug to
+fix), image placeholders matching the images of each row, and image data only with an image-text model.
+Rows longer than ``max_length`` tokens (images counted as the tokens they expand to) are dropped and
+counted before training starts: truncating them would cut answers, or image tokens away from their pixels.
 """
 
 from __future__ import annotations
@@ -46,21 +46,22 @@ class DataReport:
 
 
 def read_split(source: str, split: str | None, limit: int | None):
-    """One split of a dataset (any source synth's reader takes), in synth's layout, optionally its first
-    `limit` rows. Peer layouts (sharegpt, alpaca, LLaVA, OpenAI) are converted to synth records once."""
-    from synth.data import build_dataset, load, open_source
-    from synth.data.layouts import detect_layout, kind_of
+    """One split of a dataset, read by synth's one reader (every source and peer layout it takes: relative
+    image paths resolved against the dataset's folder, a missing image an error naming its row, mixed
+    string/part contents made canonical) and rebuilt in synth's layout, in memory; optionally its first
+    `limit` rows. A raw dataset (no conversation columns) is returned as loaded, for the column check."""
+    import tempfile
+    from pathlib import Path
 
-    dataset = load(source, split)
-    if limit is not None and limit < len(dataset):
-        dataset = dataset.select(range(limit))
-    if len(dataset) == 0:
-        raise SynthError(f"{source}: the dataset{' split ' + split if split else ''} has no rows")
-    layout = detect_layout(set(dataset.column_names))
-    if layout not in ("messages", "preference") and kind_of(layout) != "raw":
-        records = open_source(source, split, limit=limit).records()
-        dataset = build_dataset(records, kind=kind_of(layout))
-    return dataset
+    from synth.data import build_dataset, open_source
+
+    src = open_source(source, split, limit=limit)
+    if src.kind == "raw":
+        return src.dataset
+    with tempfile.TemporaryDirectory(prefix="synth-train-data-") as scratch:
+        dataset = build_dataset(src.records(), kind=src.kind, multimodal=src.multimodal, scratch=Path(scratch))
+        # In memory: the scratch folder goes now, and TRL's map() calls must not write cache files.
+        return dataset.flatten_indices(keep_in_memory=True)
 
 
 def read_recipe_data(recipe) -> tuple[Any, Any | None]:
@@ -109,6 +110,16 @@ def _image_parts(messages) -> int:
     return count
 
 
+def _has_content(content) -> bool:
+    """A reply says something: non-blank text, or a non-text part (an image)."""
+    if isinstance(content, str):
+        return bool(content.strip())
+    for part in content or []:
+        if isinstance(part, dict) and (part.get("type") != "text" or (part.get("text") or "").strip()):
+            return True
+    return False
+
+
 def _message_columns(stage: str) -> tuple[str, ...]:
     return PREFERENCE_COLUMNS if stage == "dpo" else SFT_COLUMNS
 
@@ -126,11 +137,18 @@ def check_rows(dataset, stage: str, source: str) -> None:
         ids = batch["id"].to_pylist() if "id" in batch.column_names else [None] * batch.num_rows
         values = {c: batch[c].to_pylist() for c in columns}
         for row in range(batch.num_rows):
-            where = f"{source}: row {index}" + (f" (id {ids[row]})" if ids[row] else "")
+            where = f"{source}: row {index + 1}" + (f" (id {ids[row]})" if ids[row] else "")  # 1-based, as the reader
             if stage != "dpo":
                 messages = values["messages"][row] or []
                 if not any(m.get("role") == "assistant" for m in messages):
                     raise SynthError(f"{where}: no assistant message to learn from; drop the row or add a reply")
+                empty = next((n for n, m in enumerate(messages, 1) if m.get("role") == "assistant"
+                              and not _has_content(m.get("content"))), None)
+                if empty is not None:
+                    raise SynthError(
+                        f"{where}: message {empty} is an empty assistant reply (it would teach the model to say "
+                        "nothing); fill it in or drop the row"
+                    )
             placeholders = sum(_image_parts(values[c][row]) for c in columns)
             images = image_counts[row] if image_counts is not None else 0
             if placeholders != images:

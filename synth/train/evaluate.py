@@ -8,6 +8,9 @@ On SFT rows (the last assistant reply is the reference):
   multiple-choice reference ``B`` accepts a reply that starts with that letter (``B``, ``(B)``, ``B) red``).
   Also, leniently, whether the answer *contains* the normalised reference as whole words ("The answer is
   3." for ``3``): it shows what a model knows apart from the answer format.
+- **answer distribution**: distinct (normalised) answers vs distinct references and the top answers with
+  their shares; when the model gives at most half as many distinct answers as the references hold (and
+  those hold at least 3), its answers have *collapsed* and a note with the top answers is printed.
 - **mean log-likelihood per token** of the reference replies (all rows), over the tokens the chat
   template renders for the reply (its end-of-turn token included), as TRL trains them.
 
@@ -359,8 +362,49 @@ def sft_metrics(scorer: Scorer, data: EvalData, *, max_new_tokens: int, short_an
         "contains_accuracy": lenient / len(short) if short else None,
         "mean_logprob_per_token": total / tokens if tokens else None,
         "reference_tokens": tokens,
+        "answers": answer_distribution([p["prediction"] for p in predictions], [references[i] for i in short]),
     }
     return metrics, predictions
+
+
+#: Answers have collapsed when the model gives at most this share of the distinct reference answers ...
+COLLAPSE_SHARE = 0.5
+#: ... and the references hold at least this many distinct answers (fewer says nothing).
+COLLAPSE_MIN_REFERENCES = 3
+TOP_ANSWERS = 5
+
+
+def answer_distribution(answers: list[str], references: list[str]) -> dict[str, Any] | None:
+    """How varied the short answers are, compared by normalised text: distinct answers vs distinct
+    references, the most frequent answers with their shares, and whether the answers collapsed (an SFT that
+    answers every count question "3" or "4" can still raise exact match)."""
+    from collections import Counter
+
+    if not answers:
+        return None
+    counts = Counter(normalize_answer(a) for a in answers)
+    distinct_references = len({normalize_answer(r) for r in references})
+    return {
+        "distinct_answers": len(counts),
+        "distinct_references": distinct_references,
+        "top": [[answer, count / len(answers)] for answer, count in counts.most_common(TOP_ANSWERS)],
+        "collapsed": distinct_references >= COLLAPSE_MIN_REFERENCES
+        and len(counts) <= COLLAPSE_SHARE * distinct_references,
+    }
+
+
+def collapse_notes(report) -> list[str]:
+    """One line per model whose short answers collapsed to a few values (see `answer_distribution`)."""
+    notes = []
+    for spec in report.specs:
+        dist = report.metrics[spec.label].get("answers")
+        if dist and dist["collapsed"]:
+            top = ", ".join(f"{json.dumps(answer, ensure_ascii=False)} {share:.0%}" for answer, share in dist["top"])
+            notes.append(
+                f"{spec.label}: answers collapsed to {dist['distinct_answers']} distinct (the references hold "
+                f"{dist['distinct_references']}): {top}; check the predictions before trusting exact match"
+            )
+    return notes
 
 
 def preference_metrics(scorer: Scorer, data: EvalData, *, beta: float) -> tuple[dict, list]:

@@ -12,13 +12,15 @@ from pathlib import Path
 
 from synth.errors import SynthError
 from synth.io import atomic_path
+from synth.ownership import check_replaceable, mark
 from synth.train.models import adapter_base, inspect_model, is_adapter_dir, load_processing, load_weights
 from synth.train.progress import console
 from synth.train.recipe import MergeRecipe
+from synth.train.runner import TRAIN_OUTPUTS
 
 
 def merge_adapter(adapter: str | Path, out: str | Path, *, model: str | None = None, revision: str | None = None,
-                  dtype: str = "auto", overwrite: bool = False) -> Path:
+                  dtype: str = "auto", overwrite: bool = False, inputs: tuple = ()) -> Path:
     """Load base + adapter, merge_and_unload, save model + processing class + template into `out`."""
     import torch
     from peft import PeftModel
@@ -29,6 +31,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, model: str | None = N
         raise SynthError(f"adapter: {adapter} is not a LoRA adapter folder (no adapter_config.json)")
     if out.exists() and not overwrite:
         raise SynthError(f"{out} already exists; set overwrite: true (or -s overwrite=true) to replace it")
+    check_replaceable(out, [adapter, model, *inputs], also=TRAIN_OUTPUTS, choose="set output_dir to a new folder")
     base = model or adapter_base(adapter)
     if not base:
         raise SynthError(f"adapter {adapter}: cannot tell its base model; set model: in the recipe")
@@ -44,6 +47,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, model: str | None = N
     with atomic_path(out, overwrite) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         processing.save_pretrained(str(tmp))
+        mark(tmp, "train merge")
         (tmp / "merge_summary.json").write_text(
             json.dumps({"base": base, "adapter": str(adapter), "dtype": dtype, "torch": torch.__version__}, indent=2)
             + "\n"
@@ -55,5 +59,5 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, model: str | None = N
 def run_merge(recipe: MergeRecipe) -> Path:
     return merge_adapter(
         recipe.adapter, recipe.output_dir, model=recipe.model, revision=recipe.revision, dtype=recipe.dtype,
-        overwrite=recipe.overwrite,
+        overwrite=recipe.overwrite, inputs=(recipe._source,),
     )

@@ -13,7 +13,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from synth.errors import SynthError, validation_message
 
@@ -42,6 +50,7 @@ class _Recipe(BaseModel):
     """Fields every training stage shares."""
 
     model_config = ConfigDict(extra="forbid")
+    _source: str | None = PrivateAttr(None)  # the recipe file: an input no output_dir may replace
 
     model: str = Field("embedded", description="Hub id, local folder, or 'embedded' (Gemma 3 270M base)")
     revision: str | None = None
@@ -135,6 +144,7 @@ class MergeRecipe(BaseModel):
     """Merge a LoRA adapter into its base and save a plain model."""
 
     model_config = ConfigDict(extra="forbid")
+    _source: str | None = PrivateAttr(None)  # the recipe file: an input no output_dir may replace
     model: str | None = Field(None, description="base model (default: the one the adapter was trained on)")
     revision: str | None = None
     adapter: str = Field(description="adapter folder written by `synth train sft|dpo`")
@@ -287,7 +297,9 @@ def load_recipe(path: str | os.PathLike, stage: Stage, overrides: list[str] | No
         for name in _PATH_FIELDS
         if name != "output_dir" and isinstance(getattr(recipe, name, None), str)
     }
-    return recipe.model_copy(update=updates)
+    recipe = recipe.model_copy(update=updates)
+    recipe._source = str(path)
+    return recipe
 
 
 def recipe_from_dict(data: dict, stage: Stage, source: str = "<recipe>"):

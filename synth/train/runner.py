@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.errors import SynthError
+from synth.ownership import MARKER, check_replaceable, mark
 from synth.train.data import (
     DataReport,
     check_dataset,
@@ -74,10 +75,22 @@ class TrainResult:
 # ---------------------------------------------------------------- before loading
 
 
-def _check_output(recipe) -> tuple[Path, str | None]:
-    """The output folder, and the checkpoint to resume from (None: start fresh)."""
-    from transformers.trainer_utils import get_last_checkpoint
+def recipe_inputs(recipe) -> list[str | None]:
+    """Every path a recipe reads: an output_dir that is or holds one of them is never replaced."""
+    names = ("dataset", "eval_dataset", "model", "adapter", "chat_template", "resume")
+    values = [getattr(recipe, name, None) for name in names]
+    return [v for v in values if isinstance(v, str)] + [getattr(recipe, "_source", None)]
 
+
+#: Files that say a folder is a training output of synth (older versions wrote no marker).
+TRAIN_OUTPUTS = ("train_summary.json", "merge_summary.json")
+_CHOOSE = "set output_dir to a new folder"
+
+
+def _check_output(recipe) -> tuple[Path, str | None]:
+    """The output folder, and the checkpoint to resume from (None: start fresh). A folder is replaced
+    (overwrite: true) only when synth wrote it and it holds no input; the run marks its folder at once,
+    so that a killed run's checkpoints can be resumed or replaced later."""
     out = Path(recipe.output_dir)
     checkpoints = out / "checkpoints"
     if recipe.resume:
@@ -86,11 +99,16 @@ def _check_output(recipe) -> tuple[Path, str | None]:
             if not (path / "trainer_state.json").is_file():
                 raise SynthError(f"resume: {path} is not a checkpoint folder (no trainer_state.json)")
             return out, str(path)
-        last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        last, skipped = last_complete_checkpoint(checkpoints)
         if last is None:
             raise SynthError(
-                f"resume: no checkpoint in {checkpoints}; run without resume (checkpoints are written every "
-                "`save_steps` steps)"
+                f"resume: no {'complete ' if skipped else ''}checkpoint in {checkpoints}; run without resume "
+                "(checkpoints are written every `save_steps` steps)"
+            )
+        if skipped:
+            console.print(
+                f"[yellow]note:[/] {', '.join(skipped)} incomplete (no trainer_state.json: a run killed while "
+                f"saving); resuming from {Path(last).name}, the newest complete checkpoint"
             )
         return out, last
     if _has_results(out):
@@ -99,18 +117,46 @@ def _check_output(recipe) -> tuple[Path, str | None]:
                 f"{out} already exists; set overwrite: true (or -s overwrite=true) to replace it, "
                 "or resume: true to continue its last checkpoint"
             )
-        shutil.rmtree(out)
-    elif out.is_dir():
-        shutil.rmtree(out)  # only an empty checkpoints folder of a run that never got to a step
+        check_replaceable(out, recipe_inputs(recipe), also=TRAIN_OUTPUTS, choose=_CHOOSE)
     return out, None
 
 
+def start_output(out: Path) -> None:
+    """The one place a fresh training run starts writing, once every check passed: the previous output
+    (checked by `_check_output`: synth's, holding no input) goes, and the new folder is marked as synth's."""
+    if _has_results(out):
+        shutil.rmtree(out)
+    elif (out / "checkpoints").is_dir():
+        (out / "checkpoints").rmdir()  # an empty checkpoints folder of a run that never got to a step
+    out.mkdir(parents=True, exist_ok=True)
+    mark(out, "train")
+
+
+def last_complete_checkpoint(checkpoints: Path) -> tuple[str | None, list[str]]:
+    """(newest ``checkpoint-N`` holding its trainer_state.json, names of newer incomplete ones)."""
+    if not checkpoints.is_dir():
+        return None, []
+    found = []
+    for entry in checkpoints.iterdir():
+        step = entry.name.removeprefix("checkpoint-")
+        if entry.is_dir() and entry.name.startswith("checkpoint-") and step.isdigit():
+            found.append((int(step), entry))
+    skipped = []
+    for _, entry in sorted(found, reverse=True):
+        if (entry / "trainer_state.json").is_file():
+            return str(entry), skipped
+        skipped.append(entry.name)
+    return None, skipped
+
+
 def _has_results(out: Path) -> bool:
-    """Anything there besides an empty checkpoints folder (the Trainer makes one before the first step)."""
+    """Anything there besides an empty checkpoints folder and the marker (a run that never got to a step)."""
     if not out.is_dir():
         return out.exists()
     for entry in out.iterdir():
         if entry.name == "checkpoints" and entry.is_dir() and not any(entry.iterdir()):
+            continue
+        if entry.name == MARKER and entry.is_file():
             continue
         return True
     return False
@@ -150,6 +196,8 @@ def prepare(recipe, stage: str) -> Plan:
     train = train.flatten_indices(keep_in_memory=True)
     if evaluation is not None:
         evaluation = evaluation.flatten_indices(keep_in_memory=True)
+    if resume_from is None:
+        start_output(out)
     plan = Plan(stage, recipe, info, processing, train, evaluation, report, device, precision, out, resume_from)
     if report.dropped_too_long:
         plan.notes.append(

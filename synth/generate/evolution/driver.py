@@ -58,7 +58,7 @@ def evolve_dataset(
     request failed is an error and writes nothing."""
     from synth.llm.factory import backend_description
 
-    out = check_output(out, overwrite)
+    out = check_output(out, overwrite, inputs=[source])
     config = dict(config or {})
     src = source if isinstance(source, Source) else open_seeds(source, config, split, limit)
     if method == "mmevol" and src.base_dir is not None:

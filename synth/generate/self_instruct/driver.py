@@ -359,7 +359,7 @@ def run_self_instruct(
     error and writes nothing."""
     from synth.llm.factory import backend_description
 
-    check_output(out, overwrite)
+    check_output(out, overwrite, inputs=[seeds])
     if not isinstance(seeds, list):
         seeds = load_seed_tasks(seeds)
     with OutputFolder(out, overwrite) as folder:
