@@ -7,6 +7,7 @@ writer); this module keeps the helpers for config files and plain JSON/JSONL out
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -17,17 +18,65 @@ from typing import Any
 
 from synth.errors import SynthError
 
+#: a config file (recipe, template set, filter chain) larger than this is refused before parsing
+MAX_YAML_BYTES = 4 * 1024 * 1024
+#: nodes that aliases may add once expanded: a few anchors reused in a config add hundreds; an "alias
+#: bomb" (billion laughs) adds billions, and every later walk over the data would expand them
+MAX_ALIAS_NODES = 100_000
+#: nesting deeper than this is refused (the parser recurses; deeper input would end in RecursionError)
+MAX_YAML_DEPTH = 200
 
-def _strict_loader():
-    """A safe YAML loader that refuses duplicate keys (YAML itself lets the last one win silently)."""
+
+@functools.lru_cache(maxsize=1)
+def _loader():
+    """The one YAML loader of synth: safe (plain data only), strict (a duplicate key is an error, not
+    last-one-wins) and bounded (aliases may not expand into a huge tree; no alias to its own container;
+    limited nesting)."""
     import yaml
+    from yaml.composer import ComposerError
 
-    class StrictLoader(yaml.SafeLoader):
-        pass
+    class SynthLoader(yaml.SafeLoader):
+        def __init__(self, stream):
+            super().__init__(stream)
+            self._sizes: dict[int, int] = {}  # id(node) -> its node count with aliases expanded (finished nodes)
+            self._alias_nodes = 0
+            self._depth = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                target = self.anchors.get(event.anchor)
+                if target is not None:
+                    size = self._sizes.get(id(target))
+                    if size is None:  # still being composed: the alias sits inside its own anchor
+                        raise ComposerError(None, None, f"alias *{event.anchor} refers to a node that contains it; "
+                                            "YAML loops are not allowed", event.start_mark)
+                    self._alias_nodes += size
+                    if self._alias_nodes > MAX_ALIAS_NODES:
+                        raise ComposerError(None, None, f"aliases expand to more than {MAX_ALIAS_NODES:,} nodes "
+                                            "(an alias bomb?); write the repeated parts out or use fewer aliases",
+                                            event.start_mark)
+                return super().compose_node(parent, index)
+            self._depth += 1
+            if self._depth > MAX_YAML_DEPTH:
+                raise ComposerError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep",
+                                    self.peek_event().start_mark)
+            try:
+                node = super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+            children = node.value if isinstance(node, yaml.SequenceNode) else (
+                [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+            self._sizes[id(node)] = 1 + sum(self._sizes.get(id(child), 1) for child in children)
+            return node
+
+    merge_tag = "tag:yaml.org,2002:merge"
 
     def construct_mapping(loader, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == merge_tag:
+                continue  # `<<: *base` merges; its keys may be overridden by the mapping's own
             key = loader.construct_object(key_node, deep=deep)
             try:
                 hash(key)
@@ -40,28 +89,69 @@ def _strict_loader():
             seen[key] = key_node.start_mark.line
         return loader.construct_mapping(node, deep=deep)
 
-    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
-    return StrictLoader
+    SynthLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return SynthLoader
+
+
+def _yaml_problem(e, source: str, what: str, lines: bool = True) -> SynthError:
+    mark = getattr(e, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}" if mark is not None and lines else source
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return SynthError(f"{where}: invalid {what}: {problem}")
+
+
+def parse_yaml(text: str, source: str, what: str) -> Any:
+    """Parse YAML text with synth's one loader; errors name `source` (a file, or ``-s key``) and `what`."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise _yaml_problem(e, source, what) from None
+
+
+def compose_yaml(text: str) -> Any:
+    """The node tree of a YAML document (for line numbers), with the same limits; None when it does not parse."""
+    import yaml
+
+    try:
+        return yaml.compose(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        return None
+
+
+def yaml_value(text: str, source: str = "value") -> Any:
+    """A ``-s key=value`` value: a YAML scalar or flow collection; text that is not YAML stays text.
+    An alias bomb is an error (it is YAML, but not a value anyone means)."""
+    import yaml
+
+    if not text.strip():
+        return ""
+    try:
+        return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.composer.ComposerError as e:
+        raise _yaml_problem(e, source, "value", lines=False) from None
+    except yaml.YAMLError:
+        return text
 
 
 def read_yaml(path: str | os.PathLike, what: str) -> Any:
     """Parse a YAML file (recipe, template set, filter chain); errors name the file, the line and `what`.
-    A duplicate key is an error, not last-one-wins."""
-    import yaml
-
+    A duplicate key is an error, not last-one-wins; alias bombs and huge files are refused."""
     path = Path(path)
     if not path.is_file():
         raise SynthError(f"{path}: no such {what} file")
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise SynthError(f"{path}: a {what} file of {size / 2**20:.1f} MB is too large (the limit is "
+                             f"{MAX_YAML_BYTES // 2**20} MB); is this the right file?")
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SynthError(f"{path}: cannot read {what}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SynthError(f"{where}: invalid {what}: {problem}") from None
-
+    except UnicodeDecodeError as e:
+        raise SynthError(f"{path}: cannot read {what}: not UTF-8 text ({e.reason})") from None
+    return parse_yaml(text, str(path), what)
 
 
 def read_jsonl(path: str | os.PathLike, what: str = "JSONL") -> Iterator[tuple[int, dict]]:

@@ -98,7 +98,7 @@ def _split_top_level(text: str, sep: str = ",") -> list[str]:
 
 def parse_filter_spec(spec: str) -> tuple[str, dict]:
     """``"length:min_answer_words=3,max_answer_chars=4000"`` -> ``("length", {...})``."""
-    import yaml
+    from synth.io import yaml_value
 
     name, _, rest = spec.partition(":")
     name = name.strip()
@@ -109,10 +109,7 @@ def parse_filter_spec(spec: str) -> tuple[str, dict]:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise SynthError(f"bad filter option '{item}' in '{spec}': expected key=value")
-        try:
-            options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            options[key.strip()] = value
+        options[key.strip()] = yaml_value(value, f"filter option '{key.strip()}'")
     return name, options
 
 

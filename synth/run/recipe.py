@@ -355,16 +355,12 @@ def issue(doc: YamlDoc, loc: tuple, message: str) -> RecipeError:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    import yaml
+    from synth.io import yaml_value
 
     key, eq, value = text.partition("=")
     if not eq or not key.strip():
         raise SynthError(f"-s {text}: expected path.to.key=value, e.g. -s stages.answers.max_tokens=64")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        parsed = value
-    return [p for p in key.strip().split(".") if p != ""], parsed
+    return [p for p in key.strip().split(".") if p != ""], yaml_value(value, f"-s {key.strip()}")
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> tuple[dict, list[tuple[tuple, str]]]:
@@ -415,12 +411,9 @@ def _list_index(node: list, step: str, resolved: list, text: str) -> int:
 
 
 def _compose(path: Path):
-    import yaml
+    from synth.io import compose_yaml
 
-    try:
-        return yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return None  # read_yaml has already reported syntax errors
+    return compose_yaml(path.read_text(encoding="utf-8"))  # None on errors: read_yaml has reported them
 
 
 def _find_secret(data: Any, loc: tuple = ()) -> tuple | None:

@@ -178,7 +178,7 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
     """``key=value`` strings → (dotted key, YAML-parsed value)."""
-    import yaml
+    from synth.io import yaml_value
 
     out = []
     for item in items or []:
@@ -186,10 +186,7 @@ def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
         key = key.strip()
         if not sep or not key:
             raise SynthError(f"-s {item}: expected KEY=VALUE (e.g. -s learning_rate=1e-4 or -s lora.r=8)")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
+        value = yaml_value(raw, f"-s {key}") if raw.strip() else None
         if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-4 as a string
         out.append((key, value))
@@ -231,10 +228,9 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
                 lines[path] = value.start_mark.line + 1
                 walk(value, path)
 
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return lines
+    from synth.io import compose_yaml
+
+    root = compose_yaml(text)
     if root is not None:
         walk(root, ())
     return lines
