@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from synth.errors import SynthError
+from synth.errors import SynthError, redact
 
 app = typer.Typer(
     name="synth",
@@ -37,7 +37,7 @@ def handle_errors(fn: Callable) -> Callable:
         except SynthError as e:
             if debug():
                 raise
-            err_console.print(Text.assemble(("error: ", "bold red"), (str(e), "red")), soft_wrap=True)
+            err_console.print(Text.assemble(("error: ", "bold red"), (redact(str(e)), "red")), soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print(Text("interrupted", style="red"))

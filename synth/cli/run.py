@@ -37,7 +37,11 @@ def run(
 
             console.print(loop_tables({**manifest, "state": state}))
         if manifest.get("error"):
-            console.print(f"[red]error:[/] {manifest['error']}", soft_wrap=True)
+            from rich.markup import escape
+
+            from synth.errors import redact
+
+            console.print(f"[red]error:[/] {escape(redact(str(manifest['error'])))}", soft_wrap=True)
         console.print(f"run folder: {runs_dir / status}   manifest: {runs_dir / status / 'manifest.json'}")
         return
     if recipe is None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.data.reader import quiet_datasets
-from synth.errors import SynthError
+from synth.errors import SynthError, known_secrets, redact_data
 from synth.ownership import check_replaceable, mark
 
 LEGACY_SIDECARS = (".rejects.jsonl", ".report.json", ".usage.json", ".failures.jsonl")
@@ -54,6 +54,7 @@ class RecordLog:
         self._file = None
         self.count = 0
         self.first: dict | None = None  # the first entry, for an error line once the file is gone
+        self._secrets: list[str] = []
 
     def write(self, record_id: Any, stage: str, reason: str, detail: str = "", **extra: Any) -> None:
         self.count += 1
@@ -63,7 +64,10 @@ class RecordLog:
             return
         if self._file is None:
             self._file = open(self.path, "w", encoding="utf-8")
-        entry = {"id": record_id, "stage": stage, "reason": reason, "detail": detail, **extra}
+            self._secrets = known_secrets()
+        # a failure's detail may quote a server that repeated the key: redacted like every error text
+        entry = redact_data({"id": record_id, "stage": stage, "reason": reason, "detail": detail, **extra},
+                            self._secrets)
         self._file.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
 
     def flush(self) -> None:
@@ -109,7 +113,7 @@ class OutputFolder:
     def write_json(self, name: str, value: Any) -> Path:
         target = self.path / name
         with open(target, "w", encoding="utf-8") as f:
-            json.dump(value, f, ensure_ascii=False, indent=2, default=str)
+            json.dump(redact_data(value), f, ensure_ascii=False, indent=2, default=str)
             f.write("\n")
         return target
 

@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from synth.errors import BackendUnavailable, SynthError
+from synth.errors import BackendUnavailable, SynthError, check_key_env_name, redact, register_key_env
 from synth.llm.base import Backend, ChatRequest, Completion, Usage, run_sync
 from synth.llm.images import image_data_url
 from synth.llm.structured import parse_structured, reask_messages, response_format
@@ -88,6 +88,13 @@ class OpenAIConfig(BaseModel):
         "auto", description="field for the token limit; auto: max_completion_tokens for api.openai.com")
     supports_images: bool = True
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_env_is_a_name(cls, value: str) -> str:
+        check_key_env_name(value)  # a key pasted here would be stored in the run folder and sent as a name
+        register_key_env(value)  # its value is redacted from everything synth writes or prints
+        return value
+
 
 class _Retryable(Exception):
     """One HTTP call failed; another try may work.
@@ -99,7 +106,9 @@ class _Retryable(Exception):
 
     def __init__(self, reason: str, retry_after: float | None = None, replica_fault: bool = True,
                  kind: str = "connection", unusable: tuple[str, str] | None = None, refused: bool = False):
-        super().__init__(reason)
+        super().__init__(redact(reason))  # a server's reply may repeat the key; so may a URL with a password
+        if unusable is not None:
+            unusable = (unusable[0], redact(unusable[1]))
         self.retry_after = retry_after
         self.replica_fault = replica_fault
         self.kind = kind
@@ -111,7 +120,7 @@ class _ItemFailed(Exception):
     """This request cannot be served (bad request, unreadable image...): record it, don't retry."""
 
     def __init__(self, reason: str, kind: str = "invalid_request"):
-        super().__init__(reason)
+        super().__init__(redact(reason))
         self.kind = kind
 
 
@@ -217,7 +226,7 @@ class OpenAIBackend(Backend):
         self._tpm = _Bucket(self.config.tpm) if self.config.tpm else None
 
     def __repr__(self) -> str:
-        return f"OpenAIBackend(model={self.model_name!r}, base_urls={[r.url for r in self.replicas]})"
+        return f"OpenAIBackend(model={self.model_name!r}, base_urls={[redact(r.url) for r in self.replicas]})"
 
     # ------------------------------------------------------------ clients
 
@@ -330,7 +339,7 @@ class OpenAIBackend(Backend):
     def _failed(self, request: ChatRequest, reason: str, usage: Usage, kind: str) -> Completion:
         with self.usage.lock:
             self.usage.failures += 1
-        return Completion(key=request.key, usage=usage, error=reason, error_kind=kind)
+        return Completion(key=request.key, usage=usage, error=redact(reason), error_kind=kind)
 
     async def _sample(self, state, request: ChatRequest, messages: list[dict], n: int,
                       usage: Usage) -> tuple[list[str], list[str]]:
@@ -439,7 +448,7 @@ class OpenAIBackend(Backend):
                 if replica.failures >= cfg.replica_failures and len(self.replicas) > 1:
                     replica.cooldown_until = now + cfg.replica_cooldown
                     replica.failures = cfg.replica_failures - 1  # one more failure after the cooldown benches it again
-                    log.warning("replica %s set aside for %.0f s after repeated failures", replica.url,
+                    log.warning("replica %s set aside for %.0f s after repeated failures", redact(replica.url),
                                 cfg.replica_cooldown)
             if attempt >= cfg.max_retries:
                 self._gave_up(failure)  # raises BackendUnavailable when the first requests all failed
@@ -565,7 +574,7 @@ class OpenAIBackend(Backend):
                 word in lowered for word in ("unrecognized", "unsupported", "unknown", "extra", "not permitted")):
             return False
         new = "max_tokens" if replica.token_param == "max_completion_tokens" else "max_completion_tokens"
-        log.warning("%s rejected %s; sending %s from now on", replica.url, replica.token_param, new)
+        log.warning("%s rejected %s; sending %s from now on", redact(replica.url), replica.token_param, new)
         replica.token_param, replica.token_param_switched = new, True
         return True
 
@@ -736,5 +745,5 @@ def _needs_key(url: str) -> bool:
 
 
 def _short(text: str, limit: int = 160) -> str:
-    text = " ".join(str(text).split())
+    text = " ".join(redact(str(text)).split())  # before cutting: a cut key would no longer be found
     return text if len(text) <= limit else text[: limit - 1] + "…"

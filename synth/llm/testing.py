@@ -8,6 +8,8 @@ thousands of concurrent requests. Endpoints: ``POST /v1/chat/completions``, ``GE
 Like a real server it can check the request: ``api_key="sk-..."`` answers 401 to any other key,
 ``strict_model=True`` answers 404 to a model other than `model` (vLLM's message), and
 ``reject_max_tokens=True`` answers 400 to ``max_tokens`` the way OpenAI's reasoning models do.
+``echo_auth=True`` repeats the request's Authorization header in every error body, as some proxies do
+(for tests that a key never reaches synth's outputs).
 
 Replies: by default the assistant echoes the text of the last user message. `script()` changes that:
 
@@ -123,7 +125,7 @@ class LLMTestServer:
     def __init__(self, latency: float = 0.0, model: str = "test-model", host: str = "127.0.0.1",
                  port: int = 0, record: bool = True, ignore_n: bool = False,
                  reject_response_format: bool = False, api_key: str | None = None, strict_model: bool = False,
-                 reject_max_tokens: bool = False):
+                 reject_max_tokens: bool = False, echo_auth: bool = False):
         self.latency = latency
         self.model = model
         self.host = host
@@ -139,6 +141,8 @@ class LLMTestServer:
         self.strict_model = strict_model
         #: answer 400 to `max_tokens` (as OpenAI's reasoning models do; they take max_completion_tokens)
         self.reject_max_tokens = reject_max_tokens
+        #: repeat the Authorization header in error messages (a careless proxy)
+        self.echo_auth = echo_auth
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -334,7 +338,7 @@ class LLMTestServer:
             await asyncio.sleep(self.latency)
         refused = self._check(body, headers)
         if refused is not None:
-            return refused
+            return self._echo(refused, headers)
         kind = rule.kind if rule else None
         if kind == "slow":
             await asyncio.sleep(rule.delay)
@@ -346,7 +350,7 @@ class LLMTestServer:
                 extra["Retry-After"] = (email.utils.formatdate(time.time() + rule.retry_after, usegmt=True)
                                         if rule.retry_after_date else f"{rule.retry_after:g}")
             message = json.dumps({"error": {"message": f"injected fault {rule.status}", "type": "test"}})
-            return _Reply(rule.status, message.encode(), extra)
+            return self._echo(_Reply(rule.status, message.encode(), extra), headers)
         elif kind == "non_json":
             return _Reply(200, b"<html><body>502 Bad Gateway</body></html>", {"Content-Type": "text/html"})
         elif kind == "html":
@@ -379,6 +383,15 @@ class LLMTestServer:
                       "total_tokens": prompt_tokens + completion_tokens},
         }
         return _Reply(body=json.dumps(data).encode(), action="truncate" if kind == "truncate" else "send")
+
+    def _echo(self, reply: _Reply, headers: dict[str, str]) -> _Reply:
+        """With `echo_auth`, the error message repeats the Authorization header (as some proxies do)."""
+        if not self.echo_auth:
+            return reply
+        data = json.loads(reply.body)
+        error = data.get("error") if isinstance(data.get("error"), dict) else data
+        error["message"] = f"{error.get('message')} (request had Authorization: {headers.get('authorization')})"
+        return _Reply(reply.status, json.dumps(data).encode(), reply.headers, reply.action)
 
     def _check(self, body: dict, headers: dict[str, str]) -> _Reply | None:
         """What a real server refuses before generating: a wrong key, an unknown model, a rejected field."""

@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from synth.errors import SynthError
+from synth.errors import SynthError, redact_data
 
 
 @dataclass
@@ -79,7 +79,7 @@ def build_report(
         version=__version__,
         generated=time.strftime("%Y-%m-%d %H:%M"),
     )
-    html = render(context)
+    html = render(redact_data(context))  # failure details may quote a server that repeated the key
     out = Path(out)
     with atomic_path(out) as tmp:
         tmp.write_text(html, encoding="utf-8")

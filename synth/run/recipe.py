@@ -354,12 +354,23 @@ def issue(doc: YamlDoc, loc: tuple, message: str) -> RecipeError:
 # ---------------------------------------------------------------- overrides
 
 
+def shown_override(text: str) -> str:
+    """An override as errors show it: the value of a secret (or of anything that looks like a key) left out."""
+    from synth.errors import looks_like_key
+
+    key, eq, value = text.partition("=")
+    last = key.strip().split(".")[-1].lower()
+    if eq and (last in SECRET_KEYS or looks_like_key(value.strip())):
+        return f"{key.strip()}=***"
+    return text
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     from synth.io import yaml_value
 
     key, eq, value = text.partition("=")
     if not eq or not key.strip():
-        raise SynthError(f"-s {text}: expected path.to.key=value, e.g. -s stages.answers.max_tokens=64")
+        raise SynthError(f"-s {shown_override(text)}: expected path.to.key=value, e.g. -s stages.answers.max_tokens=64")
     return [p for p in key.strip().split(".") if p != ""], yaml_value(value, f"-s {key.strip()}")
 
 
@@ -369,6 +380,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> tuple[dict, list[tuple[
     applied = []
     for text in overrides:
         steps, value = parse_override(text)
+        text = shown_override(text)  # as errors show it
         node: Any = data
         resolved: list = []
         for i, step in enumerate(steps):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synth.errors import SynthError
+from synth.errors import SynthError, redact_data
 from synth.run import hooks
 from synth.run.adapters import registry
 from synth.run.adapters.base import DataRef, StageContext, close_backends
@@ -142,7 +142,8 @@ def _resolved_recipe_text(plan: Plan) -> str:
     data = plan.recipe.model_dump(mode="json", exclude_unset=True)
     data["stages"] = [plan.specs[s.name].model_dump(mode="json", exclude_unset=True) for s in plan.recipe.stages]
     header = f"# resolved from {plan.loaded.path} (overrides applied, paths made absolute)\n"
-    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    # a password in a base_url is stored as ***: the run folder is shared, the recipe holds no secrets
+    return header + yaml.safe_dump(redact_data(data), sort_keys=False, allow_unicode=True)
 
 
 # ---------------------------------------------------------------- running

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.data import FAILURES, REJECTS, REPORT, USAGE, OutputFolder, save, write_records
+from synth.errors import redact_data
 from synth.ownership import MARKER
 from synth.run import hooks
 
@@ -54,7 +55,7 @@ def write_json_atomic(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, ensure_ascii=False, indent=2, default=str)
+        json.dump(redact_data(value), f, ensure_ascii=False, indent=2, default=str)  # manifests, markers: no secrets
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
