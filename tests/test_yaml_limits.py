@@ -63,6 +63,18 @@ def test_a_template_set_from_the_users_folder_gives_one_line_fast(tmp_path):
     one_line_error(result, str(path), "aliases")
     assert seconds < 2, f"{seconds:.1f} s"
     assert not (tmp_path / "out").exists()
+    # and as a recipe's adapt stage
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("stages:\n  - {type: demo, name: shapes, count: 2, size: 64}\n"
+                      "  - {type: adapt, name: qa, input: shapes, template: my_templates/mine.yaml}\n")
+    result, seconds = timed(lambda: run_cli("run", recipe, "--dry-run"))
+    one_line_error(result, str(path), "aliases")
+    assert seconds < 2, f"{seconds:.1f} s"
+    # a real run draws the demo stage first, then stops at the adapt stage with one error line
+    result = run_cli("run", recipe, "--runs-dir", tmp_path / "runs")
+    last = result.output.strip().splitlines()[-1]
+    assert result.exit_code == 1 and result.output.count("error:") == 1, result.output
+    assert last.startswith("error:") and str(path) in last and "aliases" in last
 
 
 def test_a_loop_recipe_with_a_bomb_under_loop_gives_one_line(tmp_path):
