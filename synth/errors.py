@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from typing import Any
@@ -54,7 +55,10 @@ MIN_SECRET_LENGTH = 8
 _key_env_names: set[str] = set()
 
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*):[^/\s@]+@", re.IGNORECASE)
-_AUTH_SCHEME = re.compile(r"\b(Bearer|Basic|Token)(\s+)[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
+#: an Authorization value: "Bearer sk-..." (a credential has a digit or is long; a word has not) or
+#: "Basic dXNlcjpwYXNz" (base64 of user:password)
+_BEARER = re.compile(r"\b([Bb]earer)(\s+)(?=[A-Za-z0-9._~+/=-]*\d|[A-Za-z0-9._~+/=-]{16})[A-Za-z0-9._~+/=-]{6,}")
+_BASIC = re.compile(r"\b(Basic\s+)([A-Za-z0-9+/]{4,}={0,2})")
 _KEY_FIELD = re.compile(
     r"""(\b(?:x-api-key|api[-_]?key|access[-_]?token|auth[-_]?token|password|passwd|client[-_]?secret)\b"""
     r"""["']?\s*[:=]\s*["']?)"""
@@ -110,8 +114,16 @@ def redact(text: str, secrets: list[str] | None = None) -> str:
         if secret in text:
             text = text.replace(secret, REDACTED)
     text = _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
-    text = _AUTH_SCHEME.sub(rf"\1\2{REDACTED}", text)
+    text = _BEARER.sub(rf"\1\2{REDACTED}", text)
+    text = _BASIC.sub(lambda m: m.group(1) + REDACTED if _is_basic_credential(m.group(2)) else m.group(0), text)
     return _KEY_FIELD.sub(rf"\1{REDACTED}", text)
+
+
+def _is_basic_credential(value: str) -> bool:
+    try:
+        return b":" in base64.b64decode(value, validate=True)
+    except ValueError:
+        return False
 
 
 def redact_data(value: Any, secrets: list[str] | None = None) -> Any:

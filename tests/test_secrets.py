@@ -51,7 +51,10 @@ def test_redact_hides_env_keys_url_passwords_and_auth_headers(monkeypatch):
     for secret in (KEY, "sk-other-0123456789", PASSWORD, "q1w2e3r4t5", "hf_abcdefghijklmnop", "abc123456789"):
         assert secret not in clean, clean
     assert "https://me:***@host/v1" in clean and "401: key *** rejected" in clean
-    assert redact("a plain message about 16 tokens") == "a plain message about 16 tokens"
+    assert redact("Basic dXNlcjpwYXNz (user:pass)").startswith("Basic *** ")
+    for plain in ("a plain message about 16 tokens", "Token indices sequence length is longer",
+                  "Basic information", "max_tokens: 16", "backends.default.api_key: secrets never go in a recipe"):
+        assert redact(plain) == plain
 
 
 def test_an_echoed_key_reaches_no_file_report_or_terminal(tmp_path, llm_server_factory, monkeypatch):

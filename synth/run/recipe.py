@@ -370,7 +370,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
     key, eq, value = text.partition("=")
     if not eq or not key.strip():
-        raise SynthError(f"-s {shown_override(text)}: expected path.to.key=value, e.g. -s stages.answers.max_tokens=64")
+        raise SynthError(f"-s {text}: expected path.to.key=value, e.g. -s stages.answers.max_tokens=64")
     return [p for p in key.strip().split(".") if p != ""], yaml_value(value, f"-s {key.strip()}")
 
 
