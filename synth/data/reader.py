@@ -33,7 +33,9 @@ def quiet_datasets() -> Iterator[None]:
 
     verbosity = ds_logging.get_verbosity()
     bars = ds_logging.is_progress_bar_enabled()
-    ds_logging.set_verbosity_error()
+    # CRITICAL, not ERROR: a failed load logs an ERROR line of its own before raising, and synth turns the
+    # exception into its one error line.
+    ds_logging.set_verbosity(ds_logging.CRITICAL)
     ds_logging.disable_progress_bar()
     try:
         yield
