@@ -670,3 +670,40 @@ def test_embedded_gemma_one_round_on_demo_shapes(tmp_path):
     assert report.generated == 2 and sum(per_round.get(k, 0) for k in ("kept", "eliminated", "failed")) == 2
     assert len(read_dataset(str(tmp_path / "out"))) == report.written
     backend.close()
+
+
+
+def rejecting_judge(verdicts, previous, text):
+    return json.dumps({"verdicts": [{**v, "improved": False, "score": 2, "reason": "not harder"} for v in verdicts]})
+
+
+def test_rejected_replies_beside_failed_requests_are_no_failed_command(llm_server, tmp_path):
+    """The bug: the judge rejected the items of 2 images and the requests of 2 others failed (500); the
+    command ended in an error and wrote nothing (a run said "every LLM request failed"). Rejections are
+    decisions, not failures: the output is written (empty) with both sidecars; the next run retries the 2."""
+    from datasets import load_from_disk
+
+    from synth.demo_data import write_demo_data
+    from tests.cli_helpers import one_line_error, run_cli
+
+    demo = write_demo_data(tmp_path / "shapes", count=4, seed=0, size=64)
+    llm_server.script(lambda body: realistic(body, judge=rejecting_judge))
+    for scene in load_from_disk(str(demo)).select(range(2)):
+        llm_server.fault("500", marker=scene["detailed_caption"])
+    out = tmp_path / "evolved"
+    result = run_cli("evolve", demo, "--method", "mmevol", "-o", out, "--base-url", llm_server.base_url,
+                     "--model", "test-model", "--rounds", "1", "--no-cache")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["written"] == 0 and report["failed"] == {"http_500": 2}
+    assert set(report["eliminated"]) == {"judge_not_improved"}
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert sorted(f["id"] for f in failures) == ["shapes-00000", "shapes-00001"]
+    assert (out / "rejects.jsonl").read_text().count("judge_not_improved") == report["eliminated"]["judge_not_improved"]
+
+    llm_server.clear_faults()
+    llm_server.fault("broken_json")  # now every reply stays unparseable: that alone is "every LLM request failed"
+    one_line_error(run_cli("evolve", demo, "--method", "mmevol", "-o", tmp_path / "none", "--base-url",
+                           llm_server.base_url, "--model", "test-model", "--rounds", "1", "--no-cache"),
+                   "every LLM request failed (4; unparseable: 4)")
+    assert not (tmp_path / "none").exists()

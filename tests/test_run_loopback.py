@@ -176,3 +176,45 @@ def test_preference_pairs_and_a_hub_repository_offline(tmp_path):
     assert pairs[0]["chosen"] != pairs[0]["rejected"]
     repo = tmp_path / "runs" / "prefs" / "hub" / "repo"
     assert (repo / "README.md").is_file() and list(repo.rglob("*.parquet"))
+
+
+REJECTED_AND_FAILED = """\
+name: rejected
+{backends}
+stages:
+  - {{type: demo, name: shapes, count: 4}}
+  - {{type: adapt, name: vqa, input: shapes, template: vqa_short}}
+  - {{type: evolve, name: mmevol, input: shapes, method: mmevol, rounds: 1}}
+  - {{type: dedup, name: unique, input: mmevol}}
+  - {{type: mix, name: mix, sources: [{{input: vqa}}]}}
+"""
+
+
+def test_a_stage_whose_replies_were_rejected_beside_failures_does_not_stop_the_run(tmp_path):
+    """The bug: MMEvol's judge rejected 2 images' items and 2 images' requests failed; the run stopped with
+    "every LLM request failed (2)" and the later stages never ran. Only a stage whose every request failed stops."""
+    from datasets import load_from_disk
+
+    from synth.demo_data import write_demo_data
+    from synth.errors import SynthError
+    from tests.test_mmevol import realistic, rejecting_judge
+
+    server = start_server()
+    try:
+        server.script(lambda body: realistic(body, judge=rejecting_judge))
+        scenes = load_from_disk(str(write_demo_data(tmp_path / "same", count=4)))  # the recipe's demo scenes
+        for scene in scenes.select(range(2)):
+            server.fault("500", marker=scene["detailed_caption"])
+        recipe = write_recipe(tmp_path, REJECTED_AND_FAILED, backends=backend_block(server))
+        result = run_recipe(recipe, options=RunOptions(runs_dir=tmp_path / "runs", live=False))
+        stages = json.loads((result.run_dir / "manifest.json").read_text())["stages"]
+        counts = stages["mmevol"]["counts"]
+        assert counts["failed"] == {"http_500": 2} and set(counts["rejected"]) == {"judge_not_improved"}
+        assert counts["rows"] == 0 and stages["unique"]["state"] == "ran" and stages["mix"]["state"] == "ran"
+
+        server.clear_faults()
+        server.fault("broken_json")  # every reply unparseable: now the stage stops the run
+        with pytest.raises(SynthError, match=r"stage mmevol: every LLM request failed \(4; unparseable: 4\)"):
+            run_recipe(recipe, options=RunOptions(runs_dir=tmp_path / "runs2", live=False))
+    finally:
+        server.stop()

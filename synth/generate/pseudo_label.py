@@ -48,7 +48,7 @@ from synth.data import (
 from synth.errors import SynthError
 from synth.generate.responses import FewShotExample, ResponseGenerator, ResponsesConfig
 from synth.llm.base import Backend, ChatRequest, Completion
-from synth.pipeline import Rejected, StageConfig, batched
+from synth.pipeline import Failed, Rejected, StageConfig, batched
 from synth.pipeline.llm_task import LLMTask, failure_of
 from synth.records import Message, content_id, load_meta, messages_from_arrow, messages_to_arrow
 
@@ -266,11 +266,9 @@ class PseudoLabeler(LLMTask):
         for record, step in plan:
             if isinstance(step, int):
                 completion = completions[step]
-                if completion.ok:
-                    self.answered += 1
-                    outcomes.append(self.format_output(record, completion))
-                else:
-                    outcomes.append(failure_of(completion))
+                outcome = self.format_output(record, completion) if completion.ok else failure_of(completion)
+                self.answered += not isinstance(outcome, Failed)
+                outcomes.append(outcome)
             else:
                 outcomes.append(step)
         if self.judge is not None:

@@ -31,7 +31,8 @@ class LLMTask(Stage):
         super().__init__(config, **overrides)
         self.backend = backend
         self.progress = progress
-        self.answered = 0  # requests that came back usable (to tell "all failed" from "some failed")
+        # requests whose reply came back usable (not a `Failed`): tells "all failed" from "some failed"
+        self.answered = 0
 
     def format_input(self, record: dict) -> ChatRequest | Rejected:
         raise NotImplementedError
@@ -70,27 +71,37 @@ class LLMTask(Stage):
                 self.account(record, step)
             else:
                 completion = completions[step]
-                if completion.ok:
-                    self.answered += 1
-                    result = self.format_output(record, completion)
-                else:
-                    result = failure_of(completion)
+                result = self.format_output(record, completion) if completion.ok else failure_of(completion)
+                self.answered += not isinstance(result, Failed)
                 yield from self.account(record, result)
 
 
+def all_failed(failed: dict[str, int], answered: int, rejected: int = 0, written: int | None = None) -> str | None:
+    """Why a stage's LLM work ends the command, or None when it stands. Failures (backend errors, replies
+    unparseable after re-asks) are not rejections (decisions about usable replies): the work fails when
+    every request failed (none came back usable), or, with `written`, when nothing was written and
+    failures were the only outcome. Replies that came back and were rejected never make it fail."""
+    total = sum(failed.values())
+    if not total:
+        return None
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(failed.items(), key=lambda kv: (-kv[1], kv[0])))
+    if not answered:
+        return f"every LLM request failed ({total:,}; {reasons})"
+    if written == 0 and not rejected:
+        return f"nothing was written and LLM requests failed ({total:,}; {reasons})"
+    return None
+
+
 def check_not_all_failed(stage: Stage, written: int | None = None) -> None:
-    """End a command whose LLM work produced nothing because requests failed: every request failed, or
-    (with `written`) nothing was written and some requests failed. Call it inside the `OutputFolder` block,
-    so nothing is written; the error names the reasons and the first failure."""
-    failed = stage.stats.failures
-    answered = getattr(stage, "answered", 0)
-    if not failed or (answered and (written is None or written > 0)):
+    """End a command whose LLM work produced nothing because requests failed (see `all_failed`). Call it
+    inside the `OutputFolder` block, so nothing is written; the error names the reasons and the first
+    failure."""
+    problem = all_failed(stage.stats.failed, getattr(stage, "answered", 0), sum(stage.stats.dropped.values()), written)
+    if problem is None:
         return
-    reasons = ", ".join(f"{k}: {v}" for k, v in stage.stats.failed.most_common())
     first = stage.failures.first
     example = f"; first: record {first['id']}: {first['detail']}" if first else ""
-    what = "every LLM request failed" if not answered else "nothing was written and LLM requests failed"
     raise SynthError(
-        f"{stage.name}: {what} ({failed:,}; {reasons}){example}; "
+        f"{stage.name}: {problem}{example}; "
         "check the server (--base-url), the model name and the API key, then rerun (failed requests are retried)"
     )

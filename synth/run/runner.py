@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.errors import SynthError, redact_data
+from synth.pipeline.llm_task import all_failed
 from synth.run import hooks
 from synth.run.adapters import registry
 from synth.run.adapters.base import DataRef, StageContext, close_backends
@@ -357,11 +358,13 @@ class Runner:
             report["model"] = backend_identity(backend_spec(self.plan.recipe, bname))
             report["backend"] = bname
         failed = _failed(report)
-        if adapter.uses_llm(spec) and failed and not report["counts"].get("kept"):
-            reasons = ", ".join(f"{k}: {v}" for k, v in report["counts"]["failed"].items())
-            raise SynthError(f"stage {name}: every LLM request failed ({failed:,}; {reasons}); check the "
-                             f"server (base_url), the model name and the API key; details in "
-                             f"{tasks[0].shards_dir}/shard-*/failures.jsonl")
+        counts = report["counts"]
+        problem = adapter.uses_llm(spec) and all_failed(
+            counts["failed"], report.get("answered", counts.get("kept") or 0), sum(counts["rejected"].values()),
+            counts.get("rows"))
+        if problem:
+            raise SynthError(f"stage {name}: {problem}; check the server (base_url), the model name and the API "
+                             f"key; details in {tasks[0].shards_dir}/shard-*/failures.jsonl")
         out = self.out_dir(name)
         report["seconds"] = round(time.time() - started, 3)
         assemble([t.path for t in tasks], out, report)

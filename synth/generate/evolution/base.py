@@ -185,7 +185,6 @@ class EvolutionStage(LLMTask):
             completions = self.backend.complete(requests, progress=advance)
         for completion in completions:
             self.report.add_usage(phase, completion)
-            self.answered += completion.ok
         return completions
 
     def _round(self, current: list[Version], round_: int) -> dict[int, Version]:
@@ -201,6 +200,7 @@ class EvolutionStage(LLMTask):
                 candidate: Version | Outcome = failure_of(completion)
             else:
                 candidate = self.parse_evolve_output(version, operator, round_, completion)
+            self.answered += not isinstance(candidate, Failed)  # a reply that came back and parsed
             if isinstance(candidate, Version):
                 candidate = self.check_candidate(version, candidate) or candidate
             if isinstance(candidate, Version):
@@ -237,8 +237,9 @@ class EvolutionStage(LLMTask):
                 outcome: dict[str, Verdict | Outcome] = {label: failed for label in ids}
             else:
                 outcome = self.parse_judge_output(ids, completion)
-            for label, i in batch:
-                result = self.apply_judge(current[i], alive[i], outcome[label])
+            results = [(i, self.apply_judge(current[i], alive[i], outcome[label])) for label, i in batch]
+            self.answered += any(not isinstance(result, Failed) for _, result in results)  # one request a batch
+            for i, result in results:
                 if isinstance(result, Version):
                     survivors[i] = result
                 else:

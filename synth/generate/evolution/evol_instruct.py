@@ -30,7 +30,7 @@ from synth.generate.evolution.elimination import (
 )
 from synth.generate.evolution.operators import check_weights
 from synth.llm.base import ChatRequest, Completion
-from synth.pipeline import Rejected
+from synth.pipeline import Failed, Rejected
 from synth.pipeline.llm_task import failure_of
 from synth.records import Message, first_turn_text, load_meta
 from synth.templating import render_file
@@ -191,7 +191,9 @@ class EvolInstruct(EvolutionStage):
     def finish(self, pairs: list[tuple[Version, Version]], round_: int) -> list[Version | Outcome]:
         candidates = [candidate for _, candidate in pairs]
         completions = self._call("answer", round_, [self.format_answer_input(c) for c in candidates])
-        return [self.parse_answer_output(c, done) for c, done in zip(candidates, completions, strict=True)]
+        results = [self.parse_answer_output(c, done) for c, done in zip(candidates, completions, strict=True)]
+        self.answered += sum(not isinstance(r, Failed) for r in results)
+        return results
 
     # -- output ---------------------------------------------------------------------------------------
 
