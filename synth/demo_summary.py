@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
+
+from synth.console import Console
 
 
 def _rows(path: Path) -> str:

@@ -13,6 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+# No periodic progress lines in captured output (tests/test_progress_logs.py turns them on where it checks them).
+os.environ.setdefault("SYNTH_PROGRESS_INTERVAL", "0")
 # The converted embedded model lives in the real user cache: converting it takes ~90 s, once per machine.
 os.environ.setdefault(
     "SYNTH_MODEL_CACHE",

@@ -7,9 +7,9 @@ import os
 from collections.abc import Callable
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
+from synth.console import Console
 from synth.errors import SynthError, redact
 
 app = typer.Typer(

@@ -22,8 +22,7 @@ def loop(
     no_retry_failed: bool = typer.Option(False, "--no-retry-failed", help="Keep stages whose LLM requests partly failed as they are."),
 ) -> None:
     """Run a recipe's closed loop (same as synth run on it); the same command resumes a killed loop."""
-    from rich.console import Console
-
+    from synth.console import Console
     from synth.run import RunOptions
     from synth.run.loop import run_loop
     from synth.run.loop_report import loop_tables

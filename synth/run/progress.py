@@ -2,7 +2,9 @@
 
 Live (on a terminal, to stderr): stage, state, shards done/total, records, records/s, tokens, tokens/s,
 failures, ETA. Shards run in this process update their counters as records and completions go by;
-shards in worker processes or on Ray count when they finish. Off a terminal, one line per stage.
+shards in worker processes or on Ray count when they finish. Off a terminal (a log file, a pipe): one
+line per stage as it ends, and every few seconds (``SYNTH_PROGRESS_INTERVAL``) a line per running stage
+with the same figures.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from synth.console import Console
+from synth.progress import Ticker, duration, interval
 from synth.run.adapters.base import Progress
 
 
@@ -53,19 +56,17 @@ def _count(n: int | None) -> str:
     return "-" if n is None else f"{n:,}"
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+_duration = duration
 
 
 class RunView:
     def __init__(self, live: bool = True, console: Console | None = None):
         self.console = console or Console(stderr=True)
         self.live_enabled = live and self.console.is_terminal
+        self.lines_enabled = live and not self.console.is_terminal  # periodic lines for logs instead
         self.rows: dict[str, StageRow] = {}
         self._live = None
+        self._ticker: Ticker | None = None
 
     # -- lifecycle
 
@@ -75,12 +76,17 @@ class RunView:
 
             self._live = Live(self, console=self.console, refresh_per_second=4, transient=True)
             self._live.start()
+        elif self.lines_enabled:
+            self._ticker = Ticker(interval(), self.print_running).start()
         return self
 
     def __exit__(self, *exc) -> None:
         if self._live is not None:
             self._live.stop()
             self._live = None
+        if self._ticker is not None:
+            self._ticker.stop()
+            self._ticker = None
 
     def __rich__(self) -> Table:
         return self.live_table()
@@ -154,32 +160,59 @@ class RunView:
         else:
             text = (f"{row.name} ({row.type}): {row.state}, {_count(counts.get('read'))} read → "
                     f"{_count(counts.get('rows'))} rows in {_duration(row.seconds)}")
+            for outcome in ("rejected", "failed"):
+                n = sum((counts.get(outcome) or {}).values())
+                text += f", {n:,} {outcome}" if n else ""
         self.console.print(text, highlight=False, soft_wrap=True)
 
     # -- tables
+
+    def figures(self, row: StageRow, now: float) -> dict[str, str]:
+        """A stage's live figures as text: shards, records, rec/s, tokens, tok/s, failed, ETA."""
+        elapsed = max(now - row.started, 1e-6) if row.state == "running" else max(row.seconds, 1e-6)
+        records, tokens = row.records(), row.tokens()
+        rate = records / elapsed if row.state in ("running", "done") else None
+        tok_rate = tokens / elapsed if row.state in ("running", "done") and tokens else None
+        eta = "-"
+        if row.state == "running" and rate and row.records_total:
+            eta = _duration(max(row.records_total - records, 0) / rate)
+        return {
+            "shards": f"{row.shards_done}/{row.shards_total}" if row.shards_total else "-",
+            "records": f"{records:,}" + (f"/{row.records_total:,}" if row.records_total else ""),
+            "rec/s": "-" if rate is None else f"{rate:,.1f}",
+            "tokens": f"{tokens:,}" if tokens else "-",
+            "tok/s": "-" if tok_rate is None else f"{tok_rate:,.1f}",
+            "failed": f"{row.failures():,}",
+            "ETA": eta,
+        }
+
+    def print_running(self) -> None:
+        """One plain line per running stage (for logs, every few seconds)."""
+        now = time.time()
+        for row in list(self.rows.values()):
+            if row.state != "running":
+                continue
+            f = self.figures(row, now)
+            requests = row.live.requests if row.live is not None else 0  # this shard's, as they complete
+            text = (f"{row.name} ({row.type}): running, shards {f['shards']}, {f['records']} records read, "
+                    f"{f['rec/s']} rec/s" + (f", {requests:,} requests done" if requests else "")
+                    + f", {f['tokens']} tokens, {f['tok/s']} tok/s, {f['failed']} failed, "
+                    f"{_duration(now - row.started)} elapsed, ETA {f['ETA']}")
+            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def live_table(self) -> Table:
         from rich import box
 
         table = Table(title="synth run", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
                       show_edge=False, padding=(0, 1, 0, 0))
-        for column in ("stage", "state", "shards", "records", "rec/s", "tokens", "tok/s", "failed", "ETA"):
+        columns = ("stage", "state", "shards", "records", "rec/s", "tokens", "tok/s", "failed", "ETA")
+        for column in columns:
             table.add_column(column, justify="left" if column in ("stage", "state") else "right", no_wrap=True)
         now = time.time()
         for row in self.rows.values():
-            elapsed = max(now - row.started, 1e-6) if row.state == "running" else max(row.seconds, 1e-6)
-            records, tokens = row.records(), row.tokens()
-            rate = records / elapsed if row.state in ("running", "done") else None
-            tok_rate = tokens / elapsed if row.state in ("running", "done") and tokens else None
-            eta = "-"
-            if row.state == "running" and rate and row.records_total:
-                eta = _duration(max(row.records_total - records, 0) / rate)
-            shards = f"{row.shards_done}/{row.shards_total}" if row.shards_total else "-"
+            f = self.figures(row, now)
             style = {"running": "yellow", "done": "green", "reused": "dim", "source": "dim"}.get(row.state, "")
-            table.add_row(row.name, Text(row.state, style=style), shards,
-                          f"{records:,}" + (f"/{row.records_total:,}" if row.records_total else ""),
-                          "-" if rate is None else f"{rate:,.1f}", f"{tokens:,}" if tokens else "-",
-                          "-" if tok_rate is None else f"{tok_rate:,.1f}", f"{row.failures():,}", eta)
+            table.add_row(row.name, Text(row.state, style=style), *(f[c] for c in columns[2:]))
         return table
 
 

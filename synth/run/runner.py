@@ -453,8 +453,7 @@ def run_recipe(path: str | os.PathLike, overrides: list[str] | None = None, opti
         options.rerun = sorted(downstream(plan.recipe, set(options.rerun)))
     run_dir = run_dir_for(plan, options)
     if plan.recipe.loop is not None:  # a closed loop: rounds of data → train → eval (synth.run.loop)
-        from rich.console import Console
-
+        from synth.console import Console
         from synth.run.loop import Loop
 
         return Loop(plan, run_dir, options, console=getattr(view, "console", None) or Console(stderr=True)).run()

@@ -123,40 +123,40 @@ class SelfInstruct(LLMTask):
         rng.shuffle(examples)
         return examples
 
-    def generate_instructions(self) -> list[dict]:
-        """Bootstrap rounds until `count` instructions are kept (or `patience` rounds keep nothing)."""
-        from synth.progress import progress
-
+    def generate_instructions(self, bar=None) -> list[dict]:
+        """Bootstrap rounds until `count` instructions are kept (or `patience` rounds keep nothing); `bar`:
+        a `synth.progress.progress()` to show them on."""
         cfg = self.config
         rng = random.Random(cfg.seed)
         kept: list[dict] = []
         idle_rounds = 0
         request_index = 0
-        with progress() as bar:
-            task = bar.add_task("instructions", total=cfg.count, tokens="") if self.show_progress else None
-            while len(kept) < cfg.count:
-                if cfg.max_rounds is not None and self.rounds >= cfg.max_rounds:
-                    break
-                self.rounds += 1
-                picks, requests = [], []
-                for _ in range(cfg.concurrency):
-                    examples = self._pick_examples(rng, kept)
-                    picks.append(examples)
-                    requests.append(self.instruction_request(examples, request_index))
-                    request_index += 1
-                completions = self.backend.complete(requests)
-                before = len(kept)
-                for examples, request, completion in zip(picks, requests, completions, strict=True):
-                    for record in self._candidates(examples, request, completion):
-                        if len(kept) >= cfg.count:
-                            self.generation["surplus"] += 1
-                            continue
-                        kept.extend(self.filter.run([record]))  # counted, and rejects written
-                if task is not None:
-                    bar.update(task, completed=len(kept), tokens=_tokens(self.backend))
-                idle_rounds = idle_rounds + 1 if len(kept) == before else 0
-                if idle_rounds >= cfg.patience:
-                    break
+        task = bar.add_task("instructions", total=cfg.count, tokens="") if bar is not None else None
+        while len(kept) < cfg.count:
+            if cfg.max_rounds is not None and self.rounds >= cfg.max_rounds:
+                break
+            self.rounds += 1
+            picks, requests = [], []
+            for _ in range(cfg.concurrency):
+                examples = self._pick_examples(rng, kept)
+                picks.append(examples)
+                requests.append(self.instruction_request(examples, request_index))
+                request_index += 1
+            completions = self.backend.complete(requests)
+            before = len(kept)
+            for examples, request, completion in zip(picks, requests, completions, strict=True):
+                for record in self._candidates(examples, request, completion):
+                    if len(kept) >= cfg.count:
+                        self.generation["surplus"] += 1
+                        continue
+                    kept.extend(self.filter.run([record]))  # counted, and rejects written
+            if task is not None:
+                bar.update(task, completed=len(kept), tokens=_tokens(self.backend))
+            idle_rounds = idle_rounds + 1 if len(kept) == before else 0
+            if idle_rounds >= cfg.patience:
+                break
+        if task is not None:
+            bar.stop_task(task)
         self.generation["kept"] = len(kept)
         return kept
 
@@ -195,13 +195,17 @@ class SelfInstruct(LLMTask):
             yield sample_record(sample)
 
     def generate(self) -> SelfInstructResult:
+        from synth.progress import progress
+
         self._share_logs()
-        tasks = self.generate_instructions()
-        self.classified = list(self.classify.run(tasks))
-        tasks = self._tasks = list(self.instances.run(self.classified))
-        samples = [s for task in tasks for s in self.samples_for(task)]
-        if self.config.responses:
-            samples = self.answer_again(samples)
+        with progress() as shown:
+            bar = shown if self.show_progress else None
+            tasks = self.generate_instructions(bar)
+            self.classified = self._step(bar, "classifying", self.classify, tasks)
+            tasks = self._tasks = self._step(bar, "instances", self.instances, self.classified)
+            samples = [s for task in tasks for s in self.samples_for(task)]
+            if self.config.responses:
+                samples = self.answer_again(samples, bar)
         # This stage's counts sum its steps: the command fails when every request of every step failed.
         for step in (self.classify, self.instances, self.responder):
             if step is not None:
@@ -210,6 +214,18 @@ class SelfInstruct(LLMTask):
         self.stats.seen, self.stats.kept = self.generation["parsed"], len(tasks)
         self.result = SelfInstructResult(tasks=tasks, samples=samples, stats=self.summary(len(samples)))
         return self.result
+
+    def _step(self, bar, description: str, step: LLMTask, records: list[dict]) -> list[dict]:
+        """`step` over `records`, shown on `bar` (a task advanced as each record's request completes)."""
+        if bar is None:
+            return list(step.run(records))
+        task = bar.add_task(description, total=len(records), tokens="")
+        step.progress = lambda completion=None: bar.update(task, advance=1, tokens=_tokens(self.backend))
+        try:
+            return list(step.run(records))
+        finally:
+            step.progress = None
+            bar.stop_task(task)
 
     def samples_for(self, task: dict) -> list[Sample]:
         out = []
@@ -243,7 +259,7 @@ class SelfInstruct(LLMTask):
             )
         return out
 
-    def answer_again(self, samples: list[Sample]) -> list[Sample]:
+    def answer_again(self, samples: list[Sample], bar=None) -> list[Sample]:
         """Responses via the response stage (`synth.generate.responses`), replacing the instance outputs."""
         from synth.generate.responses import ResponseGenerator, ResponsesConfig, default_few_shot
         from synth.records import row_to_sample
@@ -260,7 +276,8 @@ class SelfInstruct(LLMTask):
             ),
         )
         self.responder.rejects, self.responder.failures = self.rejects, self.failures
-        return [row_to_sample(row) for row in self.responder.run(sample_record(s) for s in samples)]
+        rows = self._step(bar, "responses", self.responder, [sample_record(s) for s in samples])
+        return [row_to_sample(row) for row in rows]
 
     def sampling(self) -> dict[str, Any]:
         """The sampling settings of the run, and whether the backend applies the presence penalties."""
