@@ -179,6 +179,16 @@ def test_filter_help_lists_filters(tmp_path):
         assert f"{name}:" in result.output
 
 
+def test_filter_help_needs_no_dataset_and_no_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("filter", "--filter", "help")
+    assert result.exit_code == 0, result.output
+    assert "length:" in result.output and "judge:" in result.output
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    one_line_error(run_cli("filter", "--filter", "length"), "synth filter needs DATASET and --out/-o OUT")
+    one_line_error(run_cli("filter", text_jsonl(tmp_path / "d.jsonl"), "-f", "length"), "synth filter needs --out/-o OUT")
+
+
 def test_raw_rows_without_ids_or_messages(tmp_path):
     source = tmp_path / "web.jsonl"
     captions = ["A red bus parked beside a busy city street at night", "a red bus parked beside a busy city street at night!", "Two dogs play in the snow"]

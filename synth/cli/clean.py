@@ -78,8 +78,8 @@ class _LazyBackend:
 
 @command("filter")
 def filter_(
-    dataset: Annotated[str, typer.Argument(help=DATASET_HELP)],
-    out: Out,
+    dataset: Annotated[Optional[str], typer.Argument(help=DATASET_HELP + " (not needed with --filter help)")] = None,
+    out: Out = None,  # optional only for --filter help
     filters: list[str] = typer.Option([], "--filter", "-f", help="NAME or NAME:key=value,... (repeatable, applied in order)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML list of filters: [{length: {min_answer_words: 3}}, dedup, ...]."),
     split: Optional[str] = typer.Option(None, help="Split to read when the source has several."),
@@ -103,9 +103,13 @@ def filter_(
 
     if filters == ["help"]:
         for name, cls in FILTERS.items():
-            console.print(f"[bold]{name}[/]: {(cls.__doc__ or '').strip().splitlines()[0]}")
-            console.print(f"  options: {', '.join(cls.Config.model_fields)}", style="dim")
+            console.print(f"[bold]{name}[/]: {(cls.__doc__ or '').strip().splitlines()[0]}", soft_wrap=True)
+            console.print(f"  options: {', '.join(cls.Config.model_fields)}", style="dim", soft_wrap=True)
         return
+    if dataset is None or out is None:
+        missing = " and ".join(m for m, absent in (("DATASET", dataset is None), ("--out/-o OUT", out is None)) if absent)
+        raise SynthError(f"synth filter needs {missing}: synth filter DATASET -o OUT --filter NAME "
+                         "(--filter help lists the filters)")
     specs: list = load_filter_chain(config) if config else []
     specs += list(filters)
     if not specs:
