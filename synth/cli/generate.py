@@ -24,6 +24,22 @@ from synth.cli.llm_options import (
 )
 
 
+def few_shot_help() -> str:
+    """--few-shot's help: what the embedded default model (a base model) is prompted with when none is given."""
+    import json
+
+    from synth.paths import templates_dir
+
+    path = templates_dir() / "fewshot" / "responses.jsonl"
+    try:
+        shown = "; ".join(json.dumps(json.loads(line)["instruction"]) for line in path.open(encoding="utf-8") if line.strip())
+    except (OSError, ValueError, KeyError):  # a broken install must not break every command's --help
+        shown = ""
+    return ("JSONL/CSV of solved examples (instruction, response) sent before each instruction. Default: none, "
+            "except for the embedded default model (a base model), which is prompted with the shipped examples "
+            "in templates/fewshot/responses.jsonl" + (f" ({shown})." if shown else "."))
+
+
 @command("generate")
 def generate(
     dataset: Annotated[
@@ -40,20 +56,26 @@ def generate(
     temperature: Temperature = 0.7,
     seed: Seed = None,
     n: int = typer.Option(1, "--n", min=1, help="Answers per instruction (one output record each)."),
-    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    top_p: Optional[float] = typer.Option(
+        None, "--top-p", min=0.0, max=1.0,
+        help="Nucleus sampling: draw only from the most likely tokens that together reach this probability "
+        "(0-1; default: the backend's).",
+    ),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Sequences per forward pass (local)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N records."),
     system: Optional[str] = typer.Option(None, "--system", help="System prompt for conversations without one."),
-    few_shot: Optional[Path] = typer.Option(
-        None, "--few-shot", help="JSONL/CSV of solved examples (instruction, response) sent before each instruction."
-    ),
+    few_shot: Optional[Path] = typer.Option(None, "--few-shot", help=few_shot_help()),
     regenerate: bool = typer.Option(False, "--regenerate", help="Replace existing answers too."),
     keep_truncated: bool = typer.Option(False, "--keep-truncated", help="Keep answers cut at --max-tokens."),
-    split: Optional[str] = typer.Option(None, "--split"),
+    split: Optional[str] = typer.Option(None, "--split", help="Split to read when the source has several."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
     """Fill in (or --regenerate) the assistant answers of an instruction dataset with an LLM; writes OUT with
-    usage.json, rejects.jsonl and failures.jsonl inside."""
+    usage.json, rejects.jsonl and failures.jsonl inside.
+
+    With no --base-url, --backend or --model, answers come from the embedded Gemma 3 270M, a base model: each
+    instruction follows the shipped few-shot examples (see --few-shot) as "### Instruction / ### Response"
+    text (templates/chat/base.jinja)."""
     from synth.data import check_output, open_source
     from synth.generate.responses import ResponsesConfig, default_few_shot, generate_responses, load_few_shot
 

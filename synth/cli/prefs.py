@@ -72,7 +72,10 @@ def prefs(
     judge_base_url: Optional[list[str]] = typer.Option(None, "--judge-base-url", help="Judge server URL (default: --base-url).", rich_help_panel=JUDGE_PANEL),
     judge_backend: Optional[str] = typer.Option(None, "--judge-backend", help="Judge backend: openai | local (default: --backend).", rich_help_panel=JUDGE_PANEL),
     judge_max_tokens: int = typer.Option(512, "--judge-max-tokens", min=8, help="Token limit of each judge reply.", rich_help_panel=JUDGE_PANEL),
-    judge_temperature: float = typer.Option(0.0, "--judge-temperature", min=0.0, rich_help_panel=JUDGE_PANEL),
+    judge_temperature: float = typer.Option(
+        0.0, "--judge-temperature", min=0.0, help="Sampling temperature of the judge requests; 0 = greedy.",
+        rich_help_panel=JUDGE_PANEL,
+    ),
     max_claims: int = typer.Option(8, "--max-claims", min=1, max=50, help="claims: claims checked per response.", rich_help_panel=JUDGE_PANEL),
     pairing: str = typer.Option("best-worst", "--pairing", help="best-worst: one pair per prompt; gap: every pair at least --min-gap apart.", rich_help_panel=PAIR_PANEL),
     min_gap: float = typer.Option(1.0, "--min-gap", min=0.001, help="Smallest rating gap between chosen and rejected (judge, claims).", rich_help_panel=PAIR_PANEL),

@@ -53,7 +53,7 @@ def pseudo_label(
     system: Optional[str] = typer.Option(None, "--system", help="System prompt for conversations without one."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Sequences per forward pass (local)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N records."),
-    split: Optional[str] = typer.Option(None, "--split"),
+    split: Optional[str] = typer.Option(None, "--split", help="Split to read when the source has several."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
     """Answer unlabeled questions several times and keep the majority answer only when the samples agree

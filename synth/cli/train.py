@@ -55,7 +55,7 @@ def eval_command(
     split: Optional[str] = typer.Option(None, "--split", help="split of DATASET (default: train, or its only split)"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="evaluate the first N rows"),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1, help="greedy tokens per answer"),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="rows per forward pass"),
     beta: float = typer.Option(0.1, "--beta", help="DPO beta for the reward metrics"),
     short_answer_words: int = typer.Option(5, "--short-answer-words", min=1, help="references this short get exact match"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
