@@ -4,6 +4,7 @@ the manifest, reuse, a changed stage, --dry-run, and the status commands."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -218,3 +219,26 @@ def test_a_stage_whose_replies_were_rejected_beside_failures_does_not_stop_the_r
             run_recipe(recipe, options=RunOptions(runs_dir=tmp_path / "runs2", live=False))
     finally:
         server.stop()
+
+
+def mix_sources(output: str) -> dict[str, tuple[str, str]]:
+    """The dry run's "mix sources" table: source label -> (stage it reads, rows)."""
+    rows = re.findall(r"^mix +(\S+) +(\S+) +(.+?)\s*$", output.split("mix sources", 1)[1], re.MULTILINE)
+    return {label: (stage, count) for label, stage, count in rows if label != "source"}
+
+
+def test_dry_run_lists_every_mix_source_with_its_rows_or_not_yet_built(full_run, server, tmp_path, monkeypatch):
+    folder, recipe, _, _ = full_run
+    monkeypatch.chdir(tmp_path)
+    fresh = run_cli("run", recipe, "--dry-run", "--runs-dir", tmp_path / "none")
+    assert fresh.exit_code == 0, fresh.output
+    listed = mix_sources(fresh.output)
+    assert listed.keys() == {"vqa", "answers", "self_instruct", "mmevol"} and listed["answers"][0] == "unique"
+    assert re.fullmatch(r"\(not yet built; ~[\d,]+ planned\)", listed["vqa"][1])  # offline: estimated from a sample
+    assert listed["self_instruct"][1] == listed["mmevol"][1] == listed["answers"][1] == "(not yet built)"
+
+    again = run_cli("run", recipe, "--dry-run", "--runs-dir", folder / "runs")
+    assert again.exit_code == 0, again.output
+    stages = json.loads((folder / "runs" / "full" / "manifest.json").read_text())["stages"]
+    for label, (stage, count) in mix_sources(again.output).items():
+        assert count == f"{stages[stage]['counts']['rows']:,} (last run)", label

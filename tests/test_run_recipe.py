@@ -179,3 +179,28 @@ def test_several_servers_for_one_backend():
     options = backend_options(loaded.recipe.backends["vllm"])
     assert options["backend"] == "openai" and options["base_url"] == ["http://a:8000/v1", "http://b:8000/v1"]
     assert options["concurrency"] == 96 and "api_key" not in options
+
+
+def test_dry_run_counts_a_mix_source_read_in_place(tmp_path, monkeypatch):
+    import json
+
+    from synth.run.dry import plan_dry_run
+
+    monkeypatch.chdir(tmp_path)
+    rows = [{"messages": [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": f"A{i}."}]}
+            for i in range(7)]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(textwrap.dedent("""\
+        name: counted
+        stages:
+          - {type: source, name: qa, path: qa.jsonl}
+          - {type: filter, name: clean, input: qa, filters: [repetition]}
+          - {type: mix, name: mix, sources: [{input: qa, name: raw}, {input: clean}]}
+        """))
+    (mix,) = [e for e in plan_dry_run(recipe, runs_dir=tmp_path / "runs") if e["type"] == "mix"]
+    by_label = {s["label"]: s for s in mix["mix_sources"]}
+    assert by_label["raw"]["rows"] == 7 and by_label["raw"]["how"] == ""
+    assert by_label["clean"]["rows"] is None and by_label["clean"]["how"] == "not yet built"
+    assert by_label["clean"]["planned"] == 7
+    assert not (tmp_path / "runs").exists()

@@ -49,7 +49,7 @@ def run(
     if dry_run:
         from synth.run.dry import dry_run as run_dry
 
-        run_dry(recipe, set_, console=console)
+        run_dry(recipe, set_, console=console, runs_dir=runs_dir, name=name)
         return
     from synth.run import RunOptions, run_recipe
     from synth.run.progress import summary_table

@@ -45,15 +45,48 @@ def _cost(backend: dict[str, Any], preview: Preview) -> float | None:
     return Prices(**prices).cost(preview.prompt_tokens or 0, preview.completion_tokens or 0)
 
 
-def plan_dry_run(path, overrides: list[str] | None = None) -> list[dict[str, Any]]:
-    """Per stage: type, inputs, planned rows and shards, and for LLM stages prompts and estimates."""
+def _last_run_rows(run_dir: Path | None, stage: str) -> int | None:
+    """The rows a stage wrote in the run folder's last run (its completion marker), if it has run."""
+    from synth.run.runner import STATE_DIR
+    from synth.run.shards import read_json
+
+    marker = read_json(run_dir / STATE_DIR / f"{stage}.json") if run_dir is not None else None
+    return ((marker or {}).get("output") or {}).get("rows")
+
+
+def _mix_sources(spec, read_in_place: dict[str, int | None], planned: dict[str, int | None],
+                 run_dir: Path | None) -> list[dict[str, Any]]:
+    """Each source of a mix and its rows: a dataset read in place is counted; another stage's output is
+    counted from the run folder's last run, else it is "not yet built" (with the planned estimate of an
+    offline stage: `planned`)."""
+    out = []
+    for source in spec.sources:
+        entry: dict[str, Any] = {"label": source.label, "input": source.input, "rows": None, "how": "not yet built",
+                                 "planned": planned.get(source.input)}
+        last = _last_run_rows(run_dir, source.input)
+        if source.input in read_in_place:
+            entry.update(rows=read_in_place[source.input], how="")
+        elif last is not None:
+            entry.update(rows=last, how="last run")
+        out.append(entry)
+    return out
+
+
+def plan_dry_run(path, overrides: list[str] | None = None, runs_dir: Path | None = None,
+                 name: str | None = None) -> list[dict[str, Any]]:
+    """Per stage: type, inputs, planned rows and shards, and for LLM stages prompts and estimates; a mix's
+    sources with their rows (`runs_dir`, `name`: where an earlier run's outputs are counted)."""
     from synth.data import quiet_datasets
+    from synth.run.runner import RunOptions, run_dir_for
 
     plan = prepare(path, overrides)
+    run_dir = run_dir_for(plan, RunOptions(name=name, runs_dir=runs_dir)) if runs_dir is not None else None
     recipe = plan.recipe
     rows: dict[str, int | None] = {}
     samples: dict[str, list[dict] | None] = {}
     sources: dict[str, Any] = {}
+    read_in_place: dict[str, int | None] = {}  # source stages: rows counted
+    planned: dict[str, int | None] = {}  # offline stages fed by real records: rows estimated from a sample
     out: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="synth-dry-run-") as tmp, _datasets_cache(Path(tmp) / "datasets"), \
             quiet_datasets():
@@ -70,6 +103,7 @@ def plan_dry_run(path, overrides: list[str] | None = None) -> list[dict[str, Any
                 ref = adapter.source_ref(spec)
                 src = ref.open(allow_empty=True)
                 sources[name], rows[name] = src, src.num_rows
+                read_in_place[name] = src.num_rows
                 samples[name] = [r for _, r in zip(range(SAMPLE), src.records())]
                 entry["rows_in"] = None
                 entry["rows_out"] = src.num_rows
@@ -105,6 +139,8 @@ def plan_dry_run(path, overrides: list[str] | None = None) -> list[dict[str, Any
             else:
                 produced = adapter.sample(spec, ctx, sample_in, src) if sample_in is not None else None
                 samples[name] = produced
+                if spec.type == "mix":
+                    entry["mix_sources"] = _mix_sources(spec, read_in_place, planned, run_dir)
                 if spec.type in ("mix", "export", "push"):
                     rows[name] = getattr(spec, "total", None) or rows_in
                 elif produced is not None and sample_in:
@@ -114,6 +150,8 @@ def plan_dry_run(path, overrides: list[str] | None = None) -> list[dict[str, Any
                 else:
                     rows[name] = rows_in
                 sources[name] = src
+                if produced is not None:
+                    planned[name] = rows[name]
             entry["rows_out"] = rows[name]
             out.append(entry)
     return out
@@ -142,6 +180,27 @@ def dry_run_tables(entries: list[dict[str, Any]]) -> Table:
     return table
 
 
+def mix_sources_table(entries: list[dict[str, Any]]) -> Table | None:
+    """Every mix source and its rows (or "(not yet built)": an upstream stage that has not run yet)."""
+    from rich import box
+
+    mixes = [e for e in entries if e.get("mix_sources")]
+    if not mixes:
+        return None
+    table = Table(title="mix sources", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
+                  show_edge=False, padding=(0, 1, 0, 0))
+    for column in ("mix", "source", "from", "rows"):
+        table.add_column(column, justify="right" if column == "rows" else "left", no_wrap=True)
+    for e in mixes:
+        for source in e["mix_sources"]:
+            if source["rows"] is not None:
+                rows = f"{source['rows']:,}" + (f" ({source['how']})" if source["how"] else "")
+            else:
+                rows = "(not yet built" + (f"; ~{source['planned']:,} planned)" if source["planned"] is not None else ")")
+            table.add_row(e["name"], source["label"], source["input"], rows)
+    return table
+
+
 def _clip(text: str, head: int = 600, tail: int = 2400) -> str:
     """A long prompt's start and end: the fixed scaffold comes first, the record's own part last."""
     if len(text) <= head + tail + 200:
@@ -149,13 +208,17 @@ def _clip(text: str, head: int = 600, tail: int = 2400) -> str:
     return f"{text[:head]}\n … ({len(text) - head - tail:,} characters left out) …\n{text[-tail:]}"
 
 
-def dry_run(path, overrides: list[str] | None = None, console=None, prompts: int = 2) -> list[dict[str, Any]]:
-    """Plan the recipe and print the plan and a few rendered prompts per LLM stage."""
-    from rich.console import Console
+def dry_run(path, overrides: list[str] | None = None, console=None, prompts: int = 2, runs_dir: Path | None = None,
+            name: str | None = None) -> list[dict[str, Any]]:
+    """Plan the recipe and print the plan, the mixes' sources and a few rendered prompts per LLM stage."""
+    from synth.console import Console
 
     console = console or Console()
-    entries = plan_dry_run(path, overrides)
+    entries = plan_dry_run(path, overrides, runs_dir, name)
     console.print(dry_run_tables(entries))
+    sources = mix_sources_table(entries)
+    if sources is not None:
+        console.print(sources)
     for e in entries:
         if not e["llm"]:
             continue
