@@ -272,6 +272,38 @@ def test_all_failed_error_names_the_first_failure():
         check_not_all_failed(stage, written=0)
 
 
+
+def test_replies_the_stage_cannot_parse_are_failures_and_rejected_ones_are_not(llm_server, llm_backend):
+    """The bug: a reply that came back but that the stage could not parse counted as answered, so a run in
+    which every reply was unusable ended without an error. Replies that parse and are rejected stand."""
+    from synth.llm.base import ChatRequest
+    from synth.pipeline import Failed, Rejected
+    from synth.pipeline.llm_task import LLMTask, check_not_all_failed
+    from synth.records import Message
+
+    class Picky(LLMTask):
+        name = "picky"
+
+        def format_input(self, record):
+            return ChatRequest(messages=[Message(role="user", content=record["q"])], key=record["id"])
+
+        def format_output(self, record, completion):
+            if not completion.text.startswith("score:"):
+                return Failed("unparseable", f"no score in {completion.text!r}")
+            return Rejected("low_score", completion.text) if completion.text == "score: 1" else record
+
+    records = [{"id": "a", "q": "first"}, {"id": "b", "q": "second"}]
+    llm_server.script("I like it")
+    stage = Picky(llm_backend)
+    assert list(stage.run(records)) == [] and stage.answered == 0
+    with pytest.raises(SynthError, match=r"picky: every LLM request failed \(2; unparseable: 2\)"):
+        check_not_all_failed(stage)
+
+    llm_server.script({"first": "score: 1", "second": "no idea"})  # one rejected, one failed
+    stage = Picky(llm_backend)
+    assert list(stage.run(records)) == [] and stage.answered == 1
+    check_not_all_failed(stage, written=0)  # a rejection is a decision: the (empty) output stands
+
 def test_hub_image_cells_with_only_a_cache_path_resolve_inside_the_hf_cache(tmp_path, monkeypatch):
     """`datasets` gives image cells of some Hub datasets (image folders, archives) as a path into its cache
     and no bytes. For a Hub id the reader resolves those inside the Hugging Face cache, nowhere else.
