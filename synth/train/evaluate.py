@@ -242,11 +242,12 @@ class Scorer:
         if self.vision and any(images):
             from synth.data import decode_image
 
+            # One list of images per sample: Gemma 3, Idefics3 / SmolVLM and Mllama match images to rows by it.
             pil = [[decode_image(img) for img in row] for row in images]
-            enc = self.processing(text=texts, images=[im for row in pil for im in row], padding=True, return_tensors="pt",
-                                  add_special_tokens=False)
+            enc = self.processing(text=texts, images=pil, padding=True, return_tensors="pt", add_special_tokens=False)
         else:
             enc = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+        enc.pop("labels", None)  # PaliGemma's processor adds them; the model would compute a loss on them
         return {k: v.to(self.device) for k, v in enc.items()}
 
     # -------------------------------------------------- generation

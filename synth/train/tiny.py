@@ -51,8 +51,9 @@ def _corpus() -> list[str]:
     return lines * 4
 
 
-def build_tokenizer(vocab_size: int = 600, extra_special: tuple[str, ...] = ()):
-    """Byte-level BPE (any text encodes) trained on the demo vocabulary, wrapped for transformers."""
+def build_tokenizer(vocab_size: int = 600, extra_special: tuple[str, ...] = (), named: dict[str, str] | None = None):
+    """Byte-level BPE (any text encodes) trained on the demo vocabulary, wrapped for transformers;
+    `named`: special tokens the tokenizer also exposes as attributes (e.g. Gemma 3's boi_token)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -64,7 +65,8 @@ def build_tokenizer(vocab_size: int = 600, extra_special: tuple[str, ...] = ()):
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     raw.train_from_iterator(_corpus(), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    extra = {"extra_special_tokens": named} if named else {}
+    return PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", bos_token="<s>", eos_token="</s>", **extra)
 
 
 def _text_config(arch: str, vocab_size: int, tokenizer, hidden: int, layers: int, **extra):
@@ -206,4 +208,143 @@ def build_bench_model(path: str | Path, size: str = "100m", seed: int = 0) -> Pa
     )
     torch.manual_seed(seed)
     AutoModelForCausalLM.from_config(config).save_pretrained(str(path))
+    return path
+
+
+# ------------------------------------------------------------------ other image-text families
+
+
+def trl_chat_template(name: str) -> str:
+    """A chat template TRL ships (trl/chat_templates/NAME.jinja): the family's real template."""
+    import trl
+
+    return (Path(trl.__file__).parent / "chat_templates" / f"{name}.jinja").read_text(encoding="utf-8")
+
+
+def _vlm_tokenizer(specials: tuple[str, ...], named: dict[str, str] | None = None):
+    """The byte-level tokenizer with the family's special tokens; `named`: tokenizer attributes such as
+    image_token (transformers' extra_special_tokens), which some processors read."""
+    return build_tokenizer(extra_special=tuple(dict.fromkeys([*specials, *(named or {}).values()])), named=named)
+
+
+def _pil(name: str, **kwargs):
+    """The PIL-backed image processor `name` (works with or without torchvision)."""
+    import transformers
+
+    return getattr(transformers, f"{name}ImageProcessorPil")(**kwargs)
+
+
+def _qwen_vl(family: str, tokenizer_template: str):
+    import transformers
+
+    tokenizer = _vlm_tokenizer(("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"))
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                                                           "<|vision_end|>")}
+    text = _text_config("qwen2", len(tokenizer), tokenizer, 32, 2).to_dict()
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
+    if family == "qwen3_vl":
+        text.update(head_dim=8, rope_parameters={**text["rope_parameters"], "mrope_interleaved": True})
+        vision = dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
+                      patch_size=8, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16,
+                      deepstack_visual_indexes=[0])
+        processor_cls, config_cls = "Qwen3VLProcessor", "Qwen3VLConfig"
+        image_processor = _pil("Qwen2VL", patch_size=8, merge_size=2, temporal_patch_size=2,
+                               size={"shortest_edge": 32 * 32, "longest_edge": 32 * 32})
+    else:
+        vision = dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=8,
+                      spatial_merge_size=2, temporal_patch_size=2)
+        if family == "qwen2_5_vl":
+            vision.update(out_hidden_size=32, hidden_size=16, intermediate_size=32, fullatt_block_indexes=[0],
+                          window_size=32)
+        processor_cls = "Qwen2_5_VLProcessor" if family == "qwen2_5_vl" else "Qwen2VLProcessor"
+        config_cls = "Qwen2_5_VLConfig" if family == "qwen2_5_vl" else "Qwen2VLConfig"
+        image_processor = _pil("Qwen2VL", patch_size=8, merge_size=2, temporal_patch_size=2,
+                               size={"shortest_edge": 32 * 32, "longest_edge": 32 * 32})
+    processor = getattr(transformers, processor_cls)(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=trl_chat_template(tokenizer_template)
+    )
+    config = getattr(transformers, config_cls)(
+        text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False,
+    )
+    return processor, config
+
+
+def _idefics3(family: str):
+    import transformers
+
+    rows = tuple(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7))
+    tokenizer = _vlm_tokenizer(("<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>",
+                                "<video>", *rows))
+    cls = "SmolVLM" if family == "smolvlm" else "Idefics3"
+    image_processor = _pil(cls, size={"longest_edge": 32}, max_image_size={"longest_edge": 32},
+                           do_image_splitting=False)
+    kwargs = {}
+    if family == "smolvlm":
+        kwargs["video_processor"] = transformers.SmolVLMVideoProcessor()
+    processor = getattr(transformers, f"{cls}Processor")(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
+        chat_template=trl_chat_template(family), **kwargs
+    )
+    text = _text_config("llama", len(tokenizer), tokenizer, 32, 2)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    config = getattr(transformers, f"{cls}Config")(
+        text_config=text.to_dict(), vision_config=vision, scale_factor=2,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=False,
+    )
+    return processor, config
+
+
+def _gemma3():
+    import transformers
+
+    named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    tokenizer = _vlm_tokenizer(("<start_of_turn>", "<end_of_turn>", "<bos>"), named)
+    image_processor = _pil("Gemma3", size={"height": 32, "width": 32})
+    processor = transformers.Gemma3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_length=4,
+        chat_template=trl_chat_template("gemma3"),
+    )
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=64,
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.convert_tokens_to_ids("<end_of_turn>"))
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8, vision_use_head=False)
+    config = transformers.Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=4,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image_soft_token>"),
+        boi_token_id=tokenizer.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_id=tokenizer.convert_tokens_to_ids("<end_of_image>"),
+    )
+    return processor, config
+
+
+#: Families build_vlm makes (besides LLaVA, which build_llava makes).
+VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm", "gemma3")
+
+
+def build_vlm(family: str, path: str | Path, seed: int = 0) -> Path:
+    """A tiny random image-text model of `family` + its processor (PIL image processor, the family's chat
+    template from TRL where TRL ships one) in `path`, built offline."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    if family == "llava":
+        return build_llava(path, seed=seed)
+    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        processor, config = _qwen_vl(family, "qwen3_vl" if family == "qwen3_vl" else "qwen2_5_vl")
+    elif family in ("idefics3", "smolvlm"):
+        processor, config = _idefics3(family)
+    elif family == "gemma3":
+        processor, config = _gemma3()
+    else:
+        raise ValueError(f"unknown family {family!r} ({', '.join(VLM_FAMILIES)})")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    processor.save_pretrained(str(path))
+    torch.manual_seed(seed)
+    AutoModelForImageTextToText.from_config(config).save_pretrained(str(path))
     return path

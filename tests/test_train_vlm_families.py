@@ -1,0 +1,163 @@
+"""Every image-text family end to end on tiny random models built offline: align trains exactly the
+connector, SFT puts LoRA on the language model only and trains the connector in full, DPO and merge run,
+and evaluation scores image rows at batch size 2. Tensors are compared: frozen parts bit-identical after
+training, trained parts changed."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from synth.train import recipe_from_dict, run_stage
+from tests.train_helpers import (
+    adapted,
+    fast_fields,
+    one_torch_thread,  # noqa: F401  (autouse: one torch thread)
+    params_of,
+    save_pairs,
+    tiny_llava,
+    tiny_vlm,
+    wrong_answer,
+)
+
+FAMILIES = ["llava", "idefics3", "gemma3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm"]
+#: The connector's module path per family (what synth must find without being told).
+CONNECTOR = {
+    "llava": "model.multi_modal_projector",
+    "idefics3": "model.connector",
+    "smolvlm": "model.connector",
+    "gemma3": "model.multi_modal_projector",
+    "qwen2_vl": "model.visual.merger",
+    "qwen2_5_vl": "model.visual.merger",
+    "qwen3_vl": "model.visual.merger",
+}
+
+
+def model_of(family: str):
+    return tiny_llava() if family == "llava" else tiny_vlm(family)
+
+
+class Params(TrainerCallback):
+    def __init__(self):
+        self.params: dict[str, torch.Tensor] = {}
+        self.trainable: set[str] = set()
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.params = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def parts_of(path):
+    from synth.train.models import inspect_model
+    from synth.train.parts import model_parts
+
+    return model_parts(inspect_model(str(path)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_parts_found_before_loading(family):
+    parts = parts_of(model_of(family))
+    assert CONNECTOR[family] in parts.connector
+    assert parts.vision and all(CONNECTOR[family] not in v for v in parts.vision if v == CONNECTOR[family])
+    assert parts.part_of(CONNECTOR[family] + ".x.weight") == "connector"
+    assert parts.part_of("lm_head.weight") == "language"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_align_trains_exactly_the_connector(family, tmp_path):
+    base = model_of(family)
+    parts = parts_of(base)
+    original = params_of(base)
+    out = tmp_path / "aligned"
+    params = Params()
+    recipe = recipe_from_dict(
+        fast_fields(base, adapted("caption_brief"), out, max_steps=2, batch_size=2, learning_rate=5e-2), "align"
+    )
+    run_stage("align", recipe, callbacks=[params])
+    assert {parts.part_of(n) for n in params.trainable} == {"connector"}
+    changed = {n for n, t in params.params.items() if not torch.equal(t, original[n])}
+    assert changed and {parts.part_of(n) for n in changed} == {"connector"}
+    assert any(n.startswith(CONNECTOR[family] + ".") for n in changed)
+
+
+@pytest.fixture(scope="module")
+def sft_runs(tmp_path_factory):
+    runs = {}
+
+    def run(family):
+        if family not in runs:
+            base = model_of(family)
+            out = tmp_path_factory.mktemp(f"{family}-sft") / "adapter"
+            params = Params()
+            recipe = recipe_from_dict(
+                fast_fields(base, adapted("vqa_short"), out, limit=4, max_steps=2, batch_size=2, learning_rate=5e-2),
+                "sft",
+            )
+            runs[family] = (base, out, run_stage("sft", recipe, callbacks=[params]), params)
+        return runs[family]
+
+    return run
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sft_lora_on_language_model_connector_in_full(family, sft_runs):
+    from synth.train.parts import base_name
+
+    base, _, _, params = sft_runs(family)
+    parts = parts_of(base)
+    original = params_of(base)
+    lora = {n for n in params.trainable if ".lora_" in n}
+    full = params.trainable - lora
+    assert lora and {parts.part_of(n) for n in lora} == {"language"}
+    assert full and {parts.part_of(n) for n in full} == {"connector"}
+    assert all("modules_to_save" in n for n in full)
+    changed_connector = False
+    for name, tensor in params.params.items():
+        key = base_name(name)
+        if ".lora_" in name:
+            continue
+        if "modules_to_save" in name:
+            changed_connector |= not torch.equal(tensor, original[key])
+            continue
+        assert torch.equal(tensor, original[key]), name  # vision tower, language model, the connector's copy
+    assert changed_connector
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dpo_merge_eval(family, sft_runs, tmp_path):
+    from synth.data import load
+    from synth.train.evaluate import ModelSpec, evaluate
+
+    base, adapter, _, _ = sft_runs(family)
+    rng = random.Random(1)
+    records = []
+    for row in load(adapted("vqa_short")).select(range(4)):
+        answer = row["messages"][-1]["content"][0]["text"]
+        records.append({
+            "prompt": row["messages"][:-1],
+            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": answer}]}],
+            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": wrong_answer(answer, rng)}]}],
+            "images": row["images"],
+        })
+    pairs = save_pairs(records, tmp_path / "pairs")
+    dpo_out = tmp_path / "dpo"
+    result = run_stage("dpo", recipe_from_dict(fast_fields(base, pairs, dpo_out, max_steps=1, batch_size=2), "dpo"))
+    assert result.summary["steps"] == 1 and (dpo_out / "adapter_model.safetensors").is_file()
+
+    merged = tmp_path / "merged"
+    run_stage("merge", recipe_from_dict({"adapter": str(adapter), "output_dir": str(merged)}, "merge"))
+    merged_params = params_of(merged)
+    base_params = params_of(base)
+    connector = [n for n in merged_params if n.startswith(CONNECTOR[family] + ".")]
+    assert any(not torch.equal(merged_params[n], base_params[n]) for n in connector)
+
+    report = evaluate([ModelSpec("base", str(base)), ModelSpec("sft", str(base), str(adapter))],
+                      str(adapted("vqa_short")), limit=4, max_new_tokens=2, batch_size=2, device="cpu",
+                      precision="fp32")
+    assert set(report.metrics) == {"base", "sft"}
+    report = evaluate([ModelSpec("base", str(merged))], str(pairs), limit=4, batch_size=2, device="cpu",
+                      precision="fp32")
+    assert "base" in report.metrics
