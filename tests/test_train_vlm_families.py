@@ -23,10 +23,16 @@ from tests.train_helpers import (
     wrong_answer,
 )
 
-FAMILIES = ["llava", "idefics3", "gemma3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm"]
+FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm",
+            "gemma3", "paligemma", "mllama", "internvl"]
 #: The connector's module path per family (what synth must find without being told).
 CONNECTOR = {
     "llava": "model.multi_modal_projector",
+    "llava_next": "model.multi_modal_projector",
+    "llava_onevision": "model.multi_modal_projector",
+    "paligemma": "model.multi_modal_projector",
+    "mllama": "model.multi_modal_projector",
+    "internvl": "model.multi_modal_projector",
     "idefics3": "model.connector",
     "smolvlm": "model.connector",
     "gemma3": "model.multi_modal_projector",

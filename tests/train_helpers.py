@@ -140,7 +140,7 @@ def has_torchvision() -> bool:
 
 
 #: Image-text families whose processors need torchvision (their video processors) or num2words (SmolVLM).
-NEEDS_TORCHVISION = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm"}
+NEEDS_TORCHVISION = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm", "llava_onevision", "internvl"}
 
 
 @functools.cache

@@ -14,6 +14,7 @@ from synth.train.parts import freeze_all_but, model_parts, require_connector, sh
 from synth.train.progress import ProgressLine
 from synth.train.recipe import AlignRecipe
 from synth.train.runner import TrainResult, finish, prepare, train, trainer_fields
+from synth.train.vlm_batches import fix_family_batches
 
 
 def run_align(recipe: AlignRecipe, callbacks=None) -> TrainResult:
@@ -38,6 +39,7 @@ def run_align(recipe: AlignRecipe, callbacks=None) -> TrainResult:
         processing_class=plan.processing,
         callbacks=[progress, *(callbacks or [])],
     )
+    fix_family_batches(trainer, plan.processing, drop_labels=False)
     show_parts(trainer.model, parts, "align")
     metrics = train(plan, trainer, progress)
     trainer.save_model(str(plan.out))

@@ -26,6 +26,7 @@ from synth.train.runner import (
     weights_dtype,
 )
 from synth.train.sft import attach_lora, check_adapter
+from synth.train.vlm_batches import fix_family_batches
 
 
 def build_trainer(plan, model, callbacks=None, parts=None):
@@ -57,6 +58,7 @@ def build_trainer(plan, model, callbacks=None, parts=None):
         peft_config=peft_config,
         callbacks=[progress, *(callbacks or [])],
     )
+    fix_family_batches(trainer, plan.processing, drop_labels=True)
     return trainer, progress
 
 

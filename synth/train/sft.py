@@ -20,6 +20,7 @@ from synth.train.parts import freeze_all_but, show_parts, vision_parts
 from synth.train.progress import ProgressLine
 from synth.train.recipe import SftRecipe
 from synth.train.runner import TrainResult, finish, prepare, train, trainer_fields, weights_dtype
+from synth.train.vlm_batches import fix_family_batches
 
 
 def check_adapter(recipe) -> None:
@@ -138,6 +139,7 @@ def build_trainer(plan, model, callbacks=None, parts=None):
         peft_config=peft_config,
         callbacks=[progress, *(callbacks or [])],
     )
+    fix_family_batches(trainer, plan.processing, drop_labels=False)
     return trainer, progress
 
 

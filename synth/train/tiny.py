@@ -322,8 +322,118 @@ def _gemma3():
     return processor, config
 
 
+def _chatml(image: str) -> str:
+    """CHATML_TEMPLATE with image parts rendered as `image` (for families TRL ships no template for)."""
+    return CHATML_TEMPLATE.replace("'<image>'", repr(image))
+
+
+def _clip_vision(**extra) -> dict:
+    return dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, **extra)
+
+
+def _llava_family(family: str):
+    import transformers
+
+    tokenizer = _vlm_tokenizer(("<image>", "<video>"))
+    text = _text_config("llama", len(tokenizer), tokenizer, 32, 2).to_dict()
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    if family == "llava_next":
+        image_processor = _pil("LlavaNext", size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                               image_grid_pinpoints=[[16, 32], [32, 16], [32, 32]])
+        processor = transformers.LlavaNextProcessor(
+            image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
+            vision_feature_select_strategy="default", num_additional_image_tokens=1,
+            chat_template=trl_chat_template("llava_next"),
+        )
+        config = transformers.LlavaNextConfig(
+            vision_config=_clip_vision(image_size=16, patch_size=8, model_type="clip_vision_model"),
+            text_config=text, image_token_id=image_id, image_grid_pinpoints=[[16, 32], [32, 16], [32, 32]],
+            vision_feature_select_strategy="default", vision_feature_layer=-1, tie_word_embeddings=False,
+        )
+    else:  # llava_onevision: SigLIP tower, anyres, a video processor
+        image_processor = _pil("LlavaOnevision", size={"height": 16, "width": 16},
+                               image_grid_pinpoints=[[16, 16], [16, 32], [32, 16], [32, 32]])
+        processor = transformers.LlavaOnevisionProcessor(
+            image_processor=image_processor, tokenizer=tokenizer,
+            video_processor=transformers.LlavaOnevisionVideoProcessor(), num_image_tokens=4,
+            vision_feature_select_strategy="full", chat_template=trl_chat_template("llava_next"),
+        )
+        config = transformers.LlavaOnevisionConfig(
+            vision_config=_clip_vision(image_size=16, patch_size=8, model_type="siglip_vision_model"),
+            text_config=text, image_token_id=image_id, video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+            image_grid_pinpoints=[[16, 16], [16, 32], [32, 16], [32, 32]], vision_feature_select_strategy="full",
+            vision_feature_layer=-1, tie_word_embeddings=False,
+        )
+    return processor, config
+
+
+def _paligemma():
+    import transformers
+
+    tokenizer = _vlm_tokenizer(("<image>",))
+    image_processor = _pil("Siglip", size={"height": 16, "width": 16})
+    image_processor.image_seq_length = 4  # (16 / 8) ** 2 patches, read by PaliGemmaProcessor
+    processor = transformers.PaliGemmaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=_chatml("<image>")
+    )
+    text = dict(model_type="gemma", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=8,
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id)
+    config = transformers.PaliGemmaConfig(
+        vision_config=_clip_vision(image_size=16, patch_size=8, projection_dim=32, model_type="siglip_vision_model"),
+        text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"), projection_dim=32,
+    )
+    return processor, config
+
+
+def _mllama():
+    import transformers
+
+    tokenizer = _vlm_tokenizer(("<|image|>", "<|python_tag|>"))
+    image_processor = _pil("Mllama", size={"height": 16, "width": 16}, max_image_tiles=1)
+    # Like Llama 3.2 Vision's own template, this one has no generation markers (synth falls back to
+    # prompt-completion rows, which is where Mllama's cross-attention mask has to be rebuilt).
+    template = _chatml("<|image|>").replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    processor = transformers.MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_global_layers=1,
+                  attention_heads=2, image_size=16, patch_size=8, max_num_tiles=1, intermediate_layers_indices=[0],
+                  vision_output_dim=32, supported_aspect_ratios=[[1, 1]])
+    text = dict(vocab_size=len(tokenizer) + 1, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, cross_attention_layers=[1],
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id)
+    config = transformers.MllamaConfig(
+        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<|image|>")
+    )
+    return processor, config
+
+
+def _internvl():
+    import transformers
+
+    named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+             "video_token": "<video>"}
+    tokenizer = _vlm_tokenizer((), named)
+    image_processor = _pil("GotOcr2", size={"height": 16, "width": 16}, crop_to_patches=False)
+    processor = transformers.InternVLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer,
+        video_processor=transformers.InternVLVideoProcessor(), image_seq_length=1,
+        chat_template=_chatml("<IMG_CONTEXT>"),
+    )
+    text = _text_config("qwen2", len(tokenizer), tokenizer, 32, 2).to_dict()
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=[16, 16], patch_size=[8, 8])
+    config = transformers.InternVLConfig(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        downsample_ratio=0.5, tie_word_embeddings=False,
+    )
+    return processor, config
+
+
 #: Families build_vlm makes (besides LLaVA, which build_llava makes).
-VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm", "gemma3")
+VLM_FAMILIES = ("llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm",
+                "gemma3", "paligemma", "mllama", "internvl")
 
 
 def build_vlm(family: str, path: str | Path, seed: int = 0) -> Path:
@@ -340,11 +450,25 @@ def build_vlm(family: str, path: str | Path, seed: int = 0) -> Path:
         processor, config = _idefics3(family)
     elif family == "gemma3":
         processor, config = _gemma3()
+    elif family in ("llava_next", "llava_onevision"):
+        processor, config = _llava_family(family)
+    elif family == "paligemma":
+        processor, config = _paligemma()
+    elif family == "mllama":
+        processor, config = _mllama()
+    elif family == "internvl":
+        processor, config = _internvl()
     else:
         raise ValueError(f"unknown family {family!r} ({', '.join(VLM_FAMILIES)})")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     processor.save_pretrained(str(path))
     torch.manual_seed(seed)
-    AutoModelForImageTextToText.from_config(config).save_pretrained(str(path))
+    model = AutoModelForImageTextToText.from_config(config)
+    if family == "mllama":  # its cross-attention gates start at 0 (tanh(0): no image signal, no connector gradient)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                    param.fill_(0.5)
+    model.save_pretrained(str(path))
     return path
