@@ -90,10 +90,19 @@ def find_parts(model, connector: list[str] | None = None) -> ModelParts:
         conn = _outermost([n for n in modules if n and n.rsplit(".", 1)[-1] in CONNECTOR_NAMES])
         conn_params = [n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] in CONNECTOR_NAMES
                        and not any(n.startswith(c + ".") for c in conn)]
+    # PEFT trains whole modules, not lists of them (Qwen3-VL's deepstack_merger_list): name their items.
+    conn = [f"{c}.{k}" if _is_container(modules[c]) else c for c in conn
+            for k in (modules[c]._modules if _is_container(modules[c]) else [None])]
     # A connector inside the vision module (Qwen-VL's visual.merger) is the connector, the rest stays vision.
     parts = ModelParts(vision=vision, connector=conn, connector_params=conn_params)
     parts.vision_blocks = _vision_blocks(model, parts)
     return parts
+
+
+def _is_container(module) -> bool:
+    import torch
+
+    return isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict))
 
 
 def _param_path(model, name: str):

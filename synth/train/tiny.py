@@ -260,8 +260,11 @@ def _qwen_vl(family: str, tokenizer_template: str):
         config_cls = "Qwen2_5_VLConfig" if family == "qwen2_5_vl" else "Qwen2VLConfig"
         image_processor = _pil("Qwen2VL", patch_size=8, merge_size=2, temporal_patch_size=2,
                                size={"shortest_edge": 32 * 32, "longest_edge": 32 * 32})
+    video_cls = "Qwen3VLVideoProcessor" if family == "qwen3_vl" else "Qwen2VLVideoProcessor"
+    video_processor = getattr(transformers, video_cls)(patch_size=8, merge_size=2, temporal_patch_size=2)
     processor = getattr(transformers, processor_cls)(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=trl_chat_template(tokenizer_template)
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+        chat_template=trl_chat_template(tokenizer_template),
     )
     config = getattr(transformers, config_cls)(
         text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
