@@ -167,3 +167,88 @@ def test_dpo_merge_eval(family, sft_runs, tmp_path):
     report = evaluate([ModelSpec("base", str(merged))], str(pairs), limit=4, batch_size=2, device="cpu",
                       precision="fp32")
     assert "base" in report.metrics
+
+
+def test_sft_recipe_freezes_connector_and_trains_last_vision_block(tmp_path):
+    """train_connector: false keeps the connector as it was; train_vision_blocks: 1 trains the vision
+    encoder's last block in full (saved with the adapter), every other vision block stays bit-identical."""
+    from synth.train.parts import base_name
+
+    base = tiny_vlm("idefics3")
+    parts = parts_of(base)
+    original = params_of(base)
+    params = Params()
+    fields = fast_fields(base, adapted("vqa_short"), tmp_path / "out", limit=4, max_steps=2, batch_size=2,
+                         learning_rate=5e-2, train_connector=False, train_vision_blocks=1)
+    run_stage("sft", recipe_from_dict(fields, "sft"), callbacks=[params])
+    last_block = parts.vision_blocks[-1]
+    full = {n for n in params.trainable if ".lora_" not in n}
+    assert full and all(base_name(n).startswith(last_block + ".") for n in full)
+    for name, tensor in params.params.items():
+        if ".lora_" in name or "modules_to_save" in name:
+            continue
+        assert torch.equal(tensor, original[base_name(name)]), name  # the connector included
+    assert any(not torch.equal(params.params[n], original[base_name(n)]) for n in full)
+
+
+def test_align_trains_the_connector_a_recipe_names(tmp_path):
+    """`connector:` names the module for a family synth does not know: only it trains."""
+    base = tiny_llava()
+    original = params_of(base)
+    params = Params()
+    fields = fast_fields(base, adapted("caption_brief"), tmp_path / "out", max_steps=2, batch_size=2,
+                         connector=["model.multi_modal_projector.linear_2"])
+    run_stage("align", recipe_from_dict(fields, "align"), callbacks=[params])
+    assert params.trainable == {"model.multi_modal_projector.linear_2.weight", "model.multi_modal_projector.linear_2.bias"}
+    changed = {n for n, t in params.params.items() if not torch.equal(t, original[n])}
+    assert changed == params.trainable
+
+
+def test_unknown_connector_is_one_line_before_the_weights_load(tmp_path, monkeypatch):
+    from synth.train import align
+    from tests.cli_helpers import one_line_error, run_cli
+    from tests.train_helpers import write_recipe
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights loaded")
+
+    monkeypatch.setattr(align, "load_weights", no_weights)
+    recipe = write_recipe(tmp_path, **fast_fields(tiny_llava(), adapted("caption_brief"), tmp_path / "out",
+                                                  connector=["model.projector"]))
+    one_line_error(run_cli("train", "align", recipe), "connector: model.projector is not a module",
+                   "model.multi_modal_projector")
+
+
+def test_sft_prints_what_each_part_trains(tmp_path):
+    from tests.cli_helpers import run_cli
+    from tests.train_helpers import write_recipe
+
+    recipe = write_recipe(tmp_path, **fast_fields(tiny_vlm("idefics3"), adapted("vqa_short"), tmp_path / "out",
+                                                  limit=2, max_steps=1, batch_size=2))
+    result = run_cli("train", "sft", recipe)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1]: line for line in result.output.splitlines() if line.startswith("│")}
+    assert rows["vision"].rstrip(" │").endswith("frozen") and " 0 " in rows["vision"]
+    assert rows["connector"].rstrip(" │").endswith("full") and rows["language"].rstrip(" │").endswith("LoRA")
+
+
+def test_eval_failure_is_one_line(tmp_path):
+    """A model whose config no longer matches its processor (Gemma 3 expecting 16 image tokens per image,
+    the processor giving 4): the forward pass fails, and eval says so in one line naming the rows."""
+    import json
+    import shutil
+
+    from tests.cli_helpers import run_cli
+
+    model = tmp_path / "gemma3"
+    shutil.copytree(tiny_vlm("gemma3"), model)
+    config = json.loads((model / "config.json").read_text())
+    config["mm_tokens_per_image"] = 16
+    (model / "config.json").write_text(json.dumps(config))
+    result = run_cli("eval", model, adapted("vqa_short"), "--limit", 2, "--batch-size", 2, "--device", "cpu",
+                     "--precision", "fp32", "-o", tmp_path / "eval.json")
+    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert f"eval gemma3 ({model}): rows " in errors[0] and "image tokens do not match" in errors[0]
+    assert not (tmp_path / "eval.json").exists()
