@@ -150,8 +150,14 @@ def test_dpo_merge_eval(family, sft_runs, tmp_path):
         })
     pairs = save_pairs(records, tmp_path / "pairs")
     dpo_out = tmp_path / "dpo"
-    result = run_stage("dpo", recipe_from_dict(fast_fields(base, pairs, dpo_out, max_steps=1, batch_size=2), "dpo"))
+    params = Params()
+    result = run_stage("dpo", recipe_from_dict(fast_fields(base, pairs, dpo_out, max_steps=1, batch_size=2), "dpo"),
+                       callbacks=[params])
     assert result.summary["steps"] == 1 and (dpo_out / "adapter_model.safetensors").is_file()
+    parts = parts_of(base)
+    lora = {n for n in params.trainable if ".lora_" in n}
+    assert lora and {parts.part_of(n) for n in lora} == {"language"}
+    assert {parts.part_of(n) for n in params.trainable - lora} == {"connector"}
 
     merged = tmp_path / "merged"
     run_stage("merge", recipe_from_dict({"adapter": str(adapter), "output_dir": str(merged)}, "merge"))
@@ -159,6 +165,8 @@ def test_dpo_merge_eval(family, sft_runs, tmp_path):
     base_params = params_of(base)
     connector = [n for n in merged_params if n.startswith(CONNECTOR[family] + ".")]
     assert any(not torch.equal(merged_params[n], base_params[n]) for n in connector)
+    vision = [n for n in merged_params if parts.part_of(n) == "vision"]
+    assert vision and all(torch.equal(merged_params[n], base_params[n]) for n in vision)
 
     report = evaluate([ModelSpec("base", str(base)), ModelSpec("sft", str(base), str(adapter))],
                       str(adapted("vqa_short")), limit=4, max_new_tokens=2, batch_size=2, device="cpu",
@@ -252,3 +260,17 @@ def test_eval_failure_is_one_line(tmp_path):
     assert len(errors) == 1 and "Traceback" not in result.output, result.output
     assert f"eval gemma3 ({model}): rows " in errors[0] and "image tokens do not match" in errors[0]
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_full_finetune_keeps_the_vision_encoder(tmp_path):
+    """lora: null trains the language model and the connector in full; the vision encoder stays bit-identical."""
+    base = tiny_vlm("gemma3")
+    parts = parts_of(base)
+    original = params_of(base)
+    params = Params()
+    fields = fast_fields(base, adapted("vqa_short"), tmp_path / "out", limit=4, max_steps=2, batch_size=2,
+                         learning_rate=1e-2, lora=None)
+    run_stage("sft", recipe_from_dict(fields, "sft"), callbacks=[params])
+    assert {parts.part_of(n) for n in params.trainable} == {"connector", "language"}
+    changed = {parts.part_of(n) for n, t in params.params.items() if not torch.equal(t, original[n])}
+    assert changed == {"connector", "language"}

@@ -4,6 +4,9 @@
   spot (on the demo scenes' vocabulary, so demo rows stay short), with or without a chat template.
 - `build_llava`: a tiny LLaVA (CLIP vision config + Llama text config, ``<image>`` token,
   CLIPImageProcessor, LlavaProcessor with a chat template).
+- `build_vlm`: a tiny model of another image-text family (LLaVA-NeXT / OneVision, Qwen2/2.5/3-VL,
+  Idefics3, SmolVLM, Gemma 3, PaliGemma, Mllama, InternVL) with its processor (PIL image processors)
+  and the chat template TRL ships for the family where there is one.
 - `build_bench_model`: a ~100M Llama or a ~0.5B Qwen2-shaped model (the real vocabulary size, so the
   LM head costs what it costs in practice).
 
