@@ -47,6 +47,8 @@ def build_trainer(plan, model, callbacks=None, parts=None):
     fields.update(beta=recipe.beta, loss_type=loss_type, precompute_ref_log_probs=bool(precompute))
     args = DPOConfig(**fields)
 
+    if parts is None:
+        parts = vision_parts(plan, recipe)  # None for text models
     model, peft_config = attach_lora(recipe, model, parts)
     progress = ProgressLine("dpo")
     trainer = DPOTrainer(

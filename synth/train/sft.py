@@ -126,6 +126,8 @@ def build_trainer(plan, model, callbacks=None, parts=None):
     fields.update(packing=bool(packing), packing_strategy="bfd")
     args = SFTConfig(**fields)
 
+    if parts is None:
+        parts = vision_parts(plan, recipe)  # None for text models
     model, peft_config = attach_lora(recipe, model, parts)
     if recipe.adapter is None and recipe.lora is None and parts is not None:
         freeze_for_full_finetune(model, recipe, parts)
