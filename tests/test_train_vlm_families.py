@@ -274,3 +274,22 @@ def test_full_finetune_keeps_the_vision_encoder(tmp_path):
     assert {parts.part_of(n) for n in params.trainable} == {"connector", "language"}
     changed = {parts.part_of(n) for n, t in params.params.items() if not torch.equal(t, original[n])}
     assert changed == {"connector", "language"}
+
+
+def test_processor_needing_torchvision_is_one_line(tmp_path):
+    """Without torchvision, a Qwen2-VL processor (its video processor) cannot load: one line that says so."""
+    from transformers import Qwen2VLConfig, Qwen2VLImageProcessorPil
+
+    from synth.train.tiny import build_tokenizer
+    from tests.cli_helpers import one_line_error, run_cli
+    from tests.train_helpers import has_torchvision, write_recipe
+
+    if has_torchvision():
+        pytest.skip("torchvision is installed here: the Qwen2-VL processor loads")
+    model = tmp_path / "qwen2_vl"
+    Qwen2VLConfig().save_pretrained(str(model))
+    Qwen2VLImageProcessorPil().save_pretrained(str(model))
+    build_tokenizer().save_pretrained(str(model))
+    recipe = write_recipe(tmp_path, **fast_fields(model, adapted("vqa_short"), tmp_path / "out"))
+    one_line_error(run_cli("train", "sft", recipe), "model", "(qwen2_vl): cannot load its processor",
+                   "requires the Torchvision library", "install it")

@@ -124,6 +124,12 @@ def load_processing(info: ModelInfo):
             processing = AutoTokenizer.from_pretrained(info.path, revision=info.revision)
     except (OSError, ValueError) as e:
         raise SynthError(f"model '{info.name}': cannot load its tokenizer/processor: {_first_line(e)}") from None
+    except ImportError as e:  # e.g. Qwen-VL / SmolVLM / OneVision video processors need torchvision
+        need = _first_line(e).split(" but ")[0]
+        raise SynthError(
+            f"model '{info.name}' ({info.model_type}): cannot load its processor: {need}; install it "
+            "(torchvision: the build that matches your torch)"
+        ) from None
     tokenizer = tokenizer_of(processing)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
