@@ -64,12 +64,21 @@ def parts_of(path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_parts_found_before_loading(family):
-    parts = parts_of(model_of(family))
+def test_parts_of_full_size_configs_on_meta(family):
+    """The real (default, full-size) config of each family, built on the meta device: no torchvision, no
+    memory. The connector is found by name; it wins over the vision module it may sit in (Qwen-VL)."""
+    from transformers import AutoConfig
+
+    from synth.train.parts import find_parts, meta_model
+
+    parts = find_parts(meta_model(AutoConfig.for_model(family)))
     assert CONNECTOR[family] in parts.connector
-    assert parts.vision and all(CONNECTOR[family] not in v for v in parts.vision if v == CONNECTOR[family])
     assert parts.part_of(CONNECTOR[family] + ".x.weight") == "connector"
+    assert parts.vision and all(parts.part_of(v + ".x.weight") == "vision" for v in parts.vision)
+    assert parts.vision_blocks and parts.part_of(parts.vision_blocks[-1]) == "vision"
     assert parts.part_of("lm_head.weight") == "language"
+    assert {parts.part_of(p) for p in ("model.language_model.layers.0.mlp.down_proj.weight",
+                                       "model.text_model.layers.0.mlp.down_proj.weight")} == {"language"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

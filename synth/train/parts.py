@@ -120,12 +120,12 @@ def _outermost(names: list[str]) -> list[str]:
 
 
 def _vision_blocks(model, parts: ModelParts) -> list[str]:
-    """The transformer blocks of the vision encoder (the last ModuleList named layers/blocks in it)."""
+    """The transformer blocks of the vision encoder (the last ModuleList named layers/layer/blocks in it)."""
     import torch
 
     found: list[str] = []
     for name, module in model.named_modules():
-        if (isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layers", "blocks")
+        if (isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layers", "layer", "blocks")
                 and parts.part_of(name) == "vision"):
             found = [f"{name}.{i}" for i in range(len(module))]
     return found

@@ -160,6 +160,8 @@ def run_sft(recipe: SftRecipe, callbacks=None) -> TrainResult:
     check_adapter(recipe)
     plan = prepare(recipe, "sft")
     parts = vision_parts(plan, recipe)
+    if parts is not None:
+        full_modules(recipe, parts)  # a train_vision_blocks the encoder cannot give fails before the weights load
     dtype = weights_dtype(plan, recipe.lora is not None or recipe.adapter is not None)
     model = load_weights(
         plan.info, device=plan.device, dtype=dtype, qlora=recipe.qlora,
