@@ -302,3 +302,29 @@ def test_processor_needing_torchvision_is_one_line(tmp_path):
     recipe = write_recipe(tmp_path, **fast_fields(model, adapted("vqa_short"), tmp_path / "out"))
     one_line_error(run_cli("train", "sft", recipe), "model", "(qwen2_vl): cannot load its processor",
                    "requires the Torchvision library", "install it")
+
+
+def test_mllama_cross_attention_mask_rebuilt_as_the_processor_builds_it():
+    """Prompt-completion rows joined by TRL: the rebuilt mask equals the processor's own mask for the joined
+    text (every token from the image token on sees the image's tiles, none before it)."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from synth.train.vlm_batches import rebuild_cross_attention_mask
+
+    processor = AutoProcessor.from_pretrained(str(tiny_vlm("mllama")))
+    prompts = [
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is the shape?"}]}],
+        [{"role": "user", "content": [{"type": "text", "text": "Look:"}, {"type": "image"}, {"type": "text", "text": "?"}]}],
+    ]
+    texts = [processor.apply_chat_template(p, tokenize=False, add_generation_prompt=True) + "red circle"
+             for p in prompts]
+    images = [[Image.new("RGB", (16, 16), "red")], [Image.new("RGB", (16, 16), "blue")]]
+    prompt_only = processor(text=[t[: -len("red circle")] for t in texts], images=images, return_tensors="pt",
+                            padding=True)
+    full = processor(text=texts, images=images, return_tensors="pt", padding=True)
+    rebuilt = rebuild_cross_attention_mask(full["input_ids"], prompt_only["cross_attention_mask"],
+                                           processor.image_token_id)
+    assert rebuilt.shape == full["cross_attention_mask"].shape
+    real = full["attention_mask"].bool()
+    assert torch.equal(rebuilt[real], full["cross_attention_mask"][real])
