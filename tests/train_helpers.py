@@ -125,3 +125,33 @@ def params_of(path: Path, vision: bool = True) -> dict:
 
     cls = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     return {n: p.detach().clone() for n, p in cls.from_pretrained(str(path)).named_parameters()}
+
+
+def has_torchvision() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        return False
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # a torchvision built for another torch fails on import
+        return False
+    return True
+
+
+#: Image-text families whose processors need torchvision (their video processors) or num2words (SmolVLM).
+NEEDS_TORCHVISION = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm", "llava_onevision", "internvl"}
+
+
+@functools.cache
+def tiny_vlm(family: str) -> Path:
+    """A tiny random image-text model of `family` (synth.train.tiny.build_vlm), built once per session."""
+    import importlib.util
+
+    if family in NEEDS_TORCHVISION and not has_torchvision():
+        pytest.skip(f"{family}: its processor needs torchvision (run with the torch 2.14 + torchvision venv)")
+    if family == "smolvlm" and importlib.util.find_spec("num2words") is None:
+        pytest.skip("smolvlm: its processor needs the num2words package")
+    from synth.train.tiny import build_vlm
+
+    return build_vlm(family, _ROOT / f"vlm-{family}")

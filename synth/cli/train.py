@@ -36,7 +36,8 @@ def _stage(stage: str, help_text: str):
     train_app.command(stage)(handle_errors(run))
 
 
-_stage("align", "LLaVA stage 1: train only the connector (multi_modal_projector) on image-caption rows.")
+_stage("align", "Image-text stage 1: train only the connector (LLaVA's multi_modal_projector, Qwen-VL's "
+       "visual.merger, ...) on image-caption rows.")
 _stage("sft", "Supervised fine-tuning (LoRA by default), loss on assistant tokens; text rows packed.")
 _stage("dpo", "DPO with PEFT; the reference is the base with the new adapter disabled (or the SFT adapter).")
 _stage("merge", "Merge a LoRA adapter into its base model and save it (safetensors + tokenizer + template).")

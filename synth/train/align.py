@@ -1,30 +1,20 @@
-"""`synth train align`: LLaVA stage 1, only the connector (multi_modal_projector) trains, on caption rows.
+"""`synth train align`: image-text stage 1, only the connector trains, on caption rows.
 
-The vision tower and the language model are frozen (``requires_grad`` off, so the optimizer never sees
-them); TRL's SFTTrainer runs the loop with the loss on the assistant (caption) tokens. The result is a
+The connector is found per family before the weights load (synth.train.parts: LLaVA's
+multi_modal_projector, Qwen-VL's visual.merger, Idefics3/SmolVLM's connector, ...; a recipe's
+``connector:`` names it otherwise). The vision tower and the language model are frozen (``requires_grad``
+off, so the optimizer never sees them); TRL's SFTTrainer runs the loop with the loss on the assistant (caption) tokens. The result is a
 full model folder (weights + processor + chat template) that `synth train sft` can start from.
 """
 
 from __future__ import annotations
 
-from synth.errors import SynthError
-from synth.train.models import attn_implementation, connector_name, load_weights
+from synth.train.models import attn_implementation, load_weights
+from synth.train.parts import freeze_all_but, model_parts, require_connector, show_parts
 from synth.train.progress import ProgressLine
 from synth.train.recipe import AlignRecipe
 from synth.train.runner import TrainResult, finish, prepare, train, trainer_fields
-
-
-def freeze_all_but_connector(model) -> str:
-    """Leave only the connector trainable; returns its name."""
-    name = connector_name(model)
-    if name is None:
-        raise SynthError(
-            f"{type(model).__name__} has no connector module ({'/'.join(('multi_modal_projector', 'mm_projector'))}) "
-            "to align"
-        )
-    for param_name, param in model.named_parameters():
-        param.requires_grad_(f".{name}." in f".{param_name}")
-    return name
+from synth.train.vlm_batches import fix_family_batches
 
 
 def run_align(recipe: AlignRecipe, callbacks=None) -> TrainResult:
@@ -33,8 +23,10 @@ def run_align(recipe: AlignRecipe, callbacks=None) -> TrainResult:
     from synth.train.sft import loss_mode
 
     plan = prepare(recipe, "align")
+    parts = model_parts(plan.info, recipe.connector)
+    require_connector(plan.info, parts, "align")
     model = load_weights(plan.info, device=plan.device, attn=attn_implementation(plan.device, "float32"))
-    freeze_all_but_connector(model)
+    freeze_all_but(model, parts, ("connector",))
     fields = trainer_fields(plan, SFTConfig)
     fields.update(loss_mode(plan, "assistant"))  # the captions are the assistant turns
     fields.update(packing=False)
@@ -47,6 +39,8 @@ def run_align(recipe: AlignRecipe, callbacks=None) -> TrainResult:
         processing_class=plan.processing,
         callbacks=[progress, *(callbacks or [])],
     )
+    fix_family_batches(trainer, plan.processing, drop_labels=False)
+    show_parts(trainer.model, parts, "align")
     metrics = train(plan, trainer, progress)
     trainer.save_model(str(plan.out))
     return finish(plan, trainer, metrics, progress, "model (connector trained)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from synth.errors import SynthError
 from synth.train.models import attn_implementation, load_weights
+from synth.train.parts import show_parts, vision_parts
 from synth.train.progress import ProgressLine
 from synth.train.recipe import DpoRecipe
 from synth.train.runner import (
@@ -25,9 +26,10 @@ from synth.train.runner import (
     weights_dtype,
 )
 from synth.train.sft import attach_lora, check_adapter
+from synth.train.vlm_batches import fix_family_batches
 
 
-def build_trainer(plan, model, callbacks=None):
+def build_trainer(plan, model, callbacks=None, parts=None):
     from trl import DPOConfig, DPOTrainer
 
     recipe: DpoRecipe = plan.recipe
@@ -45,7 +47,9 @@ def build_trainer(plan, model, callbacks=None):
     fields.update(beta=recipe.beta, loss_type=loss_type, precompute_ref_log_probs=bool(precompute))
     args = DPOConfig(**fields)
 
-    model, peft_config = attach_lora(recipe, model, plan.info.is_vision)
+    if parts is None:
+        parts = vision_parts(plan, recipe)  # None for text models
+    model, peft_config = attach_lora(recipe, model, parts)
     progress = ProgressLine("dpo")
     trainer = DPOTrainer(
         model=model,
@@ -56,12 +60,14 @@ def build_trainer(plan, model, callbacks=None):
         peft_config=peft_config,
         callbacks=[progress, *(callbacks or [])],
     )
+    fix_family_batches(trainer, plan.processing, drop_labels=True)
     return trainer, progress
 
 
 def run_dpo(recipe: DpoRecipe, callbacks=None) -> TrainResult:
     check_adapter(recipe)
     plan = prepare(recipe, "dpo")
+    parts = vision_parts(plan, recipe)
     frozen_base = recipe.adapter is not None or recipe.lora is not None
     dtype = weights_dtype(plan, frozen_base)
     model = load_weights(
@@ -69,7 +75,8 @@ def run_dpo(recipe: DpoRecipe, callbacks=None) -> TrainResult:
         attn=attn_implementation(plan.device, dtype),
     )
     with compact_lm_head(plan.device):  # the reference pass runs while the trainer is built
-        trainer, progress = build_trainer(plan, model, callbacks)
+        trainer, progress = build_trainer(plan, model, callbacks, parts)
+        show_parts(trainer.model, parts, "dpo")
         metrics = train(plan, trainer, progress)
     if hasattr(trainer.model, "peft_config"):
         trainer.model.save_pretrained(str(plan.out), selected_adapters=["default"])

@@ -225,6 +225,7 @@ class Scorer:
             model = PeftModel.from_pretrained(model, spec.adapter)
         self.model = model.eval()
         self.batch_size = batch_size
+        self.current_rows: list[int] = []  # the rows of the batch being scored (for error messages)
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self.torch = torch
 
@@ -245,11 +246,12 @@ class Scorer:
         if self.vision and any(images):
             from synth.data import decode_image
 
+            # One list of images per sample: Gemma 3, Idefics3 / SmolVLM and Mllama match images to rows by it.
             pil = [[decode_image(img) for img in row] for row in images]
-            enc = self.processing(text=texts, images=[im for row in pil for im in row], padding=True, return_tensors="pt",
-                                  add_special_tokens=False)
+            enc = self.processing(text=texts, images=pil, padding=True, return_tensors="pt", add_special_tokens=False)
         else:
             enc = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+        enc.pop("labels", None)  # PaliGemma's processor adds them; the model would compute a loss on them
         return {k: v.to(self.device) for k, v in enc.items()}
 
     # -------------------------------------------------- generation
@@ -258,7 +260,7 @@ class Scorer:
         order = sorted(range(len(prompts)), key=lambda i: len(_flat_text(prompts[i])))
         replies: dict[int, str] = {}
         for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+            batch = self.current_rows = order[start : start + self.batch_size]
             texts = [self._render(prompts[i], True) for i in batch]
             enc = self._encode(texts, [images[i] for i in batch], "left")
             width = enc["input_ids"].shape[1]
@@ -296,7 +298,7 @@ class Scorer:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
         with context, self.torch.inference_mode(), self._autocast():
             for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
+                batch = self.current_rows = order[start : start + self.batch_size]
                 enc = self._encode([rows[i][0] for i in batch], [images[i] for i in batch], "left")
                 keep = max(rows[i][1] for i in batch) + 1
                 logits = self.model(**enc, logits_to_keep=keep).logits.float()
@@ -493,6 +495,15 @@ def _evaluate(specs, source, split, limit, max_new_tokens, batch_size, beta, sho
                 metrics[spec.label], predictions[spec.label] = sft_metrics(
                     scorer, data, max_new_tokens=max_new_tokens, short_answer_words=short_answer_words
                 )
+        except (ValueError, RuntimeError, TypeError, IndexError, KeyError) as e:
+            # A processor or model that rejects a batch: which model, which rows, what it said.
+            rows = ", ".join(str(data.ids[i]) for i in scorer.current_rows[:5])
+            where = f"rows {rows}: " if rows else ""
+            message = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise SynthError(
+                f"eval {spec.label} ({spec.describe()}): {where}{message} "
+                "(check that each row's image parts match its images)"
+            ) from None
         finally:
             scorer.close()
         seconds[spec.label] = time.monotonic() - started

@@ -17,9 +17,6 @@ from synth.paths import templates_dir
 from synth.train.recipe import EMBEDDED_NAMES
 
 DEFAULT_TRAIN_TEMPLATE = "chat/instruct.jinja"
-#: Module-name patterns of the vision side of image-text models (kept out of LoRA's "all-linear").
-VISION_MODULES = r".*(vision_tower|vision_model|visual|image_encoder|multi_modal_projector|mm_projector).*"
-CONNECTOR_NAMES = ("multi_modal_projector", "mm_projector")
 
 
 @dataclass
@@ -127,6 +124,12 @@ def load_processing(info: ModelInfo):
             processing = AutoTokenizer.from_pretrained(info.path, revision=info.revision)
     except (OSError, ValueError) as e:
         raise SynthError(f"model '{info.name}': cannot load its tokenizer/processor: {_first_line(e)}") from None
+    except ImportError as e:  # e.g. Qwen-VL / SmolVLM / OneVision video processors need torchvision
+        need = _first_line(e).split(" but ")[0]
+        raise SynthError(
+            f"model '{info.name}' ({info.model_type}): cannot load its processor: {need}; install it "
+            "(torchvision: the build that matches your torch)"
+        ) from None
     tokenizer = tokenizer_of(processing)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -212,15 +215,6 @@ def set_chat_template(processing, choice: str | None, adapter: str | None = None
     if tokenizer is not processing:
         tokenizer.chat_template = template
     return template
-
-
-def connector_name(model) -> str | None:
-    """Attribute name of the image-text connector (LLaVA's multi_modal_projector), when the model has one."""
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    for name in CONNECTOR_NAMES:
-        if name in names:
-            return name
-    return None
 
 
 def adapter_base(adapter_dir: str | Path) -> str | None:

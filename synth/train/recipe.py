@@ -103,12 +103,26 @@ class _Recipe(BaseModel):
         return [v] if isinstance(v, str) else v
 
 
-class AlignRecipe(_Recipe):
-    """LLaVA stage 1: train only the connector (multi_modal_projector) on caption data."""
+class _VisionParts(BaseModel):
+    """Image-text models: which module is the connector (for families synth does not know)."""
+
+    connector: list[str] | None = Field(
+        None, description="image-text: the connector's module path(s) (e.g. model.multi_modal_projector); "
+        "default: found by name for every family transformers ships"
+    )
 
 
-class SftRecipe(_Recipe):
+class AlignRecipe(_Recipe, _VisionParts):
+    """Image-text stage 1: train only the connector (e.g. multi_modal_projector) on caption data."""
+
+
+class SftRecipe(_Recipe, _VisionParts):
     """LoRA (or full) supervised fine-tuning, loss on assistant tokens."""
+
+    train_connector: bool = Field(True, description="image-text: train the connector in full (false: frozen)")
+    train_vision_blocks: int = Field(
+        0, ge=0, description="image-text: also train the vision encoder's last N blocks in full"
+    )
 
     adapter: str | None = Field(
         None, description="keep training this LoRA adapter (e.g. the previous round's) instead of a new one"
@@ -123,7 +137,7 @@ class SftRecipe(_Recipe):
     )
 
 
-class DpoRecipe(_Recipe):
+class DpoRecipe(_Recipe, _VisionParts):
     """DPO with PEFT: the reference is the model with the new adapter disabled (no second copy)."""
 
     adapter: str | None = Field(

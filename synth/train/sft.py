@@ -15,16 +15,12 @@ from __future__ import annotations
 
 from synth.errors import SynthError
 from synth.train.data import single_reply, to_prompt_completion
-from synth.train.models import (
-    VISION_MODULES,
-    attn_implementation,
-    connector_name,
-    current_template,
-    load_weights,
-)
+from synth.train.models import attn_implementation, current_template, load_weights
+from synth.train.parts import freeze_all_but, show_parts, vision_parts
 from synth.train.progress import ProgressLine
 from synth.train.recipe import SftRecipe
 from synth.train.runner import TrainResult, finish, prepare, train, trainer_fields, weights_dtype
+from synth.train.vlm_batches import fix_family_batches
 
 
 def check_adapter(recipe) -> None:
@@ -35,30 +31,32 @@ def check_adapter(recipe) -> None:
         raise SynthError(f"adapter: {recipe.adapter} is not a LoRA adapter folder (no adapter_config.json)")
 
 
-def attach_lora(recipe, model, is_vision: bool):
+def attach_lora(recipe, model, parts=None):
     """The model and PEFT config a TRL trainer takes: `recipe.adapter` trained further (its own LoRA
-    settings apply; e.g. a closed loop's previous round), else a new LoRA from `recipe.lora` (None: full)."""
+    settings apply; e.g. a closed loop's previous round), else a new LoRA from `recipe.lora` (None: full).
+    `parts`: an image-text model's parts (LoRA on the language model only, the connector in full)."""
     if recipe.adapter:
         from peft import PeftModel
 
         return PeftModel.from_pretrained(model, recipe.adapter, is_trainable=True), None
     if recipe.lora is not None:
-        return model, lora_config(recipe.lora, model, is_vision)
+        return model, lora_config(recipe, parts)
     return model, None
 
 
-def lora_config(spec, model, is_vision: bool):
-    """peft.LoraConfig from the recipe; image-text models keep LoRA off the vision side, train the connector."""
+def lora_config(recipe, parts=None):
+    """peft.LoraConfig from the recipe; image-text models: LoRA on the language model only, the connector
+    (and the vision encoder's last `train_vision_blocks` blocks) trained in full and saved with the adapter."""
     from peft import LoraConfig
 
+    spec = recipe.lora
     exclude = spec.exclude_modules
     modules_to_save = spec.modules_to_save
-    if is_vision:
+    if parts is not None:
         if exclude is None:
-            exclude = VISION_MODULES
-        connector = connector_name(model)
-        if modules_to_save is None and connector:
-            modules_to_save = [connector]
+            exclude = parts.not_language_regex()
+        if modules_to_save is None:
+            modules_to_save = full_modules(recipe, parts) or None
     return LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,
@@ -68,6 +66,20 @@ def lora_config(spec, model, is_vision: bool):
         modules_to_save=modules_to_save,
         task_type="CAUSAL_LM",
     )
+
+
+def full_modules(recipe, parts) -> list[str]:
+    """Module paths an image-text LoRA run trains in full: the connector unless `train_connector: false`,
+    plus the vision encoder's last `train_vision_blocks` blocks."""
+    modules = list(parts.connector) if getattr(recipe, "train_connector", True) else []
+    blocks = getattr(recipe, "train_vision_blocks", 0)
+    if blocks:
+        if blocks > len(parts.vision_blocks):
+            raise SynthError(
+                f"train_vision_blocks: {blocks}, but the vision encoder has {len(parts.vision_blocks)} blocks"
+            )
+        modules += parts.vision_blocks[-blocks:]
+    return modules
 
 
 def loss_mode(plan, loss: str) -> dict:
@@ -98,8 +110,9 @@ def loss_mode(plan, loss: str) -> dict:
     return {"completion_only_loss": True}
 
 
-def build_trainer(plan, model, callbacks=None):
-    """The SFTTrainer for a prepared plan (exposed for the benchmark and tests)."""
+def build_trainer(plan, model, callbacks=None, parts=None):
+    """The SFTTrainer for a prepared plan (exposed for the benchmark and tests); `parts`: an image-text
+    model's parts (synth.train.parts)."""
     from trl import SFTConfig, SFTTrainer
 
     recipe: SftRecipe = plan.recipe
@@ -113,9 +126,11 @@ def build_trainer(plan, model, callbacks=None):
     fields.update(packing=bool(packing), packing_strategy="bfd")
     args = SFTConfig(**fields)
 
-    model, peft_config = attach_lora(recipe, model, plan.info.is_vision)
-    if recipe.adapter is None and recipe.lora is None and plan.info.is_vision:
-        freeze_vision_tower(model)
+    if parts is None:
+        parts = vision_parts(plan, recipe)  # None for text models
+    model, peft_config = attach_lora(recipe, model, parts)
+    if recipe.adapter is None and recipe.lora is None and parts is not None:
+        freeze_for_full_finetune(model, recipe, parts)
     progress = ProgressLine("sft")
     trainer = SFTTrainer(
         model=model,
@@ -126,28 +141,34 @@ def build_trainer(plan, model, callbacks=None):
         peft_config=peft_config,
         callbacks=[progress, *(callbacks or [])],
     )
+    fix_family_batches(trainer, plan.processing, drop_labels=False)
     return trainer, progress
 
 
-def freeze_vision_tower(model) -> None:
-    """Full fine-tuning of an image-text model still leaves the vision encoder as it was."""
-    import re
-
-    pattern = re.compile(VISION_MODULES.replace("|multi_modal_projector|mm_projector", ""))
+def freeze_for_full_finetune(model, recipe, parts) -> None:
+    """Full fine-tuning of an image-text model: the language model (and connector unless turned off)
+    train; the vision encoder stays as it was except its last `train_vision_blocks` blocks."""
+    train = ("language", "connector") if recipe.train_connector else ("language",)
+    freeze_all_but(model, parts, train)
+    blocks = tuple(b + "." for b in full_modules(recipe, parts) if b not in parts.connector)
     for name, param in model.named_parameters():
-        if pattern.match(name):
-            param.requires_grad_(False)
+        if name.startswith(blocks):
+            param.requires_grad_(True)
 
 
 def run_sft(recipe: SftRecipe, callbacks=None) -> TrainResult:
     check_adapter(recipe)
     plan = prepare(recipe, "sft")
+    parts = vision_parts(plan, recipe)
+    if parts is not None:
+        full_modules(recipe, parts)  # a train_vision_blocks the encoder cannot give fails before the weights load
     dtype = weights_dtype(plan, recipe.lora is not None or recipe.adapter is not None)
     model = load_weights(
         plan.info, device=plan.device, dtype=dtype, qlora=recipe.qlora,
         attn=attn_implementation(plan.device, dtype),
     )
-    trainer, progress = build_trainer(plan, model, callbacks)
+    trainer, progress = build_trainer(plan, model, callbacks, parts)
+    show_parts(trainer.model, parts, "sft")
     metrics = train(plan, trainer, progress)
     if recipe.lora is not None or recipe.adapter:
         trainer.model.save_pretrained(str(plan.out))
