@@ -48,6 +48,5 @@ def run_align(recipe: AlignRecipe, callbacks=None) -> TrainResult:
         callbacks=[progress, *(callbacks or [])],
     )
     metrics = train(plan, trainer, progress)
-    trainer.save_model(str(plan.out))
-    return finish(plan, trainer, metrics, progress, "model (connector trained)")
+    return finish(plan, trainer, metrics, progress, "model (connector trained)", trainer.save_model)
 
