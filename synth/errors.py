@@ -143,13 +143,13 @@ def redact_data(value: Any, secrets: list[str] | None = None) -> Any:
 # ---------------------------------------------------------------- a full disk
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "StorageFull")
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "StorageFull", "database or disk is full")
 
 
 def disk_full_error(exc: BaseException | None) -> BaseException | None:
     """The error in `exc`'s chain (itself, its ``__cause__``/``__context__``, ...) that says the disk is full
     or the quota is used up; None when it is something else. Libraries wrap it (datasets'
-    DatasetGenerationError) or only keep its text (pyarrow, safetensors), so the text counts too."""
+    DatasetGenerationError) or only keep its text (pyarrow, safetensors, sqlite), so the text counts too."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

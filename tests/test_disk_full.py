@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -140,6 +141,7 @@ def test_a_wrapped_disk_full_is_found_and_the_error_crosses_processes():
         assert disk_full_error(wrapped).errno == errno.ENOSPC
     assert disk_full_error(OSError("pyarrow: [errno 28] No space left on device")) is not None
     assert disk_full_error(OSError(errno.EDQUOT, "Disk quota exceeded")) is not None
+    assert disk_full_error(sqlite3.OperationalError("database or disk is full")) is not None
     assert disk_full_error(OSError(errno.EACCES, "Permission denied")) is None
     error = pickle.loads(pickle.dumps(DiskFull("/data/out")))
     assert str(error) == "disk full while writing /data/out: free space or choose another output location"
@@ -179,3 +181,24 @@ def _big_recipe(folder, source):
     path.write_text(f"name: big\nstages:\n  - {{type: source, name: shapes, path: {source}}}\n"
                     "  - {type: adapt, name: vqa, input: shapes, template: vqa_short}\n")
     return path
+
+
+def test_the_error_boundary_finds_a_wrapped_disk_full_anywhere():
+    """Outside an output folder (a library's own cache, say): still one line, naming the file when the
+    error does."""
+    import typer
+    from datasets.exceptions import DatasetGenerationError
+    from typer.testing import CliRunner
+
+    from synth.cli.common import handle_errors
+
+    def fails():
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/cache/part-0.arrow")
+        except OSError as e:
+            raise DatasetGenerationError("An error occurred while generating the dataset") from e
+
+    app = typer.Typer()
+    app.command()(handle_errors(fails))
+    result = CliRunner().invoke(app, [])
+    one_line_error(result, "disk full while writing /cache/part-0.arrow: free space or choose another -o")

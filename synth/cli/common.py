@@ -56,7 +56,7 @@ def handle_errors(fn: Callable, out_option: str = "-o") -> Callable:
             full = disk_full_error(e)
             if full is None or debug():
                 raise
-            path = getattr(full, "filename", None) or "the output"
+            path = getattr(full, "filename", None) or "the output (or synth's cache)"
             fail(str(DiskFull(path, f"another {out_option}")))
 
     return wrapper
