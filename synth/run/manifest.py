@@ -101,7 +101,7 @@ def output_damage(path: str | os.PathLike, marker: dict) -> str | None:
     edited), in a few words; None when it is as written. Files added beside it are not checked."""
     path = Path(path)
     if not path.exists():
-        return "output is missing"
+        return f"{path} was deleted"
     hashes: dict[str, str] | None = marker.get("files")
     if not hashes:  # a marker from before synth recorded files: nothing to check against
         return None
