@@ -83,10 +83,10 @@ def test_every_command_says_disk_full_and_leaves_nothing(inputs, tmp_path, monke
     assert str(target) in line or str(full) in line, line
     monkeypatch.undo()
     if name == "run":  # a run folder keeps its lock, recipe and manifest; no temp file, no stage output
-        assert [p for p in leftovers(full, set()) if p.endswith(".tmp") or ".tmp/" in p] == []
+        assert [p for p in leftovers(full) if p.endswith(".tmp") or ".tmp/" in p] == []
         assert not (full / "runs" / "full" / "vqa").exists()
     else:
-        assert leftovers(full, set()) == []
+        assert leftovers(full) == []
     again = run_cli(*args)  # the same command, disk freed: works, nothing in its way
     assert again.exit_code == 0, again.output
 
@@ -118,7 +118,7 @@ def test_train_writes_its_results_whole_or_not_at_all(tmp_path, monkeypatch):
     assert "choose another output_dir" in line
     assert disk.hits and str(out) in line
     monkeypatch.undo()
-    left = leftovers(tmp_path / "full", set())
+    left = leftovers(tmp_path / "full")
     assert not any(p.endswith(".json") or p.endswith(".safetensors") or ".tmp" in p for p in left), left
     result = run_cli("train", "sft", recipe, "-s", "max_steps=1", "-s", "lora.r=4")
     assert result.exit_code == 0, result.output
