@@ -16,7 +16,7 @@ import pytest
 
 from tests.cli_helpers import one_line_error, run_cli
 from tests.disk_full import fill_disk, leftovers
-from tests.publish_fixtures import MIX_RECIPE
+from tests.publish_fixtures import MIX_RECIPE, scripted_model
 
 DEMO_RECIPE = """\
 name: full
@@ -62,12 +62,14 @@ def commands(inputs, full, server):
         "push": (["push", inputs / "vqa", "--repo", "alice/shapes", "--to-dir", out], out, "--to-dir"),
         "report": (["report", inputs / "vqa", "-o", full / "report.html"], full / "report.html", "-o"),
         "generate": (["generate", inputs / "tasks.jsonl", "-o", out, *llm], out, "-o"),
+        "evolve": (["evolve", inputs / "shapes", "--method", "mmevol", "-o", out, *llm, "--rounds", 1, "--limit", 3,
+                    "--judge-batch-size", 1], out, "-o"),
         "run": (["run", inputs / "recipe.yaml", "--runs-dir", full / "runs"], full / "runs", "--runs-dir"),
     }
 
 
 NAMES = ["demo-data", "adapt", "filter", "dedup", "decontaminate", "mix", "export-trl", "export-llamafactory",
-         "export-llava", "export-openai", "prefs", "push", "report", "generate", "run"]
+         "export-llava", "export-openai", "prefs", "push", "report", "generate", "evolve", "run"]
 
 
 @pytest.mark.parametrize("budget", [0, 1500])
@@ -76,6 +78,7 @@ def test_every_command_says_disk_full_and_leaves_nothing(inputs, tmp_path, monke
     full = tmp_path / "full"
     full.mkdir()
     args, target, option = commands(inputs, full, llm_server)[name]
+    llm_server.script(scripted_model)  # MMEvol's evolutions and verdicts; an answer for anything else
     disk = fill_disk(monkeypatch, full, budget)
     result = run_cli(*args)
     assert disk.hits, "the command never met the full disk"
