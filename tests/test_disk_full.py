@@ -106,13 +106,15 @@ def test_run_leaves_no_manifest_temp_and_its_next_run_is_clean(inputs, tmp_path,
     assert list(runs.rglob("*.tmp")) == []
 
 
-def test_train_writes_its_results_whole_or_not_at_all(tmp_path, monkeypatch):
+@pytest.mark.parametrize("budget", [0, 64])
+def test_train_writes_its_results_whole_or_not_at_all(tmp_path, monkeypatch, budget):
     from tests.train_helpers import adapted, fast_fields, tiny_text_model, write_recipe
 
     out = tmp_path / "full" / "model"
     recipe = write_recipe(tmp_path, **fast_fields(tiny_text_model(), adapted("scene_qa_text"), out, limit=4))
-    # safetensors writes the adapter natively (it lands); the first file Python writes (the tokenizer's) fails
-    disk = fill_disk(monkeypatch, tmp_path / "full", 0)
+    # 0: the output's .synth-output marker does not fit (before training). 64: it does; safetensors writes
+    # the adapter natively (it lands); the first result file Python writes (adapter_config.json) fails
+    disk = fill_disk(monkeypatch, tmp_path / "full", budget)
     result = run_cli("train", "sft", recipe, "-s", "max_steps=1", "-s", "lora.r=4")
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]  # the step line, then the error
@@ -123,6 +125,7 @@ def test_train_writes_its_results_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.undo()
     left = leftovers(tmp_path / "full")
     assert not any(p.endswith(".json") or p.endswith(".safetensors") or ".tmp" in p for p in left), left
+    assert (out / ".synth-output").is_file() == (budget > 0)  # the run's own folder, marked at its start
     result = run_cli("train", "sft", recipe, "-s", "max_steps=1", "-s", "lora.r=4")
     assert result.exit_code == 0, result.output
     assert (out / "train_summary.json").is_file() and (out / "adapter_model.safetensors").is_file()

@@ -104,8 +104,14 @@ class OutputFolder:
         _remove_stale_temps(self.final)
         self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".tmp", dir=self.final.parent))
         self.path = self._tmp / self.final.name
-        self.path.mkdir()
-        mark(self.path)  # a later --overwrite may replace this folder, and only such a folder
+        try:
+            self.path.mkdir()
+            mark(self.path)  # a later --overwrite may replace this folder, and only such a folder
+        except BaseException as e:  # no __exit__ when __enter__ fails: clean up here
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            if disk_full_error(e) is not None:
+                raise DiskFull(self.final) from None
+            raise
         self.rejects = RecordLog(self.path / REJECTS)
         self.failures = RecordLog(self.path / FAILURES)
         return self
