@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import re
 from typing import Any
@@ -137,3 +138,39 @@ def redact_data(value: Any, secrets: list[str] | None = None) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(redact_data(v, secrets) for v in value)
     return value
+
+
+# ---------------------------------------------------------------- a full disk
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "StorageFull", "database or disk is full")
+
+
+def disk_full_error(exc: BaseException | None) -> BaseException | None:
+    """The error in `exc`'s chain (itself, its ``__cause__``/``__context__``, ...) that says the disk is full
+    or the quota is used up; None when it is something else. Libraries wrap it (datasets'
+    DatasetGenerationError) or only keep its text (pyarrow, safetensors, sqlite), so the text counts too."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DiskFull):
+            return exc
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+            return exc
+        if not isinstance(exc, SynthError) and any(text in str(exc) for text in _DISK_FULL_TEXT):
+            return exc
+        exc = exc.__cause__ if exc.__cause__ is not None else None if exc.__suppress_context__ else exc.__context__
+    return None
+
+
+class DiskFull(SynthError):
+    """Writing `path` failed because the disk (or the user's quota) is full; nothing half-written is left.
+    The CLI names the option that picks another place (``-o``, ``--runs-dir``, ...)."""
+
+    def __init__(self, path, where: str = "another output location"):
+        self.path = str(path)
+        self.where = where
+        super().__init__(f"disk full while writing {self.path}: free space or choose {where}")
+
+    def __reduce__(self):  # rebuilt from its fields when it crosses a process boundary (executors)
+        return (type(self), (self.path, self.where))

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from synth.errors import SynthError
+from synth.errors import DiskFull, SynthError, disk_full_error
 
 #: a config file (recipe, template set, filter chain) larger than this is refused before parsing
 MAX_YAML_BYTES = 4 * 1024 * 1024
@@ -199,8 +199,32 @@ def atomic_path(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Pa
             trash = tmp / ".old"
             os.replace(final, trash)
         os.replace(target, final)
+    except Exception as e:
+        if disk_full_error(e) is not None:
+            raise DiskFull(final) from None  # the temp sibling is removed below: nothing half-written
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | os.PathLike, mode: str = "w") -> Iterator:
+    """A file opened on a temporary sibling (``.NAME.PID.tmp``); fsynced and renamed onto `final` when the
+    block ends, removed on any error (a full disk: `DiskFull`), so `final` is the old file or the new one."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if disk_full_error(e) is not None:
+            raise DiskFull(final) from None
+        raise
 
 
 def write_jsonl(rows: Iterable[dict], out: str | os.PathLike, overwrite: bool = True) -> int:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from synth.errors import SynthError
+from synth.errors import DiskFull, SynthError, disk_full_error
 
 MARKER = ".synth-output"
 
@@ -21,7 +21,13 @@ MARKER = ".synth-output"
 def mark(folder: str | os.PathLike, command: str = "") -> Path:
     """Write the marker into `folder` (which synth is writing): it may be replaced by a later run."""
     path = Path(folder) / MARKER
-    path.write_text(json.dumps({"written_by": f"synth {command}".strip()}) + "\n", encoding="utf-8")
+    try:
+        path.write_text(json.dumps({"written_by": f"synth {command}".strip()}) + "\n", encoding="utf-8")
+    except OSError as e:
+        path.unlink(missing_ok=True)  # a cut-short marker would make the folder look like an output
+        if disk_full_error(e) is not None:
+            raise DiskFull(folder) from None
+        raise
     return path
 
 

@@ -8,7 +8,7 @@ from rich.text import Text
 from synth.cli.common import command, console
 
 
-@command("demo-data")
+@command("demo-data", out_option="OUT")
 def demo_data(
     out: str = typer.Argument(..., help="Output folder (a `save_to_disk` dataset)."),
     count: int = typer.Option(200, "--count", help="Number of images."),

@@ -10,7 +10,7 @@ import typer
 from synth.cli.common import command, console
 
 
-@command("loop")
+@command("loop", out_option="--runs-dir")
 def loop(
     recipe: Path = typer.Argument(..., help="Recipe YAML with a loop: block (see recipes/loop_shapes.yaml)."),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a recipe value: path.to.key=value (repeatable)."),

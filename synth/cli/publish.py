@@ -11,7 +11,7 @@ import typer
 from synth.cli.common import command, console
 
 
-@command("push")
+@command("push", out_option="--to-dir")
 def push(
     datasets: list[str] = typer.Argument(..., help="Dataset folders, one config each; NAME=PATH names the config."),
     repo: str = typer.Option(..., "--repo", "-r", help="Hub dataset repo, USER/NAME or ORG/NAME."),

@@ -10,7 +10,7 @@ import typer
 from synth.cli.common import command, console
 
 
-@command("run")
+@command("run", out_option="--runs-dir")
 def run(
     recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML (see recipes/quickstart.yaml)."),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a recipe value: path.to.key=value (repeatable)."),

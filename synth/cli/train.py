@@ -33,7 +33,7 @@ def _stage(stage: str, help_text: str):
         _run(stage, recipe, overrides)
 
     run.__doc__ = help_text
-    train_app.command(stage)(handle_errors(run))
+    train_app.command(stage)(handle_errors(run, "output_dir (-s output_dir=...)"))
 
 
 _stage("align", "Image-text stage 1: train only the connector (LLaVA's multi_modal_projector, Qwen-VL's "

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.data.reader import quiet_datasets
-from synth.errors import SynthError, known_secrets, redact_data
+from synth.errors import DiskFull, SynthError, disk_full_error, known_secrets, redact_data
 from synth.ownership import check_replaceable, mark
 
 LEGACY_SIDECARS = (".rejects.jsonl", ".report.json", ".usage.json", ".failures.jsonl")
@@ -104,8 +104,14 @@ class OutputFolder:
         _remove_stale_temps(self.final)
         self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".tmp", dir=self.final.parent))
         self.path = self._tmp / self.final.name
-        self.path.mkdir()
-        mark(self.path)  # a later --overwrite may replace this folder, and only such a folder
+        try:
+            self.path.mkdir()
+            mark(self.path)  # a later --overwrite may replace this folder, and only such a folder
+        except BaseException as e:  # no __exit__ when __enter__ fails: clean up here
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            if disk_full_error(e) is not None:
+                raise DiskFull(self.final) from None
+            raise
         self.rejects = RecordLog(self.path / REJECTS)
         self.failures = RecordLog(self.path / FAILURES)
         return self
@@ -126,9 +132,9 @@ class OutputFolder:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._tmp is not None
-        self.rejects.close()
-        self.failures.close()
         try:
+            self.rejects.close()
+            self.failures.close()
             if exc_type is None:
                 _fsync_tree(self.path)
                 if self.final.exists():
@@ -142,8 +148,14 @@ class OutputFolder:
                     stale = self.final.with_name(self.final.name + suffix)
                     if stale.is_file():
                         stale.unlink()
+        except BaseException as e:
+            if disk_full_error(e) is not None:
+                raise DiskFull(self.final) from None
+            raise
         finally:
             shutil.rmtree(self._tmp, ignore_errors=True)
+        if exc is not None and disk_full_error(exc) is not None:
+            raise DiskFull(self.final) from None  # the temp folder is gone: nothing half-written is left
 
 
 def _remove_stale_temps(final: Path) -> None:

@@ -88,6 +88,37 @@ def file_hashes(path: str | os.PathLike) -> dict[str, str]:
     return out
 
 
+def file_sizes(path: str | os.PathLike) -> dict[str, int]:
+    """Per-file sizes of an output (checked before its hashes: a truncated file shows without reading it)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def output_damage(path: str | os.PathLike, marker: dict) -> str | None:
+    """What changed in a finished output since its marker recorded it (a file missing, truncated or
+    edited), in a few words; None when it is as written. Files added beside it are not checked."""
+    path = Path(path)
+    if not path.exists():
+        return f"{path} was deleted"
+    hashes: dict[str, str] | None = marker.get("files")
+    if not hashes:  # a marker from before synth recorded files: nothing to check against
+        return None
+    sizes: dict[str, int] = marker.get("sizes") or {}
+    for name in hashes:
+        file = path / name
+        if not file.is_file():
+            return f"{file} was deleted"
+        if name in sizes and file.stat().st_size != sizes[name]:
+            return f"{file} changed size ({sizes[name]:,} → {file.stat().st_size:,} bytes)"
+    now = file_hashes(path)
+    for name, value in hashes.items():
+        if now.get(name) != value:
+            return f"{path / name} was edited"
+    return None
+
+
 def source_fingerprint(ref) -> str:
     """A local source by its files; a Hub dataset by id, config, split and revision."""
     path = Path(ref.path)

@@ -99,6 +99,10 @@ class RunView:
             row = self.rows[name] = StageRow(name, type_)
         return row
 
+    def note(self, text: str) -> None:
+        """One line about the run itself (a damaged output redone), printed whether the view is live or not."""
+        self.console.print(text, style="yellow", highlight=False, soft_wrap=True)
+
     def source(self, name: str, type_: str, report: dict) -> None:
         row = self._row(name, type_)
         row.state, row.report = "source", report

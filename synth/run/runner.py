@@ -34,9 +34,11 @@ from synth.run.dag import order
 from synth.run.manifest import (
     RESOLVED_RECIPE,
     file_hashes,
+    file_sizes,
     hash_files,
     load_manifest,
     new_manifest,
+    output_damage,
     save_manifest,
     source_fingerprint,
     stage_fingerprint,
@@ -161,6 +163,9 @@ def opened_run(plan: Plan, run_dir: Path, options: RunOptions, stages: list[str]
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
         hooks.mark_main_process()
+        for stale in run_dir.glob(".*.tmp"):  # temp files of a killed run (manifest, recipe): never read
+            if stale.is_file():
+                stale.unlink()
         (run_dir / STATE_DIR).mkdir(exist_ok=True)
         _write_text_atomic(run_dir / RESOLVED_RECIPE, _resolved_recipe_text(plan))
         executor = make_executor(options.executor, options.workers, options.ray_address)
@@ -183,9 +188,15 @@ def opened_run(plan: Plan, run_dir: Path, options: RunOptions, stages: list[str]
             raise
         finally:
             manifest["finished"] = time.time()
-            save_manifest(run_dir, manifest)
-            executor.close()
-            close_backends()
+            try:
+                save_manifest(run_dir, manifest)
+            except SynthError:
+                if manifest["state"] == "done":
+                    raise
+                # the run already failed (a full disk, say): its own error is the one to report
+            finally:
+                executor.close()
+                close_backends()
 
 
 class Runner:
@@ -255,8 +266,13 @@ class Runner:
         marker_path = self.marker_path(name)
         marker = read_json(marker_path)
         out = self.out_dir(name)
-        if (marker and marker.get("fingerprint") == fp and out.exists() and name not in self.options.rerun
+        if (marker and marker.get("fingerprint") == fp and name not in self.options.rerun
                 and not (self.options.retry_failed and adapter.uses_llm(spec) and _failed(marker.get("report", {})))):
+            damage = output_damage(out, marker)
+            if damage is not None:  # deleted, truncated or edited since it was written: never reuse it
+                self.view.note(f"stage {name}: {damage} since it finished; running the stage again")
+                marker_path.unlink(missing_ok=True)
+                return self.execute_stage(name, spec, adapter, fp, marker_path)
             ref = DataRef.from_dict(marker["output"])
             self.outputs[name] = (ref, fp, marker["hash"])
             self.view.reused(name, spec.type, marker.get("report", {}))
@@ -333,7 +349,15 @@ class Runner:
 
         started = time.time()
         tasks = self.plan_shards(name, spec, adapter, fp)
-        todo = [t for t in tasks if completed(t, self.options.retry_failed) is None]
+        todo = []
+        for task in tasks:
+            marker = completed(task, self.options.retry_failed)
+            damage = output_damage(task.path, marker) if marker is not None else None
+            if damage is not None:  # a finished shard damaged since: its marker no longer vouches for it
+                self.view.note(f"stage {name}: shard {task.rank}: {damage} since it finished; running it again")
+                task.marker.unlink(missing_ok=True)
+            if marker is None or damage is not None:
+                todo.append(task)
         rows_in = sum(len(t.indices) for t in tasks) if tasks[0].indices is not None else None
         if rows_in is None and tasks[0].inputs:
             rows_in = tasks[0].inputs[0].get("rows")
@@ -374,7 +398,7 @@ class Runner:
         data_hash = hash_files(out)
         write_json_atomic(marker_path, {
             "fingerprint": fp, "stage": name, "type": spec.type, "output": ref.as_dict(), "hash": data_hash,
-            "files": file_hashes(out), "report": report, "finished": time.time(),
+            "files": file_hashes(out), "sizes": file_sizes(out), "report": report, "finished": time.time(),
         })
         if not failed:  # keep the shards of a stage with failures: the next run redoes only those
             shutil.rmtree(Path(tasks[0].shards_dir).parent, ignore_errors=True)
@@ -427,12 +451,10 @@ def _failed(report: dict) -> int:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    from synth.io import atomic_file
+
+    with atomic_file(path) as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def run_recipe(path: str | os.PathLike, overrides: list[str] | None = None, options: RunOptions | None = None,

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.data import FAILURES, REJECTS, REPORT, USAGE, OutputFolder, save, write_records
-from synth.errors import redact_data
+from synth.errors import SynthError, redact_data
 from synth.ownership import MARKER
 from synth.run import hooks
 
@@ -52,14 +52,11 @@ def fsync_dir(path: Path) -> None:
 
 def write_json_atomic(path: Path, value: Any) -> None:
     """Temp file → fsync → rename → fsync the folder: the file is the old one or the new one, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    from synth.io import atomic_file
+
+    with atomic_file(path) as f:
         json.dump(redact_data(value), f, ensure_ascii=False, indent=2, default=str)  # manifests, markers: no secrets
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     fsync_dir(path.parent)
 
 
@@ -357,8 +354,12 @@ def run_shard(task: ShardTask, progress=None) -> dict[str, Any]:
             report["seconds"] = round(time.time() - started, 3)
             folder.write_json(REPORT, report)
         hooks.point("shard_done", stage=task.stage, shard=task.rank)
+    from synth.run.manifest import file_hashes, file_sizes
+
+    # the files as written: a rerun checks them before trusting this marker (a truncated or deleted file)
     marker = {"fingerprint": task.fingerprint, "stage": task.stage, "rank": task.rank,
-              "world_size": task.world_size, "report": report, "finished": time.time()}
+              "world_size": task.world_size, "report": report, "finished": time.time(),
+              "files": file_hashes(task.path), "sizes": file_sizes(task.path)}
     write_json_atomic(task.marker, marker)
     return marker
 
@@ -444,7 +445,10 @@ def assemble(shard_paths: list[Path], out: Path, report: dict[str, Any]) -> None
             _merge_datasets(shard_paths, folder.path)
             _concat_logs([p / REJECTS for p in shard_paths], folder.path / REJECTS)
             _concat_logs([p / FAILURES for p in shard_paths], folder.path / FAILURES)
+        # unlinked, not overwritten: a moved-in shard's files are hard links, and the shard's own report must
+        # stay as its marker recorded it
         (folder.path / USAGE).unlink(missing_ok=True)
+        (folder.path / REPORT).unlink(missing_ok=True)
         if report.get("usage"):
             folder.write_json(USAGE, report["usage"])
         folder.write_json(REPORT, report)
@@ -468,8 +472,14 @@ def _merge_datasets(shard_paths: list[Path], target: Path) -> None:
         parts = [load_from_disk(str(p)) for p in shard_paths]
         merged = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
         position_files = [p / POSITIONS for p in shard_paths]
-        if len(merged) and all(f.is_file() for f in position_files):
+        present = [f.is_file() for f in position_files]
+        if any(present) and not all(present):  # the order would silently change: refuse instead
+            missing = position_files[present.index(False)]
+            raise SynthError(f"{missing} is missing; delete {missing.parent} and its .done marker, then run again")
+        if len(merged) and all(present):
             positions = np.concatenate([np.load(f) for f in position_files])
-            if len(positions) == len(merged):
-                merged = merged.select(np.argsort(positions, kind="stable"))
+            if len(positions) != len(merged):
+                raise SynthError(f"{shard_paths[0].parent}: the shards' {POSITIONS} do not match their rows; "
+                                 f"delete {shard_paths[0].parent} and run again")
+            merged = merged.select(np.argsort(positions, kind="stable"))
         save(merged, target)

@@ -42,6 +42,5 @@ def run_align(recipe: AlignRecipe, callbacks=None) -> TrainResult:
     fix_family_batches(trainer, plan.processing, drop_labels=False)
     show_parts(trainer.model, parts, "align")
     metrics = train(plan, trainer, progress)
-    trainer.save_model(str(plan.out))
-    return finish(plan, trainer, metrics, progress, "model (connector trained)")
+    return finish(plan, trainer, metrics, progress, "model (connector trained)", trainer.save_model)
 

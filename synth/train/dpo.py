@@ -79,9 +79,10 @@ def run_dpo(recipe: DpoRecipe, callbacks=None) -> TrainResult:
         show_parts(trainer.model, parts, "dpo")
         metrics = train(plan, trainer, progress)
     if hasattr(trainer.model, "peft_config"):
-        trainer.model.save_pretrained(str(plan.out), selected_adapters=["default"])
         saved = "adapter"
+
+        def save(folder: str) -> None:
+            trainer.model.save_pretrained(folder, selected_adapters=["default"])
     else:
-        trainer.save_model(str(plan.out))
-        saved = "model"
-    return finish(plan, trainer, metrics, progress, saved)
+        save, saved = trainer.save_model, "model"
+    return finish(plan, trainer, metrics, progress, saved, save)

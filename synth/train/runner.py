@@ -351,9 +351,47 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def finish(plan: Plan, trainer, metrics: dict[str, Any], progress: ProgressLine, saved: str) -> TrainResult:
-    """Save the tokenizer/processor (with its chat template), the summary, and print it."""
-    plan.processing.save_pretrained(str(plan.out))
+def finish(plan: Plan, trainer, metrics: dict[str, Any], progress: ProgressLine, saved: str,
+           save_weights) -> TrainResult:
+    """Save the weights (`save_weights(folder)`), the tokenizer/processor (with its chat template) and the
+    summary, and print it. They are written into a temporary sibling and moved into OUT only once all of
+    them are whole (a full disk leaves no half-written tokenizer and no summary); OUT keeps its checkpoints."""
+    with staged_results(plan.out) as staging:
+        save_weights(str(staging))
+        plan.processing.save_pretrained(str(staging))
+        summary = _summary(plan, trainer, metrics, progress, saved)
+        (staging / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    _print_summary(summary)
+    return TrainResult(plan.out, summary)
+
+
+@contextlib.contextmanager
+def staged_results(out: Path):
+    """A temporary folder beside OUT for the results; on success its files replace OUT's (the summary last:
+    its presence says the results are complete), on any error it is removed and OUT is as it was."""
+    import tempfile
+
+    from synth.errors import DiskFull, disk_full_error
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        entries = sorted(tmp.iterdir(), key=lambda p: p.name == "train_summary.json")
+        for entry in entries:
+            target = out / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    except Exception as e:
+        if disk_full_error(e) is not None:
+            raise DiskFull(out) from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _summary(plan: Plan, trainer, metrics: dict[str, Any], progress: ProgressLine, saved: str) -> dict[str, Any]:
     checkpoints = plan.out / "checkpoints"
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()  # made by the Trainer; no save_steps, no checkpoints
@@ -384,9 +422,7 @@ def finish(plan: Plan, trainer, metrics: dict[str, Any], progress: ProgressLine,
     for key in ("eval_rewards/accuracies", "eval_rewards/margins"):
         if key in metrics:
             summary[key.replace("/", "_")] = metrics[key]
-    (plan.out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    _print_summary(summary)
-    return TrainResult(plan.out, summary)
+    return summary
 
 
 def _print_summary(s: dict[str, Any]) -> None:

@@ -171,9 +171,7 @@ def run_sft(recipe: SftRecipe, callbacks=None) -> TrainResult:
     show_parts(trainer.model, parts, "sft")
     metrics = train(plan, trainer, progress)
     if recipe.lora is not None or recipe.adapter:
-        trainer.model.save_pretrained(str(plan.out))
-        saved = "adapter"
+        save, saved = trainer.model.save_pretrained, "adapter"
     else:
-        trainer.save_model(str(plan.out))
-        saved = "model"
-    return finish(plan, trainer, metrics, progress, saved)
+        save, saved = trainer.save_model, "model"
+    return finish(plan, trainer, metrics, progress, saved, save)
