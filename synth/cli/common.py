@@ -42,6 +42,14 @@ def handle_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             err_console.print(Text("interrupted", style="red"))
             raise typer.Exit(130) from None
+        except ImportError as e:  # an optional package (an extra) that is not installed
+            from synth.optional import from_import_error
+
+            error = from_import_error(e, "this command")
+            if error is None or debug():
+                raise
+            err_console.print(Text.assemble(("error: ", "bold red"), (str(error), "red")), soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 

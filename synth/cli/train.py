@@ -66,6 +66,9 @@ def eval_command(
 ) -> None:
     """Held-out exact match, reference log-likelihood and DPO reward accuracy; a table and eval.json."""
     from synth.errors import SynthError
+    from synth.optional import require_all
+
+    require_all(("torch", "peft"), "synth eval", extra="train")
     from synth.train.evaluate import evaluate, render_table, resolve_specs, write_report
     from synth.train.models import adapter_base, is_adapter_dir
 

@@ -333,7 +333,9 @@ class LocalBackend(Backend):
         return self.base_model
 
     def _load(self) -> _Loaded:
-        import torch
+        from synth.optional import require
+
+        torch = require("torch", "the local backend")
         from transformers import (
             AutoModelForCausalLM,
             AutoModelForImageTextToText,
@@ -378,6 +380,10 @@ class LocalBackend(Backend):
                 else:
                     tokenizer = AutoTokenizer.from_pretrained(path, **common)
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **common)
+        except ImportError as e:  # e.g. a processor that needs torchvision or num2words
+            from synth.optional import from_import_error
+
+            raise (from_import_error(e, f"the local model '{self.base_model}'") or e) from None
         except (OSError, ValueError) as e:
             raise SynthError(
                 f"cannot load the local model '{self.base_model}': {str(e).strip().splitlines()[0]} "
@@ -413,10 +419,9 @@ class LocalBackend(Backend):
 
     def _apply_adapter(self, model):
         """The base with the LoRA adapter: merged into its weights (default) or as a PeftModel."""
-        try:
-            from peft import PeftModel
-        except ImportError as e:  # a core dependency; only a broken install lacks it
-            raise SynthError("serving an adapter needs the 'peft' package: pip install peft") from e
+        from synth.optional import require
+
+        PeftModel = require("peft", "serving a LoRA adapter", extra="local").PeftModel
         try:
             model = PeftModel.from_pretrained(model, self.adapter)
         except (OSError, ValueError, RuntimeError, KeyError) as e:
@@ -666,10 +671,11 @@ class LocalBackend(Backend):
 
     def _json_processor(self, loaded: _Loaded, schema_model: Any):
         """A fresh xgrammar logits processor (one per generate call) for the schema; grammars are cached."""
-        import xgrammar
-        from xgrammar.contrib.hf import LogitsProcessor
-
         from synth.llm.structured import adapter_for, schema_json
+        from synth.optional import require
+
+        xgrammar = require("xgrammar", "structured output with the local backend")
+        from xgrammar.contrib.hf import LogitsProcessor
 
         key = schema_json(schema_model)
         if key not in loaded.grammars:

@@ -12,6 +12,9 @@ from synth.train.recipe import AlignRecipe, DpoRecipe, MergeRecipe, SftRecipe, l
 
 def run_stage(stage: str, recipe, callbacks=None):
     """Run a validated recipe for `stage` (align | sft | dpo | merge), with library noise silenced."""
+    from synth.optional import TRAIN_PACKAGES, require_all
+
+    require_all(TRAIN_PACKAGES if stage != "merge" else ("torch", "peft"), f"synth train {stage}", extra="train")
     from synth.train.runner import quiet_training
 
     seed = getattr(recipe, "seed", None)
