@@ -72,7 +72,7 @@ def run_dpo(recipe: DpoRecipe, callbacks=None) -> TrainResult:
         trainer, progress = build_trainer(plan, model, callbacks)
         metrics = train(plan, trainer, progress)
     if hasattr(trainer.model, "peft_config"):
-        trainer.model.save_pretrained(str(plan.out), selected_adapters=["default"])
+        trainer.model.save_pretrained(str(plan.out), selected_adapters=["default"], is_main_process=trainer.is_world_process_zero())
         saved = "adapter"
     else:
         trainer.save_model(str(plan.out))

@@ -31,6 +31,7 @@ from synth.train.data import (
     read_recipe_data,
     select_for_trl,
 )
+from synth.train.distributed import is_main_process, main_process_first
 from synth.train.models import (
     ModelInfo,
     device_and_precision,
@@ -124,7 +125,8 @@ def prepare(recipe, stage: str) -> Plan:
     check_dataset(train, stage, source)
     if evaluation is not None:
         check_dataset(evaluation, stage, eval_source)
-    out, resume_from = _check_output(recipe)
+    with main_process_first(cpu=recipe.device == "cpu"):  # one process deletes an old output; the others wait
+        out, resume_from = _check_output(recipe)
     info = inspect_model(recipe.model, recipe.revision)
     check_model_fits_data(train, info, stage, source)
     device, precision = device_and_precision(recipe.device, recipe.precision)
@@ -304,10 +306,12 @@ def _versions() -> dict[str, str]:
 
 
 def finish(plan: Plan, trainer, metrics: dict[str, Any], progress: ProgressLine, saved: str) -> TrainResult:
-    """Save the tokenizer/processor (with its chat template), the summary, and print it."""
-    plan.processing.save_pretrained(str(plan.out))
+    """Save the tokenizer/processor (with its chat template), the summary, and print it (the main process)."""
+    main = is_main_process()
+    if main:
+        plan.processing.save_pretrained(str(plan.out))
     checkpoints = plan.out / "checkpoints"
-    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+    if main and checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()  # made by the Trainer; no save_steps, no checkpoints
     state = trainer.state
     summary = {
@@ -336,8 +340,9 @@ def finish(plan: Plan, trainer, metrics: dict[str, Any], progress: ProgressLine,
     for key in ("eval_rewards/accuracies", "eval_rewards/margins"):
         if key in metrics:
             summary[key.replace("/", "_")] = metrics[key]
-    (plan.out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    _print_summary(summary)
+    if main:
+        (plan.out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        _print_summary(summary)
     return TrainResult(plan.out, summary)
 
 

@@ -150,7 +150,7 @@ def run_sft(recipe: SftRecipe, callbacks=None) -> TrainResult:
     trainer, progress = build_trainer(plan, model, callbacks)
     metrics = train(plan, trainer, progress)
     if recipe.lora is not None or recipe.adapter:
-        trainer.model.save_pretrained(str(plan.out))
+        trainer.model.save_pretrained(str(plan.out), is_main_process=trainer.is_world_process_zero())
         saved = "adapter"
     else:
         trainer.save_model(str(plan.out))
