@@ -145,3 +145,20 @@ def test_generate_cli_answers_image_rows_with_the_local_model(llava, tmp_path):
     written = rows(out)
     assert len(written) == 4 and all(row["images"] for row in written)
     assert all(row["messages"][-1]["role"] == "assistant" for row in written)
+
+
+def test_dry_run_renders_image_rows_for_a_local_image_text_model(llava, tmp_path, monkeypatch):
+    recipe = tmp_path / "dry.yaml"
+    recipe.write_text(
+        "name: dry\nbackends:\n"
+        f"  vlm: {{backend: local, model: {llava}, device: cpu}}\n"
+        "stages:\n"
+        "  - {type: demo, name: shapes, count: 2, size: 64}\n"
+        "  - {type: adapt, name: vqa, input: shapes, template: vqa_short}\n"
+        "  - {type: generate, name: answers, input: vqa, backend: vlm, regenerate: true, max_tokens: 4}\n",
+        encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("run", recipe, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "takes no images" not in result.output and "images_unsupported" not in result.output
+    assert "--- answers: record" in result.output  # the prompt of an image row, rendered
