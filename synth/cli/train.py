@@ -66,11 +66,12 @@ def eval_command(
 ) -> None:
     """Held-out exact match, reference log-likelihood and DPO reward accuracy; a table and eval.json."""
     from synth.errors import SynthError
-    from synth.optional import require_all
-
-    require_all(("torch", "peft"), "synth eval", extra="train")
     from synth.train.evaluate import evaluate, render_table, resolve_specs, write_report
     from synth.train.models import adapter_base, is_adapter_dir
+
+    from synth.optional import require_all  # noqa: I001 - apart from the block above, which others edit
+
+    require_all(("torch", "peft"), "synth eval", extra="train")
 
     if entries and not compare:
         raise SynthError(f"unexpected argument(s) {' '.join(entries)}: pass --compare to compare several models")
