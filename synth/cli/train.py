@@ -42,6 +42,12 @@ _stage("dpo", "DPO with PEFT; the reference is the base with the new adapter dis
 _stage("merge", "Merge a LoRA adapter into its base model and save it (safetensors + tokenizer + template).")
 
 
+def _require_eval_packages() -> None:
+    from synth.optional import require_all
+
+    require_all(("torch", "peft"), "synth eval", extra="train")
+
+
 @command("eval")
 def eval_command(
     model: str = typer.Argument(..., help="base model: 'embedded', a folder, a Hub id (or an adapter folder)"),
@@ -69,9 +75,7 @@ def eval_command(
     from synth.train.evaluate import evaluate, render_table, resolve_specs, write_report
     from synth.train.models import adapter_base, is_adapter_dir
 
-    from synth.optional import require_all  # noqa: I001 - apart from the block above, which others edit
-
-    require_all(("torch", "peft"), "synth eval", extra="train")
+    _require_eval_packages()
 
     if entries and not compare:
         raise SynthError(f"unexpected argument(s) {' '.join(entries)}: pass --compare to compare several models")
