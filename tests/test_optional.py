@@ -72,3 +72,9 @@ def test_a_package_broken_inside_is_not_called_missing(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ImportError, match="not_a_module_anywhere"):
         require("brokenpkg", "x")
+
+
+def test_eval_without_peft_is_one_line(tmp_path, without):
+    without("peft")
+    result = run_cli("eval", tiny_text_model(), adapted("scene_qa_text"), "--limit", "1", "-o", tmp_path / "eval.json")
+    one_line_error(result, "synth eval", "'peft'", "pip install 'synth[train]'")
