@@ -34,12 +34,16 @@ def test_train_without_the_train_extra_is_one_line(tmp_path, without, missing):
     assert not (tmp_path / "out").exists()
 
 
-def test_serving_an_adapter_without_peft_is_one_line(tmp_path, without):
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
     from synth.train import recipe_from_dict, run_stage
 
-    adapter = tmp_path / "adapter"
-    run_stage("sft", recipe_from_dict(fast_fields(tiny_text_model(), adapted("scene_qa_text"), adapter,
-                                                  max_steps=1), "sft"))
+    out = tmp_path_factory.mktemp("optional") / "adapter"
+    run_stage("sft", recipe_from_dict(fast_fields(tiny_text_model(), adapted("scene_qa_text"), out, max_steps=1), "sft"))
+    return out
+
+
+def test_serving_an_adapter_without_peft_is_one_line(tmp_path, without, adapter):
     without("peft")
     result = run_cli("generate", adapted("scene_qa_text"), "-o", tmp_path / "answers", "--backend", "local",
                      "--model", adapter, "--regenerate", "--limit", "1", "--no-cache")
@@ -74,7 +78,8 @@ def test_a_package_broken_inside_is_not_called_missing(tmp_path, monkeypatch):
         require("brokenpkg", "x")
 
 
-def test_eval_without_peft_is_one_line(tmp_path, without):
-    without("peft")
-    result = run_cli("eval", tiny_text_model(), adapted("scene_qa_text"), "--limit", "1", "-o", tmp_path / "eval.json")
-    one_line_error(result, "synth eval", "'peft'", "pip install 'synth[train]'")
+def test_eval_of_an_adapter_without_peft_is_one_line(tmp_path, without, adapter):
+    without("peft")  # a base model alone is evaluated without it
+    result = run_cli("eval", adapter, adapted("scene_qa_text"), "--limit", "1", "-o", tmp_path / "eval.json")
+    one_line_error(result, "synth eval needs the 'peft' package", "pip install 'synth[train]'")
+    assert not (tmp_path / "eval.json").exists()

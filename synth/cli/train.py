@@ -42,10 +42,10 @@ _stage("dpo", "DPO with PEFT; the reference is the base with the new adapter dis
 _stage("merge", "Merge a LoRA adapter into its base model and save it (safetensors + tokenizer + template).")
 
 
-def _require_eval_packages() -> None:
+def _require_eval_packages(adapters: bool) -> None:
     from synth.optional import require_all
 
-    require_all(("torch", "peft"), "synth eval", extra="train")
+    require_all(("torch", "peft") if adapters else ("torch",), "synth eval", extra="train")
 
 
 @command("eval")
@@ -75,8 +75,6 @@ def eval_command(
     from synth.train.evaluate import evaluate, render_table, resolve_specs, write_report
     from synth.train.models import adapter_base, is_adapter_dir
 
-    _require_eval_packages()
-
     if entries and not compare:
         raise SynthError(f"unexpected argument(s) {' '.join(entries)}: pass --compare to compare several models")
     if compare and not entries:
@@ -84,6 +82,7 @@ def eval_command(
     if is_adapter_dir(model) and not adapter and not compare:
         # `synth eval ADAPTER DATASET`: the adapter knows its base.
         adapter, model = model, adapter_base(model) or model
+    _require_eval_packages(bool(adapter) or compare)
     specs = resolve_specs(model, adapter, entries if compare else None)
     report = evaluate(
         specs, dataset, split, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size, beta=beta,
