@@ -8,12 +8,14 @@ DEMO   := demo
 
 .PHONY: install demo loop-demo browser test test-fast test-slow lint bench clean
 
-# torch is installed first, pinned: the CPU wheel 2.13.0 lies on this machine, while an open range
-# would pull a multi-GB CUDA build.
+# torch and torchvision are installed first, pinned to a pair built for each other that lies on this
+# machine's disk (a CUDA-enabled build; it runs on CPU too). The package itself does not cap torch.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -e '.[local,train,ray,dev]'
 	touch $(STAMP)
 

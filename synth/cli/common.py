@@ -52,6 +52,13 @@ def handle_errors(fn: Callable, out_option: str = "-o") -> Callable:
         except KeyboardInterrupt:
             err_console.print(Text("interrupted", style="red"))
             raise typer.Exit(130) from None
+        except ImportError as e:  # an optional package (an extra) that is not installed
+            from synth.optional import from_import_error
+
+            error = from_import_error(e, "this command")
+            if error is None or debug():
+                raise
+            fail(str(error))
         except Exception as e:
             full = disk_full_error(e)
             if full is None or debug():

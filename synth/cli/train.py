@@ -43,6 +43,12 @@ _stage("dpo", "DPO with PEFT; the reference is the base with the new adapter dis
 _stage("merge", "Merge a LoRA adapter into its base model and save it (safetensors + tokenizer + template).")
 
 
+def _require_eval_packages(adapters: bool) -> None:
+    from synth.optional import require_all
+
+    require_all(("torch", "peft") if adapters else ("torch",), "synth eval", extra="train")
+
+
 @command("eval")
 def eval_command(
     model: str = typer.Argument(..., help="base model: 'embedded', a folder, a Hub id (or an adapter folder)"),
@@ -77,6 +83,7 @@ def eval_command(
     if is_adapter_dir(model) and not adapter and not compare:
         # `synth eval ADAPTER DATASET`: the adapter knows its base.
         adapter, model = model, adapter_base(model) or model
+    _require_eval_packages(bool(adapter) or compare)
     specs = resolve_specs(model, adapter, entries if compare else None)
     report = evaluate(
         specs, dataset, split, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size, beta=beta,

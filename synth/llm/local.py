@@ -1,4 +1,5 @@
-"""In-process generation with transformers: any causal LM by Hub id or local path, batched on CPU or GPU.
+"""In-process generation with transformers: any causal LM or image-text model by Hub id or local path,
+batched on CPU or GPU.
 
 Requests are grouped by their sampling parameters, sorted by prompt length (less padding) and generated
 `batch_size` sequences at a time with left padding, in a worker thread so the event loop stays free.
@@ -20,6 +21,12 @@ writes), or `adapter` names one on top of `model`. The base comes from the folde
 tokenizer and chat template come from the adapter folder, so prompts render as they were trained. The
 backend's `model_name` names the adapter with a hash of its files, so the request cache never replays a
 different (e.g. retrained) adapter's answers; see `model_identity`.
+
+Image-text models (a config with a ``vision_config``: LLaVA, Qwen2-VL, Gemma 3, ..., a merged model or
+a base + LoRA adapter) load with AutoModelForImageTextToText and their processor (`supports_images` is
+then True): a request's images go through the processor with the prompt its chat template renders (image
+parts in place), in batches of rows that all have images; text rows go through the tokenizer as for a
+text model.
 
 Seeds: a batch samples from one random stream seeded from its requests' seeds, so a seeded run is
 reproducible with the same requests and batch size; a different batch size or mix of requests can
@@ -82,6 +89,29 @@ class LocalConfig(BaseModel):
 
 
 # ---------------------------------------------------------------- adapters and identity
+
+
+def is_image_text_model(model: str, revision: str | None = None, trust_remote_code: bool = False) -> bool:
+    """Whether a model's config is an image-text one (it has a ``vision_config``); reads the config only.
+    A config that cannot be read counts as text (loading the model then says what is wrong)."""
+    if model in _EMBEDDED_NAMES:
+        return False
+    from synth.llm.embedded import EMBEDDED_MODEL
+
+    if model == EMBEDDED_MODEL:
+        return False
+    local = Path(model).expanduser() / "config.json"
+    if local.is_file():
+        return isinstance(_json_file(local).get("vision_config"), dict)
+    if Path(model).expanduser().is_dir():
+        return False
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception:  # offline, unknown id, ...: the load reports it
+        return False
+    return getattr(config, "vision_config", None) is not None
 
 #: Files of a training output folder that do not decide replies (timings, logs): left out of its hash.
 _UNHASHED = {"train_summary.json", "merge_summary.json", "training_args.bin", "README.md"}
@@ -232,12 +262,27 @@ class _StopOnText:
         return torch.tensor(done, device=input_ids.device)
 
 
-class _Loaded:
-    """The model, tokenizer and what generation needs to know about them."""
+class _Prompt:
+    """One request's prompt: its token ids (text rows; image rows: the text's, before image tokens are
+    expanded, for sorting only), the rendered text and the decoded images (image rows)."""
 
-    def __init__(self, model, tokenizer, chat_template: str, default_template: bool, eos_ids: list[int]):
+    __slots__ = ("ids", "text", "images")
+
+    def __init__(self, ids: list[int], text: str, images: list | None = None):
+        self.ids, self.text, self.images = ids, text, images or []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class _Loaded:
+    """The model, tokenizer (and processor, for image-text models) and what generation needs to know."""
+
+    def __init__(self, model, tokenizer, chat_template: str, default_template: bool, eos_ids: list[int],
+                 processor=None):
         self.model = model
         self.tokenizer = tokenizer
+        self.processor = processor
         self.chat_template = chat_template
         self.default_template = default_template
         self.eos_ids = eos_ids
@@ -246,7 +291,7 @@ class _Loaded:
 
 
 class LocalBackend(Backend):
-    """Generates in-process with a transformers causal LM. Text only (`supports_images` is False)."""
+    """Generates in-process with a transformers causal LM (text only) or image-text model (images too)."""
 
     supports_images = False
 
@@ -262,6 +307,9 @@ class LocalBackend(Backend):
             raise SynthError("gguf_file and an adapter do not mix: merge the adapter (synth train merge) or load the "
                              "base without gguf_file")
         self.model_name, self.identity = model_names(self.base_model, self.adapter, config.revision, config.gguf_file)
+        self.image_text = not config.gguf_file and is_image_text_model(
+            self.base_model, config.revision, config.trust_remote_code)
+        self.supports_images = self.image_text
         self._announce = announce
         self._loaded: _Loaded | None = None
         self._load_lock = threading.Lock()
@@ -285,8 +333,15 @@ class LocalBackend(Backend):
         return self.base_model
 
     def _load(self) -> _Loaded:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from synth.optional import require
+
+        torch = require("torch", "the local backend")
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoModelForImageTextToText,
+            AutoProcessor,
+            AutoTokenizer,
+        )
 
         path = self._resolve_path()
         if self.config.threads:
@@ -306,12 +361,29 @@ class LocalBackend(Backend):
         hf_logging.disable_progress_bar()  # per-tensor bars are noise beside synth's own progress
         # An adapter folder holds the tokenizer saved with the chat template it was trained with.
         adapter_tokenizer = self.adapter is not None and (Path(self.adapter) / "tokenizer_config.json").is_file()
+        processor = None
+        remote = {"trust_remote_code": self.config.trust_remote_code}
         try:
-            if adapter_tokenizer:
-                tokenizer = AutoTokenizer.from_pretrained(self.adapter, trust_remote_code=self.config.trust_remote_code)
+            if self.image_text:
+                # The adapter folder's processor (saved by `synth train sft`) carries the trained template.
+                if adapter_tokenizer and _has_processor(self.adapter):
+                    processor = AutoProcessor.from_pretrained(self.adapter, **remote)
+                else:
+                    processor = AutoProcessor.from_pretrained(path, **common)
+                tokenizer = getattr(processor, "tokenizer", None)
+                if tokenizer is None:
+                    raise ValueError("it has an image-text config but no processor (preprocessor_config.json)")
+                model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype), **common)
             else:
-                tokenizer = AutoTokenizer.from_pretrained(path, **common)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **common)
+                if adapter_tokenizer:
+                    tokenizer = AutoTokenizer.from_pretrained(self.adapter, **remote)
+                else:
+                    tokenizer = AutoTokenizer.from_pretrained(path, **common)
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **common)
+        except ImportError as e:  # e.g. a processor that needs torchvision or num2words
+            from synth.optional import from_import_error
+
+            raise (from_import_error(e, f"the local model '{self.base_model}'") or e) from None
         except (OSError, ValueError) as e:
             raise SynthError(
                 f"cannot load the local model '{self.base_model}': {str(e).strip().splitlines()[0]} "
@@ -334,6 +406,8 @@ class LocalBackend(Backend):
 
         if self.config.chat_template:
             template, default = _load_template_file(self.config.chat_template), False
+        elif _template_of(processor):
+            template, default = _template_of(processor), False
         elif getattr(tokenizer, "chat_template", None):
             template, default = tokenizer.chat_template, False
         else:
@@ -341,14 +415,13 @@ class LocalBackend(Backend):
         # synth's training template keeps the "### Response:" layout: stop at a heading the model starts
         # too (a trained model ends at eos; the stops catch one that runs on).
         layout = default or "### Response:" in template
-        return _Loaded(model, tokenizer, template, layout, eos_ids)
+        return _Loaded(model, tokenizer, template, layout, eos_ids, processor)
 
     def _apply_adapter(self, model):
         """The base with the LoRA adapter: merged into its weights (default) or as a PeftModel."""
-        try:
-            from peft import PeftModel
-        except ImportError as e:  # a core dependency; only a broken install lacks it
-            raise SynthError("serving an adapter needs the 'peft' package: pip install peft") from e
+        from synth.optional import require
+
+        PeftModel = require("peft", "serving a LoRA adapter", extra="local").PeftModel
         try:
             model = PeftModel.from_pretrained(model, self.adapter)
         except (OSError, ValueError, RuntimeError, KeyError) as e:
@@ -375,10 +448,10 @@ class LocalBackend(Backend):
             return []
         loaded = self.load()
         results: list[Completion | None] = [None] * len(requests)
-        prompts: dict[int, list[int]] = {}
+        prompts: dict[int, _Prompt] = {}
         for index, request in enumerate(requests):
             try:
-                prompts[index] = self._prompt_ids(loaded, request)
+                prompts[index] = self._prompt(loaded, request)
             except Exception as e:  # a bad request is a recorded failure, never a crash of the batch
                 results[index] = Completion(key=request.key, error=f"cannot build the prompt: {e}",
                                             error_kind="invalid_request")
@@ -406,11 +479,46 @@ class LocalBackend(Backend):
             self.usage.completion_tokens += completion.usage.completion_tokens
 
     def _prompt_ids(self, loaded: _Loaded, request: ChatRequest) -> list[int]:
-        if request.images or any(m.image_count for m in request.messages):
+        return self._prompt(loaded, request).ids
+
+    def _prompt(self, loaded: _Loaded, request: ChatRequest) -> _Prompt:
+        parts = sum(m.image_count for m in request.messages)
+        if (request.images or parts) and loaded.processor is None:
             raise ValueError(
                 f"the local text model '{self.config.model}' does not take images; describe the image in text"
             )
+        if request.images or parts:
+            return self._image_prompt(loaded, request, parts)
         messages = [{"role": m.role, "content": m.text} for m in request.messages]
+        text = self._render(loaded, messages)
+        # The template writes any special tokens (BOS) itself.
+        return _Prompt(loaded.tokenizer(text, add_special_tokens=False)["input_ids"], text)
+
+    def _image_prompt(self, loaded: _Loaded, request: ChatRequest, parts: int) -> _Prompt:
+        """An image row: messages with image parts in place (placed before the first user text when the
+        request has images but no parts), its rendered text and its decoded images."""
+        from synth.data import decode_image
+
+        if parts and parts != len(request.images):
+            raise ValueError(f"{parts} image part(s) in the messages but {len(request.images)} image(s)")
+        messages = []
+        for m in request.messages:
+            if isinstance(m.content, str):
+                content: list[dict] = [{"type": "text", "text": m.content}]
+            else:
+                content = [{"type": "image"} if p.type == "image" else {"type": "text", "text": p.text}
+                           for p in m.content]
+            messages.append({"role": m.role, "content": content})
+        if not parts:
+            first = next((m for m in messages if m["role"] == "user"), None)
+            if first is None:
+                raise ValueError("images but no user message to put them in")
+            first["content"] = [{"type": "image"} for _ in request.images] + first["content"]
+        text = self._render(loaded, messages)
+        images = [decode_image(image, record_id=request.key or "?") for image in request.images]
+        return _Prompt(loaded.tokenizer(text, add_special_tokens=False)["input_ids"], text, images)
+
+    def _render(self, loaded: _Loaded, messages: list[dict]) -> str:
         ends_with_assistant = bool(messages) and messages[-1]["role"] == "assistant"
         text = loaded.tokenizer.apply_chat_template(
             messages,
@@ -420,15 +528,15 @@ class LocalBackend(Backend):
             add_generation_prompt=not ends_with_assistant,
             continue_final_message=ends_with_assistant,
         )
-        # The template writes any special tokens (BOS) itself.
-        return loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text
 
     def _settings(self, request: ChatRequest) -> tuple:
-        """Requests with equal settings can share a generate() call."""
+        """Requests with equal settings (and all with images, or none) can share a generate() call."""
         from synth.llm.structured import schema_json
 
         schema = schema_json(request.schema_model) if request.schema_model is not None else None
         return (
+            bool(request.images) or any(m.image_count for m in request.messages),
             request.temperature,
             request.top_p,
             request.max_tokens or self.config.max_tokens,
@@ -450,7 +558,7 @@ class LocalBackend(Backend):
         ordered = sorted(group, key=lambda i: len(prompts[i]))
         return [ordered[i : i + per_batch] for i in range(0, len(ordered), per_batch)]
 
-    def _generate(self, loaded: _Loaded, batch: list[ChatRequest], prompt_ids: list[list[int]]) -> list[Completion]:
+    def _generate(self, loaded: _Loaded, batch: list[ChatRequest], prompts: list[_Prompt]) -> list[Completion]:
         import torch
 
         first = batch[0]  # all requests in a batch share their settings
@@ -460,10 +568,9 @@ class LocalBackend(Backend):
         greedy = first.temperature is not None and first.temperature <= 0
         samples = 1 if greedy else n  # greedy samples would all be equal: generate once, repeat
 
-        encoded = tokenizer.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt")
-        input_ids = encoded["input_ids"].to(model.device)
-        attention_mask = encoded["attention_mask"].to(model.device)
-        width = input_ids.shape[1]
+        inputs = self._encode(loaded, prompts)
+        width = inputs["input_ids"].shape[1]
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
 
         stops = list(first.stop or [])
         if loaded.default_template and self.config.template_stops:
@@ -492,11 +599,11 @@ class LocalBackend(Backend):
             seeds = [r.seed for r in batch if r.seed is not None]
             if seeds:  # one random stream per batch, derived from the requests' seeds
                 torch.manual_seed(zlib.crc32(repr(seeds).encode()))
-            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            output = model.generate(**inputs, **kwargs)
         generated = output[:, width:].tolist()
 
         completions = []
-        for row, (request, prompt) in enumerate(zip(batch, prompt_ids, strict=True)):
+        for row, (request, prompt) in enumerate(zip(batch, prompt_tokens, strict=True)):
             texts, reasons, used = [], [], 0
             for sample in range(samples):
                 index = row * samples + sample
@@ -509,8 +616,24 @@ class LocalBackend(Backend):
                 used += count
             if samples < n:  # tokens counted once: that is what was computed
                 texts, reasons = texts * n, reasons * n
-            completions.append(self._completion(request, texts, reasons, Usage(prompt_tokens=len(prompt), completion_tokens=used)))
+            completions.append(self._completion(request, texts, reasons, Usage(prompt_tokens=int(prompt), completion_tokens=used)))
         return completions
+
+    def _encode(self, loaded: _Loaded, prompts: list[_Prompt]) -> dict[str, Any]:
+        """The batch's model inputs, left-padded: token ids (text rows), or the processor's output for the
+        texts and images (image rows: a batch holds only rows with images)."""
+        model = loaded.model
+        if not prompts[0].images:
+            encoded = loaded.tokenizer.pad({"input_ids": [p.ids for p in prompts]}, padding=True, return_tensors="pt")
+            return {k: encoded[k].to(model.device) for k in ("input_ids", "attention_mask")}
+        encoded = loaded.processor(text=[p.text for p in prompts], images=[p.images for p in prompts], padding=True,
+                                   add_special_tokens=False, return_tensors="pt")
+        inputs = {}
+        for key, value in encoded.items():
+            if hasattr(value, "to"):
+                value = value.to(model.device, dtype=model.dtype) if value.is_floating_point() else value.to(model.device)
+            inputs[key] = value
+        return inputs
 
     def _finish(self, loaded: _Loaded, tokens: list[int], stops: list[str], max_new: int) -> tuple[str, str, int]:
         """(text, finish_reason, tokens generated) for one generated row of `generate`'s output."""
@@ -548,10 +671,11 @@ class LocalBackend(Backend):
 
     def _json_processor(self, loaded: _Loaded, schema_model: Any):
         """A fresh xgrammar logits processor (one per generate call) for the schema; grammars are cached."""
-        import xgrammar
-        from xgrammar.contrib.hf import LogitsProcessor
-
         from synth.llm.structured import adapter_for, schema_json
+        from synth.optional import require
+
+        xgrammar = require("xgrammar", "structured output with the local backend")
+        from xgrammar.contrib.hf import LogitsProcessor
 
         key = schema_json(schema_model)
         if key not in loaded.grammars:
@@ -570,6 +694,18 @@ class LocalBackend(Backend):
 
     def close(self) -> None:
         self._loaded = None
+
+
+def _has_processor(folder: str | os.PathLike) -> bool:
+    """A saved processor (image processor config) in the folder."""
+    return any((Path(folder) / name).is_file() for name in ("processor_config.json", "preprocessor_config.json"))
+
+
+def _template_of(processor) -> str | None:
+    template = getattr(processor, "chat_template", None) if processor is not None else None
+    if isinstance(template, dict):
+        template = template.get("default")
+    return template or None
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -85,11 +85,9 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, workers: int | None = None):
-        try:
-            import ray
-        except ImportError:
-            raise SynthError("--executor ray needs Ray: pip install 'synth[ray]' (or pip install ray)") from None
-        self.ray = ray
+        from synth.optional import require
+
+        self.ray = require("ray", "--executor ray")
         self.address = address
         self.workers = workers
         self._started = False

@@ -12,7 +12,14 @@ from synth.train.recipe import AlignRecipe, DpoRecipe, MergeRecipe, SftRecipe, l
 
 def run_stage(stage: str, recipe, callbacks=None):
     """Run a validated recipe for `stage` (align | sft | dpo | merge), with library noise silenced."""
+    from synth.optional import TRAIN_PACKAGES, require_all
+
+    require_all(TRAIN_PACKAGES if stage != "merge" else ("torch", "peft"), f"synth train {stage}", extra="train")
+    from synth.train.distributed import is_main_process
+    from synth.train.progress import console
     from synth.train.runner import quiet_training
+
+    console.quiet = not is_main_process()  # data-parallel: the main process speaks for all
 
     seed = getattr(recipe, "seed", None)
     if seed is not None:

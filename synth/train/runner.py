@@ -32,6 +32,7 @@ from synth.train.data import (
     read_recipe_data,
     select_for_trl,
 )
+from synth.train.distributed import is_main_process, main_process_first
 from synth.train.models import (
     ModelInfo,
     device_and_precision,
@@ -170,7 +171,8 @@ def prepare(recipe, stage: str) -> Plan:
     check_dataset(train, stage, source)
     if evaluation is not None:
         check_dataset(evaluation, stage, eval_source)
-    out, resume_from = _check_output(recipe)
+    with main_process_first(cpu=recipe.device == "cpu"):  # one process deletes an old output; the others wait
+        out, resume_from = _check_output(recipe)
     info = inspect_model(recipe.model, recipe.revision)
     check_model_fits_data(train, info, stage, source)
     device, precision = device_and_precision(recipe.device, recipe.precision)
@@ -356,6 +358,8 @@ def finish(plan: Plan, trainer, metrics: dict[str, Any], progress: ProgressLine,
     """Save the weights (`save_weights(folder)`), the tokenizer/processor (with its chat template) and the
     summary, and print it. They are written into a temporary sibling and moved into OUT only once all of
     them are whole (a full disk leaves no half-written tokenizer and no summary); OUT keeps its checkpoints."""
+    if not is_main_process():  # under torchrun / accelerate only the main process writes and prints
+        return TrainResult(plan.out, _summary(plan, trainer, metrics, progress, saved))
     with staged_results(plan.out) as staging:
         save_weights(str(staging))
         plan.processing.save_pretrained(str(staging))
@@ -392,8 +396,9 @@ def staged_results(out: Path):
 
 
 def _summary(plan: Plan, trainer, metrics: dict[str, Any], progress: ProgressLine, saved: str) -> dict[str, Any]:
+    main = is_main_process()
     checkpoints = plan.out / "checkpoints"
-    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+    if main and checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()  # made by the Trainer; no save_steps, no checkpoints
     state = trainer.state
     summary = {

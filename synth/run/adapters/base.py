@@ -124,7 +124,7 @@ class DryBackend:
 
         self.spec = spec
         self.model_name = spec.get("model") or "?"
-        self.supports_images = spec.get("backend") == "openai" and spec.get("supports_images", True)
+        self.supports_images = _spec_takes_images(spec)
         self.usage = UsageTotals()
 
     def complete(self, requests, progress=None):
@@ -135,6 +135,22 @@ class DryBackend:
 
     def close(self) -> None:
         pass
+
+
+def _spec_takes_images(spec: dict[str, Any]) -> bool:
+    """Whether a backend spec's model takes images: a server unless told otherwise; a local model when its
+    config is an image-text one (read from the config alone)."""
+    if spec.get("backend") == "openai":
+        return bool(spec.get("supports_images", True))
+    if spec.get("backend") == "local" and spec.get("model"):
+        from synth.llm.local import is_image_text_model, resolve_model
+
+        try:
+            base, _ = resolve_model(str(spec["model"]), spec.get("adapter"))
+        except SynthError:
+            return False
+        return is_image_text_model(base, spec.get("revision"))
+    return False
 
 
 _BACKENDS: dict[str, Any] = {}
