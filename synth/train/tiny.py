@@ -9,6 +9,8 @@
   and the chat template TRL ships for the family where there is one.
 - `build_bench_model`: a ~100M Llama or a ~0.5B Qwen2-shaped model (the real vocabulary size, so the
   LM head costs what it costs in practice).
+- `build_bench_vlm`: a Qwen2-VL-shaped image-text model for the training benchmark: small for CPU, or
+  Qwen2-VL-2B's shapes with fewer layers (bf16) for a GPU.
 
 They produce noise, not answers; they exist to exercise training mechanics without a download. Never
 present them as models.
@@ -211,6 +213,49 @@ def build_bench_model(path: str | Path, size: str = "100m", seed: int = 0) -> Pa
     )
     torch.manual_seed(seed)
     AutoModelForCausalLM.from_config(config).save_pretrained(str(path))
+    return path
+
+
+#: Qwen2-VL-shaped benchmark models: text (hidden, layers, heads, kv heads, intermediate, vocab, mrope section),
+#: vision (embed dim, depth, heads), dtype. "2b" is Qwen2-VL-2B's config with 8 of its 28 text layers and
+#: 8 of its 32 vision blocks.
+BENCH_VLM_SHAPES = {
+    "small": ((384, 4, 6, 2, 1024, 32000, [8, 12, 12]), (256, 4, 4), "float32"),
+    "2b": ((1536, 8, 12, 2, 8960, 151936, [16, 24, 24]), (1280, 8, 16), "bfloat16"),
+}
+
+
+def build_bench_vlm(path: str | Path, size: str = "small", seed: int = 0) -> Path:
+    """A random Qwen2-VL-shaped model (patch 14, 2x2 merge, Qwen2-VL's image processor defaults) with the
+    chat template TRL ships for Qwen2.5-VL, saved in the shape's dtype."""
+    import torch
+    import transformers
+    from transformers import AutoModelForImageTextToText
+
+    (hidden, layers, heads, kv, inter, vocab, mrope), (embed, depth, vheads), dtype = BENCH_VLM_SHAPES[size]
+    tokenizer = _vlm_tokenizer(("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"))
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                                                           "<|vision_end|>")}
+    text = _text_config("qwen2", vocab, tokenizer, hidden, layers, heads=heads, kv_heads=kv, intermediate_size=inter,
+                        max_positions=32768).to_dict()
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope}
+    vision = dict(depth=depth, embed_dim=embed, hidden_size=hidden, num_heads=vheads, mlp_ratio=4, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2)
+    processor = transformers.Qwen2VLProcessor(
+        image_processor=_pil("Qwen2VL"), tokenizer=tokenizer, video_processor=transformers.Qwen2VLVideoProcessor(),
+        chat_template=trl_chat_template("qwen2_5_vl"),
+    )
+    config = transformers.Qwen2VLConfig(
+        text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=size == "2b",
+    )
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    processor.save_pretrained(str(path))
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config).to(getattr(torch, dtype))
+    model.save_pretrained(str(path))
     return path
 
 
