@@ -19,9 +19,10 @@ TRL's tokenizing and, for DPO, the reference pass.
 Image-text SFT (`--stages vlm`): rows from `synth demo-data` images adapted with `vqa_conversation`
 (one image, a few question/answer turns), on a random Qwen2-VL-shaped model built from a config.
 
-- TRL default: `SFTTrainer(model=PATH, args=SFTConfig(max_length=None), peft_config=...)` as TRL's docs
-  show for VLMs (TRL loads the model itself), LoRA r=16/alpha=32 on "all-linear" as TRL's
-  `examples/scripts/sft_vlm.py --use_peft --lora_target_modules all-linear` does (the vision tower too).
+- TRL default: `SFTTrainer(model, args=SFTConfig(max_length=None), peft_config=...)` as TRL's docs show
+  for VLMs, the model loaded as `SFTTrainer(model=PATH)` loads it (float32; not timed), LoRA on
+  "all-linear" as TRL's VLM example scripts set it (`--use_peft --lora_target_modules=all-linear`: the
+  vision tower too) with r=16/alpha=32 (TRL's ModelConfig defaults).
 - synth: `synth train sft`'s path: LoRA (same r/alpha) on the language model only, the connector (the
   merger) trained in full, the vision tower frozen, no gradient checkpointing.
 
@@ -263,7 +264,7 @@ def _cpu_name() -> str:
     return platform.processor() or "?"
 
 
-def _bench_model(name: str, gpu: bool) -> str:
+def _bench_model(name: str) -> str:
     """A benchmark model built once into the cache (bench-100m, bench-0.5b, bench-vlm-small, bench-vlm-2b),
     or a model folder / the embedded model."""
     if not name.startswith("bench-"):
@@ -319,7 +320,7 @@ def main() -> None:
         name = args.model or ("bench-0.5b" if gpu else "bench-100m")
         rows = args.rows or (3000 if gpu else 32)
         mean_tokens = args.mean_tokens or (275 if gpu else 160)
-        model = _bench_model(name, gpu)
+        model = _bench_model(name)
         from transformers import AutoTokenizer
 
         data_dir = CACHE / f"data-{Path(model).name}-{rows}-{mean_tokens}"
@@ -337,7 +338,7 @@ def main() -> None:
         name = args.vlm_model or ("bench-vlm-2b" if gpu else "bench-vlm-small")
         rows = args.vlm_rows or (1000 if gpu else 32)
         image_size = args.image_size or (448 if gpu else 224)
-        model = _bench_model(name, gpu)
+        model = _bench_model(name)
         data_dir = CACHE / f"vlm-data-{rows}-{image_size}"
         if not (data_dir / "sft").exists():
             data_dir.mkdir(parents=True, exist_ok=True)
