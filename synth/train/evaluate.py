@@ -693,7 +693,7 @@ def render_table(report: EvalReport):
             row.append(format_delta(values[0], value, kind, comparisons.get(spec.label, {}).get(key)))
         table.add_row(*row)
     table.caption = (
-        "[brackets]: 95% interval (Wilson for shares, bootstrap over rows for means)"
+        "in brackets: 95% interval (Wilson for shares, bootstrap over rows for means)"
         + ("; Δ: paired on the same rows, p = McNemar's exact test; (noise): not distinguishable from 0" if others else "")
     )
     return table
