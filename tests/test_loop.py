@@ -107,6 +107,7 @@ def test_rounds_ask_each_rounds_model_and_the_gate_keeps_the_planted_majorities(
     by_model = Counter(r["model"] for r in requests)
     assert by_model == {"loopy-round-0": questions, "loopy-round-1": questions, "loopy-round-2": questions}
     assert all(r["n"] == 5 for r in requests)
+    assert all(r["seed"] == 0 for r in requests)  # sampled with the recipe's seed (default 0)
 
     counts_asked = sum("how many" in r["messages"][-1]["content"].lower() for r in requests) // 3
     colours_asked = sum("what color" in r["messages"][-1]["content"].lower() for r in requests) // 3
@@ -140,6 +141,20 @@ def test_rounds_ask_each_rounds_model_and_the_gate_keeps_the_planted_majorities(
     # before rounds 1 and 2 ask the server, the serve command got the model name and model k's adapter
     served = (run_dir.parent.parent / "served.txt").read_text().splitlines()
     assert served == [f"1 loopy-round-1 {run_dir}/round_0/sft", f"2 loopy-round-2 {run_dir}/round_1/sft"]
+
+
+def test_the_runs_seed_decides_sampling_and_training(server, tmp_path):
+    """`seed:` of the recipe reaches the pseudo-labels' sampling requests and every round's training (data
+    order, LoRA init, dropout), and the manifest and train summary record it."""
+    before = len(server.requests)
+    run_recipe(write(tmp_path, server, rounds=1, extra="seed: 5\n"), options=RunOptions(runs_dir=tmp_path / "runs", live=False))
+    requests = server.requests[before:]
+    assert requests and all(r["seed"] == 5 for r in requests)
+    run_dir = tmp_path / "runs" / "loopy"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["rounds"][0]["sft"]["seed"] == 5
+    summary = json.loads((run_dir / "round_0" / "sft" / "train_summary.json").read_text())
+    assert summary["recipe"]["seed"] == 5 and summary["reproducibility"]["seed"] == 5
 
 
 def test_the_table_shows_every_round_and_gate(baseline):

@@ -366,8 +366,9 @@ class Loop:
         spec = getattr(self.spec, step)
         data, counts = self.train_data(k, spec.data, outputs, step)
         out = self.run_dir / round_dir(k) / step
-        fields = {**spec.train_fields(), "model": base, "dataset": str(data), "output_dir": str(out),
-                  "overwrite": True}
+        # The run's seed decides data order, LoRA init and dropout too, unless the step sets its own.
+        fields = {"seed": self.plan.recipe.seed, **spec.train_fields(), "model": base, "dataset": str(data),
+                  "output_dir": str(out), "overwrite": True}
         if adapter:
             fields["adapter"] = adapter
         elif step == "dpo":
@@ -387,7 +388,7 @@ class Loop:
         entry = {"output_dir": str(out), "rows": summary.get("data", {}).get("train_rows"), "data": counts,
                  "steps": summary.get("steps"), "tokens": summary.get("tokens"),
                  "seconds": summary.get("train_seconds"), "final_train_loss": summary.get("final_train_loss"),
-                 "from": adapter or base, "weights": weights_hash(out)}
+                 "from": adapter or base, "weights": weights_hash(out), "seed": recipe.seed}
         for key in ("eval_rewards_accuracies", "eval_rewards_margins"):
             if key in summary:
                 entry[key] = summary[key]
