@@ -97,3 +97,26 @@ def test_against_scipy():
     for k, n in [(56, 100), (0, 10), (7, 9), (300, 1000)]:
         ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
         assert wilson_interval(k, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
+
+
+def test_two_prediction_files_differing_on_known_rows(tmp_path):
+    """eval_predictions.jsonl of two runs: the second fixes rows 0-5 and breaks row 9; rows only one file
+    scored are left out of the pairing."""
+    import json
+
+    from synth.train.evaluate import compare_prediction_files
+
+    def write(path, right, ids=range(40)):
+        path.write_text("".join(json.dumps({"model": "m", "id": f"q{i}", "exact": i in right, "correct": i in right,
+                                            "contains": True}) + "\n" for i in ids))
+        return path
+
+    before = write(tmp_path / "a.jsonl", set(range(9, 30)))
+    after = write(tmp_path / "b.jsonl", set(range(0, 6)) | set(range(10, 30)), ids=range(45))
+    test = compare_prediction_files(before, after)
+    assert (test["only_first"], test["only_second"]) == (1, 6)
+    assert test["p_value"] == pytest.approx(2 * (1 + 7) / 2**7) and not test["distinguishable"]  # 0.125
+    assert test["difference"] == pytest.approx(5 / 40)
+    same = compare_prediction_files(before, after, "contains_accuracy")
+    assert same["difference"] == 0 and same["p_value"] == 1.0
+    assert compare_prediction_files(before, write(tmp_path / "c.jsonl", set(), ids=range(50, 60))) is None

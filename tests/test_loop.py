@@ -134,6 +134,17 @@ def test_rounds_ask_each_rounds_model_and_the_gate_keeps_the_planted_majorities(
         before = manifest["base_eval"] if k == 0 else manifest["rounds"][k - 1]["eval"]
         assert row["change"]["mean_logprob_per_token"] == pytest.approx(
             row["eval"]["mean_logprob_per_token"] - before["mean_logprob_per_token"])
+    # each round's change is tested on the same held-out rows against the model before (both prediction files)
+    from synth.train.evaluate import compare_prediction_files
+
+    for k, row in enumerate(manifest["rounds"]):
+        before = run_dir / ("eval_base" if k == 0 else f"round_{k - 1}/eval") / "eval_predictions.jsonl"
+        assert row["eval"]["predictions"] == f"round_{k}/eval/eval_predictions.jsonl"
+        test = row["change_test"]["exact_match"]
+        assert test == compare_prediction_files(before, run_dir / row["eval"]["predictions"])
+        assert test["difference"] == pytest.approx(row["change"]["exact_match"])
+        low, high = row["eval"]["intervals"]["exact_match"]
+        assert low <= row["eval"]["exact_match"] <= high
     saved = json.loads((run_dir / "round_1" / "sft" / "train_summary.json").read_text())
     assert saved["adapter_of"] == str(run_dir / "round_0" / "sft")
     best = json.loads((run_dir / "best.json").read_text())
@@ -171,6 +182,7 @@ def test_the_table_shows_every_round_and_gate(baseline):
     gates = [cells for cells in lines if len(cells) > 2 and cells[1] == "pseudo"]
     assert [cells[0] for cells in gates] == ["0", "1", "2"]
     assert "low_agreement" in text
+    assert "95%" in text and "McNemar" in text  # each round's exact match has its interval, its change a p-value
 
 
 def test_resume_after_sigkill_in_round_2_skips_finished_rounds(server, baseline, tmp_path):

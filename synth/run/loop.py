@@ -275,6 +275,7 @@ class Loop:
         hooks.point("loop", round=k, step="eval")
         row["eval"] = self.evaluate(Model(k + 1, model.base, adapter), folder / "eval", f"{round_dir(k)}/eval")
         row["change"] = _change(previous, row["eval"])
+        row["change_test"] = _change_test(self.run_dir, previous, row["eval"])
         row["state"] = "done"
         row["seconds"] = round(time.time() - started, 3)
         hooks.point("loop", round=k, step="done")
@@ -435,13 +436,16 @@ class Loop:
             write_report(report, out / ("eval.json" if kind == "sft" else "preferences.json"))
             values = report.metrics[label]
             metrics["seconds"] += report.seconds[label]
+            intervals = metrics.setdefault("intervals", {})
             if kind == "sft":
-                metrics.update({k: values.get(k) for k in ("exact_match", "normalized_accuracy", "contains_accuracy",
-                                                           "mean_logprob_per_token", "rows", "short_answer_rows")})
+                kept = ("exact_match", "normalized_accuracy", "contains_accuracy", "mean_logprob_per_token")
+                metrics.update({k: values.get(k) for k in (*kept, "rows", "short_answer_rows")})
+                # relative to the run folder: the manifest stays true when the folder moves
+                metrics["predictions"] = (out / "eval_predictions.jsonl").relative_to(self.run_dir).as_posix()
             else:
-                metrics.update({"preference_accuracy": values.get("preference_accuracy"),
-                                "reward_accuracy": values.get("reward_accuracy"),
-                                "reward_margin": values.get("reward_margin"), "pairs": values.get("pairs")})
+                kept = ("preference_accuracy", "reward_accuracy", "reward_margin")
+                metrics.update({k: values.get(k) for k in (*kept, "pairs")})
+            intervals.update({k: values["intervals"].get(k) for k in kept if values["intervals"].get(k)})
         metrics["seconds"] = round(metrics["seconds"], 1)
         write_json_atomic(marker_path, {"fingerprint": fp, "metrics": metrics})
         return metrics
@@ -460,6 +464,19 @@ def _change(before: dict | None, after: dict) -> dict[str, float]:
         return {}
     return {k: after[k] - before[k] for k in SCORES
             if isinstance(after.get(k), (int, float)) and isinstance(before.get(k), (int, float))}
+
+
+def _change_test(run_dir: Path, before: dict | None, after: dict) -> dict[str, dict]:
+    """The change of each share score from the model before, tested on the same held-out rows (McNemar's
+    exact test on the two rounds' predictions): is it distinguishable from run-to-run noise?"""
+    from synth.train.evaluate import PREDICTION_FIELDS, compare_prediction_files
+
+    paths = [(m or {}).get("predictions") for m in (before, after)]
+    paths = [run_dir / p if p else None for p in paths]
+    if not all(paths) or not all(p.is_file() for p in paths):
+        return {}
+    tests = {metric: compare_prediction_files(paths[0], paths[1], metric) for metric in PREDICTION_FIELDS}
+    return {metric: test for metric, test in tests.items() if test is not None}
 
 
 def _counts_text(counts: dict[str, int]) -> str:

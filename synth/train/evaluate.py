@@ -617,6 +617,31 @@ def write_report(report: EvalReport, out: str | Path) -> tuple[Path, Path]:
     return out, predictions_path
 
 
+#: eval_predictions.jsonl's per-row field of each share metric of SFT rows
+PREDICTION_FIELDS = {"exact_match": "exact", "normalized_accuracy": "correct", "contains_accuracy": "contains"}
+
+
+def read_predictions(path: str | Path, model: str | None = None) -> dict[str, dict]:
+    """eval_predictions.jsonl's rows by id (of one model, when the file holds several)."""
+    from synth.io import read_jsonl
+
+    rows = read_jsonl(Path(path), "eval predictions")
+    return {str(row["id"]): row for _, row in rows if model is None or row.get("model") == model}
+
+
+def compare_prediction_files(before: str | Path, after: str | Path, metric: str = "exact_match") -> dict | None:
+    """McNemar's exact test of two eval_predictions.jsonl files (two models, or two runs) on the rows both
+    scored: e.g. a loop round against the model before it. None when they share no scored row."""
+    from synth.train.stats import compare_shares
+
+    key = PREDICTION_FIELDS[metric]
+    first, second = read_predictions(before), read_predictions(after)
+    ids = [i for i, row in first.items() if key in row and key in second.get(i, {})]
+    if not ids:
+        return None
+    return compare_shares([bool(first[i][key]) for i in ids], [bool(second[i][key]) for i in ids])
+
+
 METRIC_LABELS = {
     "sft": [
         ("exact_match", "exact match", "pct"),
