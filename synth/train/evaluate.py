@@ -154,6 +154,7 @@ class ModelSpec:
     label: str
     model: str
     adapter: str | None = None
+    group: str | None = None  # the --compare entry a run of `synth train --seeds` came from
 
     def describe(self) -> str:
         return f"{self.model} + {self.adapter}" if self.adapter else self.model
@@ -162,10 +163,12 @@ class ModelSpec:
 def resolve_specs(model: str, adapter: str | None, compare: list[str] | None) -> list[ModelSpec]:
     """Model specs from the CLI: MODEL [+ --adapter], or each --compare entry.
 
-    A compare entry is ``base`` (MODEL alone), an adapter folder (MODEL + that adapter), or any other
+    A compare entry is ``base`` (MODEL alone), an adapter folder (MODEL + that adapter), the output of
+    `synth train --seeds` (one column per seed, ``LABEL@seed-S``, summarised as mean ± sd), or any other
     model (a path or Hub id); ``LABEL=ENTRY`` names its column.
     """
     from synth.train.models import is_adapter_dir
+    from synth.train.seeds import seed_runs
 
     if compare and adapter:
         raise SynthError("--adapter and --compare do not mix: list the adapter among the compared models instead")
@@ -177,6 +180,15 @@ def resolve_specs(model: str, adapter: str | None, compare: list[str] | None) ->
         label, sep, value = entry.partition("=")
         if not sep:
             label, value = "", entry
+        runs = seed_runs(value) if value != "base" else None
+        if runs:
+            group = label or Path(value).name
+            for seed, folder in runs:
+                if is_adapter_dir(folder):
+                    specs.append(ModelSpec(f"{group}@seed-{seed}", model, folder, group))
+                else:
+                    specs.append(ModelSpec(f"{group}@seed-{seed}", folder, None, group))
+            continue
         if value == "base":
             spec = ModelSpec(label or "base", model, None)
         elif is_adapter_dir(value):
@@ -538,7 +550,24 @@ class EvalReport:
         comparisons = self.comparisons
         if comparisons:
             out["comparisons"] = {"against": self.specs[0].label, "models": comparisons}
+        seeds = self.seed_groups()
+        if seeds:
+            out["seeds"] = seeds
         return out
+
+    def seed_groups(self) -> dict[str, dict[str, Any]]:
+        """Runs of one recipe with several seeds: {group: {"runs": labels, metric: mean, sd, values}}."""
+        from synth.train.stats import mean_sd
+
+        groups: dict[str, list[str]] = {}
+        for spec in self.specs:
+            if spec.group:
+                groups.setdefault(spec.group, []).append(spec.label)
+        keys = [key for key, _, kind in METRIC_LABELS[self.data.kind] if kind != "int"]
+        return {
+            group: {"runs": labels, **{k: mean_sd([self.metrics[label].get(k) for label in labels]) for k in keys}}
+            for group, labels in groups.items()
+        }
 
 
 def evaluate(
@@ -679,6 +708,15 @@ def format_interval(interval, kind: str) -> str:
     return f" [{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
+def format_spread(summary: dict | None, kind: str) -> str:
+    """mean ± sd across seeds."""
+    if not summary or kind == "int":
+        return ""
+    scale, unit, fmt = (100, "%", ".1f") if kind == "pct" else (1, "", ".4f")
+    sd = "" if summary["sd"] is None else f" ± {format(scale * summary['sd'], fmt)}"
+    return f"{format(scale * summary['mean'], fmt)}{unit}{sd}"
+
+
 def format_delta(a, b, kind: str, test: dict | None = None) -> str:
     """The change against the first model; with its paired test: the interval, McNemar's p for shares, and
     "(noise)" when the change is not distinguishable from zero."""
@@ -704,6 +742,9 @@ def render_table(report: EvalReport):
     table.add_column("metric", style="bold")
     for spec in report.specs:
         table.add_column(spec.label, justify="right")
+    groups = report.seed_groups()
+    for group, summary in groups.items():
+        table.add_column(f"{group}: mean ± sd ({len(summary['runs'])} seeds)", justify="right", style="cyan")
     first, others = report.specs[0], report.specs[1:]
     for spec in others:
         table.add_column(f"Δ {spec.label} - {first.label}", justify="right", style="green")
@@ -714,6 +755,7 @@ def render_table(report: EvalReport):
             continue
         intervals = [(report.metrics[s.label].get("intervals") or {}).get(key) for s in report.specs]
         row = [name, *(format_value(v, kind) + format_interval(i, kind) for v, i in zip(values, intervals))]
+        row += [format_spread(summary.get(key), kind) for summary in groups.values()]
         for spec, value in zip(others, values[1:]):
             row.append(format_delta(values[0], value, kind, comparisons.get(spec.label, {}).get(key)))
         table.add_row(*row)
