@@ -168,6 +168,35 @@ def test_the_runs_seed_decides_sampling_and_training(server, tmp_path):
     assert summary["recipe"]["seed"] == 5 and summary["reproducibility"]["seed"] == 5
 
 
+def test_seeds_repeat_the_rounds_on_the_same_data_and_report_mean_and_sd(server, tmp_path):
+    """`synth loop --seeds 2`: two runs whose rounds sample and train with seeds 0 and 1 while the shared data
+    stages (the held-out split included) stay the same; NAME-seeds.json and the table hold each run's score
+    with its interval and mean ± sd across them."""
+    from tests.cli_helpers import run_cli
+
+    before = len(server.requests)
+    result = run_cli("loop", write(tmp_path, server, rounds=1), "--runs-dir", tmp_path / "runs", "--seeds", 2)
+    assert result.exit_code == 0, result.output
+    requests = server.requests[before:]
+    assert sorted({r["seed"] for r in requests}) == [0, 1]
+    runs = [tmp_path / "runs" / f"loopy-seed-{s}" for s in (0, 1)]
+    manifests = [json.loads((run / "manifest.json").read_text()) for run in runs]
+    assert [m["loop"]["seed"] for m in manifests] == [0, 1]
+    assert [m["rounds"][0]["sft"]["seed"] for m in manifests] == [0, 1]
+    assert manifests[0]["stages"]["heldout"]["hash"] == manifests[1]["stages"]["heldout"]["hash"]
+    assert rows(runs[0] / "labelled") == rows(runs[1] / "labelled")
+    assert manifests[0]["rounds"][0]["sft"]["weights"] != manifests[1]["rounds"][0]["sft"]["weights"]
+
+    summary = json.loads((tmp_path / "runs" / "loopy-seeds.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["metric"] == "exact_match"
+    scores = [m["rounds"][0]["eval"]["exact_match"] for m in manifests]
+    round0 = next(a for a in summary["across_seeds"] if a["round"] == 0)
+    assert round0["exact_match"]["values"] == scores and round0["exact_match"]["mean"] == pytest.approx(sum(scores) / 2)
+    assert summary["runs"][1]["rounds"][1]["interval"] == manifests[1]["rounds"][0]["eval"]["intervals"]["exact_match"]
+    text = " ".join(result.output.split())
+    assert "exact_match over 2 seeds" in text and "mean ± sd" in text and "[a-b]: 95% interval" in text
+
+
 def test_the_table_shows_every_round_and_gate(baseline):
     from rich.console import Console
 

@@ -118,6 +118,8 @@ class Loop:
         self.shared = [n for n in plan.order if n not in self.per_round]
         self.looped = loop_backends(plan.recipe)
         self.outputs: dict[str, Any] = {}  # shared stage → (ref, fingerprint, hash)
+        # the rounds' sampling and training; the shared data stages keep the recipe's seed
+        self.round_seed = self.spec.seed if self.spec.seed is not None else plan.recipe.seed
 
     def say(self, text: str) -> None:
         if self.console is not None:
@@ -133,7 +135,7 @@ class Loop:
     def run(self) -> LoopResult:
         loop = {"rounds": self.spec.rounds, "model": self.spec.model,
                 "per_round_stages": [n for n in self.plan.order if n in self.per_round],
-                "stop": self.spec.stop.model_dump(mode="json")}
+                "stop": self.spec.stop.model_dump(mode="json"), "seed": self.round_seed}
         with opened_run(self.plan, self.run_dir, self.options, self.shared, loop=loop, rounds=[]) as opened:
             self.executor, self.manifest = opened
             self.run_shared()
@@ -216,7 +218,7 @@ class Loop:
             backends[name] = spec.model_copy(update={"model": value})
             served[name] = value
             identity[name] = model.identity
-        recipe = self.plan.recipe.model_copy(update={"backends": backends})
+        recipe = self.plan.recipe.model_copy(update={"backends": backends, "seed": self.round_seed})
         plan_backends = {name: (backends[name].model_dump(mode="json") if name in backends else spec)
                          for name, spec in self.plan.backends.items()}
         from synth.run.recipe import LoadedRecipe
@@ -368,7 +370,7 @@ class Loop:
         data, counts = self.train_data(k, spec.data, outputs, step)
         out = self.run_dir / round_dir(k) / step
         # The run's seed decides data order, LoRA init and dropout too, unless the step sets its own.
-        fields = {"seed": self.plan.recipe.seed, **spec.train_fields(), "model": base, "dataset": str(data),
+        fields = {"seed": self.round_seed, **spec.train_fields(), "model": base, "dataset": str(data),
                   "output_dir": str(out), "overwrite": True}
         if adapter:
             fields["adapter"] = adapter
@@ -376,7 +378,7 @@ class Loop:
             raise SynthError("loop.dpo: DPO starts from the round's SFT adapter; keep loop.sft")  # never: sft runs first
         recipe = recipe_from_dict(fields, step, source=f"loop.{step}")
         fp = digest({"recipe": recipe.model_dump(mode="json"), "data": hash_files(data),
-                     "adapter": weights_hash(adapter), "seed": self.plan.recipe.seed})
+                     "adapter": weights_hash(adapter), "seed": self.round_seed})
         marker_path = self.marker(k, step)
         marker = read_json(marker_path)
         if marker and marker.get("fingerprint") == fp and (out / "train_summary.json").is_file():
