@@ -63,3 +63,16 @@ def test_seeds_refuse_a_folder_holding_other_files(tmp_path):
     recipe = write_recipe(tmp_path, **fast_fields(tiny_text_model(), adapted("scene_qa_text"), out, limit=4))
     one_line_error(run_cli("train", "sft", recipe, "--seeds", 2), str(out), "notes.txt", "new folder")
     assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_seeds_replace_a_plain_run_only_with_overwrite(tmp_path):
+    """A plain `synth train` output in OUT: --seeds refuses it, unless overwrite: true (then it replaces it)."""
+    out = tmp_path / "sft"
+    fields = fast_fields(tiny_text_model(), adapted("scene_qa_text"), out, limit=4, max_steps=1, batch_size=2)
+    recipe = write_recipe(tmp_path, **fields)
+    assert run_cli("train", "sft", recipe).exit_code == 0
+    one_line_error(run_cli("train", "sft", recipe, "--seeds", 2), str(out), "not runs of --seeds")
+    assert (out / "adapter_model.safetensors").is_file()
+    result = run_cli("train", "sft", recipe, "--seeds", 2, "-s", "overwrite=true")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [".synth-output", "seed-0", "seed-1", "seeds.json"]

@@ -28,18 +28,29 @@ def seed_folder(seed: int) -> str:
     return f"seed-{seed}"
 
 
-def _check_seeds_output(out: Path) -> None:
-    """OUT may hold only what --seeds writes there (seed-S folders, seeds.json, the marker)."""
+def _check_seeds_output(recipe, out: Path) -> None:
+    """OUT may hold only what --seeds writes there (seed-S folders, seeds.json, the marker); with
+    `overwrite: true`, a single run synth wrote there (e.g. an earlier plain `synth train`) is replaced."""
+    import shutil
+
+    from synth.ownership import check_replaceable
+    from synth.train.runner import TRAIN_OUTPUTS, recipe_inputs
+
     if out.exists() and not out.is_dir():
         raise SynthError(f"{out} is a file; --seeds writes a folder of runs there: set output_dir to a new folder")
     if not out.is_dir():
         return
     others = [e.name for e in out.iterdir()
               if e.name not in (SEEDS_FILE, MARKER) and not (e.is_dir() and e.name.startswith("seed-"))]
-    if others:
-        raise SynthError(
-            f"{out} holds {', '.join(sorted(others)[:3])}, not runs of --seeds; set output_dir to a new folder"
-        )
+    if not others:
+        return
+    if recipe.overwrite and (out / "train_summary.json").is_file():
+        check_replaceable(out, recipe_inputs(recipe), also=TRAIN_OUTPUTS, choose="set output_dir to a new folder")
+        shutil.rmtree(out)
+        return
+    raise SynthError(
+        f"{out} holds {', '.join(sorted(others)[:3])}, not runs of --seeds; set output_dir to a new folder"
+    )
 
 
 def run_seeds(stage: str, recipe, seeds: int) -> dict[str, Any]:
@@ -51,7 +62,7 @@ def run_seeds(stage: str, recipe, seeds: int) -> dict[str, Any]:
     if stage == "merge":
         raise SynthError("--seeds repeats training; merge draws no random numbers")
     out = Path(recipe.output_dir)
-    _check_seeds_output(out)
+    _check_seeds_output(recipe, out)
     runs = []
     for i in range(seeds):
         seed = recipe.seed + i
