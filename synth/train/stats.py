@@ -58,7 +58,7 @@ def _percentiles(values) -> tuple[float, float]:
     import numpy as np
 
     tail = 100 * (1 - CONFIDENCE) / 2
-    low, high = np.percentile(values, [tail, 100 - tail])
+    low, high = np.nanpercentile(values, [tail, 100 - tail])  # a resample of rows with no tokens: left out
     return float(low), float(high)
 
 
