@@ -86,6 +86,10 @@ def test_planted_exact_match_and_loglik(tmp_path, scorer):
     assert metrics["short_answer_rows"] == 6
     assert metrics["exact_match"] == pytest.approx(0.5)
     assert metrics["normalized_accuracy"] == pytest.approx(0.5)
+    # 3 of 6 right: the Wilson interval by hand, centre (0.5 + z²/12) / (1 + z²/6) = 0.5, half-width 0.3457
+    assert metrics["intervals"]["exact_match"] == pytest.approx([0.1876, 0.8124], abs=1e-4)
+    low, high = metrics["intervals"]["mean_logprob_per_token"]
+    assert low <= metrics["mean_logprob_per_token"] <= high
 
     completions = [[{"role": "assistant", "content": r}] for r in references]
     total = sum(_independent_logprob(scorer, p, c) for p, c in zip(prompts, completions))
@@ -145,15 +149,35 @@ def test_compare_cli_writes_table_and_json(tmp_path):
     peft_model.save_pretrained(str(tmp_path / "sft"))
     AutoTokenizer.from_pretrained(str(model)).save_pretrained(str(tmp_path / "sft"))
 
-    result = run_cli("eval", model, data, "--compare", "base", tmp_path / "sft", "--out", tmp_path / "ev",
+    result = run_cli("eval", model, data, "--compare", "base", tmp_path / "sft", "again=base", "--out", tmp_path / "ev",
                      "--max-new-tokens", 3, "--precision", "fp32")
     assert result.exit_code == 0, result.output
-    assert "exact match" in result.output and "Δ sft - base" in result.output
+    assert "exact match" in result.output and "Δ sft - base" in result.output and "Δ again - base" in result.output
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
-    assert set(report["models"]) == {"base", "sft"} and report["rows"] == 4
+    assert set(report["models"]) == {"base", "sft", "again"} and report["rows"] == 4
     assert report["models"]["sft"]["adapter"] == str(tmp_path / "sft")
-    lines = (tmp_path / "ev" / "eval_predictions.jsonl").read_text().splitlines()
-    assert len(lines) == 8 and {json.loads(line)["model"] for line in lines} == {"base", "sft"}
+    lines = [json.loads(line) for line in (tmp_path / "ev" / "eval_predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 12 and {line["model"] for line in lines} == {"base", "sft", "again"}
+
+    # The paired test counts the rows where exactly one model is right, as the predictions file shows them.
+    from synth.train.stats import mcnemar_exact, wilson_interval
+
+    right = {label: {line["id"]: line["exact"] for line in lines if line["model"] == label} for label in ("base", "sft")}
+    only_base = sum(right["base"][i] and not right["sft"][i] for i in right["base"])
+    only_sft = sum(right["sft"][i] and not right["base"][i] for i in right["base"])
+    test = report["comparisons"]["models"]["sft"]["exact_match"]
+    assert report["comparisons"]["against"] == "base"
+    assert (test["only_first"], test["only_second"]) == (only_base, only_sft)
+    assert test["p_value"] == mcnemar_exact(only_base, only_sft)
+    assert test["difference"] == pytest.approx((only_sft - only_base) / 4)
+    assert report["models"]["sft"]["intervals"]["exact_match"] == list(
+        wilson_interval(sum(right["sft"].values()), 4))
+    assert report["comparisons"]["models"]["sft"]["mean_logprob_per_token"]["test"] == "paired_bootstrap"
+    # The base against itself: no row differs, nothing to tell from zero, and the table says so.
+    same = report["comparisons"]["models"]["again"]
+    assert same["exact_match"]["p_value"] == 1.0 and same["mean_logprob_per_token"]["interval"] == [0, 0]
+    assert not any(t["distinguishable"] for t in same.values())
+    assert "(noise)" in result.output and "95% interval" in " ".join(result.output.split())
 
     one_line_error(run_cli("eval", model, data, "sft"), "--compare")
     one_line_error(run_cli("eval", model, data, "--compare", "nope"), "--compare nope")

@@ -107,6 +107,7 @@ def test_rounds_ask_each_rounds_model_and_the_gate_keeps_the_planted_majorities(
     by_model = Counter(r["model"] for r in requests)
     assert by_model == {"loopy-round-0": questions, "loopy-round-1": questions, "loopy-round-2": questions}
     assert all(r["n"] == 5 for r in requests)
+    assert all(r["seed"] == 0 for r in requests)  # sampled with the recipe's seed (default 0)
 
     counts_asked = sum("how many" in r["messages"][-1]["content"].lower() for r in requests) // 3
     colours_asked = sum("what color" in r["messages"][-1]["content"].lower() for r in requests) // 3
@@ -133,6 +134,17 @@ def test_rounds_ask_each_rounds_model_and_the_gate_keeps_the_planted_majorities(
         before = manifest["base_eval"] if k == 0 else manifest["rounds"][k - 1]["eval"]
         assert row["change"]["mean_logprob_per_token"] == pytest.approx(
             row["eval"]["mean_logprob_per_token"] - before["mean_logprob_per_token"])
+    # each round's change is tested on the same held-out rows against the model before (both prediction files)
+    from synth.train.evaluate import compare_prediction_files
+
+    for k, row in enumerate(manifest["rounds"]):
+        before = run_dir / ("eval_base" if k == 0 else f"round_{k - 1}/eval") / "eval_predictions.jsonl"
+        assert row["eval"]["predictions"] == f"round_{k}/eval/eval_predictions.jsonl"
+        test = row["change_test"]["exact_match"]
+        assert test == compare_prediction_files(before, run_dir / row["eval"]["predictions"])
+        assert test["difference"] == pytest.approx(row["change"]["exact_match"])
+        low, high = row["eval"]["intervals"]["exact_match"]
+        assert low <= row["eval"]["exact_match"] <= high
     saved = json.loads((run_dir / "round_1" / "sft" / "train_summary.json").read_text())
     assert saved["adapter_of"] == str(run_dir / "round_0" / "sft")
     best = json.loads((run_dir / "best.json").read_text())
@@ -140,6 +152,49 @@ def test_rounds_ask_each_rounds_model_and_the_gate_keeps_the_planted_majorities(
     # before rounds 1 and 2 ask the server, the serve command got the model name and model k's adapter
     served = (run_dir.parent.parent / "served.txt").read_text().splitlines()
     assert served == [f"1 loopy-round-1 {run_dir}/round_0/sft", f"2 loopy-round-2 {run_dir}/round_1/sft"]
+
+
+def test_the_runs_seed_decides_sampling_and_training(server, tmp_path):
+    """`seed:` of the recipe reaches the pseudo-labels' sampling requests and every round's training (data
+    order, LoRA init, dropout), and the manifest and train summary record it."""
+    before = len(server.requests)
+    run_recipe(write(tmp_path, server, rounds=1, extra="seed: 5\n"), options=RunOptions(runs_dir=tmp_path / "runs", live=False))
+    requests = server.requests[before:]
+    assert requests and all(r["seed"] == 5 for r in requests)
+    run_dir = tmp_path / "runs" / "loopy"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["rounds"][0]["sft"]["seed"] == 5
+    summary = json.loads((run_dir / "round_0" / "sft" / "train_summary.json").read_text())
+    assert summary["recipe"]["seed"] == 5 and summary["reproducibility"]["seed"] == 5
+
+
+def test_seeds_repeat_the_rounds_on_the_same_data_and_report_mean_and_sd(server, tmp_path):
+    """`synth loop --seeds 2`: two runs whose rounds sample and train with seeds 0 and 1 while the shared data
+    stages (the held-out split included) stay the same; NAME-seeds.json and the table hold each run's score
+    with its interval and mean ± sd across them."""
+    from tests.cli_helpers import run_cli
+
+    before = len(server.requests)
+    result = run_cli("loop", write(tmp_path, server, rounds=1), "--runs-dir", tmp_path / "runs", "--seeds", 2)
+    assert result.exit_code == 0, result.output
+    requests = server.requests[before:]
+    assert sorted({r["seed"] for r in requests}) == [0, 1]
+    runs = [tmp_path / "runs" / f"loopy-seed-{s}" for s in (0, 1)]
+    manifests = [json.loads((run / "manifest.json").read_text()) for run in runs]
+    assert [m["loop"]["seed"] for m in manifests] == [0, 1]
+    assert [m["rounds"][0]["sft"]["seed"] for m in manifests] == [0, 1]
+    assert manifests[0]["stages"]["heldout"]["hash"] == manifests[1]["stages"]["heldout"]["hash"]
+    assert rows(runs[0] / "labelled") == rows(runs[1] / "labelled")
+    assert manifests[0]["rounds"][0]["sft"]["weights"] != manifests[1]["rounds"][0]["sft"]["weights"]
+
+    summary = json.loads((tmp_path / "runs" / "loopy-seeds.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["metric"] == "exact_match"
+    scores = [m["rounds"][0]["eval"]["exact_match"] for m in manifests]
+    round0 = next(a for a in summary["across_seeds"] if a["round"] == 0)
+    assert round0["exact_match"]["values"] == scores and round0["exact_match"]["mean"] == pytest.approx(sum(scores) / 2)
+    assert summary["runs"][1]["rounds"][1]["interval"] == manifests[1]["rounds"][0]["eval"]["intervals"]["exact_match"]
+    text = " ".join(result.output.split())
+    assert "exact_match over 2 seeds" in text and "mean ± sd" in text and "[a-b]: 95% interval" in text
 
 
 def test_the_table_shows_every_round_and_gate(baseline):
@@ -156,6 +211,7 @@ def test_the_table_shows_every_round_and_gate(baseline):
     gates = [cells for cells in lines if len(cells) > 2 and cells[1] == "pseudo"]
     assert [cells[0] for cells in gates] == ["0", "1", "2"]
     assert "low_agreement" in text
+    assert "95%" in text and "McNemar" in text  # each round's exact match has its interval, its change a p-value
 
 
 def test_resume_after_sigkill_in_round_2_skips_finished_rounds(server, baseline, tmp_path):

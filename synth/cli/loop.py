@@ -20,6 +20,9 @@ def loop(
     executor: str = typer.Option("local", "--executor", help="local (processes) or ray, for the data stages."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (local) or CPUs for a local Ray."),
     no_retry_failed: bool = typer.Option(False, "--no-retry-failed", help="Keep stages whose LLM requests partly failed as they are."),
+    seeds: Optional[int] = typer.Option(
+        None, "--seeds", min=1, help="Run the loop N times with round seeds loop.seed, +1, ... (folders NAME-seed-S, "
+        "same data) and report mean ± sd across them (RUNS_DIR/NAME-seeds.json)."),
 ) -> None:
     """Run a recipe's closed loop (same as synth run on it); the same command resumes a killed loop."""
     from synth.console import Console
@@ -31,6 +34,16 @@ def loop(
     overrides = list(set_) + ([f"loop.rounds={rounds}"] if rounds else [])
     options = RunOptions(name=name, runs_dir=runs_dir, executor=executor, workers=workers,
                          retry_failed=not no_retry_failed)
+    if seeds:
+        from synth.run.loop_seeds import run_loop_seeds, seeds_path, seeds_table
+
+        results, summary = run_loop_seeds(recipe, overrides, options, seeds, console=Console(stderr=True))
+        for _, result in results:
+            console.print(loop_tables(result.manifest))
+        console.print(seeds_table(summary))
+        console.print(f"runs in [bold]{runs_dir}/[/]: {', '.join(r.name for _, r in results)}; summary: "
+                      f"{seeds_path(runs_dir, summary['name'])}", soft_wrap=True)
+        return
     result = run_loop(recipe, overrides, options, console=Console(stderr=True))
     entries = [{"name": n, **result.manifest["stages"][n]} for n in result.manifest["order"]]
     if entries:

@@ -21,16 +21,31 @@ _RECIPE = typer.Argument(..., help="training recipe (YAML); see recipes/train/")
 _SET = typer.Option(None, "--set", "-s", help="override a recipe key: -s learning_rate=1e-4 -s lora.r=8 (repeatable)")
 
 
-def _run(stage: str, recipe_path: Path, overrides: list[str] | None) -> None:
+_SEEDS = typer.Option(
+    None, "--seeds", min=1, help="train N times, with seeds seed, seed+1, ... into OUTPUT_DIR/seed-S, and write "
+    "mean ± sd across them to OUTPUT_DIR/seeds.json (then: synth eval ... --compare base LABEL=OUTPUT_DIR)"
+)
+
+
+def _run(stage: str, recipe_path: Path, overrides: list[str] | None, seeds: int | None = None) -> None:
     from synth.train import load_recipe, run_stage
 
     recipe = load_recipe(recipe_path, stage, overrides)  # type: ignore[arg-type]
-    run_stage(stage, recipe)
+    if seeds:
+        from synth.train.seeds import run_seeds
+
+        run_seeds(stage, recipe, seeds)
+    else:
+        run_stage(stage, recipe)
 
 
 def _stage(stage: str, help_text: str):
-    def run(recipe: Path = _RECIPE, overrides: Optional[list[str]] = _SET) -> None:
-        _run(stage, recipe, overrides)
+    if stage == "merge":
+        def run(recipe: Path = _RECIPE, overrides: Optional[list[str]] = _SET) -> None:
+            _run(stage, recipe, overrides)
+    else:
+        def run(recipe: Path = _RECIPE, overrides: Optional[list[str]] = _SET, seeds: Optional[int] = _SEEDS) -> None:
+            _run(stage, recipe, overrides, seeds)
 
     run.__doc__ = help_text
     train_app.command(stage)(handle_errors(run, "output_dir (-s output_dir=...)"))

@@ -118,6 +118,8 @@ class Loop:
         self.shared = [n for n in plan.order if n not in self.per_round]
         self.looped = loop_backends(plan.recipe)
         self.outputs: dict[str, Any] = {}  # shared stage → (ref, fingerprint, hash)
+        # the rounds' sampling and training; the shared data stages keep the recipe's seed
+        self.round_seed = self.spec.seed if self.spec.seed is not None else plan.recipe.seed
 
     def say(self, text: str) -> None:
         if self.console is not None:
@@ -133,7 +135,7 @@ class Loop:
     def run(self) -> LoopResult:
         loop = {"rounds": self.spec.rounds, "model": self.spec.model,
                 "per_round_stages": [n for n in self.plan.order if n in self.per_round],
-                "stop": self.spec.stop.model_dump(mode="json")}
+                "stop": self.spec.stop.model_dump(mode="json"), "seed": self.round_seed}
         with opened_run(self.plan, self.run_dir, self.options, self.shared, loop=loop, rounds=[]) as opened:
             self.executor, self.manifest = opened
             self.run_shared()
@@ -216,7 +218,7 @@ class Loop:
             backends[name] = spec.model_copy(update={"model": value})
             served[name] = value
             identity[name] = model.identity
-        recipe = self.plan.recipe.model_copy(update={"backends": backends})
+        recipe = self.plan.recipe.model_copy(update={"backends": backends, "seed": self.round_seed})
         plan_backends = {name: (backends[name].model_dump(mode="json") if name in backends else spec)
                          for name, spec in self.plan.backends.items()}
         from synth.run.recipe import LoadedRecipe
@@ -275,6 +277,7 @@ class Loop:
         hooks.point("loop", round=k, step="eval")
         row["eval"] = self.evaluate(Model(k + 1, model.base, adapter), folder / "eval", f"{round_dir(k)}/eval")
         row["change"] = _change(previous, row["eval"])
+        row["change_test"] = _change_test(self.run_dir, previous, row["eval"])
         row["state"] = "done"
         row["seconds"] = round(time.time() - started, 3)
         hooks.point("loop", round=k, step="done")
@@ -366,15 +369,16 @@ class Loop:
         spec = getattr(self.spec, step)
         data, counts = self.train_data(k, spec.data, outputs, step)
         out = self.run_dir / round_dir(k) / step
-        fields = {**spec.train_fields(), "model": base, "dataset": str(data), "output_dir": str(out),
-                  "overwrite": True}
+        # The run's seed decides data order, LoRA init and dropout too, unless the step sets its own.
+        fields = {"seed": self.round_seed, **spec.train_fields(), "model": base, "dataset": str(data),
+                  "output_dir": str(out), "overwrite": True}
         if adapter:
             fields["adapter"] = adapter
         elif step == "dpo":
             raise SynthError("loop.dpo: DPO starts from the round's SFT adapter; keep loop.sft")  # never: sft runs first
         recipe = recipe_from_dict(fields, step, source=f"loop.{step}")
         fp = digest({"recipe": recipe.model_dump(mode="json"), "data": hash_files(data),
-                     "adapter": weights_hash(adapter), "seed": self.plan.recipe.seed})
+                     "adapter": weights_hash(adapter), "seed": self.round_seed})
         marker_path = self.marker(k, step)
         marker = read_json(marker_path)
         if marker and marker.get("fingerprint") == fp and (out / "train_summary.json").is_file():
@@ -387,7 +391,7 @@ class Loop:
         entry = {"output_dir": str(out), "rows": summary.get("data", {}).get("train_rows"), "data": counts,
                  "steps": summary.get("steps"), "tokens": summary.get("tokens"),
                  "seconds": summary.get("train_seconds"), "final_train_loss": summary.get("final_train_loss"),
-                 "from": adapter or base, "weights": weights_hash(out)}
+                 "from": adapter or base, "weights": weights_hash(out), "seed": recipe.seed}
         for key in ("eval_rewards_accuracies", "eval_rewards_margins"):
             if key in summary:
                 entry[key] = summary[key]
@@ -434,13 +438,16 @@ class Loop:
             write_report(report, out / ("eval.json" if kind == "sft" else "preferences.json"))
             values = report.metrics[label]
             metrics["seconds"] += report.seconds[label]
+            intervals = metrics.setdefault("intervals", {})
             if kind == "sft":
-                metrics.update({k: values.get(k) for k in ("exact_match", "normalized_accuracy", "contains_accuracy",
-                                                           "mean_logprob_per_token", "rows", "short_answer_rows")})
+                kept = ("exact_match", "normalized_accuracy", "contains_accuracy", "mean_logprob_per_token")
+                metrics.update({k: values.get(k) for k in (*kept, "rows", "short_answer_rows")})
+                # relative to the run folder: the manifest stays true when the folder moves
+                metrics["predictions"] = (out / "eval_predictions.jsonl").relative_to(self.run_dir).as_posix()
             else:
-                metrics.update({"preference_accuracy": values.get("preference_accuracy"),
-                                "reward_accuracy": values.get("reward_accuracy"),
-                                "reward_margin": values.get("reward_margin"), "pairs": values.get("pairs")})
+                kept = ("preference_accuracy", "reward_accuracy", "reward_margin")
+                metrics.update({k: values.get(k) for k in (*kept, "pairs")})
+            intervals.update({k: values["intervals"].get(k) for k in kept if values["intervals"].get(k)})
         metrics["seconds"] = round(metrics["seconds"], 1)
         write_json_atomic(marker_path, {"fingerprint": fp, "metrics": metrics})
         return metrics
@@ -459,6 +466,19 @@ def _change(before: dict | None, after: dict) -> dict[str, float]:
         return {}
     return {k: after[k] - before[k] for k in SCORES
             if isinstance(after.get(k), (int, float)) and isinstance(before.get(k), (int, float))}
+
+
+def _change_test(run_dir: Path, before: dict | None, after: dict) -> dict[str, dict]:
+    """The change of each share score from the model before, tested on the same held-out rows (McNemar's
+    exact test on the two rounds' predictions): is it distinguishable from run-to-run noise?"""
+    from synth.train.evaluate import PREDICTION_FIELDS, compare_prediction_files
+
+    paths = [(m or {}).get("predictions") for m in (before, after)]
+    paths = [run_dir / p if p else None for p in paths]
+    if not all(paths) or not all(p.is_file() for p in paths):
+        return {}
+    tests = {metric: compare_prediction_files(paths[0], paths[1], metric) for metric in PREDICTION_FIELDS}
+    return {metric: test for metric, test in tests.items() if test is not None}
 
 
 def _counts_text(counts: dict[str, int]) -> str:

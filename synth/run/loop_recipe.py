@@ -11,6 +11,7 @@ loop:
   dpo: {data: prefs, max_steps: 20}                    # optional, after SFT, from the SFT adapter
   eval: {data: heldout, limit: 100, max_new_tokens: 8}  # the fixed held-out split
   stop: {metric: exact_match, margin: 0.01, patience: 1}
+  seed: 0                        # the rounds' sampling and training (default: the recipe's seed)
   serve: {model: "{run}-round-{round}", command: ...}  # `model: loop` on an OpenAI-compatible server
 ```
 
@@ -93,6 +94,10 @@ class LoopSpec(BaseModel):
     serve: LoopServe = Field(default_factory=LoopServe)
     from_previous: bool = Field(True, description="round k+1 keeps training model k's adapter (false: a new "
                                                   "adapter on the base each round)")
+    seed: int | None = Field(None, description="seed of the rounds: sampling of per-round stages (pseudo-labels) "
+                                               "and training (LoRA init, data order, dropout); default: the "
+                                               "recipe's seed. The shared data stages keep the recipe's seed, so "
+                                               "`synth loop --seeds N` varies the rounds on the same data")
 
 
 # ---------------------------------------------------------------- checks (at load time, with file:line)

@@ -1,8 +1,9 @@
 """The end-of-loop tables, from the manifest alone (so ``synth run --status`` shows them for any loop run).
 
 1. per round: the rows model k+1 trained on, its training tokens and time, its held-out scores (exact
-   match, reference log-likelihood per token, DPO reward accuracy when preferences were scored) and the
-   change from the model before it; model 0 first when it was scored;
+   match with its 95% interval, reference log-likelihood per token, DPO reward accuracy when preferences
+   were scored) and the change from the model before it, with McNemar's p on the same rows; model 0 first
+   when it was scored;
 2. per round and per-round stage: read → kept, the kept share, what each gate dropped, by reason, and for
    a pseudo_label stage with hidden labels the share of kept labels that match them ("right").
 """
@@ -34,6 +35,19 @@ def _signed(value) -> str:
     return "" if value is None else f"{value:+.3f}"
 
 
+def _interval(metrics: dict, key: str) -> str:
+    """The 95% interval of a share, in points: "46-65"."""
+    interval = (metrics.get("intervals") or {}).get(key)
+    return "" if not interval else f"{100 * interval[0]:.0f}-{100 * interval[1]:.0f}"
+
+
+def _p_value(test: dict | None) -> str:
+    """McNemar's p of the change from the model before; "n.s.": not distinguishable from zero."""
+    if not test:
+        return ""
+    return f"{test['p_value']:.2g}" + ("" if test["distinguishable"] else " n.s.")
+
+
 def loop_tables(manifest: dict[str, Any]) -> Group:
     rounds = manifest.get("rounds") or []
     base = manifest.get("base_eval")
@@ -48,13 +62,14 @@ def loop_tables(manifest: dict[str, Any]) -> Group:
         title += f"; best: model {best.get('model')} ({best.get('metric')} {_num(best.get('score'))})"
     table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, show_edge=False,
                   padding=(0, 1, 0, 0))
-    columns = ["round", "rows", "tokens", "train", "exact", "Δ", "loglik", "Δ "]
+    columns = ["round", "rows", "tokens", "train", "exact", "95%", "Δ", "p", "loglik", "Δ "]
     if dpo:
         columns += ["reward", "Δ  "]
     for column in columns:
         table.add_column(column, justify="left" if column == "round" else "right", no_wrap=True)
     if base:
-        cells = ["base", "-", "-", "-", _pct(base.get("exact_match")), "", _num(base.get("mean_logprob_per_token")), ""]
+        cells = ["base", "-", "-", "-", _pct(base.get("exact_match")), _interval(base, "exact_match"), "", "",
+                 _num(base.get("mean_logprob_per_token")), ""]
         if dpo:
             cells += [_pct(base.get("reward_accuracy")), ""]
         table.add_row(*cells)
@@ -66,7 +81,8 @@ def loop_tables(manifest: dict[str, Any]) -> Group:
         mark = "*" if best.get("round") == row.get("round") else ""
         cells = [f"{row.get('round')}{mark}" + ("" if row.get("state") == "done" else f" ({row.get('state')})"),
                  _num(sft.get("rows"), ",d"), _num(tokens or None, ",d"), _duration(seconds) if seconds else "-",
-                 _pct(ev.get("exact_match")), _pts(change.get("exact_match")),
+                 _pct(ev.get("exact_match")), _interval(ev, "exact_match"), _pts(change.get("exact_match")),
+                 _p_value((row.get("change_test") or {}).get("exact_match")),
                  _num(ev.get("mean_logprob_per_token")), _signed(change.get("mean_logprob_per_token"))]
         if dpo:
             cells += [_pct(ev.get("reward_accuracy")), _pts(change.get("reward_accuracy"))]
@@ -88,6 +104,10 @@ def loop_tables(manifest: dict[str, Any]) -> Group:
             if checked:  # kept pseudo-labels that match the hidden labels (a count only, no label is written)
                 cells.append(_pct((entry.get("label_check") or {}).get("accuracy")))
             data.add_row(*cells, text)
+    if any(row.get("change_test") for row in rounds):
+        table.caption = ("95%: Wilson interval of exact match; p: McNemar's exact test of the change from the "
+                         "model before, on the same held-out rows (n.s.: not distinguishable from zero)")
+        table.caption_justify = "left"
     parts: list[Any] = [table]
     if data.row_count:
         parts.append(data)

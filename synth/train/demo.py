@@ -7,9 +7,13 @@
 3. LoRA SFT of the embedded model with ``recipes/train/sft_gemma_scene_text.yaml``.
 4. Optional DPO from that adapter on a preference set (e.g. `synth prefs ... --method perturb`).
 5. ``synth eval embedded HELDOUT --compare base SFT [DPO]``: exact match and the other metrics,
-   side by side, in ``DEMO/train/eval.json``.
+   side by side, each with its 95% interval, and each model's change from the base with its paired test
+   (McNemar's exact test on the same rows), in ``DEMO/train/eval.json``.
 
-    python -m synth.train.demo demo [--prefs demo/prefs]
+With ``--seeds N`` the SFT step trains N seeds (``synth train sft --seeds N``) and the table shows each
+run beside mean ± sd across them (no DPO step then: it would need one per seed).
+
+    python -m synth.train.demo demo [--prefs demo/prefs] [--seeds 3]
 
 The same steps as CLI commands are in the README ("Training and evaluation").
 """
@@ -49,11 +53,15 @@ def run_train_demo(
     prefs: str | Path | None = None,
     eval_rows: int = 100,
     sft_overrides: list[str] | None = None,
+    seeds: int | None = None,
 ) -> dict[str, Any]:
     """Data → SFT (→ DPO) → eval --compare; returns eval.json's content."""
+    from synth.errors import SynthError
     from synth.train import load_recipe, run_stage
     from synth.train.evaluate import evaluate, render_table, resolve_specs, write_report
 
+    if seeds and prefs is not None:
+        raise SynthError("--seeds with --prefs: the DPO step would need one run per seed; leave one of them out")
     demo = Path(demo)
     train_set, heldout_set = prepare_data(demo)
     out = demo / "train"
@@ -62,8 +70,14 @@ def run_train_demo(
         "sft",
         [f"dataset={train_set}", f"output_dir={out / 'sft'}", "overwrite=true", *(sft_overrides or [])],
     )
-    run_stage("sft", sft_recipe)
-    compare = ["base", str(out / "sft")]
+    if seeds:
+        from synth.train.seeds import run_seeds
+
+        run_seeds("sft", sft_recipe, seeds)
+        compare = ["base", f"sft={out / 'sft'}"]
+    else:
+        run_stage("sft", sft_recipe)
+        compare = ["base", str(out / "sft")]
     if prefs is not None:
         dpo_recipe = load_recipe(
             recipes_dir() / DPO_RECIPE,
@@ -88,12 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefs", default=None, help="preference set for an extra DPO step (e.g. from synth prefs)")
     parser.add_argument("--eval-rows", type=int, default=100)
     parser.add_argument("-s", "--set", dest="overrides", action="append", default=[], help="override an SFT recipe key")
+    parser.add_argument("--seeds", type=int, default=None, help="train the SFT step with N seeds (mean ± sd)")
     args = parser.parse_args(argv)
     from synth.cli.common import debug, err_console
     from synth.errors import SynthError
 
     try:
-        run_train_demo(args.demo, prefs=args.prefs, eval_rows=args.eval_rows, sft_overrides=args.overrides)
+        run_train_demo(args.demo, prefs=args.prefs, eval_rows=args.eval_rows, sft_overrides=args.overrides,
+                       seeds=args.seeds)
     except SynthError as e:
         if debug():
             raise

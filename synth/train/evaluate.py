@@ -19,6 +19,11 @@ higher log-likelihood than the rejected one) and the mean log-likelihood margin;
 adapter also the **DPO reward accuracy** and **margin**, with the reference being the same model with
 the adapter disabled: reward = beta * (log p_model - log p_reference).
 
+Every share and mean gets a 95% interval (Wilson for shares, a bootstrap over rows for means); with
+several models, each is compared with the first on the same rows (McNemar's exact test for shares, a
+paired bootstrap for means): the difference, its interval and whether it is distinguishable from zero.
+See `synth.train.stats`.
+
 Prompts are rendered with the chat template saved with the adapter (else the model's own, else synth's
 default), the one training used. Results: a table, ``eval.json`` and ``eval_predictions.jsonl``.
 """
@@ -149,6 +154,7 @@ class ModelSpec:
     label: str
     model: str
     adapter: str | None = None
+    group: str | None = None  # the --compare entry a run of `synth train --seeds` came from
 
     def describe(self) -> str:
         return f"{self.model} + {self.adapter}" if self.adapter else self.model
@@ -157,10 +163,12 @@ class ModelSpec:
 def resolve_specs(model: str, adapter: str | None, compare: list[str] | None) -> list[ModelSpec]:
     """Model specs from the CLI: MODEL [+ --adapter], or each --compare entry.
 
-    A compare entry is ``base`` (MODEL alone), an adapter folder (MODEL + that adapter), or any other
+    A compare entry is ``base`` (MODEL alone), an adapter folder (MODEL + that adapter), the output of
+    `synth train --seeds` (one column per seed, ``LABEL@seed-S``, summarised as mean ± sd), or any other
     model (a path or Hub id); ``LABEL=ENTRY`` names its column.
     """
     from synth.train.models import is_adapter_dir
+    from synth.train.seeds import seed_runs
 
     if compare and adapter:
         raise SynthError("--adapter and --compare do not mix: list the adapter among the compared models instead")
@@ -172,6 +180,15 @@ def resolve_specs(model: str, adapter: str | None, compare: list[str] | None) ->
         label, sep, value = entry.partition("=")
         if not sep:
             label, value = "", entry
+        runs = seed_runs(value) if value != "base" else None
+        if runs:
+            group = label or Path(value).name
+            for seed, folder in runs:
+                if is_adapter_dir(folder):
+                    specs.append(ModelSpec(f"{group}@seed-{seed}", model, folder, group))
+                else:
+                    specs.append(ModelSpec(f"{group}@seed-{seed}", folder, None, group))
+            continue
         if value == "base":
             spec = ModelSpec(label or "base", model, None)
         elif is_adapter_dir(value):
@@ -341,7 +358,14 @@ def _eos_ids(model, tokenizer) -> list[int]:
 # ---------------------------------------------------------------- metrics
 
 
-def sft_metrics(scorer: Scorer, data: EvalData, *, max_new_tokens: int, short_answer_words: int) -> tuple[dict, list]:
+#: Per-row values of each metric, for its interval and the paired tests: a list of right/wrong (a share),
+#: of values (a mean), or of (value, weight) pairs (a per-token mean: summed log-likelihood, tokens).
+Samples = dict[str, list]
+
+
+def sft_metrics(
+    scorer: Scorer, data: EvalData, *, max_new_tokens: int, short_answer_words: int
+) -> tuple[dict, list, Samples]:
     references = data.references
     short = [i for i, ref in enumerate(references) if is_short_answer(ref, short_answer_words) or _CHOICE.fullmatch(ref.strip())]
     replies = scorer.generate([data.prompts[i] for i in short], [data.images[i] for i in short], max_new_tokens)
@@ -366,7 +390,13 @@ def sft_metrics(scorer: Scorer, data: EvalData, *, max_new_tokens: int, short_an
         "reference_tokens": tokens,
         "answers": answer_distribution([p["prediction"] for p in predictions], [references[i] for i in short]),
     }
-    return metrics, predictions
+    samples: Samples = {
+        "exact_match": [p["exact"] for p in predictions],
+        "normalized_accuracy": [p["correct"] for p in predictions],
+        "contains_accuracy": [p["contains"] for p in predictions],
+        "mean_logprob_per_token": [(s, n) for s, n in scores],
+    }
+    return metrics, predictions, samples
 
 
 #: Answers have collapsed when the model gives at most this share of the distinct reference answers ...
@@ -409,7 +439,7 @@ def collapse_notes(report) -> list[str]:
     return notes
 
 
-def preference_metrics(scorer: Scorer, data: EvalData, *, beta: float) -> tuple[dict, list]:
+def preference_metrics(scorer: Scorer, data: EvalData, *, beta: float) -> tuple[dict, list, Samples]:
     chosen = scorer.completion_logprobs(data.prompts, data.completions, data.images)
     rejected = scorer.completion_logprobs(data.prompts, data.rejected, data.images)
     n = len(chosen)
@@ -420,6 +450,7 @@ def preference_metrics(scorer: Scorer, data: EvalData, *, beta: float) -> tuple[
         "logprob_margin": sum(margins) / n,
     }
     rows = [{"index": i, "chosen_logprob": c, "rejected_logprob": r} for i, ((c, _), (r, _)) in enumerate(zip(chosen, rejected))]
+    samples: Samples = {"preference_accuracy": [m > 0 for m in margins], "logprob_margin": margins}
     if scorer.spec.adapter:
         ref_c = scorer.completion_logprobs(data.prompts, data.completions, data.images, reference=True)
         ref_r = scorer.completion_logprobs(data.prompts, data.rejected, data.images, reference=True)
@@ -433,7 +464,56 @@ def preference_metrics(scorer: Scorer, data: EvalData, *, beta: float) -> tuple[
         )
         for row, (rc, rr) in zip(rows, rewards):
             row.update(chosen_reward=rc, rejected_reward=rr)
-    return metrics, rows
+        samples["reward_accuracy"] = [rc > rr for rc, rr in rewards]
+        samples["reward_margin"] = [rc - rr for rc, rr in rewards]
+    return metrics, rows, samples
+
+
+# ---------------------------------------------------------------- uncertainty
+
+#: Metrics that are shares of rows (Wilson interval, McNemar's test); the others are means (bootstrap).
+SHARE_METRICS = ("exact_match", "normalized_accuracy", "contains_accuracy", "preference_accuracy", "reward_accuracy")
+
+
+def _split_weights(values: list) -> tuple[list[float], list[float] | None]:
+    if values and isinstance(values[0], tuple):
+        return [v for v, _ in values], [w for _, w in values]
+    return [float(v) for v in values], None
+
+
+def metric_intervals(samples: Samples) -> dict[str, list[float] | None]:
+    """95% interval of every metric with per-row values (see `synth.train.stats`)."""
+    from synth.train.stats import bootstrap_mean_interval, wilson_interval
+
+    out: dict[str, list[float] | None] = {}
+    for key, values in samples.items():
+        if key in SHARE_METRICS:
+            interval = wilson_interval(sum(bool(v) for v in values), len(values))
+        else:
+            interval = bootstrap_mean_interval(*_split_weights(values))
+        out[key] = list(interval) if interval else None
+    return out
+
+
+def paired_comparisons(labels: list[str], samples: dict[str, Samples]) -> dict[str, dict[str, dict]]:
+    """Each model against the first, on the same rows: {label: {metric: difference, interval, test, ...}}."""
+    from synth.train.stats import compare_means, compare_shares
+
+    first = labels[0]
+    out: dict[str, dict[str, dict]] = {}
+    for label in labels[1:]:
+        tests: dict[str, dict] = {}
+        for key, before in samples[first].items():
+            after = samples[label].get(key)
+            if not before or not after:
+                continue
+            if key in SHARE_METRICS:
+                tests[key] = compare_shares(before, after)
+            else:
+                (a, wa), (b, wb) = _split_weights(before), _split_weights(after)
+                tests[key] = compare_means(a, b, wa, wb)
+        out[label] = tests
+    return out
 
 
 @dataclass
@@ -443,17 +523,50 @@ class EvalReport:
     metrics: dict[str, dict[str, Any]]
     predictions: dict[str, list[dict]]
     seconds: dict[str, float]
+    samples: dict[str, Samples] = field(default_factory=dict)
+
+    @property
+    def comparisons(self) -> dict[str, dict[str, dict]]:
+        """Each model against the first (empty for one model)."""
+        labels = [s.label for s in self.specs]
+        if len(labels) < 2 or any(label not in self.samples for label in labels):
+            return {}
+        return paired_comparisons(labels, self.samples)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        from synth.train.stats import CONFIDENCE
+
+        out = {
             "dataset": self.data.source,
             "split": self.data.split,
             "kind": self.data.kind,
             "rows": len(self.data.ids),
+            "confidence": CONFIDENCE,
             "models": {
                 s.label: {"model": s.model, "adapter": s.adapter, **self.metrics[s.label], "seconds": round(self.seconds[s.label], 1)}
                 for s in self.specs
             },
+        }
+        comparisons = self.comparisons
+        if comparisons:
+            out["comparisons"] = {"against": self.specs[0].label, "models": comparisons}
+        seeds = self.seed_groups()
+        if seeds:
+            out["seeds"] = seeds
+        return out
+
+    def seed_groups(self) -> dict[str, dict[str, Any]]:
+        """Runs of one recipe with several seeds: {group: {"runs": labels, metric: mean, sd, values}}."""
+        from synth.train.stats import mean_sd
+
+        groups: dict[str, list[str]] = {}
+        for spec in self.specs:
+            if spec.group:
+                groups.setdefault(spec.group, []).append(spec.label)
+        keys = [key for key, _, kind in METRIC_LABELS[self.data.kind] if kind != "int"]
+        return {
+            group: {"runs": labels, **{k: mean_sd([self.metrics[label].get(k) for label in labels]) for k in keys}}
+            for group, labels in groups.items()
         }
 
 
@@ -482,7 +595,7 @@ def evaluate(
 
 def _evaluate(specs, source, split, limit, max_new_tokens, batch_size, beta, short_answer_words, device, precision, announce):
     data = load_eval_data(source, split, limit)
-    metrics, predictions, seconds = {}, {}, {}
+    metrics, predictions, seconds, samples = {}, {}, {}, {}
     for spec in specs:
         started = time.monotonic()
         if announce:
@@ -490,11 +603,9 @@ def _evaluate(specs, source, split, limit, max_new_tokens, batch_size, beta, sho
         scorer = Scorer(spec, device=device, batch_size=batch_size, precision=precision)
         try:
             if data.kind == "preference":
-                metrics[spec.label], predictions[spec.label] = preference_metrics(scorer, data, beta=beta)
+                result = preference_metrics(scorer, data, beta=beta)
             else:
-                metrics[spec.label], predictions[spec.label] = sft_metrics(
-                    scorer, data, max_new_tokens=max_new_tokens, short_answer_words=short_answer_words
-                )
+                result = sft_metrics(scorer, data, max_new_tokens=max_new_tokens, short_answer_words=short_answer_words)
         except (ValueError, RuntimeError, TypeError, IndexError, KeyError) as e:
             # A processor or model that rejects a batch: which model, which rows, what it said.
             rows = ", ".join(str(data.ids[i]) for i in scorer.current_rows[:5])
@@ -506,8 +617,10 @@ def _evaluate(specs, source, split, limit, max_new_tokens, batch_size, beta, sho
             ) from None
         finally:
             scorer.close()
+        metrics[spec.label], predictions[spec.label], samples[spec.label] = result
+        metrics[spec.label]["intervals"] = metric_intervals(samples[spec.label])
         seconds[spec.label] = time.monotonic() - started
-    return EvalReport(data, specs, metrics, predictions, seconds)
+    return EvalReport(data, specs, metrics, predictions, seconds, samples)
 
 
 def write_report(report: EvalReport, out: str | Path) -> tuple[Path, Path]:
@@ -531,6 +644,31 @@ def write_report(report: EvalReport, out: str | Path) -> tuple[Path, Path]:
 
     write_jsonl(rows(), predictions_path)
     return out, predictions_path
+
+
+#: eval_predictions.jsonl's per-row field of each share metric of SFT rows
+PREDICTION_FIELDS = {"exact_match": "exact", "normalized_accuracy": "correct", "contains_accuracy": "contains"}
+
+
+def read_predictions(path: str | Path, model: str | None = None) -> dict[str, dict]:
+    """eval_predictions.jsonl's rows by id (of one model, when the file holds several)."""
+    from synth.io import read_jsonl
+
+    rows = read_jsonl(Path(path), "eval predictions")
+    return {str(row["id"]): row for _, row in rows if model is None or row.get("model") == model}
+
+
+def compare_prediction_files(before: str | Path, after: str | Path, metric: str = "exact_match") -> dict | None:
+    """McNemar's exact test of two eval_predictions.jsonl files (two models, or two runs) on the rows both
+    scored: e.g. a loop round against the model before it. None when they share no scored row."""
+    from synth.train.stats import compare_shares
+
+    key = PREDICTION_FIELDS[metric]
+    first, second = read_predictions(before), read_predictions(after)
+    ids = [i for i, row in first.items() if key in row and key in second.get(i, {})]
+    if not ids:
+        return None
+    return compare_shares([bool(first[i][key]) for i in ids], [bool(second[i][key]) for i in ids])
 
 
 METRIC_LABELS = {
@@ -562,12 +700,38 @@ def format_value(value, kind: str) -> str:
     return f"{value:.4f}"
 
 
-def format_delta(a, b, kind: str) -> str:
-    if a is None or b is None or kind == "int":
+def format_interval(interval, kind: str) -> str:
+    if not interval:
         return ""
     if kind == "pct":
-        return f"{100 * (b - a):+.1f} pts"
-    return f"{b - a:+.4f}"
+        return f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+    return f" [{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
+def format_spread(summary: dict | None, kind: str) -> str:
+    """mean ± sd across seeds."""
+    if not summary or kind == "int":
+        return ""
+    scale, unit, fmt = (100, "%", ".1f") if kind == "pct" else (1, "", ".4f")
+    sd = "" if summary["sd"] is None else f" ± {format(scale * summary['sd'], fmt)}"
+    return f"{format(scale * summary['mean'], fmt)}{unit}{sd}"
+
+
+def format_delta(a, b, kind: str, test: dict | None = None) -> str:
+    """The change against the first model; with its paired test: the interval, McNemar's p for shares, and
+    "(noise)" when the change is not distinguishable from zero."""
+    if a is None or b is None or kind == "int":
+        return ""
+    if test is None:
+        return f"{100 * (b - a):+.1f} pts" if kind == "pct" else f"{b - a:+.4f}"
+    low, high = test["interval"]
+    if kind == "pct":
+        text = f"{100 * test['difference']:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}]"
+    else:
+        text = f"{test['difference']:+.4f} [{low:+.4f}, {high:+.4f}]"
+    if "p_value" in test:
+        text += f" p={test['p_value']:.2g}"
+    return text if test["distinguishable"] else text + " (noise)"
 
 
 def render_table(report: EvalReport):
@@ -578,17 +742,27 @@ def render_table(report: EvalReport):
     table.add_column("metric", style="bold")
     for spec in report.specs:
         table.add_column(spec.label, justify="right")
-    compare = len(report.specs) >= 2
-    if compare:
-        table.add_column(f"Δ {report.specs[-1].label} - {report.specs[0].label}", justify="right", style="green")
+    groups = report.seed_groups()
+    for group, summary in groups.items():
+        table.add_column(f"{group}: mean ± sd ({len(summary['runs'])} seeds)", justify="right", style="cyan")
+    first, others = report.specs[0], report.specs[1:]
+    for spec in others:
+        table.add_column(f"Δ {spec.label} - {first.label}", justify="right", style="green")
+    comparisons = report.comparisons
     for key, name, kind in METRIC_LABELS[report.data.kind]:
         values = [report.metrics[s.label].get(key) for s in report.specs]
         if all(v is None for v in values):
             continue
-        row = [name, *(format_value(v, kind) for v in values)]
-        if compare:
-            row.append(format_delta(values[0], values[-1], kind))
+        intervals = [(report.metrics[s.label].get("intervals") or {}).get(key) for s in report.specs]
+        row = [name, *(format_value(v, kind) + format_interval(i, kind) for v, i in zip(values, intervals))]
+        row += [format_spread(summary.get(key), kind) for summary in groups.values()]
+        for spec, value in zip(others, values[1:]):
+            row.append(format_delta(values[0], value, kind, comparisons.get(spec.label, {}).get(key)))
         table.add_row(*row)
+    table.caption = (
+        "in brackets: 95% interval (Wilson for shares, bootstrap over rows for means)"
+        + ("; Δ: paired on the same rows, p = McNemar's exact test; (noise): not distinguishable from 0" if others else "")
+    )
     return table
 
 

@@ -341,6 +341,25 @@ def train(plan: Plan, trainer, progress: ProgressLine) -> dict[str, Any]:
     return metrics
 
 
+def reproducibility(plan: Plan) -> dict[str, Any]:
+    """What decides the run's random numbers and arithmetic: the same recipe and seed on the same machine
+    (same threads, same versions) give the same adapter bit for bit; another seed shows the real spread."""
+    import torch
+
+    seed = plan.recipe.seed
+    return {
+        "seed": seed,
+        "lora_init_seed": seed,  # set_seed(seed) before the weights load and the adapter is wrapped
+        "data_order_seed": seed,  # the Trainer's sampler (data_seed)
+        "dropout_seed": seed,  # the Trainer seeds the global RNG again before the first step
+        "precision": plan.precision,
+        "cpu_bf16_autocast": plan.device == "cpu" and plan.precision == "bf16",
+        "device": plan.device,
+        "torch_threads": torch.get_num_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+    }
+
+
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -422,6 +441,7 @@ def _summary(plan: Plan, trainer, metrics: dict[str, Any], progress: ProgressLin
         "data": plan.report.as_dict(),
         "notes": plan.notes,
         "recipe": plan.recipe.model_dump(mode="json"),
+        "reproducibility": reproducibility(plan),
         "versions": _versions(),
     }
     for key in ("eval_rewards/accuracies", "eval_rewards/margins"):

@@ -77,8 +77,12 @@ class PseudoLabelAdapter(StageAdapter):
         from synth.generate.pseudo_label import PseudoLabeler
 
         judge = ctx.backend(spec.judge_backend) if spec.judge_backend else None
-        stage = PseudoLabeler(ctx.backend(spec.backend), self.config(spec), progress=ctx.llm_progress(),
-                              judge_backend=judge)
+        config = self.config(spec)
+        if config.seed is None:
+            # Sampled answers follow the recipe's seed (unseeded, they came out differently on every run
+            # and every resume: one of the loop's sources of run-to-run variation).
+            config = config.model_copy(update={"seed": ctx.seed})
+        stage = PseudoLabeler(ctx.backend(spec.backend), config, progress=ctx.llm_progress(), judge_backend=judge)
         self._made[id(ctx)] = stage
         return [stage]
 
