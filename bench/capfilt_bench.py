@@ -12,6 +12,11 @@ Sides, each scoring the same N pairs at batch 32:
 - synth fp32: `CapFilt` (``score_only``), default settings on a CPU (today's exact scores).
 - synth bf16: `CapFilt` with ``dtype: bfloat16`` (bf16 autocast over fp32 weights; AVX512-BF16 / AMX).
 - synth bf16 + 1 decode worker: the same with ``decode_workers: 1`` (decoding beside the model).
+- data-juicer (``--data-juicer PYTHON``: a Python with ``py-data-juicer`` installed, run as its own process
+  that scores the chunks it is sent): ``image_text_similarity_filter``'s ``compute_stats_single`` per
+  sample, as its executor calls it, on the same JPEGs written to files (it reads images from paths). Its
+  score is ``logits_per_text / 100``: the model's logit scale is set to 100 (as in OpenAI's CLIP) so that
+  it equals the cosine.
 
 Interleaved: each chunk of ``--chunk`` pairs goes through every side in turn (the order rotating), so load
 changes on a shared machine hit all sides; a side's time is the sum of its chunks (models loaded before
@@ -26,8 +31,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+import math
 import random
 import resource
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -79,7 +87,9 @@ def make_model(folder: Path) -> str:
                                    eos_token="</s>", model_max_length=77)
     torch.manual_seed(0)
     config = CLIPConfig(text_config={"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0})
-    CLIPModel(config).save_pretrained(folder)
+    model = CLIPModel(config)
+    model.logit_scale.data.fill_(math.log(100.0))  # OpenAI CLIP's trained scale: data-juicer's score / 100
+    model.save_pretrained(folder)
     CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=fast).save_pretrained(folder)
     return str(folder)
 
@@ -124,12 +134,65 @@ class Synth:
         return [r["meta"]["scores"]["capfilt"] for r in self.stage.run([dict(p) for p in pairs])]
 
 
+DATA_JUICER_WORKER = """
+import json, resource, sys
+from data_juicer.ops.filter.image_text_similarity_filter import ImageTextSimilarityFilter
+from data_juicer.utils.constant import Fields, StatsKeys
+model, pairs_file = sys.argv[1], sys.argv[2]
+pairs = [json.loads(line) for line in open(pairs_file)]
+op = ImageTextSimilarityFilter(hf_clip=model, min_score=-1.0, max_score=1.0)
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    start, stop = json.loads(line)
+    scores = []
+    for pair in pairs[start:stop]:
+        sample = {"text": "<__dj__image> " + pair["caption"] + " <|__dj__eoc|>", "images": [pair["path"]],
+                  Fields.stats: {}}
+        scores.append(op.compute_stats_single(sample)[Fields.stats][StatsKeys.image_text_similarity][0])
+    print(json.dumps({"scores": scores, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
+"""
+
+
+class DataJuicer:
+    name = "data-juicer image_text_similarity_filter"
+
+    def __init__(self, python: str, model: str, pairs: list[dict], folder: Path):
+        rows = folder / "pairs.jsonl"
+        with open(rows, "w") as f:
+            for pair in pairs:
+                path = folder / f"{pair['id']}.jpg"
+                path.write_bytes(pair["image"]["bytes"])
+                f.write(json.dumps({"caption": pair["caption"], "path": str(path)}) + "\n")
+        self.index = {id(p): i for i, p in enumerate(pairs)}
+        self.process = subprocess.Popen([python, "-c", DATA_JUICER_WORKER, model, str(rows)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        self._reply()
+        self.rss = 0
+
+    def _reply(self) -> dict:
+        while True:
+            line = self.process.stdout.readline()
+            if not line:
+                raise SystemExit("data-juicer's worker stopped (see its output above)")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def score(self, pairs: list[dict]) -> list[float]:
+        start = self.index[id(pairs[0])]
+        self.process.stdin.write(json.dumps([start, start + len(pairs)]) + "\n")
+        self.process.stdin.flush()
+        reply = self._reply()
+        self.rss = reply["rss"]
+        return reply["scores"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip", nargs="*", default=[], help="sides to leave out: plain, fp32, bf16, workers")
+    parser.add_argument("--data-juicer", metavar="PYTHON", help="a Python with py-data-juicer installed")
     args = parser.parse_args()
 
     import torch
@@ -144,6 +207,8 @@ def main() -> None:
         sides = {"plain": lambda: Plain(model, args.device), "fp32": lambda: Synth(model, args.device),
                  "bf16": lambda: Synth(model, args.device, dtype=bf16),
                  "workers": lambda: Synth(model, args.device, dtype=bf16, decode_workers=1 if args.device == "cpu" else 8)}
+        if args.data_juicer:
+            sides["data-juicer"] = lambda: DataJuicer(args.data_juicer, model, pairs, Path(tmp))
         runners = {key: make() for key, make in sides.items() if key not in args.skip}
         seconds = dict.fromkeys(runners, 0.0)
         scores: dict[str, list[float]] = {key: [] for key in runners}
@@ -154,6 +219,9 @@ def main() -> None:
                 started = time.perf_counter()
                 scores[key] += runners[key].score(chunk)
                 seconds[key] += time.perf_counter() - started
+        if "data-juicer" in runners:
+            runners["data-juicer"].process.stdin.close()
+            runners["data-juicer"].process.wait()
     reference = scores.get("plain") or scores[keys[0]]
     threshold = sorted(reference)[len(reference) // 2]
     base = args.n / seconds[keys[0]]
@@ -164,8 +232,10 @@ def main() -> None:
         same = sum((a >= threshold) == (b >= threshold) for a, b in zip(scores[key], reference)) / len(reference)
         diff = max(abs(a - b) for a, b in zip(scores[key], reference))
         print(f"{runners[key].name:55} {rate:8.2f} {rate / base:6.2f} {same:10.2%} {diff:10.2e}")
-    print(f"peak RSS of the whole run (every side in one process): "
+    print(f"peak RSS of the synth and plain sides (one process): "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024:.2f} GiB")
+    if "data-juicer" in runners:
+        print(f"peak RSS of data-juicer's process: {runners['data-juicer'].rss / 1024 / 1024:.2f} GiB")
 
 
 if __name__ == "__main__":
