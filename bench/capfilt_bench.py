@@ -9,8 +9,10 @@ Sides, each scoring the same N pairs at batch 32:
 
 - plain: per batch, decode with PIL, ``CLIPProcessor(text, images)``, ``CLIPModel(**inputs)``, cosine of
   ``image_embeds`` and ``text_embeds`` (the loop a user writes).
-- synth fp32: `CapFilt` (``score_only``), default settings on a CPU (today's exact scores).
-- synth bf16: `CapFilt` with ``dtype: bfloat16`` (bf16 autocast over fp32 weights; AVX512-BF16 / AMX).
+- synth fp32: `CapFilt` (``threshold: T``), default settings on a CPU (today's exact scores), through its
+  own batching, decoding and scoring (`decoded_batches` + `score_batch`: every pair's score, kept or not).
+- synth bf16: `CapFilt` with ``dtype: bfloat16`` (bf16 autocast over fp32 weights; AVX512-BF16 / AMX);
+  pairs within ``exact_margin`` (0.005) of T are scored again in fp32.
 - synth bf16 + 1 decode worker: the same with ``decode_workers: 1`` (decoding beside the model).
 - data-juicer (``--data-juicer PYTHON``: a Python with ``py-data-juicer`` installed, run as its own process
   that scores the chunks it is sent): ``image_text_similarity_filter``'s ``compute_stats_single`` per
@@ -20,8 +22,9 @@ Sides, each scoring the same N pairs at batch 32:
 
 Interleaved: each chunk of ``--chunk`` pairs goes through every side in turn (the order rotating), so load
 changes on a shared machine hit all sides; a side's time is the sum of its chunks (models loaded before
-timing). Agreement: the share of pairs with the same keep decision as plain fp32 at one threshold (the
-median plain score), and the largest score difference.
+timing). Agreement: the share of pairs with the same keep decision as the plain fp32 loop at one threshold
+T (the median plain score of the first chunk, computed before timing: the hardest place, half the pairs
+on each side), and the largest score difference.
 
     nice python bench/capfilt_bench.py --n 256            # what the README reports
     python bench/capfilt_bench.py --device cuda --n 5000  # the GPU mode (fp16, decode workers)
@@ -121,17 +124,20 @@ class Plain:
 
 
 class Synth:
-    def __init__(self, model: str, device: str, **options):
+    def __init__(self, model: str, device: str, threshold: float, **options):
         from synth.clean.capfilt import CapFilt
 
-        self.stage = CapFilt({"model": model, "score_only": True, "batch_size": 32, "device": device, **options})
+        self.stage = CapFilt({"model": model, "threshold": threshold, "batch_size": 32, "device": device, **options})
         self.name = "synth CapFilt " + (", ".join(f"{k}={v}" for k, v in options.items()) or "defaults (fp32)")
         self.stage.scorer  # noqa: B018 (load the model before timing)
         if self.stage.decode_workers():  # start the decode workers before timing too
-            list(self.stage.run(make_pairs(2, seed=99)))
+            self.score(make_pairs(2, seed=99))
 
     def score(self, pairs: list[dict]) -> list[float]:
-        return [r["meta"]["scores"]["capfilt"] for r in self.stage.run([dict(p) for p in pairs])]
+        out = []
+        for batch, decoded in self.stage.decoded_batches([dict(p) for p in pairs]):
+            out += [result[0].score for result in self.stage.score_batch(batch, decoded)]
+        return out
 
 
 DATA_JUICER_WORKER = """
@@ -204,9 +210,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = make_model(Path(tmp) / "clip-b32")
         bf16 = "bfloat16" if args.device == "cpu" else "float16"
-        sides = {"plain": lambda: Plain(model, args.device), "fp32": lambda: Synth(model, args.device),
-                 "bf16": lambda: Synth(model, args.device, dtype=bf16),
-                 "workers": lambda: Synth(model, args.device, dtype=bf16, decode_workers=1 if args.device == "cpu" else 8)}
+        plain = Plain(model, args.device)
+        first = sorted(plain.score(pairs[:args.chunk]))
+        threshold = first[len(first) // 2]
+        sides = {"plain": lambda: plain, "fp32": lambda: Synth(model, args.device, threshold),
+                 "bf16": lambda: Synth(model, args.device, threshold, dtype=bf16),
+                 "workers": lambda: Synth(model, args.device, threshold, dtype=bf16,
+                                          decode_workers=1 if args.device == "cpu" else 8)}
         if args.data_juicer:
             sides["data-juicer"] = lambda: DataJuicer(args.data_juicer, model, pairs, Path(tmp))
         runners = {key: make() for key, make in sides.items() if key not in args.skip}
@@ -223,9 +233,10 @@ def main() -> None:
             runners["data-juicer"].process.stdin.close()
             runners["data-juicer"].process.wait()
     reference = scores.get("plain") or scores[keys[0]]
-    threshold = sorted(reference)[len(reference) // 2]
     base = args.n / seconds[keys[0]]
-    print(f"threshold (median score of {keys[0]}): {threshold:.5f}")
+    kept = sum(s >= threshold for s in reference)
+    print(f"threshold T = {threshold:.5f} (plain keeps {kept} of {args.n}); score spread (std) "
+          f"{(sum((s - sum(reference) / len(reference)) ** 2 for s in reference) / len(reference)) ** 0.5:.4f}")
     print(f"{'side':55} {'pairs/s':>8} {'x':>6} {'same keep':>10} {'max |diff|':>10}")
     for key in keys:
         rate = args.n / seconds[key]

@@ -915,3 +915,21 @@ def test_bf16_autocast_on_cpu_scores_within_tolerance_and_keeps_the_decisions(ti
     gaps = [(b - a, (a + b) / 2) for a, b in zip(ranked, ranked[1:])]
     _, threshold = max(gaps)  # the widest gap: a threshold no rounding can cross
     assert [s >= threshold for s in bf16] == [s >= threshold for s in fp32]
+
+
+def test_bf16_scores_near_the_threshold_are_scored_again_in_fp32(tiny_clip):
+    """A pair within exact_margin of the threshold gets its fp32 score, so its keep decision is fp32's."""
+    records = raw_records(12)
+    fp32 = [r["meta"]["scores"]["capfilt"] for r in run(CapFilt(model=tiny_clip, score_only=True), records)]
+    k = sorted(range(12), key=fp32.__getitem__)[6]
+    threshold = fp32[k] - 1e-6  # fp32 keeps pair k, by a hair
+
+    def kept(margin):
+        stage = CapFilt(model=tiny_clip, threshold=threshold, device="cpu", dtype="bfloat16", exact_margin=margin)
+        return {r["id"]: r["meta"]["scores"]["capfilt"] for r in run(stage, records)}
+
+    exact = kept(0.005)
+    assert sorted(exact) == sorted(records[i]["id"] for i in range(12) if fp32[i] >= threshold)
+    assert exact[records[k]["id"]] == pytest.approx(fp32[k], abs=1e-6)
+    rough = kept(0.0)  # no second look: pair k keeps its bf16 score, a little off
+    assert rough.get(records[k]["id"], threshold - 1) != pytest.approx(fp32[k], abs=1e-6)

@@ -87,6 +87,9 @@ class CapFiltConfig(StageConfig):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto = float16 on CUDA, float32 elsewhere (today's exact scores); bfloat16 on CPU = "
         "bf16 autocast over fp32 weights (about 2x faster where the CPU has AVX512-BF16/AMX; scores within ~1e-2)")
+    exact_margin: float = Field(
+        0.005, ge=0, description="with dtype bfloat16 on a CPU: pairs scoring within this of `threshold` are scored "
+        "again in fp32, so keep decisions equal fp32's (bf16 moves a CLIP cosine by ~1e-3)")
     decode_workers: int | Literal["auto"] = Field(
         "auto", description="processes that decode and preprocess the next batches' images while the model scores "
         "this one; 0 = in this process; auto = up to 8 on CUDA, none on a CPU (the model needs the cores)")
@@ -201,9 +204,19 @@ class ImageTextScorer:
 
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
-        if self.autocast:
+        if self.autocast and not self._exact:
             stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
         return stack
+
+    _exact = False
+
+    def exact_scores(self, pixel_values, texts: Sequence[str]) -> list[float]:
+        """`score_pixels` in full fp32, also when bf16 autocast is on (the scores near a threshold)."""
+        self._exact = True
+        try:
+            return self.score_pixels(pixel_values, texts)
+        finally:
+            self._exact = False
 
     def pixels(self, images: Sequence[Any]):
         """The model's input for decoded images (the image processor's ``pixel_values``, a CPU tensor)."""
@@ -641,6 +654,7 @@ class CapFilt(Map):
             pixels = pixels[rows]
 
         scores = self.scorer.score_pixels(pixels, texts) if ready else []
+        scores = self._exact_near_threshold(pixels, texts, scores)
         synthetic: list[str | None] = [None] * len(ready)
         synthetic_scores: list[float | None] = [None] * len(ready)
         notes: list[str | None] = [None] * len(ready)
@@ -666,7 +680,9 @@ class CapFilt(Map):
                     synthetic[j] = caption
                     scored.append(j)
             if scored:
-                new_scores = self.scorer.score_pixels(pixels[scored], [synthetic[j] for j in scored])
+                new_texts = [synthetic[j] for j in scored]
+                new_scores = self.scorer.score_pixels(pixels[scored], new_texts)
+                new_scores = self._exact_near_threshold(pixels[scored], new_texts, new_scores)
                 for j, score in zip(scored, new_scores, strict=True):
                     synthetic_scores[j] = score
 
@@ -676,6 +692,20 @@ class CapFilt(Map):
             results[i] = self._pairs(records[i], modes[j], captions[j], texts[j], scores[j], synthetic[j],
                                      synthetic_scores[j], notes[j])
         return [r for r in results if r is not None]
+
+    def _exact_near_threshold(self, pixels, texts: list[str], scores: list[float]) -> list[float]:
+        """bf16 scores within `exact_margin` of the threshold, replaced by their fp32 scores: the keep
+        decision is then fp32's (a top_fraction cutoff is not known per batch: those stay bf16)."""
+        threshold = self.config.threshold
+        if threshold is None or not self.scorer.autocast or not self.config.exact_margin or not scores:
+            return scores
+        near = [j for j, score in enumerate(scores) if abs(score - threshold) < self.config.exact_margin]
+        if near:
+            exact = self.scorer.exact_scores(pixels[near], [texts[j] for j in near])
+            scores = list(scores)
+            for j, score in zip(near, exact, strict=True):
+                scores[j] = score
+        return scores
 
     def _pairs(self, record, mode, caption, web_text, web_score, synthetic, synthetic_score, note) -> list[Pair]:
         info: dict[str, Any] = {"source": "web", "text": mode, "caption_record": caption, "web_score": web_score}
