@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from synth.data import open_source
-from synth.data.webdataset import WebDatasetWriter, from_builder, member_key
+from synth.data.webdataset import WebDatasetWriter, builder_rows, member_key
 from synth.errors import SynthError
 from tests import test_clean_capfilt
 from tests.cli_helpers import one_line_error, run_cli
@@ -180,7 +180,10 @@ def test_hub_path_datasets_webdataset_builder_gives_the_same_records(tmp_path):
 
     samples = make_shards(tmp_path / "in", counts=(3, 2))
     shards = [str(p) for p in sorted((tmp_path / "in").glob("*.tar"))]
-    built = from_builder(load_dataset("webdataset", data_files={"train": shards}, split="train", streaming=True))
+    splits = builder_rows(load_dataset("webdataset", data_files={"train": shards[:1], "test": shards[1:]},
+                                       streaming=True))
+    assert [r["id"] for r in splits["test"]] == [key for key, _ in samples[3:]]
+    built = builder_rows(load_dataset("webdataset", data_files={"train": shards}, split="train", streaming=True))
     rows = list(built)
     assert [r["id"] for r in rows] == [key for key, _ in samples]
     for row, (_, members) in zip(rows, samples):

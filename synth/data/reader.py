@@ -290,9 +290,7 @@ def load(
     if path.suffix.lower() in FILE_BUILDERS or source.startswith((".", "/", "~")):
         raise SynthError(f"{source}: no such file or folder")
     loaded = load_hub(source, split, config=config, revision=revision, streaming=streaming, all_splits=all_splits)
-    if webdataset.is_builder_output(loaded):  # a Hub repo of tar shards: the same columns as local shards
-        return webdataset.from_builder(loaded, members)
-    return loaded
+    return webdataset.builder_rows(loaded, members)  # a Hub repo of tar shards: the columns of local shards
 
 
 def load_hub(

@@ -204,6 +204,16 @@ def is_builder_output(dataset) -> bool:
     return "__key__" in columns and "__url__" in columns
 
 
+def builder_rows(loaded, members: Members | dict | None = None):
+    """What `datasets.load_dataset` gave, with the webdataset builder's output (a dataset, or every split
+    of a dict of them) in the local reader's columns; anything else as it came."""
+    if is_builder_output(loaded):
+        return from_builder(loaded, members)
+    if isinstance(loaded, dict) and loaded and all(is_builder_output(d) for d in loaded.values()):
+        return type(loaded)({name: from_builder(d, members) for name, d in loaded.items()})
+    return loaded
+
+
 def from_builder(dataset, members: Members | dict | None = None):
     """Rows of `datasets`' webdataset builder (``__key__``, ``__url__`` and one column per extension) in
     the same columns as the local reader: the real path for Hub ids (``load_dataset(repo, streaming=True)``
