@@ -880,3 +880,56 @@ def test_the_llava_mix_recipe_builds_its_capfilt():
     stage = build_filters(recipe.sources[0].filters)[-1]
     assert isinstance(stage, CapFilt) and stage.config.text == "auto" and stage.config.caption_records == "auto"
     assert stage.config.top_fraction == 0.9 and stage.config.keep == "all_passing"
+
+
+def test_decode_workers_give_the_same_scores_and_rejects(tiny_clip, tmp_path):
+    """Images decoded and preprocessed in a worker process, batches ahead of the model: the same pixels,
+    so the same scores (bit for bit) and the same rejects as decoding in this process."""
+    records = raw_records(10) + [
+        {"id": "corrupt", "image": {"bytes": b"not an image", "path": None}, "caption": "a red circle"},
+        {"id": "no-text", "image": scene(1), "caption": ""},
+    ]
+    inline = run(CapFilt(model=tiny_clip, score_only=True, batch_size=3), records, tmp_path / "a.jsonl")
+    stage = CapFilt(model=tiny_clip, score_only=True, batch_size=3, decode_workers=1)
+    assert stage.decode_workers() == 1
+    pooled = run(stage, records, tmp_path / "b.jsonl")
+    assert [r["meta"] for r in pooled] == [r["meta"] for r in inline] and len(pooled) == 10
+    rejects = [(x["id"], x["reason"], x["detail"]) for x in map(json.loads, (tmp_path / "b.jsonl").read_text().splitlines())]
+    assert rejects == [(x["id"], x["reason"], x["detail"])
+                       for x in map(json.loads, (tmp_path / "a.jsonl").read_text().splitlines())]
+    assert [r[:2] for r in rejects] == [("corrupt", "bad_image"), ("no-text", "no_text")]
+    assert rejects[0][2].endswith("not a recognised image format")  # no buffer address: the same every run
+    assert CapFilt(model=tiny_clip, score_only=True, device="cpu").decode_workers() == 0  # auto: the model has the cores
+
+
+def test_bf16_autocast_on_cpu_scores_within_tolerance_and_keeps_the_decisions(tiny_clip):
+    """dtype: bfloat16 on a CPU runs the model under bf16 autocast (weights stay fp32): scores within bf16
+    rounding of the fp32 ones, and the keep decisions at a threshold between scores the same."""
+    records = raw_records(12)
+    fp32 = [r["meta"]["scores"]["capfilt"] for r in run(CapFilt(model=tiny_clip, score_only=True), records)]
+    stage = CapFilt(model=tiny_clip, score_only=True, device="cpu", dtype="bfloat16")
+    assert stage.scorer.autocast and stage.scorer.model.dtype == torch.float32
+    bf16 = [r["meta"]["scores"]["capfilt"] for r in run(stage, records)]
+    assert bf16 == pytest.approx(fp32, abs=3e-2) and bf16 != fp32
+    ranked = sorted(fp32)
+    gaps = [(b - a, (a + b) / 2) for a, b in zip(ranked, ranked[1:])]
+    _, threshold = max(gaps)  # the widest gap: a threshold no rounding can cross
+    assert [s >= threshold for s in bf16] == [s >= threshold for s in fp32]
+
+
+def test_bf16_scores_near_the_threshold_are_scored_again_in_fp32(tiny_clip):
+    """A pair within exact_margin of the threshold gets its fp32 score, so its keep decision is fp32's."""
+    records = raw_records(12)
+    fp32 = [r["meta"]["scores"]["capfilt"] for r in run(CapFilt(model=tiny_clip, score_only=True), records)]
+    k = sorted(range(12), key=fp32.__getitem__)[6]
+    threshold = fp32[k] - 1e-6  # fp32 keeps pair k, by a hair
+
+    def kept(margin):
+        stage = CapFilt(model=tiny_clip, threshold=threshold, device="cpu", dtype="bfloat16", exact_margin=margin)
+        return {r["id"]: r["meta"]["scores"]["capfilt"] for r in run(stage, records)}
+
+    exact = kept(0.005)
+    assert sorted(exact) == sorted(records[i]["id"] for i in range(12) if fp32[i] >= threshold)
+    assert exact[records[k]["id"]] == pytest.approx(fp32[k], abs=1e-6)
+    rough = kept(0.0)  # no second look: pair k keeps its bf16 score, a little off
+    assert rough.get(records[k]["id"], threshold - 1) != pytest.approx(fp32[k], abs=1e-6)

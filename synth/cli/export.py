@@ -27,7 +27,7 @@ def demo_data(
 @command("export")
 def export(
     dataset: str = typer.Argument(..., help="SFT or preference dataset: folder, Parquet, JSONL or Hub id."),
-    fmt: str = typer.Option(..., "--format", "-f", help="trl | llamafactory | llava | openai"),
+    fmt: str = typer.Option(..., "--format", "-f", help="trl | llamafactory | llava | openai | webdataset"),
     out: str = typer.Option(..., "--out", "-o", help="Output folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
     name: str | None = typer.Option(None, "--name", help="Dataset name (file names, dataset_info.json key); default: OUT's name."),
@@ -36,15 +36,20 @@ def export(
     split: str | None = typer.Option(None, "--split", help="Export only this split (default: every split, one file each)."),
     config: str | None = typer.Option(None, "--config", help="Hub dataset: the configuration (subset) to load."),
     revision: str | None = typer.Option(None, "--revision", help="Hub dataset: a branch, tag or commit."),
+    shard_records: int | None = typer.Option(None, "--shard-records", min=1, help="webdataset: samples per tar shard (default 10000)."),
+    shard_mb: float | None = typer.Option(None, "--shard-mb", min=0.001, help="webdataset: start a new shard before one passes this many MB."),
 ) -> None:
-    """Export a dataset for a trainer: TRL, LLaMA-Factory, LLaVA or OpenAI fine-tuning."""
+    """Export a dataset for a trainer: TRL, LLaMA-Factory, LLaVA or OpenAI fine-tuning; image-text pairs as WebDataset shards."""
     from synth.export import export_dataset
 
     summary = export_dataset(
-        dataset, out, fmt, overwrite=overwrite, name=name, jsonl=jsonl, on_error=on_error, split=split, config=config, revision=revision
+        dataset, out, fmt, overwrite=overwrite, name=name, jsonl=jsonl, on_error=on_error, split=split, config=config, revision=revision,
+        shard_records=shard_records, shard_mb=shard_mb,
     )
     if summary.image_files:
         images = f" ({summary.image_files} image files)"
+    elif summary.format == "webdataset":
+        images = ""
     elif summary.embedded_images:
         converted = f", {summary.converted_images} converted to RGB" if summary.converted_images else ""
         images = f" ({summary.embedded_images} images embedded{converted})"

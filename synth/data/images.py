@@ -154,7 +154,7 @@ def check_image_bytes(data: bytes, record_id: str = "?", where: str = "(inline b
 
 def decode_image(value: Any, base_dir: Path | str | None = None, record_id: str = "?", mode: str | None = "RGB"):
     """Pixels, for the stages that need them: a fully loaded PIL image (a truncated file is an ImageError)."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     if hasattr(value, "save") and hasattr(value, "mode"):
         return value.convert(mode) if mode else value
@@ -163,6 +163,8 @@ def decode_image(value: Any, base_dir: Path | str | None = None, record_id: str 
     try:
         image = Image.open(io.BytesIO(ref["bytes"]))
         image.load()
+    except UnidentifiedImageError:  # PIL's message quotes the buffer's address: not the same twice
+        raise ImageError(f"{_where(record_id)}: unreadable or corrupt image {where}: not a recognised image format") from None
     except Exception as e:  # PIL raises many types for broken files
         raise ImageError(
             f"{_where(record_id)}: unreadable or corrupt image {where}: {str(e).splitlines()[0][:200] or type(e).__name__}"

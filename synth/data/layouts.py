@@ -36,6 +36,7 @@ from synth.errors import SynthError
 IMAGE_TOKEN = "<image>"
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "bing": "assistant", "chatgpt": "assistant"}
+WDS_ERROR = "__error__"  # synth.data.webdataset.ERROR_COLUMN (a sample its reader could not read)
 LAYOUTS = ("preference", "openai_preference", "messages", "sharegpt", "prompt_completion", "alpaca", "raw")
 
 
@@ -199,6 +200,10 @@ def _meta(row: dict) -> dict:
 
 def to_record(row: dict, layout: str, where: str, base_dir, check_images: bool = True) -> dict:
     """One source row as a record in synth's layout (images as ``{"bytes", "path"}`` refs)."""
+    if WDS_ERROR in row:  # a WebDataset sample that could not be read: its error names shard and key
+        if row[WDS_ERROR]:
+            raise RecordError(f"{where}: {row[WDS_ERROR]}", reason="bad_shard")
+        row = {k: v for k, v in row.items() if k != WDS_ERROR}
     rid = str(row.get("id") or "") or where
     if layout == "raw":
         return _raw(row, base_dir, rid, check_images)

@@ -240,11 +240,19 @@ def load(
     revision: str | None = None,
     streaming: bool = False,
     all_splits: bool = False,
+    members: dict | None = None,
 ):
     """A `datasets` Dataset (IterableDataset when streaming) from a local path or, failing that, a Hub id.
-    With `all_splits`, a DatasetDict stays whole (export writes every split)."""
+    With `all_splits`, a DatasetDict stays whole (export writes every split). WebDataset shards (a list,
+    a glob, a ``.tar`` or a folder of them) are read by `synth.data.webdataset`, `members` saying which
+    member extensions fill the image / caption / json columns."""
     from datasets import load_from_disk
 
+    from synth.data import webdataset
+
+    shards = webdataset.shard_paths(source)
+    if shards is not None:
+        return webdataset.load_shards(shards, members, streaming=streaming)
     source = str(source)
     path = Path(source)
     if path.is_dir():
@@ -281,7 +289,8 @@ def load(
         return _load_files(builder, [str(path)], source, streaming)
     if path.suffix.lower() in FILE_BUILDERS or source.startswith((".", "/", "~")):
         raise SynthError(f"{source}: no such file or folder")
-    return load_hub(source, split, config=config, revision=revision, streaming=streaming, all_splits=all_splits)
+    loaded = load_hub(source, split, config=config, revision=revision, streaming=streaming, all_splits=all_splits)
+    return webdataset.builder_rows(loaded, members)  # a Hub repo of tar shards: the columns of local shards
 
 
 def load_hub(
@@ -498,13 +507,21 @@ def open_source(
     allow_empty: bool = False,
     check_images: bool = True,
     image_root: str | os.PathLike | None = None,
+    members: dict | None = None,
 ) -> Source:
     """Open a dataset for reading records (see the module docs). An empty dataset is an error unless
     `allow_empty`; `layout` forces a layout instead of detecting it from the columns; `image_root` is the
-    folder relative image paths resolve under (default: the dataset's own folder)."""
-    name = str(source)
-    base_dir = base_dir_of(source, image_root)  # a missing --image-root fails before any loading
-    dataset = load(source, split, config=config, revision=revision, streaming=streaming)
+    folder relative image paths resolve under (default: the dataset's own folder); `members`: the
+    WebDataset member extensions of each column (`synth.data.webdataset.Members`)."""
+    if isinstance(source, (list, tuple)):  # a list of WebDataset shards
+        from synth.data.webdataset import shard_paths, source_name
+
+        name = source_name(shard_paths(source))
+        base_dir = None
+    else:
+        name = str(source)
+        base_dir = base_dir_of(source, image_root)  # a missing --image-root fails before any loading
+    dataset = load(source, split, config=config, revision=revision, streaming=streaming, members=members)
     dataset = without_image_decoding(dataset)
     if limit is not None:
         dataset = dataset.take(limit) if _is_iterable(dataset) else dataset.select(range(min(limit, len(dataset))))

@@ -1,4 +1,5 @@
-"""Export SFT and preference datasets to the formats trainers read: TRL, LLaMA-Factory, LLaVA, OpenAI.
+"""Export SFT and preference datasets to the formats trainers read: TRL, LLaMA-Factory, LLaVA, OpenAI;
+image-text pairs (image-caption rows included) to WebDataset tar shards.
 
 `export_dataset(source, out, fmt)` reads any dataset the one reader (`synth.data`) reads, in any layout it
 knows (or takes a `datasets` Dataset / DatasetDict), converts every row of every split, and writes the folder
@@ -15,8 +16,10 @@ from synth.export.llamafactory import LlamaFactoryExporter
 from synth.export.llava import LlavaExporter
 from synth.export.openai_chat import OpenAIExporter
 from synth.export.trl import TrlExporter
+from synth.export.webdataset import WebDatasetExporter
 
-EXPORTERS: dict[str, type[Exporter]] = {e.name: e for e in (TrlExporter, LlamaFactoryExporter, LlavaExporter, OpenAIExporter)}
+EXPORTERS: dict[str, type[Exporter]] = {e.name: e for e in (TrlExporter, LlamaFactoryExporter, LlavaExporter, OpenAIExporter,
+                                                          WebDatasetExporter)}
 FORMATS = tuple(EXPORTERS)
 
 
@@ -33,6 +36,8 @@ def export_dataset(
     config: str | None = None,
     revision: str | None = None,
     show_progress: bool = True,
+    shard_records: int | None = None,
+    shard_mb: float | None = None,
 ) -> ExportSummary:
     """Export `source` to the folder `out` in format `fmt` (one of `FORMATS`)."""
     exporter = EXPORTERS.get(fmt)
@@ -41,6 +46,7 @@ def export_dataset(
     return run_export(
         source, out, exporter, overwrite=overwrite, name=name, jsonl=jsonl, on_error=on_error, split=split,
         config=config, revision=revision, show_progress=show_progress,
+        options={"shard_records": shard_records, "shard_mb": shard_mb},
     )
 
 

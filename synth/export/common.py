@@ -211,6 +211,7 @@ class ExportContext:
     kind: Literal["sft", "preference"]
     multimodal: bool
     jsonl: bool
+    options: dict[str, Any] = field(default_factory=dict)  # format options (webdataset: shard_records, shard_mb)
     images: ImageStore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -226,6 +227,9 @@ class Exporter:
 
     name: ClassVar[str]
     supports_preference: ClassVar[bool] = True
+    #: formats of image-text pairs (webdataset) convert the reader's records themselves (`convert_record`),
+    #: raw image-caption rows included
+    takes_records: ClassVar[bool] = False
 
     def __init__(self, context: ExportContext):
         self.context = context
@@ -233,6 +237,9 @@ class Exporter:
         self.converted_images = 0  # images re-encoded to fit the format (e.g. grayscale -> RGB for OpenAI)
 
     def convert(self, record: Record) -> Any:
+        raise NotImplementedError
+
+    def convert_record(self, record: dict, kind: str) -> Any:
         raise NotImplementedError
 
     def write(self, rows: Iterator[Any], stem: str) -> str:
@@ -352,8 +359,10 @@ def run_export(
     config: str | None = None,
     revision: str | None = None,
     show_progress: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> ExportSummary:
-    """Export `source` (a path / Hub id, or a `datasets` Dataset / DatasetDict) to the folder `out`."""
+    """Export `source` (a path / Hub id, or a `datasets` Dataset / DatasetDict) to the folder `out`;
+    `options`: the format's own (webdataset: ``shard_records``, ``shard_mb``)."""
     from synth.data import REJECTS, OutputFolder, check_output
     from synth.data.layouts import to_record
     from synth.progress import progress
@@ -364,7 +373,7 @@ def run_export(
     label, splits = _open(source, split, config, revision)
     first = next(iter(splits.values()))
     kind = first.kind
-    if kind == "raw":
+    if kind == "raw" and not exporter_cls.takes_records:
         raise SynthError(
             f"{label}: not an SFT dataset ('messages', or a peer chat layout) or a preference dataset ('prompt', "
             f"'chosen', 'rejected'); its columns are {', '.join(first.columns)}. Turn it into one first (e.g. synth adapt)"
@@ -375,7 +384,8 @@ def run_export(
     stage = f"export:{exporter_cls.name}"
 
     with OutputFolder(out, overwrite) as folder:
-        context = ExportContext(folder.path, safe_name(name or out.name), kind, any(s.multimodal for s in splits.values()), jsonl)
+        context = ExportContext(folder.path, safe_name(name or out.name), kind, any(s.multimodal for s in splits.values()), jsonl,
+                                dict(options or {}))
         exporter = exporter_cls(context)
 
         def converted(src, split_name: str | None) -> Iterator[Any]:
@@ -392,7 +402,10 @@ def run_export(
                         try:
                             # the reader's conversion: layout, images resolved inside the folder and checked
                             record = to_record(row, src.layout, f"{label}{where_split}: {where}", src.base_dir, src.check_images)
-                            result = exporter.convert(prepare(record, kind))
+                            if exporter_cls.takes_records:
+                                result = exporter.convert_record(record, kind)
+                            else:
+                                result = exporter.convert(prepare(record, kind))
                         except (RowError, SynthError) as e:
                             reason = getattr(e, "reason", "bad_record")
                             detail = e.detail if isinstance(e, RowError) else str(e)

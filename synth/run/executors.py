@@ -3,9 +3,13 @@
 - `LocalExecutor(workers=1)`: in this process, one shard after another (live per-record progress).
 - `LocalExecutor(workers=N)`: N worker processes (``forkserver``: a clean process forks the workers, so
   they inherit neither threads nor a loaded model from the runner).
-- `RayExecutor(address)`: each shard is a Ray task (``num_cpus=1``), on a local Ray
-  (``address=None``: ``ray.init(num_cpus=workers)``) or a cluster (``"auto"``, ``"HOST:PORT"``). On a
-  cluster the run folder must be on storage every node sees, and synth installed on every node.
+- `RayExecutor(address)`: each shard is a Ray task (``num_cpus=1``, or the stage's ``resources.cpus``), on
+  a local Ray (``address=None``: ``ray.init(num_cpus=workers)``) or a cluster (``"auto"``,
+  ``"HOST:PORT"``). On a cluster the run folder must be on storage every node sees, and synth installed on
+  every node. A stage with ``resources: {gpus: N}`` runs on GPU actors instead: as many as the cluster's
+  GPUs hold (at most one per shard), each a long-lived process that takes shard after shard, so a model
+  (CapFilt's scorer, cached per process) loads once per actor. Ray gives each actor its GPUs
+  (``CUDA_VISIBLE_DEVICES``); where each shard ran is kept in ``placements`` (the run's manifest).
 
 The runner hands LLM stages on the local model to ``inline`` (this process, one model loaded once):
 several processes would each load it and compete for the same cores.
@@ -52,7 +56,7 @@ class LocalExecutor:
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
         return self._pool
 
-    def run(self, tasks: list[ShardTask], on_done: OnDone, progress_for=None) -> None:
+    def run(self, tasks: list[ShardTask], on_done: OnDone, progress_for=None, resources=None) -> None:
         if not tasks:
             return
         if self.workers == 1 or len(tasks) == 1:
@@ -92,6 +96,7 @@ class RayExecutor:
         self.workers = workers
         self._started = False
         self._remote = None
+        self.placements: dict[str, dict[str, dict[str, Any]]] = {}  # stage -> shard -> where it ran
 
     def describe(self) -> dict[str, Any]:
         return {"executor": self.name, "address": self.address or "local", "workers": self.workers}
@@ -120,34 +125,89 @@ class RayExecutor:
         self._remote = ray.remote(num_cpus=1, max_retries=0)(run_shard)
         self._started = True
 
-    def run(self, tasks: list[ShardTask], on_done: OnDone, progress_for=None) -> None:
+    def run(self, tasks: list[ShardTask], on_done: OnDone, progress_for=None, resources=None) -> None:
         if not tasks:
             return
         self._init()
-        ray = self.ray
-        refs = {self._remote.remote(task): task for task in tasks}
+        if resources is not None and resources.gpus > 0:
+            self._run_on_actors(tasks, on_done, resources)
+            return
+        remote = self._remote if resources is None else self._remote.options(num_cpus=resources.cpus)
+        refs = {remote.remote(task): task for task in tasks}
         pending = list(refs)
         try:
             while pending:
-                done, pending = ray.wait(pending, num_returns=1)
+                done, pending = self.ray.wait(pending, num_returns=1)
                 for ref in done:
-                    try:
-                        marker = ray.get(ref)
-                    except ray.exceptions.RayTaskError as e:
-                        cause = e.cause if getattr(e, "cause", None) is not None else e
-                        if isinstance(cause, SynthError):
-                            raise cause from None
-                        raise SynthError(f"shard {refs[ref].name} of stage {refs[ref].stage} failed on Ray: "
-                                         f"{str(cause).splitlines()[0][:300]}") from None
-                    on_done(refs[ref], marker)
+                    on_done(refs[ref], self._result(ref, refs[ref]))
         finally:
             for ref in pending:
+                self.ray.cancel(ref, force=True)
+
+    def _result(self, ref, task: ShardTask):
+        ray = self.ray
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as e:
+            cause = e.cause if getattr(e, "cause", None) is not None else e
+            if isinstance(cause, SynthError):
+                raise cause from None
+            raise SynthError(f"shard {task.name} of stage {task.stage} failed on Ray: "
+                             f"{str(cause).splitlines()[0][:300]}") from None
+
+    def gpu_actors(self, tasks: list[ShardTask], resources) -> int:
+        """How many GPU actors: as many as the cluster's GPUs hold, at most one per shard."""
+        total = self.ray.cluster_resources().get("GPU", 0)
+        fits = int(total // resources.gpus + 1e-9)
+        if fits < 1:
+            raise SynthError(
+                f"stage {tasks[0].stage} asks for {resources.gpus:g} GPU(s) per worker but the Ray cluster has "
+                f"{total:g}; start Ray on GPU nodes (ray start --num-gpus N), or drop the stage's resources.gpus "
+                "to run it on CPUs")
+        return min(fits, len(tasks))
+
+    def _run_on_actors(self, tasks: list[ShardTask], on_done: OnDone, resources) -> None:
+        ray = self.ray
+        actor_class = ray.remote(num_gpus=resources.gpus, num_cpus=resources.cpus, max_restarts=0)(ShardWorker)
+        actors = [actor_class.remote() for _ in range(self.gpu_actors(tasks, resources))]
+        queue, running = list(tasks), {}
+        placements = self.placements.setdefault(tasks[0].stage, {})
+        try:
+            while queue or running:
+                while queue and len(running) < len(actors):
+                    busy = {actor for actor, _ in running.values()}
+                    actor = next(a for a in actors if a not in busy)
+                    task = queue.pop(0)
+                    running[actor.run.remote(task)] = (actor, task)
+                done, _ = ray.wait(list(running), num_returns=1)
+                for ref in done:
+                    _, task = running.pop(ref)
+                    marker, where = self._result(ref, task)
+                    placements[task.name] = where
+                    on_done(task, marker)
+        finally:
+            for ref in running:
                 ray.cancel(ref, force=True)
+            for actor in actors:
+                ray.kill(actor)
 
     def close(self) -> None:
         if self._started and getattr(self, "_owns", False):
             self.ray.shutdown()
         self._started = False
+
+
+class ShardWorker:
+    """A Ray actor holding GPUs: runs shard after shard in one process, so what a stage loads (a model)
+    stays loaded between shards; says where each ran."""
+
+    def run(self, task: ShardTask) -> tuple[dict[str, Any], dict[str, Any]]:
+        import ray
+
+        context = ray.get_runtime_context()
+        where = {"node": context.get_node_id(), "actor": context.get_actor_id(), "pid": os.getpid(),
+                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+        return run_shard(task), where
 
 
 def make_executor(kind: str, workers: int = 1, ray_address: str | None = None):

@@ -124,6 +124,10 @@ def source_fingerprint(ref) -> str:
     path = Path(ref.path)
     if path.exists():
         return hash_files(path, skip={"state.json"})
+    if set("*?[") & set(ref.path) and ref.path.lower().endswith(".tar"):  # a glob of WebDataset shards
+        from synth.data.webdataset import shard_paths
+
+        return digest([hash_files(p) for p in shard_paths(ref.path)])
     return digest(["hub", ref.path, ref.config, ref.split, ref.revision])
 
 

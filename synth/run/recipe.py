@@ -118,6 +118,16 @@ def backend_options(spec: BaseModel) -> dict[str, Any]:
 # ---------------------------------------------------------------- stages
 
 
+class StageResources(BaseModel):
+    """What one worker of a stage needs. A stage asking for GPUs runs its shards on GPU workers of a Ray
+    cluster (one actor per worker, the model loaded once per actor) and in this process, in order, with the
+    local executor. Where a stage runs never changes what it writes: not part of its fingerprint."""
+
+    model_config = ConfigDict(extra="forbid")
+    gpus: float = Field(0, ge=0, description="GPUs per worker (Ray: num_gpus; 0.5 = two workers share one GPU)")
+    cpus: float = Field(1, gt=0, description="CPU cores per worker (Ray: num_cpus)")
+
+
 class StageSpec(BaseModel):
     """Fields every stage has. `name` names its output (``runs/RUN/NAME/``), which later stages read."""
 
@@ -125,6 +135,16 @@ class StageSpec(BaseModel):
     type: str
     name: str = Field(description="the stage's output name: later stages read it by this name")
     shard_size: int | None = Field(None, ge=1, description="records per shard (default: the recipe's)")
+    resources: StageResources | None = Field(
+        None, description="what each worker needs, e.g. {gpus: 1} for a model stage on a Ray cluster's GPU nodes")
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """The spec as it decides the output (where it runs does not)."""
+        return self.model_dump(mode="json", exclude={"resources"})
+
+    @property
+    def gpus(self) -> float:
+        return self.resources.gpus if self.resources else 0
 
     #: fields naming other stages' outputs (checked by the DAG: missing names and cycles are errors)
     reference_fields: ClassVar[tuple[str, ...]] = ("input", "inputs")

@@ -254,7 +254,7 @@ class Runner:
             if bname in self.identity:
                 backend = {**backend, "identity": self.identity[bname]}
         extra = adapter.fingerprint_extra(spec)
-        return stage_fingerprint(type_=spec.type, spec=spec.model_dump(mode="json"), backend=backend, inputs=inputs,
+        return stage_fingerprint(type_=spec.type, spec=spec.fingerprint_fields(), backend=backend, inputs=inputs,
                                  seed=self.plan.recipe.seed, adapter_version=adapter.version, extra=extra)
 
     def run_stage(self, name: str) -> StageOutcome:
@@ -283,7 +283,7 @@ class Runner:
         started = time.time()
         ref = adapter.source_ref(spec)
         data_hash = source_fingerprint(ref)
-        fp = stage_fingerprint(type_=spec.type, spec=spec.model_dump(mode="json"), backend=None,
+        fp = stage_fingerprint(type_=spec.type, spec=spec.fingerprint_fields(), backend=None,
                                inputs=[("source", data_hash, data_hash)], seed=self.plan.recipe.seed,
                                adapter_version=adapter.version)
         from synth.data import quiet_datasets
@@ -367,10 +367,12 @@ class Runner:
         def on_done(task: ShardTask, marker: dict) -> None:
             self.view.shard_done(name, marker)
 
-        if self.inline(spec, adapter) or (self.executor.name == "local" and self.executor.workers == 1):
+        # a GPU stage on the local executor: this process, in order, on the local device (one model loaded)
+        local_gpu = self.executor.name == "local" and spec.gpus > 0
+        if self.inline(spec, adapter) or local_gpu or (self.executor.name == "local" and self.executor.workers == 1):
             run_inline(todo, on_done, lambda task: self.view.progress_for(name))
         else:
-            self.executor.run(todo, on_done)
+            self.executor.run(todo, on_done, resources=spec.resources)
         markers = [read_json(t.marker) for t in tasks]
         if any(m is None for m in markers):
             raise SynthError(f"stage {name}: a shard finished without its marker; run again to resume")
@@ -424,6 +426,9 @@ class Runner:
         for key in ("usage", "model", "backend", "shards", "shard_seconds", "layout"):
             if key in outcome.report:
                 entry[key] = outcome.report[key]
+        placement = getattr(self.executor, "placements", {}).get(outcome.name)
+        if placement:  # where each shard ran (Ray GPU workers); never part of the output or its hash
+            entry["placement"] = placement
         if adapter.uses_llm(spec):
             entry["sampling"] = _sampling(spec)
         if outcome.state != "source" and outcome.ref is not None:

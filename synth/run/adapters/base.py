@@ -35,17 +35,20 @@ class DataRef:
     rows: int | None = None
     stage: str | None = None  # the stage that wrote (or named) it
     image_root: str | None = None  # the folder image paths resolve under (a source's image_root)
+    members: dict | None = None  # WebDataset member extensions per column (a source's members)
 
     def open(self, **options: Any):
         from synth.data import open_source
 
         return open_source(self.path, self.split, config=self.config, revision=self.revision,
-                           streaming=self.streaming, limit=self.limit, image_root=self.image_root, **options)
+                           streaming=self.streaming, limit=self.limit, image_root=self.image_root,
+                           **({"members": self.members} if self.members else {}), **options)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if data["image_root"] is None:  # refs (and fingerprints) of sources without one stay as they were
-            del data["image_root"]
+        for key in ("image_root", "members"):
+            if data[key] is None:  # refs (and fingerprints) of sources without one stay as they were
+                del data[key]
         return data
 
     @classmethod

@@ -1,4 +1,5 @@
-"""``export``: an output in a trainer's format (`synth.export`: TRL, LLaMA-Factory, LLaVA, OpenAI).
+"""``export``: an output in a trainer's format (`synth.export`: TRL, LLaMA-Factory, LLaVA, OpenAI,
+WebDataset).
 
 The stage's folder holds the exported files (not a dataset later stages read); every split of a mix is
 exported.
@@ -23,6 +24,8 @@ class ExportSpec(StageSpec):
     jsonl: bool = Field(False, description="JSON Lines instead of one JSON list (LLaMA-Factory, LLaVA)")
     on_error: Literal["fail", "skip"] = "fail"
     split: str | None = Field(None, description="only this split (default: all)")
+    shard_records: int | None = Field(None, ge=1, description="webdataset: samples per tar shard (default 10000)")
+    shard_mb: float | None = Field(None, gt=0, description="webdataset: start a new tar shard before one passes this size")
 
 
 class ExportAdapter(StageAdapter):
@@ -38,7 +41,8 @@ class ExportAdapter(StageAdapter):
         ref = ctx.task.inputs[0]
         summary = export_dataset(ref["path"], folder.path, spec.format, overwrite=True,
                                  name=spec.dataset_name or ref.get("stage"), jsonl=spec.jsonl,
-                                 on_error=spec.on_error, split=spec.split, show_progress=False)
+                                 on_error=spec.on_error, split=spec.split, show_progress=False,
+                                 shard_records=spec.shard_records, shard_mb=spec.shard_mb)
         details = {k: getattr(summary, k) for k in ("format", "kind", "rows", "skipped", "image_files",
                                                      "embedded_images", "converted_images", "files", "splits")}
         return {"counts": {"read": summary.rows + summary.skipped, "kept": summary.rows, "rows": summary.rows,

@@ -18,6 +18,8 @@ def resolve_path(value: str, base_dir: Path) -> str:
     if path.is_absolute():
         return str(path)
     beside = base_dir / path
+    if set("*?[") & set(value) and beside.parent.is_dir():  # a glob of WebDataset shards beside the recipe
+        return str(beside)
     if beside.exists():
         return str(beside.resolve())
     if path.exists():
@@ -26,7 +28,8 @@ def resolve_path(value: str, base_dir: Path) -> str:
 
 
 class SourceSpec(StageSpec):
-    """A dataset read in place: a save_to_disk folder, Parquet/JSONL/CSV, an image folder, or a Hub id."""
+    """A dataset read in place: a save_to_disk folder, Parquet/JSONL/CSV, an image folder, WebDataset tar
+    shards (a folder or glob of them), or a Hub id."""
 
     type: Literal["source"]
     path: str = Field(description="local file or folder (relative to the recipe, then the current folder) or Hub id")
@@ -36,6 +39,9 @@ class SourceSpec(StageSpec):
     limit: int | None = Field(None, ge=1, description="only the first N rows")
     image_root: str | None = Field(None, description="folder that image paths resolve under and may not leave "
                                                      "(relative to the recipe; default: the dataset's folder)")
+    members: dict[str, str | list[str]] | None = Field(
+        None, description="WebDataset shards: member extensions of each column, e.g. {image: 'jpg,png', caption: "
+        "txt, json: json} (default: image jpg/jpeg/png/webp, caption txt, json json)")
 
     reference_fields: ClassVar[tuple[str, ...]] = ()
 
@@ -54,7 +60,7 @@ class SourceAdapter(StageAdapter):
 
     def source_ref(self, spec: SourceSpec) -> DataRef:
         return DataRef(path=spec.path, split=spec.split, config=spec.config, revision=spec.revision,
-                       limit=spec.limit, stage=spec.name, image_root=spec.image_root)
+                       limit=spec.limit, stage=spec.name, image_root=spec.image_root, members=spec.members)
 
 
 class DemoSpec(StageSpec):
