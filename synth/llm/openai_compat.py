@@ -87,6 +87,17 @@ class OpenAIConfig(BaseModel):
     token_param: Literal["auto", "max_tokens", "max_completion_tokens"] = Field(
         "auto", description="field for the token limit; auto: max_completion_tokens for api.openai.com")
     supports_images: bool = True
+    # Batch mode (synth.llm.batch): requests go out as batch files at the provider's batch price.
+    batch: bool = Field(False, description="send each call's requests as batch files (about half price, slower)")
+    batch_mode: Literal["api", "file"] = Field(
+        "api", description="api: the server's /v1/batches; file: write JSONL for `vllm run-batch`, read its output")
+    batch_max_requests: int = Field(50_000, ge=1, description="requests per batch file (the provider's limit)")
+    batch_max_bytes: int = Field(200_000_000, ge=1024, description="size of one batch file (the provider's limit)")
+    batch_poll_interval: float = Field(30.0, gt=0, description="seconds between status checks of running batches")
+    batch_completion_window: str = "24h"
+    batch_prices: Prices | None = Field(None, description="price per 1M tokens in batch mode (default: prices)")
+    batch_retry: Literal["next_run", "online"] = Field(
+        "next_run", description="requests a batch failed or expired: next_run retries them then; online: now")
 
     @field_validator("api_key_env")
     @classmethod
@@ -378,8 +389,8 @@ class OpenAIBackend(Backend):
 
     # ------------------------------------------------------------ one call, with retries
 
-    async def _call(self, state: _LoopState, request: ChatRequest, messages: list[dict], n: int,
-                    seed: int | None, usage: Usage) -> list[tuple[str, str]]:
+    def request_params(self, request: ChatRequest, messages: list[dict], n: int, seed: int | None) -> dict[str, Any]:
+        """The chat-completion body of one call, less the token limit (its field name depends on the replica)."""
         params: dict[str, Any] = {"model": self.config.model, "messages": messages}
         if n != 1:
             params["n"] = n
@@ -389,6 +400,20 @@ class OpenAIBackend(Backend):
                 params[name] = value
         if seed is not None:
             params["seed"] = seed
+        return params
+
+    def batch_body(self, request: ChatRequest, n: int) -> dict[str, Any]:
+        """The body of one batch line: what `_call` would send first to the first replica."""
+        params = self.request_params(request, self._messages(request.messages, request.images), n, request.seed)
+        if request.schema_model is not None and self.config.json_schema:
+            params["response_format"] = response_format(request.schema_model)
+        if request.max_tokens is not None:
+            params[self.replicas[0].token_param] = request.max_tokens
+        return params
+
+    async def _call(self, state: _LoopState, request: ChatRequest, messages: list[dict], n: int,
+                    seed: int | None, usage: Usage) -> list[tuple[str, str]]:
+        params = self.request_params(request, messages, n, seed)
         estimate = self._estimate_tokens(messages, request.max_tokens, n) if self._tpm else 0
         cfg = self.config
         last_failed: _Replica | None = None
@@ -416,7 +441,7 @@ class OpenAIBackend(Backend):
                         replica.in_flight -= 1
                         with self.usage.lock:
                             self.usage.requests += 1
-                choices, prompt_tokens, completion_tokens = _read_choices(data, replica.url)
+                choices, prompt_tokens, completion_tokens = read_choices(data, replica.url)
             except _Retryable as e:
                 failure: _Retryable | None = e
             except _ItemFailed as e:
@@ -660,7 +685,7 @@ class OpenAIBackend(Backend):
         return out
 
 
-def _read_choices(data: Any, url: str) -> tuple[list[tuple[str, str]], int, int]:
+def read_choices(data: Any, url: str) -> tuple[list[tuple[str, str]], int, int]:
     try:
         choices = [((c.get("message") or {}).get("content") or "", c.get("finish_reason") or "stop")
                    for c in sorted(data["choices"], key=lambda c: c.get("index", 0))]
