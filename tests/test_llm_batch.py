@@ -282,3 +282,33 @@ def test_recipe_backend_takes_batch_options_without_changing_its_fingerprint():
                           batch_prices={"prompt": 1, "completion": 2})
     assert batched.batch and backend_identity(batched) == backend_identity(online)
 
+
+
+def test_a_whole_recipe_in_batch_mode_writes_what_online_writes(tmp_path):
+    """Every LLM stage (self-instruct's steps, evolution rounds with their judge, generate) through batches:
+    the same rows as online, one batch per step, and `synth batches RUN` lists them."""
+    from synth.run import RunOptions, run_recipe
+    from tests.run_helpers import backend_block, rows, start_server, write_recipe
+    from tests.test_run_loopback import FULL
+
+    outputs = {}
+    for mode in ("online", "batch"):
+        server = start_server()
+        try:
+            block = backend_block(server)
+            if mode == "batch":
+                block += "    batch: true\n    batch_poll_interval: 0.01\n"
+            folder = tmp_path / mode
+            folder.mkdir()
+            recipe = write_recipe(folder, FULL, backends=block)
+            run_recipe(recipe, options=RunOptions(runs_dir=folder / "runs", live=False))
+            run_dir = folder / "runs" / "full"
+            outputs[mode] = {name: rows(run_dir / name) for name in ("self_instruct", "mmevol", "answers", "mix")}
+            counts = (server.request_count, server.batch_lines, server.batch_creates)
+        finally:
+            server.stop()
+    assert outputs["batch"] == outputs["online"]
+    requests, lines, creates = counts
+    assert requests == lines > 0 and creates > 3  # everything went through batches, in several steps
+    listing = run_cli("batches", tmp_path / "batch" / "runs" / "full")
+    assert listing.exit_code == 0 and "completed" in listing.output, listing.output
