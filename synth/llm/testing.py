@@ -336,7 +336,8 @@ class LLMTestServer:
                                                  "owned_by": "synth-test-server"}]}
             return _Reply(body=json.dumps(data).encode())
         if method == "GET" and path == "/_stats":
-            data = {"requests": self.request_count, "max_in_flight": self.max_in_flight}
+            data = {"requests": self.request_count, "max_in_flight": self.max_in_flight,
+                    "batch_lines": self.batch_lines, "batch_creates": self.batch_creates}
             return _Reply(body=json.dumps(data).encode())
         if path.startswith(("/v1/files", "/v1/batches")):
             return await self._batch_api(method, path, headers, raw)
@@ -634,8 +635,10 @@ def image_urls(body: dict) -> list[str]:
 class ServerProcess:
     """The server in its own process (benchmarks: keeps its CPU off the client's event loop)."""
 
-    def __init__(self, latency: float = 0.0, model: str = "test-model", record: bool = False):
-        self.args = [sys.executable, "-m", "synth.llm.testing", "--latency", str(latency), "--model", model]
+    def __init__(self, latency: float = 0.0, model: str = "test-model", record: bool = False,
+                 batch_delay: float = 0.0):
+        self.args = [sys.executable, "-m", "synth.llm.testing", "--latency", str(latency), "--model", model,
+                     "--batch-delay", str(batch_delay)]
         if record:
             self.args.append("--record")
         self.proc: subprocess.Popen | None = None
@@ -674,9 +677,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", help="answer 401 to any other bearer token")
     parser.add_argument("--strict-model", action="store_true", help="answer 404 to a model other than --model")
     parser.add_argument("--fault", help="a fault kind every request gets (e.g. html, 500)")
+    parser.add_argument("--batch-delay", type=float, default=0.0, help="seconds before a batch is served")
     args = parser.parse_args(argv)
     server = LLMTestServer(latency=args.latency, model=args.model, port=args.port, record=args.record,
-                           api_key=args.api_key, strict_model=args.strict_model)
+                           api_key=args.api_key, strict_model=args.strict_model, batch_delay=args.batch_delay)
     if args.fault:
         server.fault(args.fault)
 
