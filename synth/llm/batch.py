@@ -125,6 +125,8 @@ class BatchBackend(CachedBackend):
         self._prices = prices
         self._client_obj = None
         self._url = inner.replicas[0].url
+        # batches prepared by this process: no earlier upload or create of theirs can exist to look for
+        self._fresh: set[str] = set()
 
     def __repr__(self) -> str:
         return f"BatchBackend({self.inner!r}, journal={str(self.journal.folder)!r})"
@@ -234,6 +236,7 @@ class BatchBackend(CachedBackend):
                   "counts": {}, "output_file_id": None, "error_file_id": None}
         self.journal.write_file(record, "input", b"".join(data for _, data in chunk))
         self.journal.save(record)  # after the input file: a record always has its file
+        self._fresh.add(local_id)
         return record
 
     # ------------------------------------------------------------ driving batches
@@ -280,7 +283,8 @@ class BatchBackend(CachedBackend):
                     return item.id
             return None
 
-        file_id = await self._control(find, "list the files of", record)
+        if record["local_id"] not in self._fresh:
+            file_id = await self._control(find, "list the files of", record)
         if file_id is None:
             data = self.journal.path(record, "input").read_bytes()
             uploaded = await self._control(lambda c: c.files.create(file=(name, data), purpose="batch"),
@@ -291,7 +295,9 @@ class BatchBackend(CachedBackend):
 
     async def _create(self, record: dict) -> None:
         # A kill right after an earlier create: that batch is on the server with our local id.
-        batch = await self._control(lambda c: find_batch(c, record), "list the batches of", record)
+        batch = None
+        if record["local_id"] not in self._fresh:
+            batch = await self._control(lambda c: find_batch(c, record), "list the batches of", record)
         if batch is None:
             batch = await self._control(lambda c: c.batches.create(
                 input_file_id=record["file_id"], endpoint=CHAT_URL,
