@@ -10,6 +10,7 @@ from synth import __version__
 
 # Importing the command modules registers their commands on `app`.
 from synth.cli import adapt as _adapt  # noqa: F401,E402
+from synth.cli import batches as _batches  # noqa: F401,E402
 from synth.cli import clean as _clean  # noqa: F401,E402
 from synth.cli import evolve as _evolve  # noqa: F401,E402
 from synth.cli import export as _export  # noqa: F401,E402

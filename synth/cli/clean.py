@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from synth.cli.common import command, console
-from synth.cli.llm_options import BackendName, BaseUrl, CacheDir, Concurrency, Model, NoCache, Out
+from synth.cli.llm_options import BackendName, BaseUrl, Batch, CacheDir, Concurrency, Model, NoCache, Out
 
 DATASET_HELP = (
     "Dataset: save_to_disk folder, Parquet/JSONL/CSV file or folder (synth, TRL, LLaVA, sharegpt, alpaca or "
@@ -92,6 +92,7 @@ def filter_(
     concurrency: Concurrency = None,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
+    batch: Batch = False,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Apply a chain of filters (heuristics, dedup, decontaminate, judge); list them with --filter help."""
@@ -115,7 +116,7 @@ def filter_(
     if not specs:
         raise SynthError("no filters given: pass --filter NAME[:key=value,...] or --config FILE.yaml (see --filter help)")
     check_output(out, overwrite)  # fail before loading a model
-    backends = _LazyBackend(backend, model, base_url, concurrency, cache_dir, no_cache)
+    backends = _LazyBackend(backend, model, base_url, concurrency, cache_dir, no_cache, batch)
     try:
         stages = build_filters(specs, backend_factory=backends)
         for stage in stages:

@@ -11,6 +11,7 @@ from synth.cli.llm_options import (
     PANEL,
     BackendName,
     BaseUrl,
+    Batch,
     CacheDir,
     Concurrency,
     MaxTokens,
@@ -41,6 +42,7 @@ def evolve(
     concurrency: Concurrency = None,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
+    batch: Batch = False,
     max_tokens: MaxTokens = 1024,
     temperature: Temperature = 0.7,
     seed: Seed = 0,
@@ -131,7 +133,7 @@ def evolve(
     make_stage(method, None, config)  # bad options fail here too
     source = open_seeds(dataset, config, split, limit)
 
-    llm = make_llm(backend, model, base_url, concurrency, cache_dir, no_cache)
+    llm = make_llm(backend, model, base_url, concurrency, cache_dir, no_cache, batch)
     try:
         with progress() as bar:
             report = evolve_dataset(source, out, method, llm, config, overwrite=overwrite, progress=bar)

@@ -11,6 +11,7 @@ from synth.cli.common import command, console
 from synth.cli.llm_options import (
     BackendName,
     BaseUrl,
+    Batch,
     CacheDir,
     Concurrency,
     MaxTokens,
@@ -52,6 +53,7 @@ def generate(
     concurrency: Concurrency = None,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
+    batch: Batch = False,
     max_tokens: MaxTokens = 512,
     temperature: Temperature = 0.7,
     seed: Seed = None,
@@ -99,7 +101,7 @@ def generate(
         few_shot=examples,
     )
     options = {"batch_size": batch_size} if batch_size else {}
-    llm = make_llm(backend, model, base_url, concurrency, cache_dir, no_cache, **options)
+    llm = make_llm(backend, model, base_url, concurrency, cache_dir, no_cache, batch, **options)
     try:
         result = generate_responses(source, out, llm, config, overwrite=overwrite, console=console)
     finally:

@@ -4,8 +4,8 @@ prefs commands reuse them): the same flags, help and defaults everywhere. Use th
     @command("thing")
     def thing(out: Out, model: Model = None, base_url: BaseUrl = None, backend: BackendName = None,
               concurrency: Concurrency = None, cache_dir: CacheDir = None, no_cache: NoCache = False,
-              max_tokens: MaxTokens = 512, temperature: Temperature = 0.7, seed: Seed = None):
-        llm = make_llm(backend, model, base_url, concurrency, cache_dir, no_cache)
+              batch: Batch = False, max_tokens: MaxTokens = 512, temperature: Temperature = 0.7, seed: Seed = None):
+        llm = make_llm(backend, model, base_url, concurrency, cache_dir, no_cache, batch)
 
 `--max-tokens`, `--temperature` and `--seed` take the command's own default (what its replies need);
 `--help` shows it. `-m` is always `--model`.
@@ -50,6 +50,16 @@ CacheDir = Annotated[
     typer.Option("--cache-dir", help="Request cache folder (default: ~/.cache/synth/llm).", rich_help_panel=PANEL),
 ]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the request cache.", rich_help_panel=PANEL)]
+Batch = Annotated[
+    bool,
+    typer.Option(
+        "--batch",
+        help="Send requests as batch files through the server's batch API (about half price, slower; "
+        "--backend openai). Ids are kept in CACHE_DIR/batches: a rerun resumes the same batches; "
+        "`synth batches CACHE_DIR` lists them.",
+        rich_help_panel=PANEL,
+    ),
+]
 MaxTokens = Annotated[int, typer.Option("--max-tokens", min=1, help="Token limit of each reply.", rich_help_panel=PANEL)]
 Temperature = Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature; 0 = greedy.", rich_help_panel=PANEL)]
 Seed = Annotated[
@@ -65,11 +75,14 @@ def make_llm(
     concurrency: int | None,
     cache_dir: Path | None,
     no_cache: bool,
+    batch: bool = False,
     **options: Any,
 ):
-    """The backend these options describe (with the request cache unless --no-cache)."""
+    """The backend these options describe (with the request cache unless --no-cache; batch files with --batch)."""
     from synth.llm.factory import make_backend
 
+    if batch:
+        options["batch"] = True
     return make_backend(
         backend, model, base_url, concurrency=concurrency, cache_dir=cache_dir, cache=not no_cache, **options
     )

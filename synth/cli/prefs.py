@@ -11,6 +11,7 @@ from synth.cli.llm_options import (
     PANEL,
     BackendName,
     BaseUrl,
+    Batch,
     CacheDir,
     Concurrency,
     MaxTokens,
@@ -60,6 +61,7 @@ def prefs(
     concurrency: Concurrency = None,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
+    batch: Batch = False,
     max_tokens: MaxTokens = 512,
     temperature: Temperatures = None,
     seed: Seed = None,
@@ -101,7 +103,7 @@ def prefs(
     try:
         stage = _make_stage(
             strategy, backends, model=model, base_url=base_url, backend=backend, concurrency=concurrency,
-            cache_dir=cache_dir, no_cache=no_cache, batch_size=batch_size, max_tokens=max_tokens,
+            cache_dir=cache_dir, no_cache=no_cache, batch=batch, batch_size=batch_size, max_tokens=max_tokens,
             temperatures=temperature, seed=seed or 0, n=n, system=system, include_reference=include_reference,
             keep_truncated=keep_truncated, judge_model=judge_model, judge_base_url=judge_base_url,
             judge_backend=judge_backend, judge_max_tokens=judge_max_tokens, judge_temperature=judge_temperature,
@@ -166,7 +168,7 @@ def _make_stage(strategy: str, backends: list, **o: Any):
     options = {"batch_size": o["batch_size"]} if o["batch_size"] else {}
 
     def open_backend(kind, name, urls):
-        llm = make_llm(kind, name, urls, o["concurrency"], o["cache_dir"], o["no_cache"], **options)
+        llm = make_llm(kind, name, urls, o["concurrency"], o["cache_dir"], o["no_cache"], o["batch"], **options)
         backends.append(llm)
         return llm
 

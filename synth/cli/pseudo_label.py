@@ -12,6 +12,7 @@ from synth.cli.llm_options import (
     PANEL,
     BackendName,
     BaseUrl,
+    Batch,
     CacheDir,
     Concurrency,
     Model,
@@ -32,6 +33,7 @@ def pseudo_label(
     concurrency: Concurrency = None,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
+    batch: Batch = False,
     seed: Seed = None,
     adapter: Optional[Path] = typer.Option(
         None, "--adapter", help="LoRA adapter folder on top of --model (local backend); --model may also be the "
@@ -79,10 +81,10 @@ def pseudo_label(
     options = {"batch_size": batch_size} if batch_size else {}
     if adapter is not None:
         options["adapter"] = str(adapter)
-    llm = make_llm(backend, model, base_url, concurrency, cache_dir, no_cache, **options)
+    llm = make_llm(backend, model, base_url, concurrency, cache_dir, no_cache, batch, **options)
     judge = None
     if judge_model and config.gate != "agreement":
-        judge = make_llm(backend, judge_model, base_url, concurrency, cache_dir, no_cache)
+        judge = make_llm(backend, judge_model, base_url, concurrency, cache_dir, no_cache, batch)
     try:
         result = run(source, out, llm, config, judge_backend=judge, overwrite=overwrite, console=console)
     finally:

@@ -12,6 +12,7 @@ from synth.cli.llm_options import (
     PANEL,
     BackendName,
     BaseUrl,
+    Batch,
     CacheDir,
     Concurrency,
     MaxTokens,
@@ -33,6 +34,7 @@ def self_instruct_command(
     concurrency: Concurrency = None,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
+    batch: Batch = False,
     max_tokens: MaxTokens = 384,
     temperature: Temperature = 0.7,
     seed: Seed = 0,
@@ -97,7 +99,7 @@ def self_instruct_command(
     except ValidationError as e:
         raise SynthError(validation_message(e, "self-instruct options")) from e
     tasks = load_seed_tasks(seeds)
-    llm = make_llm(backend, model, base_url, concurrency, cache_dir, no_cache)
+    llm = make_llm(backend, model, base_url, concurrency, cache_dir, no_cache, batch)
     try:
         result = run_self_instruct(llm, out, config, seeds=tasks, overwrite=overwrite)
         console.print(summary_table(result.stats))

@@ -47,18 +47,29 @@ def make_backend(
         backend = "openai" if urls else "local"
     if backend not in BACKENDS:
         raise SynthError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    if backend != "openai" and options.get("batch"):
+        raise SynthError("--batch is for --backend openai (a provider's or vLLM's batch API); the local backend "
+                         "already batches in-process")
     if backend == "openai":
         inner = _openai(model, urls, concurrency, options)
     else:
         if urls:
             raise SynthError("--base-url is for --backend openai (a server); the local backend runs in-process")
         inner = _local(model, options)
+    batch = getattr(getattr(inner, "config", None), "batch", False)
     if not cache:
+        if batch:
+            raise SynthError("--batch needs the request cache (batch outputs are read back through it): "
+                             "drop --no-cache")
         return inner
     from synth.llm.cache import CachedBackend
 
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
+    if batch:
+        from synth.llm.batch import BatchBackend, journal_dir
+
+        return BatchBackend(inner, folder / CACHE_FILE, journal_dir(folder))
     return CachedBackend(inner, folder / CACHE_FILE)
 
 

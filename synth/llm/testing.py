@@ -34,6 +34,17 @@ from a proxy), ``"html"`` (200 with a web app's HTML page), ``"plain_text"`` (20
 JSON), ``"wrong_json"`` (200, JSON that is not a chat completion), ``"broken_json"`` (a valid response
 whose message content is broken JSON, for structured-output tests).
 
+Batch API (as OpenAI's): ``POST /v1/files`` (multipart upload), ``GET /v1/files`` (list),
+``GET /v1/files/{id}`` and ``/content``, ``POST /v1/batches``, ``GET /v1/batches`` (newest first),
+``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``. A batch is served when it is first checked
+``batch_delay`` seconds after its creation: each line goes through the same replies and fault rules as a
+chat request (a faulted line lands in the error file); ``batch_expire_after=k`` serves only k lines and
+expires the rest (``batch_expired`` in the error file). Files and batches live in the server object, so
+``restart()`` (stop, then listen again on the same port) keeps them, like a real provider. Counters:
+`file_uploads`, `batch_creates`, `batch_lines`; ``hooks[event] = fn`` runs ``fn(event)`` before the
+server answers ``file_uploaded``, ``batch_created``, ``batch_checked`` or ``file_content`` (tests kill a
+client there).
+
 Everything the server received is in `requests` (parsed JSON bodies, in arrival order) and `headers`;
 `request_count` and `max_in_flight` count every chat request, including faulted ones;
 `prompt_counts()` counts the requests per last user message.
@@ -125,7 +136,8 @@ class LLMTestServer:
     def __init__(self, latency: float = 0.0, model: str = "test-model", host: str = "127.0.0.1",
                  port: int = 0, record: bool = True, ignore_n: bool = False,
                  reject_response_format: bool = False, api_key: str | None = None, strict_model: bool = False,
-                 reject_max_tokens: bool = False, echo_auth: bool = False):
+                 reject_max_tokens: bool = False, echo_auth: bool = False, batch_delay: float = 0.0,
+                 batch_expire_after: int | None = None):
         self.latency = latency
         self.model = model
         self.host = host
@@ -143,6 +155,11 @@ class LLMTestServer:
         self.reject_max_tokens = reject_max_tokens
         #: repeat the Authorization header in error messages (a careless proxy)
         self.echo_auth = echo_auth
+        #: seconds after creation before a batch is served (checks before then see it in progress)
+        self.batch_delay = batch_delay
+        #: serve only this many lines of a batch, expire the rest
+        self.batch_expire_after = batch_expire_after
+        self.hooks: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -164,6 +181,11 @@ class LLMTestServer:
             self.request_count = 0
             self.in_flight = 0
             self.max_in_flight = 0
+            self.files: dict[str, dict] = {}
+            self.batches: dict[str, dict] = {}
+            self.file_uploads = 0
+            self.batch_creates = 0
+            self.batch_lines = 0
 
     def script(self, replies: Any) -> None:
         """Set the replies: a string, a {marker: reply-or-queue} dict, a callable, or None for the echo."""
@@ -231,6 +253,11 @@ class LLMTestServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
             self._thread = None
+
+    def restart(self) -> None:
+        """Stop and listen again on the same port; files and batches survive (as at a real provider)."""
+        self.stop()
+        self.start()
 
     def __enter__(self) -> LLMTestServer:
         return self.start()
@@ -309,8 +336,11 @@ class LLMTestServer:
                                                  "owned_by": "synth-test-server"}]}
             return _Reply(body=json.dumps(data).encode())
         if method == "GET" and path == "/_stats":
-            data = {"requests": self.request_count, "max_in_flight": self.max_in_flight}
+            data = {"requests": self.request_count, "max_in_flight": self.max_in_flight,
+                    "batch_lines": self.batch_lines, "batch_creates": self.batch_creates}
             return _Reply(body=json.dumps(data).encode())
+        if path.startswith(("/v1/files", "/v1/batches")):
+            return await self._batch_api(method, path, headers, raw)
         if path != "/v1/chat/completions":
             return _Reply(404, json.dumps({"detail": "Not Found"}).encode())
         if method != "POST":
@@ -384,6 +414,140 @@ class LLMTestServer:
         }
         return _Reply(body=json.dumps(data).encode(), action="truncate" if kind == "truncate" else "send")
 
+    # ------------------------------------------------------------ files and batches
+
+    def _hook(self, event: str) -> None:
+        hook = self.hooks.get(event)
+        if hook is not None:
+            hook(event)
+
+    async def _batch_api(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> _Reply:
+        parts = path.split("/")[2:]  # ["files"|"batches", id?, "content"|"cancel"?]
+        kind, ident, action = parts[0], parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None
+        if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
+            return _Reply(401, b'{"error": {"message": "Incorrect API key provided."}}')
+        if kind == "files":
+            if method == "POST" and ident is None:
+                return self._upload(headers, raw)
+            if method == "GET" and ident is None:
+                data = [self._file_object(f) for f in self.files.values()]
+                return _json({"object": "list", "data": data, "has_more": False})
+            item = self.files.get(ident or "")
+            if item is None:
+                return _Reply(404, b'{"error": {"message": "No such file"}}')
+            if action == "content":
+                self._hook("file_content")
+                return _Reply(200, item["data"], {"Content-Type": "application/octet-stream"})
+            return _json(self._file_object(item))
+        if method == "POST" and ident is None:
+            return self._create_batch(raw)
+        if method == "GET" and ident is None:
+            data = [self._batch_object(b) for b in sorted(self.batches.values(), key=lambda b: -b["seq"])]
+            return _json({"object": "list", "data": data, "has_more": False})
+        batch = self.batches.get(ident or "")
+        if batch is None:
+            return _Reply(404, b'{"error": {"message": "No such batch"}}')
+        if method == "POST" and action == "cancel":
+            if batch["status"] not in ("completed", "failed", "expired", "cancelled"):
+                batch["status"] = "cancelling"
+            return _json(self._batch_object(batch))
+        self._hook("batch_checked")
+        await self._advance(batch)
+        return _json(self._batch_object(batch))
+
+    def _upload(self, headers: dict[str, str], raw: bytes) -> _Reply:
+        boundary = headers.get("content-type", "").partition("boundary=")[2].strip('"')
+        fields: dict[str, Any] = {}
+        for part in raw.split(b"--" + boundary.encode())[1:-1]:
+            part = part[2:] if part.startswith(b"\r\n") else part
+            part = part[:-2] if part.endswith(b"\r\n") else part
+            head, _, value = part.partition(b"\r\n\r\n")
+            head_text = head.decode("latin-1")
+            name = head_text.partition('name="')[2].partition('"')[0]
+            filename = head_text.partition('filename="')[2].partition('"')[0]
+            fields[name] = (filename, value) if filename else value.decode()
+        if "file" not in fields:
+            return _Reply(400, b'{"error": {"message": "no file in the upload"}}')
+        filename, data = fields["file"]
+        with self._lock:
+            self.file_uploads += 1
+            ident = f"file-test-{len(self.files)}"
+            self.files[ident] = {"id": ident, "filename": filename, "purpose": fields.get("purpose", "batch"),
+                                 "data": data, "created_at": int(time.time())}
+        self._hook("file_uploaded")
+        return _json(self._file_object(self.files[ident]))
+
+    def _create_batch(self, raw: bytes) -> _Reply:
+        body = json.loads(raw or b"{}")
+        source = self.files.get(body.get("input_file_id") or "")
+        if source is None:
+            return _Reply(400, b'{"error": {"message": "input_file_id not found"}}')
+        lines = [json.loads(line) for line in source["data"].decode().splitlines() if line.strip()]
+        with self._lock:
+            self.batch_creates += 1
+            ident = f"batch-test-{len(self.batches)}"
+            self.batches[ident] = {
+                "id": ident, "seq": len(self.batches), "input_file_id": source["id"], "lines": lines,
+                "status": "in_progress", "created": time.monotonic(), "created_at": int(time.time()),
+                "metadata": body.get("metadata"), "completion_window": body.get("completion_window", "24h"),
+                "endpoint": body.get("endpoint", "/v1/chat/completions"), "output_file_id": None,
+                "error_file_id": None, "completed": 0, "failed": 0, "serving": False}
+        self._hook("batch_created")
+        return _json(self._batch_object(self.batches[ident]))
+
+    async def _advance(self, batch: dict) -> None:
+        """Serve the batch once its delay has passed (on the first check after it)."""
+        if batch["status"] == "cancelling":
+            batch["status"] = "cancelled"
+            return
+        if batch["status"] != "in_progress" or batch["serving"]:
+            return
+        if time.monotonic() - batch["created"] < self.batch_delay:
+            return
+        batch["serving"] = True
+        lines = batch["lines"]
+        served = lines if self.batch_expire_after is None else lines[: self.batch_expire_after]
+        with self._lock:
+            self.batch_lines += len(served)
+        replies = await asyncio.gather(*(self._chat(line["body"], {}) for line in served))
+        outputs, errors = [], []
+        for number, (line, reply) in enumerate(zip(served, replies)):
+            status = reply.status if reply.action == "send" else 502
+            body = json.loads(reply.body) if reply.body and reply.action == "send" else {
+                "error": {"message": "upstream dropped the connection"}}
+            result = {"id": f"batch_req_{number}", "custom_id": line["custom_id"],
+                      "response": {"status_code": status, "request_id": f"req_{number}", "body": body},
+                      "error": None}
+            (outputs if status == 200 else errors).append(result)
+        for line in lines[len(served):]:
+            errors.append({"id": "", "custom_id": line["custom_id"], "response": None,
+                           "error": {"code": "batch_expired", "message": "This request could not be executed "
+                                                                         "before the completion window expired."}})
+        for name, rows in (("output_file_id", outputs), ("error_file_id", errors)):
+            if rows:
+                ident = f"file-test-{len(self.files)}"
+                data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                self.files[ident] = {"id": ident, "filename": f"{batch['id']}_{name}.jsonl",
+                                     "purpose": "batch_output", "data": data, "created_at": int(time.time())}
+                batch[name] = ident
+        batch["completed"], batch["failed"] = len(outputs), len(errors)
+        batch["status"] = "completed" if len(served) == len(lines) else "expired"
+
+    @staticmethod
+    def _file_object(item: dict) -> dict:
+        return {"id": item["id"], "object": "file", "bytes": len(item["data"]), "created_at": item["created_at"],
+                "filename": item["filename"], "purpose": item["purpose"], "status": "processed"}
+
+    @staticmethod
+    def _batch_object(batch: dict) -> dict:
+        return {"id": batch["id"], "object": "batch", "endpoint": batch["endpoint"], "errors": None,
+                "input_file_id": batch["input_file_id"], "completion_window": batch["completion_window"],
+                "status": batch["status"], "output_file_id": batch["output_file_id"],
+                "error_file_id": batch["error_file_id"], "created_at": batch["created_at"],
+                "metadata": batch["metadata"],
+                "request_counts": {"total": len(batch["lines"]), "completed": batch["completed"],
+                                   "failed": batch["failed"]}}
+
     def _echo(self, reply: _Reply, headers: dict[str, str]) -> _Reply:
         """With `echo_auth`, the error message repeats the Authorization header (as some proxies do)."""
         if not self.echo_auth:
@@ -440,6 +604,10 @@ class LLMTestServer:
         return None
 
 
+def _json(data: Any) -> _Reply:
+    return _Reply(body=json.dumps(data).encode())
+
+
 def _all_texts(body: dict) -> list[str]:
     out = []
     for message in body.get("messages") or []:
@@ -467,8 +635,10 @@ def image_urls(body: dict) -> list[str]:
 class ServerProcess:
     """The server in its own process (benchmarks: keeps its CPU off the client's event loop)."""
 
-    def __init__(self, latency: float = 0.0, model: str = "test-model", record: bool = False):
-        self.args = [sys.executable, "-m", "synth.llm.testing", "--latency", str(latency), "--model", model]
+    def __init__(self, latency: float = 0.0, model: str = "test-model", record: bool = False,
+                 batch_delay: float = 0.0):
+        self.args = [sys.executable, "-m", "synth.llm.testing", "--latency", str(latency), "--model", model,
+                     "--batch-delay", str(batch_delay)]
         if record:
             self.args.append("--record")
         self.proc: subprocess.Popen | None = None
@@ -507,9 +677,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", help="answer 401 to any other bearer token")
     parser.add_argument("--strict-model", action="store_true", help="answer 404 to a model other than --model")
     parser.add_argument("--fault", help="a fault kind every request gets (e.g. html, 500)")
+    parser.add_argument("--batch-delay", type=float, default=0.0, help="seconds before a batch is served")
     args = parser.parse_args(argv)
     server = LLMTestServer(latency=args.latency, model=args.model, port=args.port, record=args.record,
-                           api_key=args.api_key, strict_model=args.strict_model)
+                           api_key=args.api_key, strict_model=args.strict_model, batch_delay=args.batch_delay)
     if args.fault:
         server.fault(args.fault)
 

@@ -45,7 +45,9 @@ class LLMTask(Stage):
         return False
 
     def run(self, records: Iterable[dict]) -> Iterator[dict]:
-        for batch in batched(records, self.batch_size):
+        # A batch-mode backend takes a whole shard in one call (one batch file, one wait), not chunks.
+        size = max(self.batch_size, getattr(self.backend, "preferred_call_size", None) or 0)
+        for batch in batched(records, size):
             yield from self.run_batch(batch)
 
     def run_batch(self, batch: list[dict]) -> Iterator[dict]:

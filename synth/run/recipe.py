@@ -89,6 +89,8 @@ RUNTIME_BACKEND_FIELDS = {
     "base_urls", "api_key_env", "concurrency", "rpm", "tpm", "max_retries", "timeout", "backoff_base",
     "backoff_max", "max_retry_after", "replica_failures", "replica_cooldown", "breaker_failures",
     "breaker_requests", "prices", "device", "batch_size", "threads", "token_param",
+    "batch", "batch_mode", "batch_max_requests", "batch_max_bytes", "batch_poll_interval",
+    "batch_completion_window", "batch_prices", "batch_retry",
 }
 
 
