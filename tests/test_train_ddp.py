@@ -26,6 +26,7 @@ def lora_b(folder: Path) -> dict:
 
 @pytest.mark.slow  # about a minute on 2 shared cores: two more Python processes load torch and TRL
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    from synth.ownership import mark
     from synth.train import recipe_from_dict, run_stage
 
     model, data = tiny_text_model(), adapted("scene_qa_text")
@@ -34,7 +35,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 
     out = tmp_path / "ddp"
     out.mkdir()
-    (out / "old.txt").write_text("an earlier run")  # overwrite: true deletes it, once
+    mark(out, "train sft")  # an earlier synth output: overwrite: true may replace it, once
+    (out / "old.txt").write_text("an earlier run")
     recipe = write_recipe(tmp_path, **fast_fields(model, data, out, batch_size=2, **FIELDS))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "SYNTH_DEBUG": "",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
