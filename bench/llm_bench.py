@@ -29,7 +29,7 @@ N·latency/concurrency, the peak RSS growth of each side at N/4 and N, and the t
 
     .venv/bin/python bench/llm_bench.py               # 8,000 requests, 50 ms, concurrency 64
     .venv/bin/python bench/llm_bench.py --quick       # 1,000 requests, a smoke run
-    .venv/bin/python bench/llm_bench.py --peers-python /work/venv-peers/bin/python --skip-local
+    .venv/bin/python bench/llm_bench.py --peers-python .venv-peers/bin/python --skip-local
 """
 
 from __future__ import annotations
