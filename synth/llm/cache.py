@@ -86,14 +86,27 @@ class RequestCache:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False,
                                        isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")  # a commit survives kill -9 (not power loss)
-                conn.execute(_SCHEMA)
+                self._setup(conn)
             except sqlite3.Error as e:
                 raise SynthError(f"cannot open the request cache {self.path}: {e} "
                                  "(delete the file or pick another cache dir)") from e
             self._conn, self._pid = conn, os.getpid()
         return self._conn
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        """WAL mode and the schema. Two processes opening a new file at once can get "database is locked"
+        from the journal-mode switch without SQLite's busy wait, so that one is retried up to busy_timeout."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")  # a commit survives kill -9 (not power loss)
+                conn.execute(_SCHEMA)
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, tuple]:
         """{key: (text, finish_reason, prompt_tokens, completion_tokens)} for the keys present."""
