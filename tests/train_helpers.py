@@ -46,16 +46,24 @@ def tiny_llava() -> Path:
     return build_llava(_ROOT / "llava")
 
 
-@functools.cache
 def demo_images(count: int = 8, seed: int = 0) -> Path:
+    return _demo_images(count, seed)  # one cache key however the arguments are spelled
+
+
+@functools.cache
+def _demo_images(count: int, seed: int) -> Path:
     out = _ROOT / f"shapes-{count}-{seed}"
     result = run_cli("demo-data", out, "--count", count, "--seed", seed, "--size", 64)
     assert result.exit_code == 0, result.output
     return out
 
 
-@functools.cache
 def adapted(template: str, count: int = 8, seed: int = 0) -> Path:
+    return _adapted(template, count, seed)  # one cache key however the arguments are spelled
+
+
+@functools.cache
+def _adapted(template: str, count: int, seed: int) -> Path:
     out = _ROOT / f"{template}-{count}-{seed}"
     result = run_cli("adapt", demo_images(count, seed), "-t", template, "-o", out)
     assert result.exit_code == 0, result.output
