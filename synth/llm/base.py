@@ -96,6 +96,17 @@ class UsageTotals:
         }
 
 
+async def gather_or_cancel(tasks: Sequence[asyncio.Future]) -> None:
+    """Await every task; when one fails (or we are cancelled), cancel the others now and re-raise."""
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 def run_sync(make_coroutine):
     """Run a coroutine to the end from sync code, also when called inside a running loop (notebooks)."""
     try:

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 from synth.errors import SynthError, redact
-from synth.llm.base import ChatRequest, Completion
+from synth.llm.base import ChatRequest, Completion, gather_or_cancel
 from synth.llm.cache import CachedBackend, request_hash, sample_key
 from synth.llm.structured import parse_structured
 
@@ -247,14 +247,8 @@ class BatchBackend(CachedBackend):
         if self.config.batch_mode == "file":
             self._files_mode(records, schemas, errors)
             return
-        tasks = [asyncio.ensure_future(self._drive(record, schemas, errors, records)) for record in records]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        await gather_or_cancel([asyncio.ensure_future(self._drive(record, schemas, errors, records))
+                                for record in records])
 
     async def _drive(self, record: dict, schemas: dict, errors: dict, records: list[dict]) -> None:
         if record["state"] == "prepared":

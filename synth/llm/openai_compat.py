@@ -43,7 +43,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from synth.errors import BackendUnavailable, SynthError, check_key_env_name, redact, register_key_env
-from synth.llm.base import Backend, ChatRequest, Completion, Usage, run_sync
+from synth.llm.base import Backend, ChatRequest, Completion, Usage, gather_or_cancel, run_sync
 from synth.llm.images import image_data_url
 from synth.llm.structured import parse_structured, reask_messages, response_format
 from synth.llm.usage import Prices
@@ -318,15 +318,8 @@ class OpenAIBackend(Backend):
                     progress(completion)
 
         workers = min(self.config.concurrency, len(requests))
-        tasks = [asyncio.ensure_future(worker()) for _ in range(workers)]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            # The breaker tripped (or we were cancelled): stop the other workers too, now.
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        # The breaker tripping (or a cancel) stops the other workers too, now.
+        await gather_or_cancel([asyncio.ensure_future(worker()) for _ in range(workers)])
         return results  # type: ignore[return-value]
 
     async def _serve(self, state: _LoopState, request: ChatRequest) -> Completion:
