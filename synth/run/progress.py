@@ -178,8 +178,10 @@ class RunView:
         rate = records / elapsed if row.state in ("running", "done") else None
         tok_rate = tokens / elapsed if row.state in ("running", "done") and tokens else None
         eta = "-"
-        if row.state == "running" and rate and row.records_total:
-            eta = _duration(max(row.records_total - records, 0) / rate)
+        # Records are counted as they are read: once all are read the stage may still be working on them, so
+        # the time left is unknown then, not zero.
+        if row.state == "running" and rate and row.records_total and records < row.records_total:
+            eta = _duration((row.records_total - records) / rate)
         return {
             "shards": f"{row.shards_done}/{row.shards_total}" if row.shards_total else "-",
             "records": f"{records:,}" + (f"/{row.records_total:,}" if row.records_total else ""),
