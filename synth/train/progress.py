@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rich.console import Console
 from transformers import TrainerCallback
 
-console = Console(stderr=True, highlight=False)
+from synth.console import Console
+
+# soft_wrap: a step line stays one line in a log file (rich would cut it at 80 columns off a terminal)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _duration(seconds: float) -> str:
