@@ -30,3 +30,12 @@ def main_process_first(cpu: bool):
     # The state the Trainer reuses later; `cpu` picks gloo where the recipe trains on the CPU.
     with PartialState(cpu=cpu).main_process_first():
         yield
+
+
+def wait_for_everyone(cpu: bool) -> None:
+    """A barrier across the processes (nothing to wait for with one)."""
+    if world_size() == 1:
+        return
+    from accelerate import PartialState
+
+    PartialState(cpu=cpu).wait_for_everyone()

@@ -32,7 +32,7 @@ from synth.train.data import (
     read_recipe_data,
     select_for_trl,
 )
-from synth.train.distributed import is_main_process, main_process_first
+from synth.train.distributed import is_main_process, main_process_first, wait_for_everyone
 from synth.train.models import (
     ModelInfo,
     device_and_precision,
@@ -199,7 +199,11 @@ def prepare(recipe, stage: str) -> Plan:
     if evaluation is not None:
         evaluation = evaluation.flatten_indices(keep_in_memory=True)
     if resume_from is None:
-        start_output(out)
+        cpu = recipe.device == "cpu"
+        wait_for_everyone(cpu)  # every process has checked the old output before the main one deletes it
+        if is_main_process():
+            start_output(out)
+        wait_for_everyone(cpu)  # and the others go on once the new folder is there
     plan = Plan(stage, recipe, info, processing, train, evaluation, report, device, precision, out, resume_from)
     if report.dropped_too_long:
         plan.notes.append(
