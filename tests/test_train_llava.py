@@ -4,8 +4,6 @@ with the connector trained in full and the vision tower frozen, DPO runs on imag
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 from transformers import TrainerCallback
@@ -14,11 +12,10 @@ from synth.train import recipe_from_dict, run_stage
 from tests.train_helpers import (
     adapted,
     fast_fields,
+    image_pairs,
     one_torch_thread,  # noqa: F401  (autouse: one torch thread)
     params_of,
-    save_pairs,
     tiny_llava,
-    wrong_answer,
 )
 
 
@@ -123,20 +120,7 @@ def test_image_rows_longer_than_max_length_are_dropped_not_truncated(tmp_path):
 
 
 def test_dpo_on_image_preference_pairs(tmp_path):
-    from synth.data import load
-
-    rng = random.Random(1)
-    rows = load(adapted("vqa_short")).select(range(6))
-    records = []
-    for row in rows:
-        answer = row["messages"][-1]["content"][0]["text"]
-        records.append({
-            "prompt": row["messages"][:-1],
-            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": answer}]}],
-            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": wrong_answer(answer, rng)}]}],
-            "images": row["images"],
-        })
-    pairs = save_pairs(records, tmp_path / "pairs")
+    pairs = image_pairs(6, tmp_path / "pairs")
     out = tmp_path / "dpo"
     recipe = recipe_from_dict(fast_fields(tiny_llava(), pairs, out, max_steps=2, batch_size=2), "dpo")
     result = run_stage("dpo", recipe)

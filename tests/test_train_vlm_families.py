@@ -5,8 +5,6 @@ training, trained parts changed."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 from transformers import TrainerCallback
@@ -15,12 +13,11 @@ from synth.train import recipe_from_dict, run_stage
 from tests.train_helpers import (
     adapted,
     fast_fields,
+    image_pairs,
     one_torch_thread,  # noqa: F401  (autouse: one torch thread)
     params_of,
-    save_pairs,
     tiny_llava,
     tiny_vlm,
-    wrong_answer,
 )
 
 FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm",
@@ -143,21 +140,10 @@ def test_sft_lora_on_language_model_connector_in_full(family, sft_runs):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dpo_merge_eval(family, sft_runs, tmp_path):
-    from synth.data import load
     from synth.train.evaluate import ModelSpec, evaluate
 
     base, adapter, _, _ = sft_runs(family)
-    rng = random.Random(1)
-    records = []
-    for row in load(adapted("vqa_short")).select(range(4)):
-        answer = row["messages"][-1]["content"][0]["text"]
-        records.append({
-            "prompt": row["messages"][:-1],
-            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": answer}]}],
-            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": wrong_answer(answer, rng)}]}],
-            "images": row["images"],
-        })
-    pairs = save_pairs(records, tmp_path / "pairs")
+    pairs = image_pairs(4, tmp_path / "pairs")
     dpo_out = tmp_path / "dpo"
     params = Params()
     result = run_stage("dpo", recipe_from_dict(fast_fields(base, pairs, dpo_out, max_steps=1, batch_size=2), "dpo"),

@@ -107,6 +107,23 @@ def wrong_answer(answer: str, rng: random.Random) -> str:
     return rng.choice([p for p in pool if p != answer])
 
 
+def image_pairs(rows: int, out: Path) -> Path:
+    """Preference pairs on demo images: each `vqa_short` answer chosen, a perturbed one rejected."""
+    from synth.data import load
+
+    rng = random.Random(1)
+    records = []
+    for row in load(adapted("vqa_short")).select(range(rows)):
+        answer = row["messages"][-1]["content"][0]["text"]
+        records.append({
+            "prompt": row["messages"][:-1],
+            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": answer}]}],
+            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": wrong_answer(answer, rng)}]}],
+            "images": row["images"],
+        })
+    return save_pairs(records, out)
+
+
 def scene_pairs(sft_dataset: Path, out: Path, limit: int | None = None) -> Path:
     """Preference pairs from scene QA rows: chosen = the reference answer, rejected = a wrong one."""
     from synth.data import load
