@@ -430,6 +430,12 @@ class CapFilt(Map):
     """
 
     name: ClassVar[str] = "capfilt"
+    filter_chain: ClassVar[bool] = True
+
+    @staticmethod
+    def asks_llm(config: CapFiltConfig) -> bool:
+        """Scoring alone is a local image-text model; only the captioner asks a VLM backend."""
+        return config.captioner
     Config: ClassVar[type[StageConfig]] = CapFiltConfig
     #: the defaults of `image_column` / `caption_column`; the text written is the caption or the answer
     reads: ClassVar[tuple[str, ...]] = ("images", "image", "caption", "messages", "chosen", "prompt", "meta")
@@ -847,3 +853,6 @@ def top_fraction_indices(scores: Sequence[float | None], fraction: float) -> set
     count = math.ceil(fraction * len(scored) - 1e-9)
     ranked = sorted(scored, key=lambda item: (-item[1], item[0]))
     return {i for i, _ in ranked[:count]}
+
+
+OPERATOR_CLASSES = (CapFilt,)

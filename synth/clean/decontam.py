@@ -22,13 +22,14 @@ from pydantic import Field
 from synth.clean.common import answer_texts, instruction_text, record_text
 from synth.clean.minhash import ngram_hashes, words_of
 from synth.errors import SynthError
+from synth.core.fields import FilePath
 from synth.pipeline import Filter, Rejected, StageConfig
 
 DEFAULT_FIELDS = ("question", "prompt", "instruction", "input", "problem", "query", "context", "text", "messages")
 
 
 class DecontamConfig(StageConfig):
-    benchmarks: list[str] = Field(min_length=1, description="benchmark files (JSONL/JSON/Parquet/CSV)")
+    benchmarks: list[FilePath] = Field(min_length=1, description="benchmark files (JSONL/JSON/Parquet/CSV)")
     ngram: int = Field(13, ge=1, le=64, description="words per n-gram")
     fields: list[str] | None = Field(None, description="benchmark text fields (default: common question columns)")
     min_item_words: int = Field(8, ge=1, description="benchmark items with fewer words are skipped")
@@ -156,6 +157,7 @@ class Decontaminate(Filter):
     Config: ClassVar[type[StageConfig]] = DecontamConfig
     reads: ClassVar[tuple[str, ...]] = ("messages", "prompt", "chosen", "rejected")
     batch_size: ClassVar[int] = 1024
+    cli_flags: ClassVar[dict[str, list[str]]] = {"benchmarks": ["--benchmark", "-b"], "fields": ["--field"]}
 
     def __init__(self, config=None, **overrides: Any):
         super().__init__(config, **overrides)
@@ -198,3 +200,6 @@ class Decontaminate(Filter):
             }
             for name in self.index.names
         ]
+
+
+OPERATOR_CLASSES = (Decontaminate,)

@@ -113,6 +113,10 @@ class Dedup(Aggregate):
     name: ClassVar[str] = "dedup"
     Config: ClassVar[type[StageConfig]] = DedupConfig
     reads: ClassVar[tuple[str, ...]] = ("messages", "prompt", "chosen", "rejected", "images", "image", "meta")
+    #: may sit in a `filter` chain (it only drops records)
+    filter_chain: ClassVar[bool] = True
+    #: `synth dedup --exact-only` (older spelling) is `--no-near`
+    cli_flags: ClassVar[dict[str, list[str]]] = {"near": ["--near/--no-near", " /--exact-only"]}
 
     def __init__(self, config: DedupConfig | dict | None = None, **overrides: Any):
         super().__init__(config, **overrides)
@@ -132,6 +136,15 @@ class Dedup(Aggregate):
         # Perceptual hashes cost a decode per image: only when a near-duplicate check will use them.
         self._perceptual = cfg.images and (cfg.near or cfg.image_only)
         self._phash_cache: dict[str, int] = {}  # image bytes digest -> perceptual hash
+
+    def describe(self) -> str:
+        """One line on how near-duplicates were found (printed after a `synth dedup` run)."""
+        cfg: DedupConfig = self.config
+        if not cfg.near:
+            return f"exact duplicates only; images by {'perceptual hash' if cfg.images else 'exact bytes'}"
+        return (f"near-duplicates ({self.engine} engine): estimated Jaccard >= {cfg.threshold}, {cfg.shingle}-word "
+                f"shingles, {cfg.num_perm} permutations, LSH {self.bands} bands x {self.rows} rows; images by "
+                f"{'perceptual hash' if cfg.images else 'exact bytes'}")
 
     @staticmethod
     def _engine(cfg: DedupConfig) -> str:
@@ -278,3 +291,6 @@ def dedup(
     finally:
         if own_writer:
             stage.rejects.close()
+
+
+OPERATOR_CLASSES = (Dedup,)

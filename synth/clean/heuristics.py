@@ -269,3 +269,6 @@ class ImageTokensFilter(Filter):
         if tokens != images:
             return Rejected("image_token_mismatch", f"{tokens} {c.token} tokens but {images} images")
         return None
+
+
+OPERATOR_CLASSES = (LengthFilter, RepetitionFilter, PlaceholderFilter, ImageSizeFilter, ImageTokensFilter)

@@ -53,6 +53,7 @@ class JudgeFilter(LLMTask):
     """Keep samples an LLM judge scores at or above `threshold` (0-10)."""
 
     name: ClassVar[str] = "judge"
+    filter_chain: ClassVar[bool] = True
     Config: ClassVar[type[StageConfig]] = JudgeConfig
     reads: ClassVar[tuple[str, ...]] = ("messages", "prompt", "chosen", "images", "meta")
     writes: ClassVar[tuple[str, ...]] = ("meta",)
@@ -121,3 +122,6 @@ class JudgeFilter(LLMTask):
         meta["scores"] = {**(meta.get("scores") or {}), aspect: score}
         meta["score_reasons"] = {**(meta.get("score_reasons") or {}), aspect: verdict.reason}
         return {**record, "meta": meta}
+
+
+OPERATOR_CLASSES = (JudgeFilter,)

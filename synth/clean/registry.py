@@ -11,37 +11,44 @@ scalars (``3`` -> int, ``true`` -> bool, ``[a, b]`` -> list; quote to keep a com
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from synth.clean.capfilt import CapFilt
-from synth.clean.decontam import Decontaminate
-from synth.clean.dedup import Dedup
-from synth.clean.heuristics import (
-    ImageSizeFilter,
-    ImageTokensFilter,
-    LengthFilter,
-    PlaceholderFilter,
-    RepetitionFilter,
-)
-from synth.clean.judge import JudgeFilter
 from synth.errors import SynthError, validation_message
 from synth.pipeline import Stage
 
-FILTERS: dict[str, type[Stage]] = {
-    "length": LengthFilter,
-    "repetition": RepetitionFilter,
-    "placeholder": PlaceholderFilter,
-    "image_size": ImageSizeFilter,
-    "image_tokens": ImageTokensFilter,
-    "dedup": Dedup,
-    "decontaminate": Decontaminate,
-    "judge": JudgeFilter,
-    "capfilt": CapFilt,
-}
+#: synth's own filters, in the order `synth filter --filter help` lists them
+BUILTIN_FILTERS = ("length", "repetition", "placeholder", "image_size", "image_tokens", "dedup", "decontaminate",
+                   "judge", "capfilt")
+
+
+class _Filters(Mapping):
+    """Filter name → class: the registered operators that may sit in a `filter` chain (a `Filter`, or one
+    that says ``filter_chain = True``), plugins' included. Read from `synth.core.registry` on first use."""
+
+    def _table(self) -> dict[str, type[Stage]]:
+        from synth.core.registry import operators
+        from synth.pipeline import Filter
+
+        found = {name: cls for name, cls in operators().items()
+                 if issubclass(cls, Filter) or getattr(cls, "filter_chain", False)}
+        ordered = {name: found[name] for name in BUILTIN_FILTERS if name in found}
+        return {**ordered, **{k: v for k, v in found.items() if k not in ordered}}
+
+    def __getitem__(self, name: str) -> type[Stage]:
+        return self._table()[name]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+FILTERS: Mapping[str, type[Stage]] = _Filters()
 
 
 def _valid_options(cls: type[Stage]) -> str:
@@ -50,7 +57,7 @@ def _valid_options(cls: type[Stage]) -> str:
 
 def build_filter(name: str, options: dict | None = None, *, backend_factory: Callable[[], Any] | None = None) -> Stage:
     """A filter stage by registry name with validated options; SynthError naming what is wrong."""
-    from synth.pipeline.llm_task import LLMTask
+    from synth.core.operator import build
 
     cls = FILTERS.get(name)
     if cls is None:
@@ -63,13 +70,9 @@ def build_filter(name: str, options: dict | None = None, *, backend_factory: Cal
         ) from None
     except TypeError as e:  # options not a mapping
         raise SynthError(f"filter '{name}': options must be a mapping of key: value ({e})") from None
-    if hasattr(cls, "from_config"):
-        return cls.from_config(config, backend_factory=backend_factory)
-    if issubclass(cls, LLMTask):
-        if backend_factory is None:
-            raise SynthError(f"filter '{name}' needs an LLM backend; pass --backend/--model (or a backend in the recipe)")
-        return cls(backend_factory(), config)
-    return cls(config)
+    if backend_factory is None and hasattr(cls, "format_input"):
+        raise SynthError(f"filter '{name}' needs an LLM backend; pass --backend/--model (or a backend in the recipe)")
+    return build(cls, config, backend_factory=backend_factory)
 
 
 # ---------------------------------------------------------------- specs

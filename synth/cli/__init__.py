@@ -17,6 +17,7 @@ from synth.cli import export as _export  # noqa: F401,E402
 from synth.cli import generate as _generate  # noqa: F401,E402
 from synth.cli import loop as _loop  # noqa: F401,E402
 from synth.cli import mix as _mix  # noqa: F401,E402
+from synth.cli import operators as _operators  # noqa: F401,E402
 from synth.cli import prefs as _prefs  # noqa: F401,E402
 from synth.cli import pseudo_label as _pseudo_label  # noqa: F401,E402
 from synth.cli import publish as _publish  # noqa: F401,E402
@@ -24,6 +25,8 @@ from synth.cli import run as _run  # noqa: F401,E402
 from synth.cli import self_instruct as _self_instruct  # noqa: F401,E402
 from synth.cli import train as _train  # noqa: F401,E402
 from synth.cli.common import app
+
+_operators.register_all()  # a command per registered operator (synth's own and plugins'), from its config
 
 
 def _version(value: bool) -> None:

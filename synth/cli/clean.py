@@ -1,4 +1,5 @@
-"""Commands: filter, dedup, decontaminate (see synth/clean)."""
+"""The `synth filter` command: a chain of filter operators (each filter also has a command of its own,
+generated from its config: synth/cli/operators.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ REVISION_HELP = "Hub dataset: a branch, tag or commit."
 SUMMARY_TITLES = {"decontaminate": "hits per benchmark", "capfilt": "image-text pairs scored and kept"}
 
 
-def _print_result(result, title: str) -> None:
+def print_result(result, title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
@@ -127,75 +128,9 @@ def filter_(
             dataset, out, stages, split=split, config=subset, revision=revision, overwrite=overwrite, limit=limit,
             description="filtering", command="filter",
         )
-        _print_result(result, "synth filter")
+        print_result(result, "synth filter")
         for llm in backends.built:
             report_usage(llm, console=console)
     finally:
         for llm in backends.built:
             llm.close()
-
-
-@command()
-def dedup(
-    dataset: Annotated[str, typer.Argument(help=DATASET_HELP)],
-    out: Out,
-    threshold: float = typer.Option(0.8, help="Estimated Jaccard at or above which texts are near-duplicates."),
-    shingle: int = typer.Option(5, help="Words per shingle."),
-    num_perm: int = typer.Option(128, "--num-perm", help="MinHash permutations."),
-    exact_only: bool = typer.Option(False, "--exact-only", help="Only exact duplicates (no MinHash)."),
-    engine: str = typer.Option("auto", "--engine", help="MinHash engine: auto (rensa when installed), rensa, numpy."),
-    images: bool = typer.Option(True, "--images/--no-images", help="Compare images by perceptual hash (off: exact bytes)."),
-    image_distance: int = typer.Option(6, "--image-distance", help="Max differing pHash bits for near-duplicate images."),
-    image_only: bool = typer.Option(False, "--image-only", help="Also drop near-duplicate images whatever their text."),
-    split: Optional[str] = typer.Option(None, help="Split to read when the source has several."),
-    subset: Optional[str] = typer.Option(None, "--subset", help=SUBSET_HELP),
-    revision: Optional[str] = typer.Option(None, "--revision", help=REVISION_HELP),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
-) -> None:
-    """Drop exact and near-duplicate samples, keeping the first in input order."""
-    from synth.clean.apply import clean_dataset
-    from synth.clean.registry import build_filter
-
-    options = dict(
-        threshold=threshold, shingle=shingle, num_perm=num_perm, near=not exact_only, engine=engine,
-        images=images, image_distance=image_distance, image_only=image_only,
-    )
-    stage = build_filter("dedup", options)
-    result = clean_dataset(
-        dataset, out, [stage], split=split, config=subset, revision=revision, overwrite=overwrite,
-        description="dedup", command="dedup",
-    )
-    if not exact_only:
-        console.print(
-            f"near-duplicates ({stage.engine} engine): estimated Jaccard >= {threshold}, {shingle}-word shingles, "
-            f"{num_perm} permutations, "
-            f"LSH {stage.bands} bands x {stage.rows} rows; images by {'perceptual hash' if images else 'exact bytes'}",
-            soft_wrap=True,
-        )
-    _print_result(result, "synth dedup")
-
-
-@command()
-def decontaminate(
-    dataset: Annotated[str, typer.Argument(help=DATASET_HELP)],
-    out: Out,
-    benchmarks: list[Path] = typer.Option(..., "--benchmark", "-b", help="Benchmark file of test items (JSONL/JSON/Parquet/CSV); repeatable."),
-    ngram: int = typer.Option(13, help="Words per n-gram."),
-    fields: list[str] = typer.Option([], "--field", help="Benchmark text field to read (repeatable; default: question/prompt/input/...)."),
-    split: Optional[str] = typer.Option(None, help="Split to read when the source has several."),
-    subset: Optional[str] = typer.Option(None, "--subset", help=SUBSET_HELP),
-    revision: Optional[str] = typer.Option(None, "--revision", help=REVISION_HELP),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
-) -> None:
-    """Drop samples sharing a long n-gram with benchmark test items; report hits per benchmark."""
-    from synth.clean.apply import clean_dataset
-    from synth.clean.registry import build_filter
-
-    stage = build_filter(
-        "decontaminate", {"benchmarks": [str(b) for b in benchmarks], "ngram": ngram, "fields": list(fields) or None}
-    )
-    result = clean_dataset(
-        dataset, out, [stage], split=split, config=subset, revision=revision, overwrite=overwrite,
-        description="decontaminating", command="decontaminate",
-    )
-    _print_result(result, f"synth decontaminate ({ngram}-grams)")

@@ -10,14 +10,15 @@ self_instruct  `synth.generate.self_instruct` (global novelty loop)         one
 evolve         `synth.generate.evolution` (Evol-Instruct, MMEvol)           by record
 generate       `synth.generate.responses` (answers)                         by record
 filter         `synth.clean.registry` filter chains                         by record (one with dedup)
-dedup          `synth.clean.dedup`                                          one
-decontaminate  `synth.clean.decontam`                                       by record
 mix            `synth.mix`                                                  one
 prefs          `synth.prefs` (preference pairs)                             by record
 pseudo_label   `synth.generate.pseudo_label` (gated answers)                by record
 export         `synth.export` (TRL, LLaMA-Factory, LLaVA, OpenAI)           one
 push           `synth.publish` (the Hub)                                    one
 =============  ===========================================================  =================
+
+Every registered operator (`synth.core.registry`: dedup, decontaminate, length, judge, capfilt, ... and
+plugins') is a stage type too, through the one generic `synth.run.adapters.operator.OperatorAdapter`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def registry() -> dict[str, StageAdapter]:
             mod = importlib.import_module(f"synth.run.adapters.{module}")
             for adapter in getattr(mod, "ADAPTERS", ()):
                 found[adapter.type] = adapter()
+        from synth.run.adapters.operator import operator_adapters
+
+        found.update(operator_adapters(set(found)))
         _REGISTRY.update(found)
     return _REGISTRY
 

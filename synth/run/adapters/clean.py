@@ -1,4 +1,5 @@
-"""Cleaning stages: ``filter`` (a chain from the filter registry), ``dedup``, ``decontaminate``.
+"""The ``filter`` stage: a chain of filter operators in one stage (each filter is also a stage type of its
+own, ``type: dedup``, through the generic operator adapter).
 
 A filter chain item is ``{name: length, min_answer_words: 3}``, ``{length: {min_answer_words: 3}}`` or
 ``"length:min_answer_words=3"``; each is validated against that filter's own config, so a typo is an
@@ -13,17 +14,11 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import ConfigDict, Field, create_model, field_validator
 
-from synth.clean.decontam import DecontamConfig
-from synth.clean.dedup import DedupConfig
 from synth.clean.registry import FILTERS, parse_filter_spec
+from synth.core.fields import file_contents, file_fields, resolve_files
+from synth.core.operator import needs_backend
 from synth.run.adapters.base import Preview, StageAdapter
-from synth.run.adapters.sources import resolve_path
 from synth.run.recipe import DEFAULT_BACKEND, StageSpec
-
-
-def engine_config(spec, config_cls):
-    """The engine's own config from a spec that extends it (only the engine's fields)."""
-    return config_cls(**{k: getattr(spec, k) for k in config_cls.model_fields})
 
 
 def _item_model(name: str, cls) -> type:
@@ -34,10 +29,16 @@ def _item_model(name: str, cls) -> type:
 FilterItem = Annotated[Union[tuple(_item_model(n, c) for n, c in FILTERS.items())], Field(discriminator="name")]
 
 
-def _is_llm_filter(cls) -> bool:
-    from synth.pipeline.llm_task import LLMTask
+def _item_config(item):
+    """A chain item's filter config (the item without its ``name``)."""
+    return FILTERS[item.name].Config.model_validate(item.model_dump(exclude={"name"}))
 
-    return issubclass(cls, LLMTask) or hasattr(cls, "from_config")
+
+def _asks_llm(cls, item) -> bool:
+    if not needs_backend(cls):
+        return False
+    asks = getattr(cls, "asks_llm", None)  # CapFilt asks a VLM only with its captioner on
+    return bool(asks(_item_config(item))) if asks is not None else True
 
 
 class FilterSpec(StageSpec):
@@ -74,8 +75,7 @@ class FilterAdapter(StageAdapter):
         return [FILTERS[item.name] for item in spec.filters]
 
     def uses_llm(self, spec: FilterSpec) -> bool:
-        # CapFilt asks a VLM only with its captioner on; scoring alone is a local image-text model
-        return any(_is_llm_filter(FILTERS[item.name]) and getattr(item, "captioner", True) for item in spec.filters)
+        return any(_asks_llm(FILTERS[item.name], item) for item in spec.filters)
 
     def is_sharded(self, spec: FilterSpec) -> bool:
         return not any(cls.needs_all_input for cls in self._classes(spec))
@@ -86,10 +86,14 @@ class FilterAdapter(StageAdapter):
     def resolve(self, spec: FilterSpec, base_dir: Path) -> FilterSpec:
         items = []
         for item in spec.filters:
-            if getattr(item, "benchmarks", None):
-                item = item.model_copy(update={"benchmarks": [resolve_path(b, base_dir) for b in item.benchmarks]})
-            items.append(item)
+            resolved = resolve_files(_item_config(item), base_dir)
+            items.append(item.model_copy(update={k: getattr(resolved, k) for k in file_fields(type(resolved))}))
         return spec.model_copy(update={"filters": items})
+
+    def fingerprint_extra(self, spec: FilterSpec) -> Any:
+        # the content of every file a filter reads (a benchmark edited after a run reruns the chain)
+        contents = [file_contents(_item_config(item)) for item in spec.filters]
+        return contents if any(contents) else None
 
     @classmethod
     def nested_model(cls, loc: tuple, stage_data: dict):
@@ -135,49 +139,4 @@ def llm_filter_preview(stages: list, records: list[dict], rows: int | None) -> P
     return preview
 
 
-class DedupSpec(StageSpec, DedupConfig):
-    """Exact and near-duplicate removal over the whole input (the first in input order wins)."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["dedup"]
-    input: str
-
-
-class DedupAdapter(StageAdapter):
-    type = "dedup"
-    Spec = DedupSpec
-    sharded = False
-
-    def stages(self, spec: DedupSpec, ctx, src) -> list:
-        from synth.clean.dedup import Dedup
-
-        return [Dedup(engine_config(spec, DedupConfig))]
-
-
-class DecontaminateSpec(StageSpec, DecontamConfig):
-    """Drop samples sharing a long n-gram with a benchmark's items."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["decontaminate"]
-    input: str
-
-
-class DecontaminateAdapter(StageAdapter):
-    type = "decontaminate"
-    Spec = DecontaminateSpec
-
-    def resolve(self, spec: DecontaminateSpec, base_dir: Path) -> DecontaminateSpec:
-        return spec.model_copy(update={"benchmarks": [resolve_path(b, base_dir) for b in spec.benchmarks]})
-
-    def fingerprint_extra(self, spec: DecontaminateSpec) -> Any:
-        from synth.run.manifest import hash_files
-
-        return [hash_files(b) if Path(b).exists() else b for b in spec.benchmarks]
-
-    def stages(self, spec: DecontaminateSpec, ctx, src) -> list:
-        from synth.clean.decontam import Decontaminate
-
-        return [Decontaminate(engine_config(spec, DecontamConfig))]
-
-
-ADAPTERS = (FilterAdapter, DedupAdapter, DecontaminateAdapter)
+ADAPTERS = (FilterAdapter,)

@@ -1,0 +1,6 @@
+"""The operator core: what an operator is (`operator`), the field types its config may use (`fields`), every
+operator by name, built-in and plugin (`registry`), and the docs made from their configs (`docs`).
+
+Layers: this package sits above `synth.pipeline`, `synth.llm` and the io/records modules, and below the
+operators themselves, the runner and the CLI.
+"""

@@ -1,0 +1,103 @@
+"""Field types an operator's config declares, which the runner and the CLI treat specially.
+
+`FilePath` marks a field (or the items of a list field) as a file or folder the operator reads: a recipe's
+relative path resolves against the recipe's folder (then the working folder), the CLI takes it as a path,
+and the file's *content* is part of the stage fingerprint, so editing a benchmark file reruns the stage
+that reads it instead of reusing a stale output.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel
+
+
+class _FileMarker:
+    """Metadata marking a string as a path the operator reads."""
+
+    def __repr__(self) -> str:
+        return "FilePath"
+
+
+FILE = _FileMarker()
+FilePath = Annotated[str, FILE]
+
+
+def _holds_file(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is Annotated:
+        return any(isinstance(m, _FileMarker) for m in typing.get_args(annotation)[1:]) or _holds_file(
+            typing.get_args(annotation)[0])
+    return any(_holds_file(arg) for arg in typing.get_args(annotation))
+
+
+def file_fields(model: type[BaseModel]) -> list[str]:
+    """Names of `model`'s fields that hold a `FilePath` (or a list of them, or an optional one)."""
+    names = []
+    for name, info in model.model_fields.items():
+        if any(isinstance(m, _FileMarker) for m in info.metadata) or _holds_file(info.annotation):
+            names.append(name)
+    return names
+
+
+def resolve_file(value: str, base_dir: Path) -> str:
+    """A relative path found beside the recipe wins, then one from the current folder; else as given
+    (a Hub id, or a path the operator will report as missing)."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    beside = base_dir / path
+    if set("*?[") & set(value) and beside.parent.is_dir():  # a glob beside the recipe
+        return str(beside)
+    if beside.exists():
+        return str(beside.resolve())
+    if path.exists():
+        return str(path.resolve())
+    return value
+
+
+def _map_paths(value: Any, fn) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, (list, tuple)):
+        return [_map_paths(v, fn) for v in value]
+    return value
+
+
+def resolve_files(config: BaseModel, base_dir: Path) -> BaseModel:
+    """`config` with its file fields resolved against `base_dir` (see `resolve_file`)."""
+    update = {name: _map_paths(getattr(config, name), lambda v: resolve_file(v, base_dir))
+              for name in file_fields(type(config)) if getattr(config, name) is not None}
+    return config.model_copy(update=update) if update else config
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """xxh3-128 over a file or a folder's files (relative names and bytes, sorted; hidden files skipped)."""
+    import xxhash
+
+    path = Path(path)
+    h = xxhash.xxh3_128()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        rel = file.relative_to(path) if path.is_dir() else Path(file.name)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        h.update(str(rel).encode() + b"\0")
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def file_contents(config: BaseModel) -> dict[str, Any]:
+    """The content digest of every existing file a config's file fields name (for fingerprints)."""
+    out: dict[str, Any] = {}
+    for name in file_fields(type(config)):
+        value = getattr(config, name)
+        if value is not None:
+            out[name] = _map_paths(value, lambda v: content_digest(v) if Path(v).exists() else v)
+    return out

@@ -1,0 +1,96 @@
+"""What an operator is: a stage class whose pydantic `Config` is the one declaration of its options.
+
+An operator is a subclass of one of the stage kinds in `synth.pipeline` — `Map` (changes records), `Filter`
+(keeps or drops, and says why), `Aggregate` (needs its whole input), `LLMTask` (asks an LLM once per record:
+``format_input`` / ``format_output``) — with three class attributes:
+
+- ``name``: its type in recipes (``type: NAME``), its command (``synth NAME`` with ``_`` as ``-``) and its
+  docs page;
+- ``Config``: a pydantic model (``extra="forbid"``, a ``Field(description=...)`` per field): the recipe
+  schema, the CLI flags, ``--help``, the dry-run preview and the docs page all come from it;
+- the docstring: its first line is the summary shown everywhere.
+
+Optional: ``cli_flags`` (field → flag names, e.g. ``{"benchmarks": ["--benchmark", "-b"]}``),
+``output_kind`` ("sft" / "preference" when it writes another kind of record than it reads), ``reads`` and
+``writes`` (columns), and ``from_config(config, *, backend_factory)`` for an operator that builds itself
+(one that needs a backend only in some configurations). Register it by listing it in its module's
+``OPERATOR_CLASSES`` tuple (inside synth) or under the ``synth.operators`` entry-point group (a plugin).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from synth.errors import SynthError, validation_message
+from synth.pipeline.llm_task import LLMTask
+from synth.pipeline.stage import Aggregate, Filter, Map, Stage
+
+KINDS = ("llm", "filter", "aggregate", "map")
+
+
+def kind_of(cls: type[Stage]) -> str:
+    """llm | filter | aggregate | map (an LLM filter is "llm": it needs a backend)."""
+    if needs_backend(cls):
+        return "llm"
+    if issubclass(cls, Filter):
+        return "filter"
+    if issubclass(cls, Aggregate) or cls.needs_all_input:
+        return "aggregate"
+    return "map"
+
+
+def needs_backend(cls: type[Stage]) -> bool:
+    """Whether the operator may ask an LLM (an `LLMTask`, or one that builds itself with a backend factory)."""
+    return issubclass(cls, LLMTask) or hasattr(cls, "from_config")
+
+
+def summary(cls: type) -> str:
+    """The first line of the docstring."""
+    doc = (cls.__doc__ or "").strip()
+    return doc.splitlines()[0].strip() if doc else cls.__name__
+
+
+def command_name(cls: type[Stage]) -> str:
+    return cls.name.replace("_", "-")
+
+
+def check_operator(cls: Any, where: str) -> None:
+    """An operator class that cannot work is an error naming where it was registered."""
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise SynthError(f"{where}: {cls!r} is not an operator (a subclass of synth.Map, Filter, Aggregate or LLMTask)")
+    if not getattr(cls, "name", "") or cls.name == "stage" or not cls.name.replace("_", "").isalnum():
+        raise SynthError(f"{where}: {cls.__name__} needs a `name` (letters, digits and '_'), e.g. name = 'my_filter'")
+    reserved = {"type", "name", "input", "inputs", "shard_size", "resources"} | ({"backend"} if needs_backend(cls) else set())
+    clash = reserved & set(cls.Config.model_fields)
+    if clash:
+        raise SynthError(f"{where}: {cls.__name__}.Config may not declare {', '.join(sorted(clash))} "
+                         "(a recipe stage's own keys)")
+
+
+def build(cls: type[Stage], options: dict | Any | None = None, *,
+          backend_factory: Callable[[], Any] | None = None) -> Stage:
+    """An operator instance from validated options; a `SynthError` naming the operator and the bad key."""
+    if isinstance(options, cls.Config):
+        config = options
+    else:
+        try:
+            config = cls.Config(**(options or {}))
+        except ValidationError as e:
+            raise SynthError(validation_message(e, f"{cls.name}") +
+                             f"; valid options for '{cls.name}': {', '.join(cls.Config.model_fields) or '(none)'}") from None
+        except TypeError as e:  # options not a mapping
+            raise SynthError(f"{cls.name}: options must be a mapping of key: value ({e})") from None
+    if hasattr(cls, "from_config"):
+        return cls.from_config(config, backend_factory=backend_factory)
+    if issubclass(cls, LLMTask):
+        if backend_factory is None:
+            raise SynthError(f"'{cls.name}' needs an LLM backend; pass --backend/--model (or a backend in the recipe)")
+        return cls(backend_factory(), config)
+    return cls(config)
+
+
+__all__ = ["Aggregate", "Filter", "LLMTask", "Map", "Stage", "build", "check_operator", "command_name",
+           "kind_of", "needs_backend", "summary"]

@@ -1,0 +1,97 @@
+"""The one recipe adapter of every registered operator (`synth.core.registry`): nothing per operator.
+
+The stage's spec is made from the operator's config: the config's fields, plus the keys every stage has
+(``type``, ``name``, ``shard_size``, ``resources``), ``input`` (the output it reads) and, for an operator that
+may ask an LLM, ``backend`` (a name from the recipe's ``backends``). File fields (`synth.core.fields.FilePath`)
+resolve against the recipe's folder and their content is part of the fingerprint. An operator that needs
+its whole input (an `Aggregate`) runs as one shard; the others shard by record id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, create_model
+
+from synth.core.fields import file_contents, file_fields, resolve_files
+from synth.core.operator import build, needs_backend, summary
+from synth.run.adapters.base import Preview, StageAdapter
+from synth.run.recipe import DEFAULT_BACKEND, StageSpec
+
+
+class _LLMStageSpec(StageSpec):
+    backend: str = Field(DEFAULT_BACKEND, description="the backend (a name in the recipe's `backends`) it asks")
+
+    backend_fields: ClassVar[tuple[str, ...]] = ("backend",)
+
+
+def _camel(name: str) -> str:
+    return "".join(part.title() for part in name.split("_"))
+
+
+def spec_model(cls) -> type[StageSpec]:
+    """The recipe stage model of operator `cls`: its config's fields + the stage keys."""
+    base = _LLMStageSpec if needs_backend(cls) else StageSpec
+    model = create_model(
+        f"{_camel(cls.name)}Stage",
+        __base__=(base, cls.Config),
+        __doc__=summary(cls),
+        type=(Literal[cls.name], ...),  # type: ignore[valid-type]
+        input=(str, Field(description="the output this stage reads")),
+    )
+    return model
+
+
+class OperatorAdapter(StageAdapter):
+    """A recipe stage type made from an operator class."""
+
+    def __init__(self, cls):
+        self.cls = cls
+        self.type = cls.name
+        self.Spec = spec_model(cls)
+        self.llm = needs_backend(cls)
+        self.sharded = not cls.needs_all_input
+        self.version = getattr(cls, "version", 1)
+
+    def config(self, spec: StageSpec):
+        """The operator's own config from the stage spec (only the config's fields)."""
+        return self.cls.Config.model_validate({k: getattr(spec, k) for k in self.cls.Config.model_fields})
+
+    def uses_llm(self, spec: StageSpec) -> bool:
+        if not self.llm:
+            return False
+        asks = getattr(self.cls, "asks_llm", None)  # e.g. CapFilt asks a VLM only with its captioner on
+        return bool(asks(self.config(spec))) if asks is not None else True
+
+    def backend_name(self, spec: StageSpec) -> str | None:
+        return spec.backend if self.uses_llm(spec) else None
+
+    def resolve(self, spec: StageSpec, base_dir: Path) -> StageSpec:
+        resolved = resolve_files(self.config(spec), base_dir)
+        return spec.model_copy(update={k: getattr(resolved, k) for k in file_fields(self.cls.Config)})
+
+    def fingerprint_extra(self, spec: StageSpec) -> Any:
+        return file_contents(self.config(spec)) or None
+
+    def stages(self, spec: StageSpec, ctx, src) -> list:
+        backend = (lambda: ctx.backend(spec.backend)) if self.llm else None
+        return [build(self.cls, self.config(spec), backend_factory=backend)]
+
+    def output_layout(self, spec: StageSpec, src) -> tuple[str, bool]:
+        kind = getattr(self.cls, "output_kind", None)
+        return (kind or src.kind), bool(src.multimodal)
+
+    def preview(self, spec: StageSpec, ctx, records: list[dict], rows: int | None) -> Preview:
+        if not self.uses_llm(spec):
+            return Preview()
+        from synth.run.adapters.clean import llm_filter_preview
+
+        return llm_filter_preview(self.stages(spec, ctx, None), records, rows)
+
+
+def operator_adapters(taken: set[str]) -> dict[str, StageAdapter]:
+    """An adapter per registered operator whose name no hand-written stage type already takes."""
+    from synth.core.registry import operators
+
+    return {name: OperatorAdapter(cls) for name, cls in operators().items() if name not in taken}
