@@ -25,8 +25,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from synth.errors import SynthError, validation_message
+from synth.llm.base import ChatRequest, Completion
 from synth.pipeline.llm_task import LLMTask
-from synth.pipeline.stage import Aggregate, Filter, Map, Stage
+from synth.pipeline.stage import Aggregate, Failed, Filter, Map, Rejected, Stage, StageConfig
 
 KINDS = ("llm", "filter", "aggregate", "map")
 
@@ -92,5 +93,9 @@ def build(cls: type[Stage], options: dict | Any | None = None, *,
     return cls(config)
 
 
-__all__ = ["Aggregate", "Filter", "LLMTask", "Map", "Stage", "build", "check_operator", "command_name",
-           "kind_of", "needs_backend", "summary"]
+#: what an operator's config derives from (unknown keys are errors)
+OperatorConfig = StageConfig
+
+__all__ = ["Aggregate", "ChatRequest", "Completion", "Failed", "Filter", "LLMTask", "Map", "OperatorConfig",
+           "Rejected", "Stage", "StageConfig", "build", "check_operator", "command_name", "kind_of",
+           "needs_backend", "summary"]
