@@ -21,8 +21,8 @@ from pydantic import Field
 
 from synth.clean.common import answer_texts, instruction_text, record_text
 from synth.clean.minhash import ngram_hashes, words_of
-from synth.errors import SynthError
 from synth.core.fields import FilePath
+from synth.errors import SynthError
 from synth.pipeline import Filter, Rejected, StageConfig
 
 DEFAULT_FIELDS = ("question", "prompt", "instruction", "input", "problem", "query", "context", "text", "messages")

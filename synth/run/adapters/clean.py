@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import ConfigDict, Field, create_model, field_validator
+from pydantic import Field, create_model, field_validator
 
 from synth.clean.registry import FILTERS, parse_filter_spec
 from synth.core.fields import file_contents, file_fields, resolve_files
