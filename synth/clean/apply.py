@@ -198,8 +198,14 @@ def clean_dataset(
     limit: int | None = None,
     description: str = "cleaning",
     command: str = "filter",
+    layout: str | None = None,
+    records_of=None,
+    output_kind: str | None = None,
 ) -> CleanResult:
     """Read `source`, pass its records through `stages`, write the kept ones to the folder `out`.
+
+    `layout` forces the reader's layout (e.g. "raw"), `records_of(source)` gives the records the stages read
+    (default: the reader's), `output_kind` the kind of records they write when it is not the input's.
 
     Raises `SynthError` (nothing written) for an unreadable or empty source, a bad row or image, and a
     run in which every LLM request failed."""
@@ -207,7 +213,8 @@ def clean_dataset(
     from synth.progress import progress
 
     out = check_output(out, overwrite, inputs=[source])
-    src = open_source(source, split, config=config, revision=revision, limit=limit)
+    src = open_source(source, split, config=config, revision=revision, limit=limit,
+                      **({"layout": layout} if layout else {}))
     path_columns = _image_path_columns(src.dataset.features or {}, _image_columns(stages)) if src.kind == "raw" else {}
     read = 0
     with OutputFolder(out, overwrite) as folder, progress() as bar:
@@ -215,7 +222,7 @@ def clean_dataset(
 
         def counted() -> Iterator[dict]:
             nonlocal read
-            for record in src.records():
+            for record in (records_of(src) if records_of is not None else src.records()):
                 read += 1
                 bar.advance(task)
                 yield record
@@ -224,7 +231,7 @@ def clean_dataset(
         if path_columns:
             records = _resolve_image_paths(records, list(path_columns), src)
         kept_records = run_stages(stages, records, folder.rejects, folder.failures)
-        if src.kind == "raw":
+        if src.kind == "raw" and output_kind in (None, "raw"):
             writes_meta = any("meta" in stage.writes for stage in stages)
             features = _output_features(src.dataset.features, writes_meta, path_columns)
             kept = write_records(
@@ -233,7 +240,8 @@ def clean_dataset(
             )
         else:
             kept = write_records(
-                kept_records, folder.path, kind=src.kind, multimodal=src.multimodal, scratch=folder.scratch("write")
+                kept_records, folder.path, kind=output_kind or src.kind, multimodal=src.multimodal,
+                scratch=folder.scratch("write"),
             )
         for stage in stages:
             if hasattr(stage, "answered"):

@@ -177,7 +177,7 @@ def run_operator(cls, dataset: str, options: dict[str, Any], values: dict[str, A
     """Build the operator, run it over DATASET into OUT, print the counts (and the LLM usage)."""
     from synth.clean.apply import clean_dataset
     from synth.cli.clean import print_result
-    from synth.core.operator import build
+    from synth.core.operator import build, input_records
     from synth.data import check_output
 
     out = values["out"]
@@ -195,7 +195,10 @@ def run_operator(cls, dataset: str, options: dict[str, Any], values: dict[str, A
         stage = build(cls, options, backend_factory=backend if llm else None)
         result = clean_dataset(dataset, out, [stage], split=values["split"], config=values["subset"],
                                revision=values["revision"], overwrite=values["overwrite"], limit=values["limit"],
-                               description=cls.name, command=cls.name)
+                               description=cls.name, command=cls.name,
+                               layout=getattr(cls, "input_layout", None),
+                               records_of=lambda src: input_records(cls, src),
+                               output_kind=getattr(cls, "output_kind", None))
         print_result(result, f"synth {cls.name.replace('_', '-')}")
         if hasattr(stage, "describe"):
             console.print(stage.describe(), soft_wrap=True)

@@ -10,10 +10,23 @@ An operator is a subclass of one of the stage kinds in `synth.pipeline` — `Map
   schema, the CLI flags, ``--help``, the dry-run preview and the docs page all come from it;
 - the docstring: its first line is the summary shown everywhere.
 
-Optional: ``cli_flags`` (field → flag names, e.g. ``{"benchmarks": ["--benchmark", "-b"]}``),
-``output_kind`` ("sft" / "preference" when it writes another kind of record than it reads), ``reads`` and
-``writes`` (columns), and ``from_config(config, *, backend_factory)`` for an operator that builds itself
-(one that needs a backend only in some configurations). Register it by listing it in its module's
+Optional class attributes and hooks, each used by the CLI, the runner and the Python API alike:
+
+- ``cli_flags``: field → flag names, e.g. ``{"benchmarks": ["--benchmark", "-b"]}``; ``cli_command = False``
+  for no command of its own;
+- ``output_kind``: "sft" / "preference" when it writes another kind of record than it reads;
+  ``input_layout``: the reader layout it needs (e.g. "raw" for labelled rows);
+- ``input_records(source)`` (classmethod/staticmethod): the records it reads from an opened source;
+- ``fingerprint_extra(config)`` (classmethod): more that decides its output than the config and the files
+  of its `FilePath` fields (e.g. the content of a template set named by name);
+- ``asks_llm(config)``: whether this configuration asks the backend (default: every LLM operator does);
+- ``from_config(config, *, backend_factory)``: for an operator that builds itself (one that needs a
+  backend only in some configurations);
+- ``preview_requests(records)`` (instance): the requests a dry run shows (default: ``format_input``);
+- ``describe()`` (instance): one line printed after a CLI run; ``summary()``: table rows;
+- ``reads`` / ``writes``: the columns it reads and writes (docs, and the runner's layout).
+
+A config field ``seed: int | None = None`` left unset takes the recipe's seed. Register it by listing it in its module's
 ``OPERATOR_CLASSES`` tuple (inside synth) or under the ``synth.operators`` entry-point group (a plugin).
 """
 
@@ -72,8 +85,9 @@ def check_operator(cls: Any, where: str) -> None:
 
 
 def build(cls: type[Stage], options: dict | Any | None = None, *,
-          backend_factory: Callable[[], Any] | None = None) -> Stage:
-    """An operator instance from validated options; a `SynthError` naming the operator and the bad key."""
+          backend_factory: Callable[[], Any] | None = None, progress: Callable | None = None) -> Stage:
+    """An operator instance from validated options; a `SynthError` naming the operator and the bad key.
+    `progress` is the LLM progress callback an `LLMTask` reports each completion to."""
     if isinstance(options, cls.Config):
         config = options
     else:
@@ -89,8 +103,15 @@ def build(cls: type[Stage], options: dict | Any | None = None, *,
     if issubclass(cls, LLMTask):
         if backend_factory is None:
             raise SynthError(f"'{cls.name}' needs an LLM backend; pass --backend/--model (or a backend in the recipe)")
-        return cls(backend_factory(), config)
+        return cls(backend_factory(), config, progress=progress)
     return cls(config)
+
+
+def input_records(cls: type[Stage], source) -> Any:
+    """The records an operator reads from an opened source: its ``input_records(source)`` hook (e.g. SFT
+    conversations with ids) or the reader's records."""
+    hook = getattr(cls, "input_records", None)
+    return hook(source) if hook is not None else source.records()
 
 
 #: what an operator's config derives from (unknown keys are errors)

@@ -122,11 +122,13 @@ def llm_filter_preview(stages: list, records: list[dict], rows: int | None) -> P
     from synth.run.adapters.generate import render_request, request_tokens
 
     preview = Preview()
-    llm_stages = [s for s in stages if hasattr(s, "format_input")]
+    llm_stages = [s for s in stages if hasattr(s, "format_input") or hasattr(s, "preview_requests")]
     per_record, prompt_tokens = 0, 0
     for stage in llm_stages:
-        for record in records[:2]:
-            request = stage.format_input(record)
+        shown = records[:2]
+        requests = (stage.preview_requests(shown) if hasattr(stage, "preview_requests")
+                    else [stage.format_input(record) for record in shown])
+        for request in requests:
             if hasattr(request, "messages"):
                 preview.prompts.append(render_request(request, stage.name))
                 prompt_tokens = max(prompt_tokens, request_tokens(request))

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, create_model
 
 from synth.core.fields import file_contents, file_fields, resolve_files
-from synth.core.operator import build, needs_backend, summary
+from synth.core.operator import build, input_records, needs_backend, summary
 from synth.run.adapters.base import Preview, StageAdapter
 from synth.run.recipe import DEFAULT_BACKEND, StageSpec
 
@@ -54,9 +54,13 @@ class OperatorAdapter(StageAdapter):
         self.sharded = not cls.needs_all_input
         self.version = getattr(cls, "version", 1)
 
-    def config(self, spec: StageSpec):
-        """The operator's own config from the stage spec (only the config's fields)."""
-        return self.cls.Config.model_validate({k: getattr(spec, k) for k in self.cls.Config.model_fields})
+    def config(self, spec: StageSpec, ctx=None):
+        """The operator's own config from the stage spec (only the config's fields); an unset optional
+        ``seed`` takes the run's seed."""
+        values = {k: getattr(spec, k) for k in self.cls.Config.model_fields}
+        if ctx is not None and "seed" in values and values["seed"] is None:
+            values["seed"] = ctx.seed
+        return self.cls.Config.model_validate(values)
 
     def uses_llm(self, spec: StageSpec) -> bool:
         if not self.llm:
@@ -72,11 +76,23 @@ class OperatorAdapter(StageAdapter):
         return spec.model_copy(update={k: getattr(resolved, k) for k in file_fields(self.cls.Config)})
 
     def fingerprint_extra(self, spec: StageSpec) -> Any:
-        return file_contents(self.config(spec)) or None
+        config = self.config(spec)
+        extra = {"files": file_contents(config)} if file_fields(self.cls.Config) else {}
+        hook = getattr(self.cls, "fingerprint_extra", None)
+        if hook is not None:
+            extra["operator"] = hook(config)
+        return extra or None
+
+    def open_options(self, spec: StageSpec) -> dict[str, Any]:
+        layout = getattr(self.cls, "input_layout", None)
+        return {"layout": layout} if layout else {}
+
+    def records(self, spec: StageSpec, src):
+        return input_records(self.cls, src)
 
     def stages(self, spec: StageSpec, ctx, src) -> list:
         backend = (lambda: ctx.backend(spec.backend)) if self.llm else None
-        return [build(self.cls, self.config(spec), backend_factory=backend)]
+        return [build(self.cls, self.config(spec, ctx), backend_factory=backend, progress=ctx.llm_progress())]
 
     def output_layout(self, spec: StageSpec, src) -> tuple[str, bool]:
         kind = getattr(self.cls, "output_kind", None)
