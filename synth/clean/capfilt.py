@@ -71,8 +71,8 @@ class CapFiltConfig(StageConfig):
         None, description="regex (case-insensitive, searched in the user prompt of a single-turn chat) that marks a "
         "caption request; replaces the built-in word rule"
     )
-    caption_column: str = "caption"
-    image_column: str = "image"
+    caption_column: str = Field("caption", description="the column of raw rows holding the caption")
+    image_column: str = Field("image", description="the column of raw rows holding the image")
     image_root: str | None = Field(None, description="folder that relative image paths are resolved against")
     threshold: float | None = Field(None, description="keep pairs whose score is at least this (cosine, -1..1)")
     top_fraction: float | None = Field(None, gt=0, le=1, description="keep this best-scoring share of the pairs")
@@ -82,7 +82,7 @@ class CapFiltConfig(StageConfig):
         description="with the captioner: all_passing = every text that passes, web and synthetic (BLIP: up to two "
         "records per image); best = only the better-scoring text of each image (ties keep the web text)",
     )
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="image-text pairs scored per model call")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto = float16 on CUDA, float32 elsewhere (today's exact scores); bfloat16 on CPU = "
@@ -94,10 +94,10 @@ class CapFiltConfig(StageConfig):
         "auto", description="processes that decode and preprocess the next batches' images while the model scores "
         "this one; 0 = in this process; auto = up to 8 on CUDA, none on a CPU (the model needs the cores)")
     # Captioner (BLIP bootstrapping): needs a backend that takes images.
-    captioner: bool = False
-    caption_template: str = CAPTION_TEMPLATE
-    caption_max_tokens: int = Field(64, ge=1)
-    caption_temperature: float | None = None
+    captioner: bool = Field(False, description="also ask the backend (a VLM) for a synthetic caption of each image and keep the texts that pass (BLIP CapFilt's bootstrapping)")
+    caption_template: str = Field(CAPTION_TEMPLATE, description="prompt template of the captioner (a file, or a path under templates/)")
+    caption_max_tokens: int = Field(64, ge=1, description="token limit of each synthetic caption")
+    caption_temperature: float | None = Field(None, description="sampling temperature of the captioner (unset: the backend's)")
 
     @field_validator("caption_prompt")
     @classmethod

@@ -33,7 +33,8 @@ class DecontamConfig(StageConfig):
     ngram: int = Field(13, ge=1, le=64, description="words per n-gram")
     fields: list[str] | None = Field(None, description="benchmark text fields (default: common question columns)")
     min_item_words: int = Field(8, ge=1, description="benchmark items with fewer words are skipped")
-    sample_text: Literal["all", "instruction", "answer"] = "all"
+    sample_text: Literal["all", "instruction", "answer"] = Field(
+        "all", description="which text of a sample is compared with the benchmarks")
 
 
 def _read_rows(path: Path) -> list[dict]:

@@ -53,19 +53,19 @@ PHASH_CACHE_SIZE = 100_000  # perceptual hashes remembered by image digest (~20 
 
 
 class DedupConfig(StageConfig):
-    exact: bool = True
-    near: bool = True
+    exact: bool = Field(True, description="drop exact duplicates (same normalised text and image bytes)")
+    near: bool = Field(True, description="drop near-duplicate texts (MinHash LSH); off: exact duplicates only")
     threshold: float = Field(0.8, gt=0.0, le=1.0, description="estimated Jaccard at or above which texts are near-duplicates")
     shingle: int = Field(5, ge=1, le=64, description="words per shingle (word n-gram)")
     num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations")
     bands: int | None = Field(None, ge=1, description="LSH bands; derived from threshold when unset")
     rows: int | None = Field(None, ge=1, description="rows per band; derived from threshold when unset")
-    seed: int = 1
+    seed: int = Field(1, description="seed of the MinHash permutations")
     images: bool = Field(True, description="compare images by perceptual hash (off: by exact bytes)")
-    image_hash: Literal["phash", "dhash"] = "phash"
+    image_hash: Literal["phash", "dhash"] = Field("phash", description="perceptual hash of images: phash or dhash")
     image_distance: int = Field(6, ge=0, le=31, description="max differing bits for near-duplicate images")
     image_only: bool = Field(False, description="drop near-duplicate images whatever their text")
-    batch_size: int = Field(4096, ge=1)
+    batch_size: int = Field(4096, ge=1, description="records hashed per batch")
     engine: Literal["auto", "rensa", "numpy"] = Field(
         "auto", description="near-duplicate engine: rensa (Rust) when installed, else numpy"
     )

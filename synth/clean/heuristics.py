@@ -30,14 +30,14 @@ from synth.pipeline import Filter, Rejected, StageConfig
 
 
 class LengthConfig(StageConfig):
-    min_instruction_chars: int = Field(0, ge=0)
-    max_instruction_chars: int | None = Field(None, ge=0)
-    min_instruction_words: int = Field(0, ge=0)
-    max_instruction_words: int | None = Field(None, ge=0)
-    min_answer_chars: int = Field(1, ge=0)
-    max_answer_chars: int | None = Field(None, ge=0)
-    min_answer_words: int = Field(0, ge=0)
-    max_answer_words: int | None = Field(None, ge=0)
+    min_instruction_chars: int = Field(0, ge=0, description="fewest characters the instruction may have")
+    max_instruction_chars: int | None = Field(None, ge=0, description="most characters the instruction may have (unset: no limit)")
+    min_instruction_words: int = Field(0, ge=0, description="fewest words the instruction may have")
+    max_instruction_words: int | None = Field(None, ge=0, description="most words the instruction may have (unset: no limit)")
+    min_answer_chars: int = Field(1, ge=0, description="fewest characters the answer may have")
+    max_answer_chars: int | None = Field(None, ge=0, description="most characters the answer may have (unset: no limit)")
+    min_answer_words: int = Field(0, ge=0, description="fewest words the answer may have")
+    max_answer_words: int | None = Field(None, ge=0, description="most words the answer may have (unset: no limit)")
 
 
 def _bounds(text: str, what: str, min_chars: int, max_chars, min_words: int, max_words) -> Rejected | None:
@@ -86,7 +86,7 @@ class RepetitionConfig(StageConfig):
     top_ngram: int = Field(2, ge=1, description="n of the most frequent n-gram check")
     max_top_fraction: float = Field(0.25, ge=0, le=1, description="max share of words covered by the most frequent n-gram")
     min_words: int = Field(20, ge=1, description="texts shorter than this are not judged")
-    fields: Literal["answer", "instruction", "all"] = "answer"
+    fields: Literal["answer", "instruction", "all"] = Field("answer", description="which text is judged")
 
 
 def repetition_scores(tokens: list[str], ngram: int, top_ngram: int) -> tuple[float, float]:
@@ -131,10 +131,12 @@ class RepetitionFilter(Filter):
 class PlaceholderConfig(StageConfig):
     # Whole answers (compared lower-cased, outer punctuation/space stripped) that carry no content.
     placeholders: list[str] = Field(
+        description="whole answers that carry no content (compared lower-cased, outer punctuation stripped)",
         default_factory=lambda: ["n/a", "na", "none", "null", "todo", "tbd", "...", "answer", "placeholder", "-", "?"]
     )
     # Phrases (case-insensitive regular expressions) that mark a refusal or filler anywhere in the answer.
     phrases: list[str] = Field(
+        description="case-insensitive regular expressions that mark a refusal or filler anywhere in the answer",
         default_factory=lambda: [
             r"lorem ipsum",
             r"\bas an ai(?: language)? model\b",
@@ -183,10 +185,10 @@ class PlaceholderFilter(Filter):
 
 
 class ImageSizeConfig(StageConfig):
-    min_width: int = Field(1, ge=1)
-    min_height: int = Field(1, ge=1)
-    max_width: int | None = Field(None, ge=1)
-    max_height: int | None = Field(None, ge=1)
+    min_width: int = Field(1, ge=1, description="narrowest image width in pixels")
+    min_height: int = Field(1, ge=1, description="lowest image height in pixels")
+    max_width: int | None = Field(None, ge=1, description="widest image width in pixels (unset: no limit)")
+    max_height: int | None = Field(None, ge=1, description="highest image height in pixels (unset: no limit)")
     max_aspect: float | None = Field(None, ge=1, description="max of width/height and height/width")
     require_image: bool = Field(False, description="drop records without images")
 
@@ -240,7 +242,7 @@ class ImageSizeFilter(Filter):
 
 
 class ImageTokensConfig(StageConfig):
-    token: str = IMAGE_TOKEN
+    token: str = Field(IMAGE_TOKEN, description="the literal image placeholder token in text")
     allow_literal_with_parts: bool = Field(False, description="allow literal tokens in text next to image parts")
 
 

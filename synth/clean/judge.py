@@ -32,11 +32,11 @@ class JudgeScore(BaseModel):
 
 
 class JudgeConfig(StageConfig):
-    aspect: Literal["quality", "difficulty"] = "quality"
+    aspect: Literal["quality", "difficulty"] = Field("quality", description="what the judge scores (its rubric)")
     threshold: float = Field(6.0, ge=0, le=10, description="keep samples scoring at or above this")
     template: str | None = Field(None, description="rubric template: a file path, or a path under templates/")
-    temperature: float = Field(0.0, ge=0)
-    max_tokens: int = Field(256, ge=8)
+    temperature: float = Field(0.0, ge=0, description="sampling temperature of the judge")
+    max_tokens: int = Field(256, ge=8, description="token limit of each verdict")
     max_chars: int = Field(8000, ge=100, description="instruction and answer are cut to this many characters")
     send_images: bool = Field(True, description="attach images when the backend takes them")
 

@@ -1,0 +1,66 @@
+"""Every registered operator is declared once, by its config: each field documented, unknown keys refused,
+and the recipe stage, the generated command and the docs page all made from it."""
+
+from __future__ import annotations
+
+import pytest
+
+from synth.core.registry import operators
+from synth.run.adapters import registry
+from tests.cli_helpers import run_cli
+
+OPERATORS = sorted(operators())
+
+
+def test_the_builtin_filters_are_operators():
+    assert {"length", "repetition", "placeholder", "image_size", "image_tokens", "dedup", "decontaminate", "judge",
+            "capfilt"} <= set(OPERATORS)
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+def test_an_operator_documents_every_option_and_refuses_unknown_ones(name):
+    cls = operators()[name]
+    assert cls.Config.model_config.get("extra") == "forbid"
+    undocumented = [f for f, info in cls.Config.model_fields.items() if not (info.description or "").strip()]
+    assert not undocumented, f"{name}: fields without a description: {undocumented}"
+    assert (cls.__doc__ or "").strip(), f"{name}: no docstring (its summary everywhere)"
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+def test_the_recipe_stage_and_the_command_come_from_the_config(name):
+    cls = operators()[name]
+    spec = registry()[name].Spec
+    assert set(cls.Config.model_fields) <= set(spec.model_fields)
+    if not getattr(cls, "cli_command", True):
+        return
+    result = run_cli(name.replace("_", "-"), "--help")
+    assert result.exit_code == 0 and "Usage:" in result.output, result.output
+    import typer
+
+    from synth.cli import app
+
+    command = typer.main.get_command(app).commands[name.replace("_", "-")]
+    flags = {opt for param in command.params for opt in [*param.opts, *param.secondary_opts]}
+    for field in cls.Config.model_fields:
+        wanted = (getattr(cls, "cli_flags", {}).get(field) or [f"--{field.replace('_', '-')}"])[0].split("/")[0]
+        assert wanted in flags or f"--{name}-{field}".replace("_", "-") in flags, f"{name}: no flag for {field}"
+        param = next(p for p in command.params if wanted in p.opts or p.name in (field, f"{name}_{field}"))
+        assert param.help and (cls.Config.model_fields[field].description.split()[0] in param.help)
+
+
+def test_synth_operators_lists_them_all():
+    result = run_cli("operators", "--json")
+    import json
+
+    listed = {row["name"]: row for row in json.loads(result.output)}
+    assert set(OPERATORS) <= set(listed)
+    assert listed["dedup"]["kind"] == "aggregate" and listed["judge"]["kind"] == "llm"
+    assert listed["length"]["kind"] == "filter" and listed["length"]["origin"] == "synth"
+
+
+def test_an_unknown_operator_name_suggests_the_closest():
+    from synth.core.registry import get
+    from synth.errors import SynthError
+
+    with pytest.raises(SynthError, match="unknown operator 'dedupe' \\(did you mean 'dedup'\\?\\)"):
+        get("dedupe")
