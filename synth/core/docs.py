@@ -23,6 +23,14 @@ from pydantic.fields import FieldInfo
 README_START = "<!-- operators:start -->"
 README_END = "<!-- operators:end -->"
 
+#: the hand-written docs page that walks through each stage type (relative to docs/)
+GUIDES = {
+    "source": "inputs-outputs.md", "demo": "demo-data.md", "adapt": "adapt.md", "generate": "generate.md",
+    "self_instruct": "self-instruct.md", "evolve": "evolution.md", "filter": "cleaning.md",
+    "dedup": "cleaning.md", "decontaminate": "cleaning.md", "mix": "mix.md", "prefs": "prefs.md",
+    "pseudo_label": "pseudo-label.md", "export": "export.md", "push": "push.md",
+}
+
 
 def _operators() -> dict[str, type[BaseModel]]:
     """Stage type → its spec model, in the registry's order."""
@@ -118,9 +126,10 @@ def fields_table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> str:
 
 
 def operator_page(name: str, model: type[BaseModel]) -> str:
+    guide = f" How it works, with examples: [the guide](../{GUIDES[name]})." if name in GUIDES else ""
     return (f"# `{name}`\n\n{summary(model, name)}\n\n"
             f"In a recipe: `{{type: {name}, name: OUTPUT, ...}}` under `stages:` "
-            f"(see the [recipe reference](../reference/recipe.md)).\n\n"
+            f"(see the [recipe reference](../reference/recipe.md)).{guide}\n\n"
             f"## Fields\n\n{fields_table(model, skip=('type',))}\n")
 
 
