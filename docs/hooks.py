@@ -1,6 +1,6 @@
 """mkdocs hook: the generated pages (one per operator, the operator index, the recipe reference).
 
-Their markdown comes from `synth.core.docs.generated_pages()` (built from the operators' config models),
+Their markdown comes from `synth.run.docs.generated_pages()` (built from the operators' config models),
 so they never go stale and never live in docs/. Each per-operator page is also added to the nav under
 "Operators", after the index page that mkdocs.yml lists there.
 """
@@ -14,7 +14,7 @@ _PAGES: dict[str, str] = {}
 
 def _pages() -> dict[str, str]:
     if not _PAGES:
-        from synth.core.docs import generated_pages
+        from synth.run.docs import generated_pages
 
         _PAGES.update(generated_pages())
     return _PAGES
