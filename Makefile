@@ -6,7 +6,7 @@ SYNTH  := $(VENV)/bin/synth
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: install demo loop-demo browser test test-fast test-slow lint bench clean
+.PHONY: install demo loop-demo browser test test-fast test-slow lint docs bench clean
 
 # torch and torchvision are installed first, pinned to a pair built for each other that lies on this
 # machine's disk (a CUDA-enabled build; it runs on CPU too). The package itself does not cap torch.
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[local,train,ray,dev]'
+	$(PY) -m pip install -q -e '.[local,train,ray,dev,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -43,12 +43,13 @@ loop-demo: export HF_HUB_OFFLINE := 1
 loop-demo: install
 	$(SYNTH) loop recipes/loop_shapes.yaml
 
-# Fast tests, then the slow ones on the real embedded model.
+# The docs site (--strict), then the fast tests, then the slow ones on the real embedded model.
 # The report's browser test needs Debian's chromium (installed here when missing; needs root).
 browser:
 	bash .ci/install-browser.sh
 
 test: install browser
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
 
@@ -61,6 +62,10 @@ test-slow: install
 lint: install
 	$(VENV)/bin/ruff check synth tests bench
 
+# The docs site (docs/, mkdocs.yml) into site/; --strict: a broken link or a page left out of the nav fails.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 bench: install
 	$(PY) bench/adapt_bench.py
 	$(PY) bench/llm_bench.py
@@ -71,4 +76,4 @@ bench: install
 	$(PY) bench/train_bench.py
 
 clean:
-	rm -rf $(DEMO) runs .pytest_cache
+	rm -rf $(DEMO) runs site .pytest_cache
