@@ -152,7 +152,7 @@ class BenchmarkIndex:
 
 
 class Decontaminate(Filter):
-    """Drop samples sharing an n-gram with a benchmark; `summary()` tells hits per benchmark."""
+    """Drop samples sharing a long n-gram with a benchmark's items (hits per benchmark in the report)."""
 
     name: ClassVar[str] = "decontaminate"
     Config: ClassVar[type[StageConfig]] = DecontamConfig

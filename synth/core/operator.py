@@ -32,6 +32,7 @@ A config field ``seed: int | None = None`` left unset takes the recipe's seed. R
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -62,9 +63,10 @@ def needs_backend(cls: type[Stage]) -> bool:
 
 
 def summary(cls: type) -> str:
-    """The first line of the docstring."""
-    doc = (cls.__doc__ or "").strip()
-    return doc.splitlines()[0].strip() if doc else cls.__name__
+    """The docstring's first paragraph on one line (double backticks as single ones)."""
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    first = " ".join(doc.split("\n\n")[0].split())
+    return first.replace("``", "`") if first else cls.__name__
 
 
 def command_name(cls: type[Stage]) -> str:

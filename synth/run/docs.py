@@ -1,6 +1,6 @@
 """Docs pages made from the same models the recipes and the CLI use: a page per stage type (every operator,
 synth's own and plugins'), the operators index and the recipe reference. The docs site's hook
-(docs/hooks.py) adds them at build time; ``python -m synth.core.docs --readme README.md`` rewrites the
+(docs/hooks.py) adds them at build time; ``python -m synth.run.docs --readme README.md`` rewrites the
 README's operator table (between ``<!-- operators:start -->`` and ``<!-- operators:end -->``).
 """
 
@@ -72,7 +72,8 @@ def stage_page(type_: str, adapter) -> str:
 
     cls = getattr(adapter, "cls", None)
     spec = adapter.Spec
-    doc = inspect.cleandoc((cls.__doc__ if cls is not None else spec.__doc__) or "")
+    doc = inspect.cleandoc((cls.__doc__ if cls is not None else spec.__doc__ or type(adapter).__doc__) or "")
+    doc = doc.replace("``", "`")
     title = f"# `{type_}`\n\n"
     parts = [title + (doc or "(no description)")]
     if cls is not None:
@@ -107,7 +108,7 @@ def operator_rows() -> list[tuple[str, str, str]]:
     for type_, adapter in _stage_types().items():
         cls = getattr(adapter, "cls", None)
         kind = kind_of(cls) if cls is not None else ("source" if adapter.source else "stage")
-        text = summary(cls) if cls is not None else (inspect.cleandoc(adapter.Spec.__doc__ or "").split("\n")[0])
+        text = summary(cls if cls is not None else (adapter.Spec if adapter.Spec.__doc__ else type(adapter)))
         rows.append((type_, kind, text))
     return rows
 

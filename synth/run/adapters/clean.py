@@ -42,6 +42,8 @@ def _asks_llm(cls, item) -> bool:
 
 
 class FilterSpec(StageSpec):
+    """A chain of filter operators applied in order in one stage (their rejects in one file)."""
+
     type: Literal["filter"]
     input: str = Field(description="the output this stage reads")
     filters: list[FilterItem] = Field(min_length=1, description="applied in order; see `synth filter --filter help`")  # type: ignore[valid-type]

@@ -17,6 +17,8 @@ from synth.run.recipe import StageSpec
 
 
 class ExportSpec(StageSpec):
+    """Write `input` in a trainer's format: TRL, LLaMA-Factory, LLaVA, OpenAI fine-tuning JSONL or WebDataset."""
+
     type: Literal["export"]
     input: str
     format: Literal[FORMATS]  # type: ignore[valid-type]

@@ -17,6 +17,8 @@ from synth.run.recipe import StageSpec
 
 
 class PushSpec(StageSpec):
+    """Publish outputs to a Hugging Face Hub dataset repo (or a local folder) with a generated dataset card."""
+
     type: Literal["push"]
     inputs: list[str] = Field(min_length=1, description="outputs to publish; each becomes a config named after it")
     repo: str = Field(description="the Hub dataset repo, USER/NAME")
