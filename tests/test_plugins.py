@@ -1,4 +1,4 @@
-"""A third-party package adds a filter and an LLM operator through the `synth.operators` entry-point group:
+"""A third-party package (the one docs/write-an-operator.md shows) adds a filter and an LLM operator through the `synth.operators` entry-point group:
 one file each, built and installed (pip, offline) in the test's temp dir, with no file of synth edited.
 Both must appear in `synth --help` and `synth operators`, get a command generated from their config,
 validate in a recipe (errors at file:line), run from the CLI, from `synth run` and from Python, and get a
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -17,95 +18,27 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-BANNED = '''
-"""Drop records whose answer uses a banned word."""
-from typing import ClassVar
-
-from pydantic import Field
-
-from synth.core.operator import Filter, OperatorConfig, Rejected
+DOCS_PAGE = REPO / "docs" / "write-an-operator.md"
 
 
-class BannedWordsConfig(OperatorConfig):
-    words: list[str] = Field(description="words an answer may not contain (case-insensitive)")
-    max_hits: int = Field(0, ge=0, description="how many banned words an answer may still contain")
-
-
-class BannedWords(Filter):
-    """Drop records whose answer contains a banned word."""
-
-    name: ClassVar[str] = "banned_words"
-    Config: ClassVar[type[OperatorConfig]] = BannedWordsConfig
-
-    def check(self, record):
-        answer = str(record["messages"][-1]["content"]).lower()
-        hits = [w for w in self.config.words if w.lower() in answer.split()]
-        if len(hits) > self.config.max_hits:
-            return Rejected("banned_word", ", ".join(hits))
-        return None
-'''
-
-POLITE = '''
-"""Ask an LLM to rewrite every answer politely."""
-from typing import ClassVar
-
-from pydantic import Field
-
-from synth.core.operator import ChatRequest, LLMTask, OperatorConfig, Rejected
-
-
-class PoliteConfig(OperatorConfig):
-    prefix: str = Field("Rewrite politely:", description="the instruction put before the answer")
-    max_tokens: int = Field(64, ge=1, description="token limit of each reply")
-
-
-class Polite(LLMTask):
-    """Rewrite every answer politely with an LLM."""
-
-    name: ClassVar[str] = "polite"
-    Config: ClassVar[type[OperatorConfig]] = PoliteConfig
-
-    def format_input(self, record):
-        answer = record["messages"][-1]["content"]
-        return ChatRequest(messages=[{"role": "user", "content": f"{self.config.prefix} {answer}"}],
-                           max_tokens=self.config.max_tokens, key=record["id"])
-
-    def format_output(self, record, completion):
-        text = completion.texts[0].strip()
-        if not text:
-            return Rejected("empty_reply")
-        messages = [dict(m) for m in record["messages"]]
-        messages[-1]["content"] = text
-        return {**record, "messages": messages}
-'''
-
-PYPROJECT = '''
-[build-system]
-requires = ["setuptools>=61"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "synth-plugin-demo"
-version = "0.1.0"
-
-[project.entry-points."synth.operators"]
-banned_words = "synth_plugin_demo.banned:BannedWords"
-polite = "synth_plugin_demo.polite:Polite"
-
-[tool.setuptools]
-packages = ["synth_plugin_demo"]
-'''
+def page_files() -> dict[str, str]:
+    """The plugin's files as the docs page shows them: each fenced block after ``<!-- plugin:FILE -->``."""
+    text = DOCS_PAGE.read_text(encoding="utf-8")
+    found = dict(re.findall(r"<!-- plugin:([\w.]+) -->\n```\w*\n(.*?)```", text, flags=re.S))
+    assert set(found) == {"banned.py", "polite.py", "pyproject.toml"}, found.keys()
+    return found
 
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory) -> Path:
     """The plugin package written and installed (pip, no index, no build isolation) into a folder."""
+    files = page_files()
     src = tmp_path_factory.mktemp("plugin-src")
     (src / "synth_plugin_demo").mkdir()
     (src / "synth_plugin_demo" / "__init__.py").write_text("")
-    (src / "synth_plugin_demo" / "banned.py").write_text(textwrap.dedent(BANNED))
-    (src / "synth_plugin_demo" / "polite.py").write_text(textwrap.dedent(POLITE))
-    (src / "pyproject.toml").write_text(PYPROJECT)
+    (src / "synth_plugin_demo" / "banned.py").write_text(files["banned.py"])
+    (src / "synth_plugin_demo" / "polite.py").write_text(files["polite.py"])
+    (src / "pyproject.toml").write_text(files["pyproject.toml"])
     site = tmp_path_factory.mktemp("plugin-site")
     done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
                            "--no-build-isolation", "--target", str(site), str(src)], capture_output=True, text=True)
@@ -217,3 +150,14 @@ def test_plugin_operators_have_docs_pages(plugin_site, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "# `banned_words`" in done.stdout and "| `max_hits` | int | `0` |" in done.stdout
     assert "[`polite`](polite.md) | llm | Rewrite every answer politely with an LLM." in done.stdout
+
+
+def test_the_docs_pages_unit_test_example_runs(tmp_path):
+    """The page's "Test it" example, run against the page's filter."""
+    text = DOCS_PAGE.read_text(encoding="utf-8")
+    example = re.findall(r"```python\n(def test_banned_words.*?)```", text, flags=re.S)
+    assert example, "the page's unit-test example is gone"
+    namespace: dict = {}
+    exec(compile(page_files()["banned.py"], "banned.py", "exec"), namespace)
+    exec(compile(example[0], "example", "exec"), namespace)
+    namespace["test_banned_words_drops_and_says_why"](tmp_path)
