@@ -64,3 +64,43 @@ def test_an_unknown_operator_name_suggests_the_closest():
 
     with pytest.raises(SynthError, match="unknown operator 'dedupe' \\(did you mean 'dedup'\\?\\)"):
         get("dedupe")
+
+
+def test_a_benchmark_file_edited_after_a_run_reruns_the_stages_that_read_it(tmp_path):
+    """File fields are fingerprinted by content, in a `filter` chain as in an operator's own stage."""
+    import json
+    import textwrap
+
+    from datasets import load_from_disk
+
+    from synth.run import RunOptions, run_recipe
+
+    rows = ["the quick brown fox jumps over the lazy dog", "a completely different sentence about cats"]
+    with open(tmp_path / "data.jsonl", "w") as f:
+        for i, text in enumerate(rows):
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                             {"role": "assistant", "content": text}]}) + "\n")
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"question": rows[0]}) + "\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(textwrap.dedent("""
+        stages:
+          - {type: source, name: raw, path: data.jsonl}
+          - type: filter
+            name: chained
+            input: raw
+            filters: [{decontaminate: {benchmarks: [bench.jsonl], ngram: 4, min_item_words: 3}}]
+          - {type: decontaminate, name: alone, input: raw, benchmarks: [bench.jsonl], ngram: 4, min_item_words: 3}
+    """))
+    options = RunOptions(runs_dir=tmp_path / "runs", live=False)
+    run_recipe(recipe, [], options)
+    run_dir = tmp_path / "runs" / "recipe"
+    assert len(load_from_disk(str(run_dir / "chained"))) == len(load_from_disk(str(run_dir / "alone"))) == 1
+    unchanged = run_recipe(recipe, [], RunOptions(runs_dir=tmp_path / "runs", live=False))
+    assert {s.name: s.state for s in unchanged.stages}["alone"] == "reused"
+    bench.write_text(json.dumps({"question": rows[1]}) + "\n")  # same path, other content
+    edited = run_recipe(recipe, [], RunOptions(runs_dir=tmp_path / "runs", live=False))
+    states = {s.name: s.state for s in edited.stages}
+    assert states["chained"] == "ran" and states["alone"] == "ran"
+    kept = [r["messages"][-1]["content"] for r in load_from_disk(str(run_dir / "chained"))]
+    assert kept == [rows[0]] == [r["messages"][-1]["content"] for r in load_from_disk(str(run_dir / "alone"))]
