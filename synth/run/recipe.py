@@ -351,7 +351,11 @@ def format_items(items: list[dict], doc: YamlDoc, prefix: tuple = ()) -> str:
             else:
                 what = "filter" if "filters" in loc else key
                 choices = str(ctx.get("expected_tags", "")).replace("'", "")
-            if kind == "union_tag_invalid":
+            close = difflib.get_close_matches(str(tag), [c.strip() for c in choices.split(",")], n=1)
+            if kind == "union_tag_invalid" and at_stage:  # the list grows with plugins: suggest, then point
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                msg = f"unknown {what} '{tag}' ({hint}`synth operators` lists them all)"
+            elif kind == "union_tag_invalid":
                 msg = f"unknown {what} '{tag}' (one of: {choices})"
             else:
                 msg = f"needs '{key}:' (one of: {choices})"
