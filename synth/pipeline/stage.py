@@ -62,6 +62,11 @@ class StageStats:
 
 Result = dict | list | Rejected | Failed
 
+#: the key under which a record carries its input position through a run's stages (set by the runner,
+#: copied by `Stage.account` onto every record made from it, removed before writing): row order travels
+#: with the records
+POSITION = "__position__"
+
 
 class Stage:
     """Base for all stages. Subclasses set `name`, `Config`, `reads`, `writes` and implement `run`
@@ -106,7 +111,11 @@ class Stage:
             self.fail(record, result)
             return []
         self.stats.kept += 1
-        return result if isinstance(result, list) else [result]
+        out = result if isinstance(result, list) else [result]
+        if POSITION in record:
+            for made in out:
+                made.setdefault(POSITION, record[POSITION])
+        return out
 
 
 class Map(Stage):

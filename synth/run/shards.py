@@ -29,6 +29,7 @@ from typing import Any
 from synth.data import FAILURES, REJECTS, REPORT, USAGE, OutputFolder, save, write_records
 from synth.errors import SynthError, redact_data
 from synth.ownership import MARKER
+from synth.pipeline.stage import POSITION
 from synth.run import hooks
 
 POSITIONS = "positions.npy"
@@ -154,16 +155,15 @@ def completed(task: ShardTask, retry_failed: bool = True) -> dict | None:
 
 
 class Tracker:
-    """Remembers which input position each output record came from, through any chain of stages that
-    follows the contract (every outcome goes through `Stage.account`), without touching the records.
-    Records made outside `account` (an evolution's versions) are placed by `origin(record)`: the id of
-    the input record they came from. The records are held while tracked, so no address is reused."""
+    """Puts a shard's written rows back in input order. Each input record carries its position in the
+    whole input (`synth.pipeline.stage.POSITION`); `Stage.account` copies it onto every record made from
+    it, whatever the chain of stages. Records made outside `account` (an evolution's versions) are placed
+    by `origin(record)`: the id of the input record they came from."""
 
     def __init__(self, positions: Any | None, origin=None):
         self.global_positions = positions  # row → position in the whole input (None: not tracked)
         self.enabled = positions is not None
         self.origin = origin
-        self._of: dict[int, tuple[int, dict]] = {}
         self._by_id: dict[Any, int] = {}
         self.positions: list[int] = []
         self.ok = True
@@ -174,36 +174,17 @@ class Tracker:
             return
         for i, record in enumerate(records):
             position = int(self.global_positions[i])
-            self._of[id(record)] = (position, record)
+            record[POSITION] = position
             if self.origin is not None:
                 self._by_id.setdefault(record.get("id"), position)
             yield record
 
-    def hook(self, stage) -> None:
-        if not self.enabled:
-            return
-        account = stage.account
-        of = self._of
-
-        def tracked(record, result):
-            out = account(record, result)
-            entry = of.pop(id(record), None)
-            if entry is None:
-                self.ok = self.origin is not None and self.ok
-            else:
-                for r in out:
-                    of[id(r)] = (entry[0], r)
-            return out
-
-        stage.account = tracked
-
     def output(self, records: Iterable[dict]) -> Iterator[dict]:
-        if not self.enabled:
-            yield from records
-            return
         for record in records:
-            entry = self._of.pop(id(record), None)
-            position = entry[0] if entry is not None else None
+            position = record.pop(POSITION, None)
+            if not self.enabled:
+                yield record
+                continue
             if position is None and self.origin is not None:
                 position = self._by_id.get(self.origin(record))
             if position is None:
@@ -301,8 +282,6 @@ def run_stage_chain(adapter, spec, ctx, src, folder, tracker: Tracker) -> dict[s
     from synth.run.adapters.base import count_stats, usage_delta, usage_snapshot
 
     stages = adapter.stages(spec, ctx, src)
-    for stage in stages:
-        tracker.hook(stage)
     kind, multimodal = adapter.output_layout(spec, src)
     before = usage_snapshot(stages)
     records = tracker.source(counted(adapter.records(spec, src), ctx.task, ctx.progress))
