@@ -74,8 +74,9 @@ def resolve_files(config: BaseModel, base_dir: Path) -> BaseModel:
     return config.model_copy(update=update) if update else config
 
 
-def content_digest(path: str | os.PathLike) -> str:
-    """xxh3-128 over a file or a folder's files (relative names and bytes, sorted; hidden files skipped)."""
+def content_digest(path: str | os.PathLike, skip: frozenset[str] | set[str] = frozenset()) -> str:
+    """xxh3-128 over a file or a folder's files (relative names and bytes, sorted; hidden files and files
+    named in `skip` left out)."""
     import xxhash
 
     path = Path(path)
@@ -83,7 +84,7 @@ def content_digest(path: str | os.PathLike) -> str:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
         rel = file.relative_to(path) if path.is_dir() else Path(file.name)
-        if any(part.startswith(".") for part in rel.parts):
+        if file.name in skip or any(part.startswith(".") for part in rel.parts):
             continue
         h.update(str(rel).encode() + b"\0")
         with open(file, "rb") as f:

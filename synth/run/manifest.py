@@ -54,21 +54,9 @@ def digest(value: Any) -> str:
 
 def hash_files(path: str | os.PathLike, skip: set[str] = VOLATILE_FILES) -> str:
     """xxh3-128 over a file or a folder's files (relative names and bytes, in sorted order)."""
-    import xxhash
+    from synth.core.fields import content_digest
 
-    path = Path(path)
-    h = xxhash.xxh3_128()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        rel = file.relative_to(path) if path.is_dir() else Path(file.name)
-        if file.name in skip or any(part.startswith(".") for part in rel.parts):
-            continue
-        h.update(str(rel).encode() + b"\0")
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()
+    return content_digest(path, skip)
 
 
 def file_hashes(path: str | os.PathLike) -> dict[str, str]:

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from synth.core.fields import resolve_file
 from synth.run.adapters.base import DataRef, StageAdapter
 from synth.run.recipe import StageSpec
 
@@ -14,17 +15,7 @@ from synth.run.recipe import StageSpec
 def resolve_path(value: str, base_dir: Path) -> str:
     """A relative path found beside the recipe wins, then one from the current folder; else as given
     (a Hub id)."""
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return str(path)
-    beside = base_dir / path
-    if set("*?[") & set(value) and beside.parent.is_dir():  # a glob of WebDataset shards beside the recipe
-        return str(beside)
-    if beside.exists():
-        return str(beside.resolve())
-    if path.exists():
-        return str(path.resolve())
-    return value
+    return resolve_file(value, base_dir)
 
 
 class SourceSpec(StageSpec):
