@@ -18,7 +18,6 @@ from synth.cli import generate as _generate  # noqa: F401,E402
 from synth.cli import loop as _loop  # noqa: F401,E402
 from synth.cli import mix as _mix  # noqa: F401,E402
 from synth.cli import operators as _operators  # noqa: F401,E402
-from synth.cli import prefs as _prefs  # noqa: F401,E402
 from synth.cli import pseudo_label as _pseudo_label  # noqa: F401,E402
 from synth.cli import publish as _publish  # noqa: F401,E402
 from synth.cli import run as _run  # noqa: F401,E402

@@ -21,7 +21,9 @@ import typer
 from pydantic.fields import FieldInfo
 
 from synth.cli.common import command, console
+from synth.cli.llm_options import PANEL as LLM_PANEL
 from synth.cli.llm_options import BackendName, BaseUrl, Batch, CacheDir, Concurrency, Model, NoCache, Out
+from synth.errors import SynthError
 
 PANEL = "Operators (one per command; chain them with `synth filter -f` or a recipe)"
 DATASET_HELP = ("Dataset: save_to_disk folder, Parquet/JSONL/CSV file or folder (synth, TRL, LLaVA, sharegpt, "
@@ -30,6 +32,12 @@ DATASET_HELP = ("Dataset: save_to_disk folder, Parquet/JSONL/CSV file or folder 
 #: parameters every generated command has (a field with one of these names gets the operator's name as prefix)
 _COMMON = {"dataset", "out", "overwrite", "split", "subset", "revision", "limit"}
 _LLM = {"model", "base_url", "backend", "concurrency", "cache_dir", "no_cache", "batch"}
+#: their flags
+_FLAGS = {"--out", "-o", "--overwrite", "--split", "--subset", "--revision", "--limit", "--model", "-m", "--base-url",
+          "--backend", "--concurrency", "--cache-dir", "--no-cache", "--batch"}
+#: --model as a list, so that repeating it is an error rather than the last one silently winning
+_Models = Annotated[Optional[list[str]], typer.Option("--model", "-m", help=typing.get_args(Model)[1].help,
+                                                       rich_help_panel=LLM_PANEL)]
 
 
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
@@ -130,10 +138,16 @@ def make_command(cls) -> None:
         inspect.Parameter("out", K, annotation=Out),
     ]
     fields: dict[str, str] = {}
+    taken = set(_FLAGS)
     for field, info in cls.Config.model_fields.items():
         param, parameter = _field_parameter(cls, field, info)
         fields[field] = param
         params.append(parameter)
+        taken.update(typing.get_args(parameter.annotation)[1].param_decls)
+    replaced = {f"replaced_{i}": flag for i, flag in enumerate(getattr(cls, "cli_replaced", {})) if flag not in taken}
+    for param, flag in replaced.items():  # a flag it no longer has: one line naming what replaces it
+        params.append(inspect.Parameter(param, K, default=None, annotation=Annotated[Optional[str], typer.Option(
+            flag, hidden=True)]))
     params += [
         inspect.Parameter("split", K, default=None, annotation=Annotated[Optional[str], typer.Option(
             help="Split to read when the source has several.")]),
@@ -148,7 +162,7 @@ def make_command(cls) -> None:
     ]
     if llm:
         params += [
-            inspect.Parameter("model", K, default=None, annotation=Model),
+            inspect.Parameter("model", K, default=None, annotation=_Models),
             inspect.Parameter("base_url", K, default=None, annotation=BaseUrl),
             inspect.Parameter("backend", K, default=None, annotation=BackendName),
             inspect.Parameter("concurrency", K, default=None, annotation=Concurrency),
@@ -158,6 +172,17 @@ def make_command(cls) -> None:
         ]
 
     def run(dataset: str, **values: Any) -> None:
+        hints = getattr(cls, "cli_replaced", {})
+        for param, flag in replaced.items():
+            if values.pop(param) is not None:
+                raise SynthError(f"`synth {command_name(cls)}` has no {flag} any more: {hints[flag]}")
+        models = values.get("model") or []
+        if len(models) > 1:
+            hint = f"; {hints['--model']}" if "--model" in hints else ""
+            raise SynthError(f"--model given {len(models)} times ({', '.join(models)}): this command asks one "
+                             f"model{hint}")
+        if llm:
+            values["model"] = models[0] if models else None
         run_operator(cls, dataset, _options_from(cls, fields, values), values, llm)
 
     run.__signature__ = inspect.Signature(params)  # typer reads the flags from here
@@ -182,32 +207,45 @@ def run_operator(cls, dataset: str, options: dict[str, Any], values: dict[str, A
 
     out = values["out"]
     check_output(out, values["overwrite"])  # fail before loading a model
-    built = []
+    built: dict[str | None, Any] = {}
 
-    def backend():
+    def backend(name: str | None = None):
+        """The command's backend; a name is another model on it (e.g. a judge's)."""
         from synth.cli.llm_options import make_llm
 
-        built.append(make_llm(values["backend"], values["model"], values["base_url"], values["concurrency"],
-                              values["cache_dir"], values["no_cache"], values["batch"]))
-        return built[-1]
+        if name not in built:
+            built[name] = make_llm(values["backend"], name or values["model"], values["base_url"],
+                                   values["concurrency"], values["cache_dir"], values["no_cache"], values["batch"])
+        return built[name]
 
+    def records_of(src):
+        if hasattr(stages[0], "prepare"):
+            stages[0].prepare(src)
+        return input_records(cls, src)
+
+    read = {k: values[k] for k in ("split", "subset", "revision", "limit", "overwrite")}
     try:
-        stage = build(cls, options, backend_factory=backend if llm else None)
-        result = clean_dataset(dataset, out, [stage], split=values["split"], config=values["subset"],
-                               revision=values["revision"], overwrite=values["overwrite"], limit=values["limit"],
+        made = build(cls, options, backend_factory=backend if llm else None)
+        stages = made if isinstance(made, list) else [made]
+        if hasattr(cls, "run_command"):  # it writes its own output folder and summary
+            cls.run_command(stages, dataset, out, console=console, **read)
+            return
+        result = clean_dataset(dataset, out, stages, split=read["split"], config=read["subset"],
+                               revision=read["revision"], overwrite=read["overwrite"], limit=read["limit"],
                                description=cls.name, command=cls.name,
-                               layout=getattr(cls, "input_layout", None),
-                               records_of=lambda src: input_records(cls, src),
+                               layout=getattr(cls, "input_layout", None), records_of=records_of,
                                output_kind=getattr(cls, "output_kind", None))
         print_result(result, f"synth {cls.name.replace('_', '-')}")
-        if hasattr(stage, "describe"):
-            console.print(stage.describe(), soft_wrap=True)
+        if hasattr(stages[0], "describe"):
+            console.print(stages[0].describe(), soft_wrap=True)
         if built:
             from synth.llm.factory import report_usage
 
-            report_usage(built[0], console=console)
+            for used in built.values():
+                report_usage(used, console=console,
+                             **({"title": f"LLM usage ({used.model_name})"} if len(built) > 1 else {}))
     finally:
-        for backend_ in built:
+        for backend_ in built.values():
             backend_.close()
 
 

@@ -3,7 +3,8 @@
 `FilePath` marks a field (or the items of a list field) as a file or folder the operator reads: a recipe's
 relative path resolves against the recipe's folder (then the working folder), the CLI takes it as a path,
 and the file's *content* is part of the stage fingerprint, so editing a benchmark file reruns the stage
-that reads it instead of reusing a stale output.
+that reads it instead of reusing a stale output. `DatasetRef` marks a field naming a dataset the operator
+reads besides its input (another stage's output in a recipe, a path on the command line).
 """
 
 from __future__ import annotations
@@ -27,11 +28,34 @@ FILE = _FileMarker()
 FilePath = Annotated[str, FILE]
 
 
-def _holds_file(annotation: Any) -> bool:
+class _DatasetMarker:
+    """Metadata marking a string as a dataset the operator reads besides its input."""
+
+    def __repr__(self) -> str:
+        return "DatasetRef"
+
+
+DATASET = _DatasetMarker()
+#: a dataset the operator reads besides its input: in a recipe the name of another stage's output (the
+#: runner orders the stages and hands the operator that output's folder), on the command line a path or Hub id
+DatasetRef = Annotated[str, DATASET]
+
+
+def dataset_fields(model: type[BaseModel]) -> list[str]:
+    """Names of `model`'s fields that hold a `DatasetRef` (or an optional one)."""
+    return [name for name, info in model.model_fields.items()
+            if any(isinstance(m, _DatasetMarker) for m in info.metadata) or _holds(info.annotation, _DatasetMarker)]
+
+
+def _holds(annotation: Any, marker: type) -> bool:
     if typing.get_origin(annotation) is Annotated:
-        return any(isinstance(m, _FileMarker) for m in typing.get_args(annotation)[1:]) or _holds_file(
-            typing.get_args(annotation)[0])
-    return any(_holds_file(arg) for arg in typing.get_args(annotation))
+        return any(isinstance(m, marker) for m in typing.get_args(annotation)[1:]) or _holds(
+            typing.get_args(annotation)[0], marker)
+    return any(_holds(arg, marker) for arg in typing.get_args(annotation))
+
+
+def _holds_file(annotation: Any) -> bool:
+    return _holds(annotation, _FileMarker)
 
 
 def file_fields(model: type[BaseModel]) -> list[str]:

@@ -13,7 +13,8 @@ An operator is a subclass of one of the stage kinds in `synth.pipeline` — `Map
 Optional class attributes and hooks, each used by the CLI, the runner and the Python API alike:
 
 - ``cli_flags``: field → flag names, e.g. ``{"benchmarks": ["--benchmark", "-b"]}``; ``cli_command = False``
-  for no command of its own;
+  for no command of its own; ``cli_replaced``: flag → what replaces it (a flag the command no longer has
+  fails with that one line; for ``--model``, what to do instead of repeating it);
 - ``output_kind``: "sft" / "preference" when it writes another kind of record than it reads;
   ``input_layout``: the reader layout it needs (e.g. "raw" for labelled rows);
 - ``input_records(source)`` (classmethod/staticmethod): the records it reads from an opened source;
@@ -21,7 +22,18 @@ Optional class attributes and hooks, each used by the CLI, the runner and the Py
   of its `FilePath` fields (e.g. the content of a template set named by name);
 - ``asks_llm(config)``: whether this configuration asks the backend (default: every LLM operator does);
 - ``from_config(config, *, backend_factory)``: for an operator that builds itself (one that needs a
-  backend only in some configurations);
+  backend only in some configurations, or several: ``backend_factory(name)`` gives the backend of that
+  name — a recipe's backend, on the command line a model on the command's backend; no name: the stage's).
+  It may return a chain (a list of stages, the operator's first);
+- ``backend_refs(config)``: (location, name) of the backends it asks besides ``backend`` (a recipe checks
+  they exist); a `synth.core.fields.DatasetRef` field names a dataset it reads besides its input;
+- ``prepare(source)`` (instance): called once with the whole opened input before any record (a shard
+  still sees only its records), e.g. to learn a vocabulary every shard shares;
+- ``origin(record)``: the id of the input record an output record came from, for records it makes
+  outside ``account`` (their rows then follow the input's order);
+- ``run_command(stages, dataset, out, *, console, split, subset, revision, limit, overwrite)``: an
+  operator that writes its own output folder (its own report) runs its command here instead of the
+  generic `synth.clean.apply.clean_dataset`, and prints its own summary;
 - ``preview_requests(records)`` (instance): the requests a dry run shows (default: ``format_input``);
 - ``describe()`` (instance): one line printed after a CLI run; ``summary()``: table rows;
 - ``reads`` / ``writes``: the columns it reads and writes (docs, and the runner's layout).
@@ -87,9 +99,10 @@ def check_operator(cls: Any, where: str) -> None:
 
 
 def build(cls: type[Stage], options: dict | Any | None = None, *,
-          backend_factory: Callable[[], Any] | None = None, progress: Callable | None = None) -> Stage:
-    """An operator instance from validated options; a `SynthError` naming the operator and the bad key.
-    `progress` is the LLM progress callback an `LLMTask` reports each completion to."""
+          backend_factory: Callable[..., Any] | None = None, progress: Callable | None = None) -> Stage | list[Stage]:
+    """An operator instance (or the chain its ``from_config`` returns) from validated options; a `SynthError`
+    naming the operator and the bad key. `progress` is the LLM progress callback an `LLMTask` reports each
+    completion to."""
     if isinstance(options, cls.Config):
         config = options
     else:

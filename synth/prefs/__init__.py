@@ -6,6 +6,7 @@
 - ``hallucinate`` (`HallucinateStrategy`): POVID: the reference vs an LLM rewrite with an injected error.
 - ``perturb`` (`PerturbStrategy`): offline: the reference vs the reference with one visual fact swapped.
 
+`Prefs` is the operator (``type: prefs`` / ``synth prefs``) over the strategies in `STRATEGIES`.
 `build_preferences(source, out, stage)` reads, runs and writes (see `synth.prefs.driver`); the optional
 `LengthBalance` filter drops pairs whose lengths differ too much. Output records: ``prompt``, ``chosen``,
 ``rejected``, ``images``, ``id``, ``meta`` (ratings, rationale, models, strategy, ``prompt_id``).
@@ -17,18 +18,11 @@ from synth.prefs.driver import PrefsResult, build_preferences
 from synth.prefs.hallucinate import HallucinateConfig, HallucinateStrategy
 from synth.prefs.judge import JudgeConfig, JudgeStrategy
 from synth.prefs.length import LengthBalance
+from synth.prefs.operator import STRATEGIES, Prefs
 from synth.prefs.pairwise import PairwiseConfig, PairwiseStrategy
 from synth.prefs.perturb import PerturbConfig, PerturbStrategy, Vocabulary
 from synth.prefs.sampling import Sampler, SamplingConfig
 from synth.prefs.scene import Scene, SceneIndex
-
-STRATEGIES = {
-    "judge": JudgeStrategy,
-    "pairwise": PairwiseStrategy,
-    "claims": ClaimsStrategy,
-    "hallucinate": HallucinateStrategy,
-    "perturb": PerturbStrategy,
-}
 
 __all__ = [
     "STRATEGIES",
@@ -44,6 +38,7 @@ __all__ = [
     "PairwiseStrategy",
     "PerturbConfig",
     "PerturbStrategy",
+    "Prefs",
     "PreferenceStage",
     "PrefsConfig",
     "PrefsResult",

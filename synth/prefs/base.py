@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from synth.llm.base import Backend, ChatRequest, Completion
 from synth.pipeline import Failed, Rejected, Stage, StageConfig, batched
@@ -58,6 +58,21 @@ class Outcome:
         return True
 
 
+def _split_commas(value: Any) -> Any:
+    """"a,b" or ["a,b", "c"] → ["a", "b", "c"] (the command line's comma lists); anything else as given."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return value
+    return [part.strip() for v in value for part in (v.split(",") if isinstance(v, str) else [v])
+            if not isinstance(part, str) or part.strip()]
+
+
+T = TypeVar("T")
+#: a list option that also takes a comma-separated string ("color,number")
+CommaList = Annotated[list[T], BeforeValidator(_split_commas)]
+
+
 class PrefsConfig(StageConfig):
     """Options every strategy has."""
 
@@ -71,6 +86,10 @@ class PreferenceStage(Stage):
     name: ClassVar[str] = "prefs"
     strategy: ClassVar[str] = ""
     Config: ClassVar[type[StageConfig]] = PrefsConfig
+    #: True for a strategy that asks no LLM (it gets no samplers and no judge)
+    offline: ClassVar[bool] = False
+    #: the most samplers the strategy can use (None: any number)
+    max_samplers: ClassVar[int | None] = None
     reads = ("messages", "images", "id", "meta")
     writes = ("prompt", "chosen", "rejected", "images", "id", "meta")
 
@@ -83,6 +102,11 @@ class PreferenceStage(Stage):
         self.prompts_with_pairs = 0
         self.pairs = 0
 
+    @classmethod
+    def from_parts(cls, config, *, samplers: list, judge: Backend | None, scenes=None) -> PreferenceStage:
+        """The strategy from its config, who answers (`synth.prefs.sampling.Sampler`s) and who judges."""
+        return cls(samplers, judge, config, scenes=scenes)
+
     # -- for strategies ---------------------------------------------------------------------------
 
     def plan(self, item: PromptItem) -> Plan:
@@ -94,6 +118,27 @@ class PreferenceStage(Stage):
         return {}
 
     # -- running ----------------------------------------------------------------------------------
+
+    def prepare(self, source) -> None:
+        """Called once with the whole opened input before any record (perturb learns its vocabulary)."""
+
+    def preview_requests(self, records: list[dict]) -> list[ChatRequest]:
+        """The first requests of each prompt of `records` (what a dry run shows); nothing is sent."""
+        requests = []
+        for record in records:
+            items = items_from_record(record, self.scenes)
+            for item in [] if isinstance(items, Rejected) else items:
+                requests += self._first_requests(item)
+        return requests
+
+    def _first_requests(self, item: PromptItem) -> list[ChatRequest]:
+        plan = self.plan(item)
+        try:
+            return [request for _backend, request in next(plan)]
+        except StopIteration:  # a plan that asks nothing
+            return []
+        finally:
+            plan.close()
 
     def items(self, records: Iterable[dict]) -> Iterator[PromptItem]:
         for record in records:

@@ -51,9 +51,9 @@ class ClaimAnswer(BaseModel):
 
 
 class ClaimsConfig(SamplingConfig):
-    pairing: Pairing = Field("best-worst")
+    pairing: Pairing = Field("best-worst", description="best-worst: one pair per prompt; gap: every pair >= min_gap apart")
     min_gap: float = Field(1.0, gt=0, description="fewest extra wrong claims in the rejected response")
-    pairs_per_prompt: int = Field(2, ge=1)
+    pairs_per_prompt: int = Field(2, ge=1, description="most pairs per prompt (pairing: gap)")
     max_claims: int = Field(8, ge=1, le=50, description="claims checked per response")
 
 

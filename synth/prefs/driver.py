@@ -49,6 +49,8 @@ def build_preferences(
     stage: PreferenceStage,
     *,
     split: str | None = None,
+    config: str | None = None,
+    revision: str | None = None,
     limit: int | None = None,
     overwrite: bool = False,
     max_length_ratio: float | None = None,
@@ -67,20 +69,15 @@ def build_preferences(
     )
     from synth.llm.factory import report_usage
     from synth.pipeline.llm_task import check_not_all_failed
-    from synth.prefs.items import usable_items
     from synth.prefs.length import LengthBalance
-    from synth.prefs.perturb import PerturbStrategy, Vocabulary
+    from synth.prefs.perturb import PerturbStrategy
     from synth.progress import progress
 
     check_output(out, overwrite, inputs=[source])
-    src = open_source(source, split, limit=limit)
+    src = open_source(source, split, config=config, revision=revision, limit=limit)
     if src.kind == "preference":
         raise SynthError(f"{source}: is already a preference dataset (prompt/chosen/rejected); give an SFT dataset or raw QA rows")
-    if isinstance(stage, PerturbStrategy) and stage.vocabulary is None:
-        # A first pass over the text (images stay undecoded) collects the values each kind may swap to.
-        stage.vocabulary = Vocabulary.from_items(
-            i for r in src.records(on_bad=lambda stub, error: None) for i in usable_items(r, stage.scenes)
-        )
+    stage.prepare(src)  # e.g. perturb's vocabulary, from a first pass over the whole input
     stages = [stage] + ([LengthBalance(max_ratio=max_length_ratio)] if max_length_ratio else [])
     started = time.monotonic()
     with OutputFolder(out, overwrite) as folder:

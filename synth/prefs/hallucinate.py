@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from synth.llm.base import Backend, ChatRequest
 from synth.pipeline import Rejected
-from synth.prefs.base import Outcome, PreferenceStage, PrefsConfig
+from synth.prefs.base import CommaList, Outcome, PreferenceStage, PrefsConfig
 from synth.prefs.items import PromptItem, normalise, same_text
 from synth.prefs.sampling import judge_message, template_vars
 from synth.records import Message
@@ -49,9 +49,10 @@ class Rewrite(BaseModel):
 
 
 class HallucinateConfig(PrefsConfig):
-    error_types: list[ErrorType] = Field(default_factory=lambda: list(ERROR_TYPES), min_length=1,
-                                         description="kinds of error the rewriter may inject")
-    temperature: float = Field(0.7, ge=0)
+    error_types: CommaList[ErrorType] = Field(default_factory=lambda: list(ERROR_TYPES), min_length=1,
+                                              description="kinds of error the rewriter may inject (a list, or a "
+                                              "comma list)")
+    temperature: float = Field(0.7, ge=0, description="sampling temperature of the rewrite; 0 = greedy")
     max_tokens: int = Field(512, ge=16, description="the reply holds the whole rewritten answer plus a little JSON")
     examples: bool = Field(True, description="send the solved examples before each request")
 
@@ -75,6 +76,11 @@ class HallucinateStrategy(PreferenceStage):
     name: ClassVar[str] = "prefs-hallucinate"
     strategy: ClassVar[str] = "hallucinate"
     Config = HallucinateConfig
+    max_samplers = 1
+
+    @classmethod
+    def from_parts(cls, config, *, samplers, judge, scenes=None) -> HallucinateStrategy:
+        return cls(samplers[0].backend, config, scenes=scenes)
 
     def __init__(self, rewriter: Backend, config=None, **kwargs: Any):
         super().__init__(config, **kwargs)

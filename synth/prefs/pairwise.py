@@ -43,7 +43,7 @@ class PairwiseVerdict(BaseModel):
 
 class PairwiseConfig(SamplingConfig):
     pairing: Pairing = Field("best-worst", description="best-worst: one pair per prompt; gap: up to pairs_per_prompt decided pairs")
-    pairs_per_prompt: int = Field(2, ge=1)
+    pairs_per_prompt: int = Field(2, ge=1, description="most pairs per prompt (pairing: gap)")
 
 
 class PairwiseStrategy(PreferenceStage):

@@ -27,7 +27,7 @@ from pydantic import Field
 
 from synth.hashing import unit_hash
 from synth.pipeline import Rejected
-from synth.prefs.base import Outcome, PreferenceStage, PrefsConfig
+from synth.prefs.base import CommaList, Outcome, PreferenceStage, PrefsConfig
 from synth.prefs.items import PromptItem, message_text, usable_items
 
 Kind = Literal["yesno", "number", "color", "size", "position", "object"]
@@ -268,7 +268,8 @@ def present_words(item: PromptItem, vocabulary: Vocabulary) -> set[str]:
 
 
 class PerturbConfig(PrefsConfig):
-    kinds: list[Kind] = Field(default_factory=lambda: list(KINDS), min_length=1, description="kinds of fact that may be swapped")
+    kinds: CommaList[Kind] = Field(default_factory=lambda: list(KINDS), min_length=1,
+                                   description="kinds of fact that may be swapped (a list, or a comma list)")
 
 
 class PerturbStrategy(PreferenceStage):
@@ -280,10 +281,22 @@ class PerturbStrategy(PreferenceStage):
     name: ClassVar[str] = "prefs-perturb"
     strategy: ClassVar[str] = "perturb"
     Config = PerturbConfig
+    offline = True
 
     def __init__(self, config=None, *, vocabulary: Vocabulary | None = None, **kwargs: Any):
         super().__init__(config, **kwargs)
         self.vocabulary = vocabulary
+
+    @classmethod
+    def from_parts(cls, config, *, samplers, judge, scenes=None) -> PerturbStrategy:
+        return cls(config, scenes=scenes)
+
+    def prepare(self, source) -> None:
+        """The values a fact may swap to come from the whole input (a first pass over the text; images
+        stay undecoded), so every shard of a run draws from the same ones."""
+        if self.vocabulary is None:
+            self.vocabulary = Vocabulary.from_items(
+                i for r in source.records(on_bad=lambda stub, error: None) for i in usable_items(r, self.scenes))
 
     def run(self, records: Iterable[dict]) -> Iterator[dict]:
         if self.vocabulary is None:
@@ -459,6 +472,3 @@ def _agree_verb(head: str, many: bool) -> str:
         return head
     return head[: match.start(1)] + _match_case(verb, new) + match.group(2)
 
-
-#: the name synth/run/adapters/prefs.py imports; use `synth.prefs.items.usable_items`
-_quiet_items = usable_items

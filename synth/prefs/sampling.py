@@ -26,13 +26,14 @@ class SamplingConfig(PrefsConfig):
     """Options of the strategies that sample responses (judge, pairwise, claims)."""
 
     n: int = Field(4, ge=2, description="responses sampled per prompt, spread over the samplers")
-    max_tokens: int = Field(512, ge=1)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float = Field(0.7, ge=0, description="sampling temperature of the samplers that set none; 0 = greedy")
+    max_tokens: int = Field(512, ge=1, description="token limit of each sampled response")
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling of the responses (default: the server's)")
     keep_truncated: bool = Field(False, description="keep responses cut at max_tokens")
     include_reference: bool = Field(False, description="the dataset's own answer joins the candidates")
     system: str | None = Field(None, description="system prompt for conversations that have none")
-    judge_temperature: float = Field(0.0, ge=0)
-    judge_max_tokens: int = Field(512, ge=8)
+    judge_temperature: float = Field(0.0, ge=0, description="sampling temperature of the judge requests; 0 = greedy")
+    judge_max_tokens: int = Field(512, ge=8, description="token limit of each judge reply")
 
 
 @dataclass
@@ -45,6 +46,18 @@ class Sampler:
     @property
     def model(self) -> str:
         return self.backend.model_name
+
+
+def few_shot_for(backend: Backend) -> list[tuple[str, str]]:
+    """The shipped solved examples when `backend` is the embedded base model (it answers best after them);
+    none for any other model (a trained adapter included)."""
+    from synth.generate.responses import default_few_shot
+    from synth.llm.embedded import EMBEDDED_MODEL
+
+    inner = getattr(backend, "inner", backend)  # under the request cache
+    if getattr(inner, "base_model", None) != EMBEDDED_MODEL or getattr(inner, "adapter", None) is not None:
+        return []
+    return [(e.instruction, e.response) for e in default_few_shot()]
 
 
 @dataclass

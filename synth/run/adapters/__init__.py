@@ -11,13 +11,12 @@ evolve         `synth.generate.evolution` (Evol-Instruct, MMEvol)           by r
 generate       `synth.generate.responses` (answers)                         by record
 filter         `synth.clean.registry` filter chains                         by record (one with dedup)
 mix            `synth.mix`                                                  one
-prefs          `synth.prefs` (preference pairs)                             by record
 pseudo_label   `synth.generate.pseudo_label` (gated answers)                by record
 export         `synth.export` (TRL, LLaMA-Factory, LLaVA, OpenAI)           one
 push           `synth.publish` (the Hub)                                    one
 =============  ===========================================================  =================
 
-Every registered operator (`synth.core.registry`: dedup, decontaminate, length, judge, capfilt, ... and
+Every registered operator (`synth.core.registry`: dedup, decontaminate, length, judge, capfilt, prefs, ... and
 plugins') is a stage type too, through the one generic `synth.run.adapters.operator.OperatorAdapter`.
 """
 
@@ -27,7 +26,7 @@ from synth.run.adapters.base import StageAdapter
 
 _REGISTRY: dict[str, StageAdapter] = {}
 
-MODULES = ("sources", "adapt", "generate", "clean", "mix", "prefs", "pseudo_label", "export", "push")
+MODULES = ("sources", "adapt", "generate", "clean", "mix", "pseudo_label", "export", "push")
 
 
 def registry() -> dict[str, StageAdapter]:

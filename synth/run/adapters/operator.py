@@ -2,9 +2,11 @@
 
 The stage's spec is made from the operator's config: the config's fields, plus the keys every stage has
 (``type``, ``name``, ``shard_size``, ``resources``), ``input`` (the output it reads) and, for an operator that
-may ask an LLM, ``backend`` (a name from the recipe's ``backends``). File fields (`synth.core.fields.FilePath`)
-resolve against the recipe's folder and their content is part of the fingerprint. An operator that needs
-its whole input (an `Aggregate`) runs as one shard; the others shard by record id.
+may ask an LLM, ``backend`` (a name from the recipe's ``backends``), and ``limit`` (only the first N records
+of the input) unless the config declares one. File fields (`synth.core.fields.FilePath`) resolve against the
+recipe's folder and their content is part of the fingerprint; dataset fields (`DatasetRef`) name other
+stages' outputs, which run first and whose folders the operator gets. An operator that needs its whole
+input (an `Aggregate`) runs as one shard; the others shard by record id.
 """
 
 from __future__ import annotations
@@ -14,13 +16,35 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, create_model
 
-from synth.core.fields import file_contents, file_fields, resolve_files
+from synth.core.fields import dataset_fields, file_contents, file_fields, resolve_files
 from synth.core.operator import build, input_records, needs_backend, summary
 from synth.run.adapters.base import Preview, StageAdapter
 from synth.run.recipe import DEFAULT_BACKEND, StageSpec
 
 
-class _LLMStageSpec(StageSpec):
+class _OperatorSpec(StageSpec):
+    """A stage spec made from an operator's config: its dataset fields are references to other outputs,
+    and its ``backend_refs(config)`` hook names the backends it asks besides ``backend``."""
+
+    operator: ClassVar[Any] = None
+
+    def operator_config(self):
+        return self.operator.Config.model_validate({k: getattr(self, k) for k in self.operator.Config.model_fields})
+
+    def references(self) -> list[tuple[tuple, str]]:
+        refs = super().references()
+        for key in dataset_fields(self.operator.Config):
+            if isinstance(getattr(self, key), str):
+                refs.append(((key,), getattr(self, key)))
+        return refs
+
+    def backends_used(self) -> list[tuple[tuple, str]]:
+        used = super().backends_used()
+        hook = getattr(self.operator, "backend_refs", None)
+        return used + (list(hook(self.operator_config())) if hook is not None else [])
+
+
+class _LLMStageSpec(_OperatorSpec):
     backend: str = Field(DEFAULT_BACKEND, description="the backend (a name in the recipe's `backends`) it asks")
 
     backend_fields: ClassVar[tuple[str, ...]] = ("backend",)
@@ -32,14 +56,19 @@ def _camel(name: str) -> str:
 
 def spec_model(cls) -> type[StageSpec]:
     """The recipe stage model of operator `cls`: its config's fields + the stage keys."""
-    base = _LLMStageSpec if needs_backend(cls) else StageSpec
+    base = _LLMStageSpec if needs_backend(cls) else _OperatorSpec
+    stage_keys: dict[str, Any] = {}
+    if "limit" not in cls.Config.model_fields:
+        stage_keys["limit"] = (int | None, Field(None, ge=1, description="only the first N records of the input"))
     model = create_model(
         f"{_camel(cls.name)}Stage",
         __base__=(base, cls.Config),
         __doc__=summary(cls),
         type=(Literal[cls.name], ...),  # type: ignore[valid-type]
         input=(str, Field(description="the output this stage reads")),
+        **stage_keys,
     )
+    model.operator = cls
     return model
 
 
@@ -53,13 +82,21 @@ class OperatorAdapter(StageAdapter):
         self.llm = needs_backend(cls)
         self.sharded = not cls.needs_all_input
         self.version = getattr(cls, "version", 1)
+        self.origin = getattr(cls, "origin", None)  # places records made outside `account` (the Tracker)
 
     def config(self, spec: StageSpec, ctx=None):
         """The operator's own config from the stage spec (only the config's fields); an unset optional
-        ``seed`` takes the run's seed."""
+        ``seed`` takes the run's seed; a dataset field the folder of the output it names (none in a dry run,
+        where that output may not exist yet)."""
         values = {k: getattr(spec, k) for k in self.cls.Config.model_fields}
         if ctx is not None and "seed" in values and values["seed"] is None:
             values["seed"] = ctx.seed
+        if ctx is not None:
+            refs = [ref for _loc, ref in spec.references()]
+            for key in dataset_fields(self.cls.Config):
+                if values[key] is not None:
+                    task = ctx.task
+                    values[key] = task.inputs[refs.index(values[key])]["path"] if task is not None else None
         return self.cls.Config.model_validate(values)
 
     def uses_llm(self, spec: StageSpec) -> bool:
@@ -91,8 +128,15 @@ class OperatorAdapter(StageAdapter):
         return input_records(self.cls, src)
 
     def stages(self, spec: StageSpec, ctx, src) -> list:
-        backend = (lambda: ctx.backend(spec.backend)) if self.llm else None
-        return [build(self.cls, self.config(spec, ctx), backend_factory=backend, progress=ctx.llm_progress())]
+        backend = (lambda name=None: ctx.backend(name or spec.backend)) if self.llm else None
+        built = build(self.cls, self.config(spec, ctx), backend_factory=backend, progress=ctx.llm_progress())
+        stages = built if isinstance(built, list) else [built]
+        if hasattr(stages[0], "prepare") and ctx.task is not None:
+            from synth.run.adapters.base import DataRef
+
+            # the whole input, not the shard: every shard then prepares alike
+            stages[0].prepare(DataRef.from_dict(ctx.task.inputs[0]).open(allow_empty=True, **self.open_options(spec)))
+        return stages
 
     def output_layout(self, spec: StageSpec, src) -> tuple[str, bool]:
         kind = getattr(self.cls, "output_kind", None)
