@@ -97,18 +97,38 @@ def _field_parameter(cls, field: str, info: FieldInfo) -> tuple[str, inspect.Par
         option = typer.Option(*decls, help=help_text, show_default=show or False)
         return param, inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[Optional[bool], option])
+    # A one-value option is read as a list too, so that giving it twice is an error (see `_one_value`)
+    # rather than the last one silently winning; its metavar says it takes one value.
     if simple is None:
-        option = typer.Option(*decls, help=(help_text + " (a YAML value)").strip(), show_default=show or False)
+        option = typer.Option(*decls, help=(help_text + " (a YAML value)").strip(), show_default=show or False,
+                              metavar="YAML")
         return param, inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                        annotation=Annotated[Optional[str], option])
+                                        annotation=Annotated[Optional[list[str]], option])
     kind, multiple = simple
     if isinstance(kind, click.Choice):  # the config checks the value; the help lists the choices
         help_text = f"{help_text} ({' | '.join(kind.choices)})".strip()
         kind = str
-    option = typer.Option(*decls, help=help_text, show_default=show or False)
-    annotation = Optional[list[kind]] if multiple else Optional[kind]
+    option = typer.Option(*decls, help=help_text, show_default=show or False,
+                          **({} if multiple else {"metavar": "TEXT" if kind is str else kind.__name__.upper()}))
     return param, inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                    annotation=Annotated[annotation, option])
+                                    annotation=Annotated[Optional[list[kind]], option])
+
+
+def _one_value(cls, fields: dict[str, str], values: dict[str, Any]) -> None:
+    """Each one-value option given at most once (its value unwrapped); else one line naming it."""
+    hints = getattr(cls, "cli_replaced", {})
+    for field, param in fields.items():
+        value = values.get(param)
+        simple = _click_type(cls.Config.model_fields[field].annotation)
+        if not isinstance(value, list) or (simple is not None and (simple[1] or simple[0] is bool)):
+            continue
+        flag = "--" + param.replace("_", "-")
+        flag = next(iter(getattr(cls, "cli_flags", {}).get(field, [])), flag)
+        if len(value) > 1:
+            hint = f"; {hints[flag]}" if flag in hints else ""
+            raise SynthError(f"{flag} given {len(value)} times ({', '.join(map(str, value))}): it takes one "
+                             f"value{hint}")
+        values[param] = value[0] if value else None
 
 
 def _options_from(cls, fields: dict[str, str], values: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +163,8 @@ def make_command(cls) -> None:
         param, parameter = _field_parameter(cls, field, info)
         fields[field] = param
         params.append(parameter)
-        taken.update(typing.get_args(parameter.annotation)[1].param_decls)
+        option = typing.get_args(parameter.annotation)[1]
+        taken.update(d for d in (option.default, *option.param_decls) if isinstance(d, str))  # typer keeps the first in default
     replaced = {f"replaced_{i}": flag for i, flag in enumerate(getattr(cls, "cli_replaced", {})) if flag not in taken}
     for param, flag in replaced.items():  # a flag it no longer has: one line naming what replaces it
         params.append(inspect.Parameter(param, K, default=None, annotation=Annotated[Optional[str], typer.Option(
@@ -183,6 +204,7 @@ def make_command(cls) -> None:
                              f"model{hint}")
         if llm:
             values["model"] = models[0] if models else None
+        _one_value(cls, fields, values)
         run_operator(cls, dataset, _options_from(cls, fields, values), values, llm)
 
     run.__signature__ = inspect.Signature(params)  # typer reads the flags from here

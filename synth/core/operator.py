@@ -35,6 +35,7 @@ Optional class attributes and hooks, each used by the CLI, the runner and the Py
   operator that writes its own output folder (its own report) runs its command here instead of the
   generic `synth.clean.apply.clean_dataset`, and prints its own summary;
 - ``preview_requests(records)`` (instance): the requests a dry run shows (default: ``format_input``);
+  ``requests_per_record()``: about how many requests a record costs, for its estimate (default 1);
 - ``describe()`` (instance): one line printed after a CLI run; ``summary()``: table rows;
 - ``reads`` / ``writes``: the columns it reads and writes (docs, and the runner's layout).
 

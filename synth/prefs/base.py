@@ -131,6 +131,11 @@ class PreferenceStage(Stage):
                 requests += self._first_requests(item)
         return requests
 
+    def requests_per_record(self) -> int:
+        """About how many requests a prompt costs (the dry run's estimate): its samples and a judge request
+        per response (claims asks more)."""
+        return getattr(self.config, "n", 1) + 1
+
     def _first_requests(self, item: PromptItem) -> list[ChatRequest]:
         plan = self.plan(item)
         try:

@@ -143,6 +143,7 @@ class Prefs(Map):
     cli_flags: ClassVar[dict[str, list[str]]] = {"strategy": ["--strategy", "-s"], "judge": ["--judge-model"]}
     cli_replaced: ClassVar[dict[str, str]] = {
         "--model": "several models: --samplers '[{backend: MODEL_A}, {backend: MODEL_B, temperature: 1.0}]'",
+        "--temperature": "several temperatures: --samplers '[{temperature: 0.7}, {temperature: 1.0}]'",
         "--judge-base-url": "a judge on another server: a recipe whose `judge:` names a backend of its own",
         "--judge-backend": "a judge on another backend: a recipe whose `judge:` names a backend of its own",
     }

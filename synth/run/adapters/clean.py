@@ -134,7 +134,7 @@ def llm_filter_preview(stages: list, records: list[dict], rows: int | None) -> P
             if hasattr(request, "messages"):
                 preview.prompts.append(render_request(request, stage.name))
                 prompt_tokens = max(prompt_tokens, request_tokens(request))
-        per_record += 1
+        per_record += stage.requests_per_record() if hasattr(stage, "requests_per_record") else 1
     if rows is not None and per_record:
         preview.requests = rows * per_record
         preview.prompt_tokens = preview.requests * prompt_tokens
