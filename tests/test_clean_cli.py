@@ -117,6 +117,13 @@ def test_dedup_command_names_twins(tmp_path):
     assert [r["id"] for r in read_dataset(str(tmp_path / "exact"))] == ["t0", "t2", "t3", "t4"]
 
 
+def test_a_one_value_flag_given_twice_is_an_error_not_the_last_one_winning(tmp_path):
+    source = text_jsonl(tmp_path / "data.jsonl")
+    result = run_cli("dedup", source, "--out", tmp_path / "dedup", "--threshold", "0.5", "--threshold", "0.9")
+    one_line_error(result, "--threshold given 2 times (0.5, 0.9): it takes one value")
+    assert not (tmp_path / "dedup").exists()
+
+
 def test_decontaminate_command_reports_per_benchmark(tmp_path):
     source = text_jsonl(tmp_path / "data.jsonl")
     bench = tmp_path / "planets_test.jsonl"

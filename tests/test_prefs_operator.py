@@ -64,8 +64,11 @@ def test_recipe_mistakes_name_their_line(tmp_path):
     path = write_recipe(tmp_path, base.replace("    n: 4\n", "    min_gapp: 2\n"))
     assert error_of(path) == f"{path}:15: stages.1.min_gapp: unknown key (did you mean 'min_gap'?)"
     path = write_recipe(tmp_path, base.replace("    n: 4\n", "    kinds: [color]\n"))
-    message = error_of(path)
-    assert message.startswith(f"{path}:8: stages.1") and "kinds: not an option of strategy 'judge'" in message
+    assert error_of(path).startswith(f"{path}:15: stages.1.kinds: not an option of strategy 'judge' (its options: seed,")
+    path = write_recipe(tmp_path, base.replace("strategy: judge", "strategy: hallucinate").replace("    n: 4\n",
+                                                                                                "    max_tokens: 8\n"))
+    assert error_of(path) == (f"{path}:15: stages.1.max_tokens: Input should be greater than or equal to 16 "
+                              "(strategy 'hallucinate')")
     path = write_recipe(tmp_path, base.replace("judge: critic", "judge: critc"))
     assert error_of(path) == (f"{path}:14: stages.1.judge: no backend 'critc' under 'backends:' "
                               "(defined: policy, critic)")

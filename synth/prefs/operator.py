@@ -14,21 +14,25 @@ is one of the recipe's ``backends``, or on the command line a model on the comma
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from synth.core.fields import DatasetRef
 from synth.core.operator import Map, OperatorConfig
-from synth.errors import SynthError, validation_message
+from synth.errors import SynthError
 from synth.prefs.base import PreferenceStage
 from synth.prefs.claims import ClaimsStrategy
 from synth.prefs.hallucinate import HallucinateStrategy
@@ -79,24 +83,48 @@ class _PrefsOptions(OperatorConfig):
     @classmethod
     def _known_strategy(cls, value: Any) -> Any:
         if isinstance(value, str) and value not in STRATEGIES:
-            raise ValueError(f"unknown strategy '{value}'; choose one of: {', '.join(STRATEGIES)}")
+            raise _error(f"unknown strategy '{value}'; choose one of: {', '.join(STRATEGIES)}")
+        return value
+
+    @field_validator("samplers")
+    @classmethod
+    def _sampler_count(cls, value: list, info: ValidationInfo) -> list:
+        most = STRATEGIES[info.data["strategy"]].max_samplers if "strategy" in info.data else None
+        if most is not None and len(value) > most:
+            raise _error(f"strategy '{info.data['strategy']}' uses {most} sampler(s), not {len(value)}")
         return value
 
     @model_validator(mode="after")
-    def _belongs_to_strategy(self):
-        cls = STRATEGIES[self.strategy]
-        own = list(cls.Config.model_fields)
-        stray = sorted(k for k in self.strategy_fields - set(own) if getattr(self, k) is not None)
-        if stray:
-            raise ValueError(f"{', '.join(stray)}: not an option of strategy '{self.strategy}' "
-                             f"(its options: {', '.join(own)})")
-        if cls.max_samplers is not None and len(self.samplers) > cls.max_samplers:
-            raise ValueError(f"strategy '{self.strategy}' uses {cls.max_samplers} sampler(s), not {len(self.samplers)}")
-        try:
-            self.strategy_config()
-        except ValidationError as e:
-            raise ValueError(validation_message(e, f"strategy '{self.strategy}'")) from None
+    def _strategy_accepts(self):
+        self.strategy_config()  # each option was checked against the strategy's own field already
         return self
+
+
+def _error(message: str) -> PydanticCustomError:
+    return PydanticCustomError("prefs_option", message)
+
+
+@functools.cache
+def _checker(strategy: str, field: str) -> TypeAdapter | None:
+    info = STRATEGIES[strategy].Config.model_fields.get(field)
+    if info is None:
+        return None
+    return TypeAdapter(Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation)
+
+
+def _check_for_strategy(cls, value: Any, info: ValidationInfo) -> Any:
+    """A strategy option, set, must be one of the chosen strategy's, and valid as that strategy declares it."""
+    strategy = info.data.get("strategy")
+    if value is None or strategy is None:  # no strategy: its own error says why
+        return value
+    checker = _checker(strategy, info.field_name)
+    if checker is None:
+        raise _error(f"not an option of strategy '{strategy}' (its options: "
+                     f"{', '.join(STRATEGIES[strategy].Config.model_fields)})")
+    try:
+        return checker.validate_python(value)
+    except ValidationError as e:
+        raise _error(f"{e.errors()[0]['msg']} (strategy '{strategy}')") from None
 
 
 def _default_text(info) -> str:
@@ -124,7 +152,9 @@ def _options_model() -> type[_PrefsOptions]:
             f"{text} ({'every strategy' if every else ', '.join(names)}{'' if default == 'None' else '; default ' + default})"
             for (text, default), names in said.items())
         fields[field] = (annotation, Field(None, description=description))
-    model = create_model("PrefsConfig", __base__=_PrefsOptions, __doc__=_PrefsOptions.__doc__, **fields)
+    check = field_validator(*fields)(_check_for_strategy)
+    model = create_model("PrefsConfig", __base__=_PrefsOptions, __doc__=_PrefsOptions.__doc__,
+                         __validators__={"_check_for_strategy": check}, **fields)
     model.strategy_fields = frozenset(fields)
     return model
 
