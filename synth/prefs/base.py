@@ -132,9 +132,10 @@ class PreferenceStage(Stage):
         return requests
 
     def requests_per_record(self) -> int:
-        """About how many requests a prompt costs (the dry run's estimate): its samples and a judge request
-        per response (claims asks more)."""
-        return getattr(self.config, "n", 1) + 1
+        """About how many requests a prompt costs (the dry run's estimate): one, or for a strategy that
+        samples n responses, the samples and a judge request per response (claims asks more)."""
+        n = getattr(self.config, "n", None)
+        return n + 1 if n else 1
 
     def _first_requests(self, item: PromptItem) -> list[ChatRequest]:
         plan = self.plan(item)
