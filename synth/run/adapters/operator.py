@@ -39,6 +39,9 @@ class _OperatorSpec(StageSpec):
         return refs
 
     def backends_used(self) -> list[tuple[tuple, str]]:
+        asks = getattr(self.operator, "asks_llm", None)
+        if asks is not None and not asks(self.operator_config()):  # e.g. prefs' offline perturb strategy
+            return []
         used = super().backends_used()
         hook = getattr(self.operator, "backend_refs", None)
         return used + (list(hook(self.operator_config())) if hook is not None else [])
