@@ -213,7 +213,7 @@ class Prefs(Map):
                                  "(or a backend in the recipe)")
             for spec in config.samplers or [SamplerSpec()]:
                 backend = backend_factory(spec.backend)
-                temperature = spec.temperature if spec.temperature is not None else getattr(options, "temperature", 0)
+                temperature = spec.temperature if spec.temperature is not None else getattr(options, "temperature", None)
                 samplers.append(Sampler(backend, temperature, few_shot_for(backend)))
             judge = backend_factory(config.judge) if config.judge else samplers[0].backend
         stages = [strategy.from_parts(options, samplers=samplers, judge=judge, scenes=scenes)]
