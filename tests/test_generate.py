@@ -135,7 +135,7 @@ def test_generate_against_the_test_server_caches_and_records_failures(tmp_path, 
             "--cache-dir", str(tmp_path / "cache"), "--temperature", "0", "--system", "Answer briefly."]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "wrote 7 samples" in result.output and "failed 1 (http_400: 1; a rerun retries them)" in result.output
+    assert "wrote 7 records" in result.output and "failed: http_400" in result.output
 
     rows = rows_of(out)
     by_question = {next(m["content"] for m in r["messages"] if m["role"] == "user"): r for r in rows}
@@ -153,8 +153,9 @@ def test_generate_against_the_test_server_caches_and_records_failures(tmp_path, 
     assert [f["reason"] for f in failures] == ["http_400"] and "400" in failures[0]["detail"]
     usage = json.loads((out / "usage.json").read_text())
     assert usage["usage"]["requests"] == 7 and usage["usage"]["failures"] == 1 and usage["usage"]["cached"] == 0
-    assert usage["usage"]["backend"] == "openai" and usage["stats"]["failed"] == {"http_400": 1}
-    assert usage["stats"]["dropped"] == {}
+    assert usage["usage"]["backend"] == "openai"
+    [stats] = json.loads((out / "report.json").read_text())["stages"]
+    assert stats["failed"] == {"http_400": 1} and stats["dropped"] == {}
     sent = llm_server.request_count
     assert sent == 7
 
@@ -232,3 +233,102 @@ def test_generate_with_a_tiny_local_model_and_regenerate(tmp_path, tiny_model):
     assert json.loads((out / "usage.json").read_text())["usage"]["cached"] == 5
     assert json.loads((out / "usage.json").read_text())["usage"]["requests"] == 0
     assert [r["messages"] for r in rows_of(out)] == [r["messages"] for r in rows]
+
+
+# ---------------------------------------------------------------- one declaration: command, recipe, few-shot
+
+
+def test_the_generated_command_offers_every_config_field_and_a_recipe_typo_names_its_line(tmp_path):
+    import typer.main
+
+    from synth.errors import SynthError
+    from synth.run.recipe import load_recipe
+
+    command = typer.main.get_command(app).commands["generate"]
+    params = {p.name: p for p in command.params}
+    assert set(ResponsesConfig.model_fields) <= set(params)  # every option of the config is a flag
+    assert params["n"].opts == ["--n"] and params["few_shot"].opts == ["--few-shot"]
+    assert {"batch_size", "limit", "split"} <= set(params)  # the flags `synth generate` always had
+    shown = " ".join(runner.invoke(app, ["generate", "--help"], terminal_width=200).output.split())
+    assert "--keep-truncated" in shown and "--regenerate" in shown and "--top-p" in shown
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("stages:\n  - {type: demo, name: shapes, count: 2}\n  - type: generate\n    name: answers\n"
+                      "    input: shapes\n    keep_truncatd: true\n")
+    with pytest.raises(SynthError) as e:
+        load_recipe(recipe)
+    assert str(e.value) == f"{recipe}:6: stages.1.keep_truncatd: unknown key (did you mean 'keep_truncated'?)"
+
+
+def test_few_shot_default_is_decided_by_the_backend_in_one_place(tmp_path, tiny_model):
+    from synth.generate.responses import default_few_shot, few_shot_examples
+    from synth.llm.cache import CachedBackend
+    from synth.llm.embedded import EMBEDDED_MODEL
+    from synth.llm.local import LocalBackend, LocalConfig
+
+    embedded = LocalBackend(LocalConfig(model=EMBEDDED_MODEL))  # nothing is loaded until a request
+    shipped = default_few_shot()
+    assert len(shipped) >= 3 and few_shot_examples(None, embedded) == shipped
+    assert few_shot_examples(None, CachedBackend(embedded, tmp_path / "cache.sqlite")) == shipped
+    assert few_shot_examples(None, LocalBackend(LocalConfig(model=tiny_model))) == []  # another model: none
+    assert few_shot_examples(None, _NoBackend()) == []
+    assert few_shot_examples([], embedded) == []  # an explicit empty list wins
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text(json.dumps({"instruction": "1+1?", "response": "2"}) + "\n")
+    assert [e.instruction for e in few_shot_examples(str(shots), embedded)] == ["1+1?"]
+    assert ResponseGenerator(embedded, ResponsesConfig()).few_shot == shipped
+
+
+def test_recipe_few_shot_file_beside_the_recipe_is_read_and_fingerprinted_and_limit_applies(
+        tmp_path, llm_server, monkeypatch):
+    from synth.run import RunOptions, run_recipe
+    from tests.run_helpers import backend_block, write_recipe
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    write_tasks(folder / "tasks.jsonl", ["a", "b", "c"])
+    (folder / "shots.jsonl").write_text(json.dumps({"instruction": "Say one.", "response": "One."}) + "\n")
+    recipe = write_recipe(folder, backend_block(llm_server) + """
+stages:
+  - {type: source, name: tasks, path: tasks.jsonl}
+  - {type: generate, name: answers, input: tasks, few_shot: shots.jsonl, limit: 2, temperature: 0}
+""")
+    monkeypatch.chdir(tmp_path)  # the files are found beside the recipe, not in the working folder
+    options = RunOptions(runs_dir=tmp_path / "runs", live=False)
+    first = run_recipe(recipe, options=options)
+    rows = rows_of(first.run_dir / "answers")
+    assert sorted(r["messages"][0]["content"] for r in rows) == ["a", "b"]  # limit: 2
+    assert all(r["meta"]["generation"]["few_shot"] == 1 for r in rows)
+    assert {m["content"] for body in llm_server.requests for m in body["messages"]} >= {"Say one.", "One."}
+    sent = llm_server.request_count
+
+    (folder / "shots.jsonl").write_text(json.dumps({"instruction": "Say two.", "response": "Two."}) + "\n")
+    run_recipe(recipe, options=options)  # the edited file reruns the stage (not a stale reuse)
+    assert llm_server.request_count == sent + 2
+    assert {m["content"] for body in llm_server.requests[sent:] for m in body["messages"]} >= {"Say two.", "Two."}
+
+
+def test_the_dataset_card_lineage_counts_a_generate_output_once(tmp_path, llm_server):
+    from synth.publish.lineage import describe
+
+    llm_server.fault("status", status=400, marker="BOOM")
+    tasks = write_tasks(tmp_path / "tasks.jsonl", ["a", "b", "BOOM"], answered=[("c", "C")])
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["generate", str(tasks), "-o", str(out), "--base-url", llm_server.base_url,
+                                 "--model", "test-model", "--no-cache"])
+    assert result.exit_code == 0, result.output
+    lineage = describe(out)
+    [stage] = lineage.stages
+    assert (stage.name, stage.kind, stage.seen, stage.kept) == ("generate", "generate", 4, 3)
+    assert stage.failed == {"http_400": 1} and "generate" in lineage.all_methods()
+    assert lineage.tokens()["requests"] == 3
+
+
+def test_a_command_that_answers_nothing_is_one_clear_error_and_writes_nothing(tmp_path, llm_server):
+    from tests.cli_helpers import one_line_error
+
+    llm_server.script(lambda body: "   ")  # every answer empty
+    tasks = write_tasks(tmp_path / "tasks.jsonl", ["a", "b"])
+    result = runner.invoke(app, ["generate", str(tasks), "-o", str(tmp_path / "out"), "--base-url",
+                                 llm_server.base_url, "--model", "test-model", "--no-cache"])
+    one_line_error(result, "no record got an answer (empty: 2)")
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["tasks.jsonl"]

@@ -210,7 +210,7 @@ def test_trl_jsonl_from_another_directory_in_a_subprocess_without_datasets_bars(
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
-    assert "wrote 2 samples to out" in output
+    assert "wrote 2 records to out" in output
     for bar in ("Saving the dataset", "Generating train split", "Map", "it/s]", "examples/s"):
         assert bar not in output, output
     records = list(open_source(elsewhere / "out").records())

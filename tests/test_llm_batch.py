@@ -261,7 +261,7 @@ def test_generate_with_batch_on_the_cli(tmp_path, llm_server_factory):
             "--cache-dir", tmp_path / "cache"]
     result = run_cli(*base, "--out", tmp_path / "out", "--batch")
     assert result.exit_code == 0, result.output
-    assert "wrote 300 samples" in result.output and "batches: 1 submitted, 0 running, 1 done" in result.output
+    assert "wrote 300 records" in result.output and "batches: 1 submitted, 0 running, 1 done" in result.output
     assert server.batch_creates == 1 and server.batch_lines == 300  # one shard, one batch (not 256-chunks)
     usage = json.loads((tmp_path / "out" / "usage.json").read_text())["usage"]
     assert usage["requests"] == 300 and usage["failures"] == 0

@@ -41,7 +41,7 @@ def synth_to_file(tmp_path: Path, *args, interval: str = "0.3") -> tuple[int, st
     return code, log.read_text()
 
 
-GENERATING = re.compile(r"^generating: (\d+)/12 \(\d+%\)( · [\d.]+/s)? · [\d.]+ s elapsed( · ~.* left)? · [\d,]+ tok",
+GENERATING = re.compile(r"^generate: (\d+)/12 \(\d+%\)( · [\d.]+/s)? · [\d.]+ s elapsed( · ~.* left)? · [\d,]+ tok",
                         re.MULTILINE)
 
 
@@ -54,16 +54,16 @@ def test_generate_into_a_log_file_prints_progress_lines_while_it_works(slow_serv
     assert len(lines) >= 3, log  # 12 requests of 0.15 s, one at a time: a line every 0.3 s
     done = [int(m.group(1)) for m in GENERATING.finditer(log)]
     assert done == sorted(done) and done[-1] > done[0]  # counts that move on
-    assert not any("\x1b[" in line for line in log.splitlines() if line.startswith("generating"))  # plain text
+    assert not any("\x1b[" in line for line in log.splitlines() if line.startswith("generate:"))  # plain text
 
 
 def test_no_progress_lines_when_the_interval_is_0_or_the_command_is_short(slow_server, tmp_path):
     args = ["generate", questions(tmp_path / "q.jsonl", 3), "--base-url", slow_server.base_url, "-m", "test-model",
             "--no-cache", "--concurrency", "1"]
     code, log = synth_to_file(tmp_path, *args, "-o", tmp_path / "a", interval="0")
-    assert code == 0 and "generating:" not in log, log
+    assert code == 0 and "generate:" not in log, log
     code, log = synth_to_file(tmp_path, *args, "-o", tmp_path / "b", interval="30")
-    assert code == 0 and "generating:" not in log, log
+    assert code == 0 and "generate:" not in log, log
 
 
 def test_a_bad_interval_is_one_clear_error(monkeypatch, tmp_path, slow_server):

@@ -236,7 +236,7 @@ def test_cli_writes_the_dataset_and_says_the_kept_share(server, tmp_path):
     assert len(load(out)) == 2
     bad = run_cli("pseudo-label", source, "-o", tmp_path / "bad", "--base-url", server.base_url, "--model", "m",
                   "--temperature", "0")
-    one_line_error(bad, "pseudo-label options", "temperature > 0")
+    one_line_error(bad, "pseudo_label:", "temperature > 0")
 
 
 def test_recipe_stage_on_demo_scene_questions(server, tmp_path):
@@ -308,3 +308,73 @@ stages:
     assert details["label_check"]["kept"] == len(rows)
     assert details["label_check"]["kept_correct"] == check["correct"]
     assert details["label_check"]["kept_accuracy"] == round(check["correct"] / len(rows), 4)
+
+
+# ---------------------------------------------------------------- one declaration: command, recipe, judge backend
+
+
+def test_the_generated_command_offers_every_config_field_and_a_recipe_typo_names_its_line(tmp_path):
+    import typer.main
+
+    from synth.cli import app
+    from synth.run.recipe import load_recipe
+
+    command = typer.main.get_command(app).commands["pseudo-label"]
+    params = {p.name: p for p in command.params}
+    assert set(PseudoLabelConfig.model_fields) <= set(params)
+    assert params["judge_backend"].opts == ["--judge-model"]  # the flag the hand-written command had
+    assert {"adapter", "batch_size", "limit", "split"} <= set(params)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("stages:\n  - {type: demo, name: shapes, count: 2}\n  - type: pseudo_label\n    name: pseudo\n"
+                      "    input: shapes\n    min_agreemnt: 0.5\n")
+    with pytest.raises(SynthError) as e:
+        load_recipe(recipe)
+    assert str(e.value) == f"{recipe}:6: stages.1.min_agreemnt: unknown key (did you mean 'min_agreement'?)"
+
+
+def test_cli_judge_model_gets_the_judge_requests(server, tmp_path):
+    source = write_questions(tmp_path, labelled=False)
+    out = tmp_path / "judged"
+    result = run_cli("pseudo-label", source, "-o", out, "--base-url", server.base_url, "--model", "test-model",
+                     "--gate", "score", "--samples", "1", "--judge-model", "judge-model", "--no-cache")
+    assert result.exit_code == 0, result.output
+    assert [load_meta(m)["parent_id"] for m in load(out)["meta"]] == ["id-Q-AGREE"]
+    assert {b["model"] for b in server.requests if is_judge(b)} == {"judge-model"}
+    assert {b["model"] for b in server.requests if not is_judge(b)} == {"test-model"}
+    [stage] = json.loads((out / "report.json").read_text())["stages"]
+    assert stage["details"]["kept"] == 1 and stage["details"]["rejected"]["low_score"] == 3
+
+
+def test_recipe_judge_backend_names_another_backend_of_the_recipe(server, llm_server_factory, tmp_path):
+    from synth.run import RunOptions, run_recipe
+    from tests.run_helpers import backend_block, write_recipe
+
+    judge_server = llm_server_factory()
+    judge_server.script(labeller)
+    questions = write_questions(tmp_path, labelled=False)
+    text = backend_block(server) + f"""  judge:
+    backend: openai
+    model: judge-model
+    base_url: {judge_server.base_url}
+stages:
+  - {{type: source, name: questions, path: {questions}}}
+  - {{type: pseudo_label, name: pseudo, input: questions, gate: score, samples: 1, judge_backend: judge}}
+"""
+    recipe = write_recipe(tmp_path, text)
+    result = run_recipe(recipe, options=RunOptions(runs_dir=tmp_path / "runs", live=False))
+    assert [load_meta(m)["parent_id"] for m in load(result.run_dir / "pseudo")["meta"]] == ["id-Q-AGREE"]
+    assert judge_server.requests and all(is_judge(b) for b in judge_server.requests)
+    assert not any(is_judge(b) for b in server.requests)
+    write_recipe(tmp_path, text.replace("judge_backend: judge", "judge_backend: jugde"))
+    with pytest.raises(SynthError, match="jugde"):
+        run_recipe(recipe, options=RunOptions(runs_dir=tmp_path / "runs", live=False))
+
+
+def test_cli_that_keeps_no_pseudo_label_is_one_clear_error_and_writes_nothing(server, tmp_path):
+    records = [r for r in question_records(False) if "Q-SPLIT" in r["messages"][0]["content"]]
+    source = tmp_path / "split"
+    save(build_dataset(iter(records), kind="sft"), source)
+    result = run_cli("pseudo-label", source, "-o", tmp_path / "out", "--base-url", server.base_url, "--model",
+                     "test-model", "--no-cache")
+    one_line_error(result, "no question got a kept pseudo-label (low_agreement: 1)", "lower min_agreement")
+    assert not (tmp_path / "out").exists()

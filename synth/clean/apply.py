@@ -15,6 +15,7 @@ a stage writes scores.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from synth.data import (
     open_source,
     write_records,
 )
+from synth.errors import SynthError
 from synth.pipeline import Stage, run_stages
 from synth.records import dump_meta
 
@@ -186,6 +188,19 @@ def _usage(stages: Sequence[Stage], command: str) -> dict | None:
     return doc
 
 
+def _request_counter(bar, task, backend):
+    """A progress callback: one step per finished request (None: a record done without one), with the
+    completion tokens so far and their rate."""
+    started = time.monotonic()
+
+    def on_done(completion) -> None:
+        tokens = backend.usage.completion_tokens
+        rate = tokens / max(1e-6, time.monotonic() - started)
+        bar.update(task, advance=1, tokens=f"{tokens:,} tok · {rate:,.0f} tok/s")
+
+    return on_done
+
+
 def clean_dataset(
     source: str | os.PathLike,
     out: str | os.PathLike,
@@ -201,15 +216,18 @@ def clean_dataset(
     layout: str | None = None,
     records_of=None,
     output_kind: str | None = None,
+    count_requests: bool = False,
 ) -> CleanResult:
     """Read `source`, pass its records through `stages`, write the kept ones to the folder `out`.
 
     `layout` forces the reader's layout (e.g. "raw"), `records_of(source)` gives the records the stages read
     (default: the reader's), `output_kind` the kind of records they write when it is not the input's.
+    `count_requests`: the bar counts the first stage's finished LLM requests (and its completion tokens)
+    rather than the records read, which run far ahead of the answers.
 
-    Raises `SynthError` (nothing written) for an unreadable or empty source, a bad row or image, and a
-    run in which every LLM request failed."""
-    from synth.pipeline.llm_task import check_not_all_failed
+    Raises `SynthError` (nothing written) for an unreadable or empty source, a bad row or image, a run in
+    which every LLM request failed, and a run that kept nothing when a stage's ``nothing_kept()`` says why."""
+    from synth.pipeline.llm_task import LLMTask, check_not_all_failed
     from synth.progress import progress
 
     out = check_output(out, overwrite, inputs=[source])
@@ -217,14 +235,18 @@ def clean_dataset(
                       **({"layout": layout} if layout else {}))
     path_columns = _image_path_columns(src.dataset.features or {}, _image_columns(stages)) if src.kind == "raw" else {}
     read = 0
+    llm = stages[0] if count_requests and stages and isinstance(stages[0], LLMTask) else None
     with OutputFolder(out, overwrite) as folder, progress() as bar:
         task = bar.add_task(description, total=src.num_rows, tokens="")
+        if llm is not None:
+            llm.progress = _request_counter(bar, task, llm.backend)
 
         def counted() -> Iterator[dict]:
             nonlocal read
             for record in (records_of(src) if records_of is not None else src.records()):
                 read += 1
-                bar.advance(task)
+                if llm is None:
+                    bar.advance(task)
                 yield record
 
         records = _with_ids(counted(), src.kind)
@@ -246,6 +268,11 @@ def clean_dataset(
         for stage in stages:
             if hasattr(stage, "answered"):
                 check_not_all_failed(stage)  # every LLM request failed: nothing is written
+        if not kept:  # a generator that kept nothing says why (and nothing is written)
+            for stage in stages:
+                message = stage.nothing_kept() if hasattr(stage, "nothing_kept") else None
+                if message:
+                    raise SynthError(message)
         failed = sum(stage.stats.failures for stage in stages)
         result = CleanResult(
             out=out,
@@ -267,7 +294,8 @@ def clean_dataset(
             "failed": failed,
             "stages": [
                 {"name": stage.name, "type": type(stage).__name__, **stage.stats.as_dict(),
-                 "config": stage.config.model_dump(mode="json")}
+                 "config": stage.config.model_dump(mode="json"),
+                 **({"details": stage.details()} if hasattr(stage, "details") else {})}
                 for stage in stages
             ],
             "summaries": result.summaries,

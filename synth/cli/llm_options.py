@@ -67,6 +67,19 @@ Seed = Annotated[
     typer.Option("--seed", help="Sampling seed sent with each request (and the command's own random choices).", rich_help_panel=PANEL),
 ]
 
+BatchSize = Annotated[
+    Optional[int],
+    typer.Option("--batch-size", min=1, help="Sequences per forward pass (--backend local).", rich_help_panel=PANEL),
+]
+Adapter = Annotated[
+    Optional[str],
+    typer.Option("--adapter", help="LoRA adapter folder on top of --model (--backend local); --model may also be "
+                 "the adapter folder itself.", rich_help_panel=PANEL),
+]
+
+#: an LLM operator's config fields shown as these shared options (same help and panel in every command)
+SAMPLING_OPTIONS = {"max_tokens": MaxTokens, "temperature": Temperature, "seed": Seed}
+
 
 def make_llm(
     backend: str | None,

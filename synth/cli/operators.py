@@ -5,7 +5,9 @@ Nothing here is written per operator: a field becomes a flag (``num_perm`` → `
 ``--x/--no-x``; a list repeats the flag; a Literal offers its choices; anything else is read as a YAML
 value), its description the help, its default the shown default. Only the flags a user passes reach the
 config, so the operator's own defaults apply. An operator that may ask an LLM also takes the shared LLM
-options (``--model``, ``--base-url``, ...). The run reads DATASET with the one reader and writes OUT with
+options (``--model``, ``--base-url``, ..., and a local backend's ``--batch-size`` and ``--adapter``); its
+``max_tokens``, ``temperature`` and ``seed`` fields show as the shared ``--max-tokens``, ``--temperature``
+and ``--seed``. The run reads DATASET with the one reader and writes OUT with
 the one writer, with rejects, failures and a report inside (`synth.clean.apply.clean_dataset`).
 """
 
@@ -22,7 +24,19 @@ from pydantic.fields import FieldInfo
 
 from synth.cli.common import command, console
 from synth.cli.llm_options import PANEL as LLM_PANEL
-from synth.cli.llm_options import BackendName, BaseUrl, Batch, CacheDir, Concurrency, Model, NoCache, Out
+from synth.cli.llm_options import (
+    SAMPLING_OPTIONS,
+    Adapter,
+    BackendName,
+    BaseUrl,
+    Batch,
+    BatchSize,
+    CacheDir,
+    Concurrency,
+    Model,
+    NoCache,
+    Out,
+)
 from synth.errors import SynthError
 
 PANEL = "Operators (one per command; chain them with `synth filter -f` or a recipe)"
@@ -32,6 +46,8 @@ DATASET_HELP = ("Dataset: save_to_disk folder, Parquet/JSONL/CSV file or folder 
 #: parameters every generated command has (a field with one of these names gets the operator's name as prefix)
 _COMMON = {"dataset", "out", "overwrite", "split", "subset", "revision", "limit"}
 _LLM = {"model", "base_url", "backend", "concurrency", "cache_dir", "no_cache", "batch"}
+#: options of a local backend an LLM operator's command also takes (unless a config field has the name)
+_BACKEND_OPTIONS = {"batch_size": BatchSize, "adapter": Adapter}
 #: their flags
 _FLAGS = {"--out", "-o", "--overwrite", "--split", "--subset", "--revision", "--limit", "--model", "-m", "--base-url",
           "--backend", "--concurrency", "--cache-dir", "--no-cache", "--batch"}
@@ -81,7 +97,7 @@ def _default_text(info: FieldInfo) -> str | None:
     return str(default).lower() if isinstance(default, bool) else str(default)
 
 
-def _field_parameter(cls, field: str, info: FieldInfo) -> tuple[str, inspect.Parameter]:
+def _field_parameter(cls, field: str, info: FieldInfo, llm: bool) -> tuple[str, inspect.Parameter]:
     """The command parameter of one config field: (python parameter name, parameter)."""
     param = field if field not in _COMMON | _LLM else f"{cls.name}_{field}"
     flag = "--" + param.replace("_", "-")
@@ -91,24 +107,29 @@ def _field_parameter(cls, field: str, info: FieldInfo) -> tuple[str, inspect.Par
     if info.is_required():
         help_text += " [required]"
     show = _default_text(info)
+    panel = None
+    if llm and field in SAMPLING_OPTIONS and param == field:
+        # --max-tokens, --temperature, --seed: the shared LLM option's help and panel, the operator's default
+        shared = typing.get_args(SAMPLING_OPTIONS[field])[1]
+        help_text, panel = shared.help, shared.rich_help_panel
     if simple is not None and simple[0] is bool:
         if not any("/" in d for d in decls):
             decls = [f"{decls[0]}/--no-{decls[0][2:]}", *decls[1:]]
-        option = typer.Option(*decls, help=help_text, show_default=show or False)
+        option = typer.Option(*decls, help=help_text, show_default=show or False, rich_help_panel=panel)
         return param, inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[Optional[bool], option])
     # A one-value option is read as a list too, so that giving it twice is an error (see `_one_value`)
     # rather than the last one silently winning; its metavar says it takes one value.
     if simple is None:
         option = typer.Option(*decls, help=(help_text + " (a YAML value)").strip(), show_default=show or False,
-                              metavar="YAML")
+                              metavar="YAML", rich_help_panel=panel)
         return param, inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[Optional[list[str]], option])
     kind, multiple = simple
     if isinstance(kind, click.Choice):  # the config checks the value; the help lists the choices
         help_text = f"{help_text} ({' | '.join(kind.choices)})".strip()
         kind = str
-    option = typer.Option(*decls, help=help_text, show_default=show or False,
+    option = typer.Option(*decls, help=help_text, show_default=show or False, rich_help_panel=panel,
                           **({} if multiple else {"metavar": "TEXT" if kind is str else kind.__name__.upper()}))
     return param, inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=None,
                                     annotation=Annotated[Optional[list[kind]], option])
@@ -160,7 +181,7 @@ def make_command(cls) -> None:
     fields: dict[str, str] = {}
     taken = set(_FLAGS)
     for field, info in cls.Config.model_fields.items():
-        param, parameter = _field_parameter(cls, field, info)
+        param, parameter = _field_parameter(cls, field, info, llm)
         fields[field] = param
         params.append(parameter)
         option = typing.get_args(parameter.annotation)[1]
@@ -191,6 +212,9 @@ def make_command(cls) -> None:
             inspect.Parameter("no_cache", K, default=False, annotation=NoCache),
             inspect.Parameter("batch", K, default=False, annotation=Batch),
         ]
+        # backend options a config field of the same name does not take
+        params += [inspect.Parameter(name, K, default=None, annotation=annotation)
+                   for name, annotation in _BACKEND_OPTIONS.items() if name not in fields]
 
     def run(dataset: str, **values: Any) -> None:
         hints = getattr(cls, "cli_replaced", {})
@@ -217,6 +241,7 @@ def _help(cls) -> str:
     from synth.core.operator import kind_of
 
     doc = inspect.cleandoc(cls.__doc__ or cls.name)
+    doc = "\n\n".join(" ".join(paragraph.split()) for paragraph in doc.split("\n\n"))  # rewrapped by the terminal
     return f"{doc}\n\n({kind_of(cls)} operator '{cls.name}'; in a recipe: `type: {cls.name}`)"
 
 
@@ -230,14 +255,19 @@ def run_operator(cls, dataset: str, options: dict[str, Any], values: dict[str, A
     out = values["out"]
     check_output(out, values["overwrite"])  # fail before loading a model
     built: dict[str | None, Any] = {}
+    taken = set(cls.Config.model_fields)  # a field named like a backend option is the operator's
 
     def backend(name: str | None = None):
         """The command's backend; a name is another model on it (e.g. a judge's)."""
         from synth.cli.llm_options import make_llm
 
         if name not in built:
+            options = {k: values[k] for k in _BACKEND_OPTIONS if values.get(k) is not None and k not in taken}
+            if name is not None:
+                options.pop("adapter", None)  # the adapter is the command's model's
             built[name] = make_llm(values["backend"], name or values["model"], values["base_url"],
-                                   values["concurrency"], values["cache_dir"], values["no_cache"], values["batch"])
+                                   values["concurrency"], values["cache_dir"], values["no_cache"], values["batch"],
+                                   **options)
         return built[name]
 
     def records_of(src):
@@ -256,7 +286,7 @@ def run_operator(cls, dataset: str, options: dict[str, Any], values: dict[str, A
                                revision=read["revision"], overwrite=read["overwrite"], limit=read["limit"],
                                description=cls.name, command=cls.name,
                                layout=getattr(cls, "input_layout", None), records_of=records_of,
-                               output_kind=getattr(cls, "output_kind", None))
+                               output_kind=getattr(cls, "output_kind", None), count_requests=llm)
         print_result(result, f"synth {cls.name.replace('_', '-')}")
         if hasattr(stages[0], "describe"):
             console.print(stages[0].describe(), soft_wrap=True)

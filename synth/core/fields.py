@@ -91,10 +91,14 @@ def _map_paths(value: Any, fn) -> Any:
     return value
 
 
+def _names_paths(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value))
+
+
 def resolve_files(config: BaseModel, base_dir: Path) -> BaseModel:
     """`config` with its file fields resolved against `base_dir` (see `resolve_file`)."""
     update = {name: _map_paths(getattr(config, name), lambda v: resolve_file(v, base_dir))
-              for name in file_fields(type(config)) if getattr(config, name) is not None}
+              for name in file_fields(type(config)) if _names_paths(getattr(config, name))}
     return config.model_copy(update=update) if update else config
 
 
@@ -123,6 +127,6 @@ def file_contents(config: BaseModel) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in file_fields(type(config)):
         value = getattr(config, name)
-        if value is not None:
+        if _names_paths(value):  # not a field's other form (e.g. examples given inline instead of a file)
             out[name] = _map_paths(value, lambda v: content_digest(v) if Path(v).exists() else v)
     return out

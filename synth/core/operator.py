@@ -37,6 +37,12 @@ Optional class attributes and hooks, each used by the CLI, the runner and the Py
 - ``preview_requests(records)`` (instance): the requests a dry run shows (default: ``format_input``);
   ``requests_per_record()``: about how many requests a record costs, for its estimate (default 1);
 - ``describe()`` (instance): one line printed after a CLI run; ``summary()``: table rows;
+- ``details()`` (instance): the operator's own figures, a JSON mapping written to the report (the CLI's
+  ``report.json`` under its stage; a recipe stage's ``details``, summed over shards: ints added, equal
+  values kept); ``merged_details(details)`` (classmethod): recompute from those sums what a sum does not
+  give (a share of the whole);
+- ``nothing_kept()`` (instance): the error line when a command's run kept no record (then nothing is
+  written; a generator says why and what to change); a recipe stage writes its empty output instead;
 - ``reads`` / ``writes``: the columns it reads and writes (docs, and the runner's layout).
 
 A config field ``seed: int | None = None`` left unset takes the recipe's seed. Register it by listing it in its module's
@@ -103,19 +109,24 @@ def build(cls: type[Stage], options: dict | Any | None = None, *,
           backend_factory: Callable[..., Any] | None = None, progress: Callable | None = None) -> Stage | list[Stage]:
     """An operator instance (or the chain its ``from_config`` returns) from validated options; a `SynthError`
     naming the operator and the bad key. `progress` is the LLM progress callback an `LLMTask` reports each
-    completion to."""
+    completion to (one that ``from_config`` built included)."""
     if isinstance(options, cls.Config):
         config = options
     else:
         try:
             config = cls.Config(**(options or {}))
         except ValidationError as e:
-            raise SynthError(validation_message(e, f"{cls.name}") +
-                             f"; valid options for '{cls.name}': {', '.join(cls.Config.model_fields) or '(none)'}") from None
+            unknown = any(err.get("type") == "extra_forbidden" for err in e.errors())
+            valid = f"; valid options for '{cls.name}': {', '.join(cls.Config.model_fields) or '(none)'}"
+            raise SynthError(validation_message(e, f"{cls.name}") + (valid if unknown else "")) from None
         except TypeError as e:  # options not a mapping
             raise SynthError(f"{cls.name}: options must be a mapping of key: value ({e})") from None
     if hasattr(cls, "from_config"):
-        return cls.from_config(config, backend_factory=backend_factory)
+        built = cls.from_config(config, backend_factory=backend_factory)
+        for stage in built if isinstance(built, list) else [built]:
+            if isinstance(stage, LLMTask) and stage.progress is None:
+                stage.progress = progress  # its LLM requests count in the run's progress too
+        return built
     if issubclass(cls, LLMTask):
         if backend_factory is None:
             raise SynthError(f"'{cls.name}' needs an LLM backend; pass --backend/--model (or a backend in the recipe)")

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from synth.core.fields import FilePath
 from synth.data import (
     FAILURES,
     REJECTS,
@@ -46,7 +47,13 @@ from synth.data import (
     open_source,
 )
 from synth.errors import SynthError
-from synth.generate.responses import FewShotExample, ResponseGenerator, ResponsesConfig
+from synth.generate.responses import (
+    FewShotExample,
+    ResponseGenerator,
+    ResponsesConfig,
+    few_shot_examples,
+    sft_records,
+)
 from synth.llm.base import Backend, ChatRequest, Completion
 from synth.pipeline import Failed, Rejected, StageConfig, batched
 from synth.pipeline.llm_task import LLMTask, failure_of
@@ -58,25 +65,33 @@ Gate = Literal["agreement", "score", "both"]
 class PseudoLabelConfig(StageConfig):
     """Options of pseudo-labelling."""
 
-    samples: int = Field(5, ge=1, description="answers sampled per question (one request with n)")
+    samples: int = Field(5, ge=1, description="answers sampled per question; they vote (one request with n)")
     temperature: float = Field(0.7, ge=0, description="sampling temperature (> 0 when samples > 1)")
-    top_p: float | None = Field(None, gt=0, le=1)
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling (0-1; default: the backend's)")
     max_tokens: int = Field(64, ge=1, description="token limit of each sampled answer")
-    stop: list[str] | None = None
-    seed: int | None = None
+    stop: list[str] | None = Field(None, description="strings that end an answer")
+    seed: int | None = Field(None, description="sampling seed sent with each request (a recipe's seed when unset)")
     system: str | None = Field(None, description="system prompt added to conversations that have none")
-    few_shot: list[FewShotExample] = Field(
-        default_factory=list, description="solved examples sent before each question (base models need them)"
-    )
-    hide_labels: bool = Field(False, description="drop the final assistant turn (a labelled set made unlabeled)")
-    gate: Gate = Field("agreement", description="agreement (self-consistency) | score (LLM judge) | both")
-    min_agreement: float = Field(0.6, gt=0, le=1, description="agreement gate: majority share of the samples")
+    few_shot: list[FewShotExample] | FilePath | None = Field(
+        None, description="solved examples (instruction, response) sent before each question: a list, or a "
+                          "JSONL/CSV file; default none")
+    hide_labels: bool = Field(False, description="drop each record's final answer first (it is only compared, in "
+                                                 "aggregate, with the kept answers: label_check in the report)")
+    gate: Gate = Field("agreement", description="what keeps an answer: agreement (self-consistency), score "
+                                                "(an LLM judge) or both (agreement first)")
+    min_agreement: float = Field(0.6, gt=0, le=1, description="agreement gate: the majority's share of the samples "
+                                                              "needed")
     extract: Literal["line", "full"] = Field(
-        "line", description="line: the answer is the reply's first line (short answers); full: the whole reply"
+        "line", description="what the samples vote on: line, the reply's first line (short answers); full, the "
+                           "whole reply"
     )
     threshold: float = Field(6.0, ge=0, le=10, description="score gate: keep judge scores at or above this")
-    judge_template: str | None = Field(None, description="score gate: rubric template (default: the quality rubric)")
-    judge_max_tokens: int = Field(256, ge=8)
+    judge_backend: str | None = Field(
+        None, description="score gate: the judge; in a recipe a name under `backends:`, on the command line a "
+                          "model of the same backend and server (default: the labelling model)")
+    judge_template: FilePath | None = Field(
+        None, description="score gate: the rubric, a template name or file (default: the quality rubric)")
+    judge_max_tokens: int = Field(256, ge=8, description="score gate: token limit of each judge reply")
 
     @model_validator(mode="after")
     def _sampled(self) -> PseudoLabelConfig:
@@ -161,22 +176,32 @@ class LabelCheck:
 
 
 class PseudoLabeler(LLMTask):
-    """Input: SFT records (``messages``, ``images``?, ``id``, ``meta``) ending with a question (or answered,
-    with `hide_labels`). Output: the question + the gated majority answer, provenance in ``meta``."""
+    """Answer unlabeled questions several times; keep the majority answer only when the samples agree (or a
+    judge scores it well).
+
+    Reads SFT records whose last turn is a question (or answered ones with hide_labels); writes the question
+    plus the gated majority answer, with the votes in meta.pseudo_label. The report has the kept share of
+    the questions asked and, with hidden labels, how many kept answers match them (label_check).
+    """
 
     name: ClassVar[str] = "pseudo_label"
     Config = PseudoLabelConfig
     reads: ClassVar[tuple[str, ...]] = ("messages", "images", "id", "meta")
     writes: ClassVar[tuple[str, ...]] = ("messages", "id", "meta")
+    output_kind: ClassVar[str] = "sft"
+    #: config fields naming another backend (built and passed to __init__ under the same name)
+    backend_fields: ClassVar[tuple[str, ...]] = ("judge_backend",)
+    cli_flags: ClassVar[dict[str, list[str]]] = {"judge_backend": ["--judge-model"]}
 
     def __init__(self, backend: Backend, config=None, progress=None, *, judge_backend: Backend | None = None,
                  **overrides):
         super().__init__(backend, config, progress, **overrides)
         cfg: PseudoLabelConfig = self.config
+        self.few_shot = few_shot_examples(cfg.few_shot or [], backend)  # default none, whatever the model
         # The request is generate's (system prompt, few-shot, images check); `regenerate` drops a final answer.
         self.responder = ResponseGenerator(backend, ResponsesConfig(
             system=cfg.system, regenerate=True, n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
-            max_tokens=cfg.max_tokens, stop=cfg.stop, seed=cfg.seed, keep_truncated=True, few_shot=cfg.few_shot))
+            max_tokens=cfg.max_tokens, stop=cfg.stop, seed=cfg.seed, keep_truncated=True, few_shot=self.few_shot))
         self.judge = None
         if cfg.gate in ("score", "both"):
             from synth.clean.judge import JudgeConfig, JudgeFilter
@@ -187,6 +212,50 @@ class PseudoLabeler(LLMTask):
         self.label_check = LabelCheck()
         self.passed = 0  # answered records passed through unchanged
         self._majority: dict[int, str] = {}  # id(record) → its majority answer, within one batch
+
+    @staticmethod
+    def input_records(source: Source) -> Iterator[dict]:
+        return sft_records(source)
+
+    # ------------------------------------------------ what a run reports
+
+    def details(self) -> dict[str, Any]:
+        """The report's figures: counts, the kept share of the questions asked, the gate, the label check."""
+        details = stage_report(self)
+        details.pop("config", None)
+        return details
+
+    @classmethod
+    def merged_details(cls, details: dict[str, Any]) -> dict[str, Any]:
+        """Shares of the whole stage, from the counts summed over its shards."""
+        details["kept_share"] = _share(details.get("kept"), details.get("asked"))
+        check = details.get("label_check")
+        if isinstance(check, dict):
+            check["kept_accuracy"] = _share(check.get("kept_correct"), check.get("kept"))
+            check["majority_accuracy"] = _share(check.get("majority_correct"), check.get("majority"))
+        return details
+
+    def describe(self) -> str:
+        """The kept share (and, with hidden labels, how many kept answers match them), after a CLI run."""
+        report = self.details()
+        share = f" ({report['kept_share']:.0%} of {report['asked']:,} asked)" if report["kept_share"] is not None else ""
+        line = f"kept {report['kept']:,} pseudo-labels{share}"
+        check = report.get("label_check")
+        if check and check["kept"]:
+            line += (f"\nagainst the hidden labels: kept {check['kept_accuracy']:.0%} correct; all majority answers "
+                     f"{check['majority_accuracy']:.0%}")
+        return line
+
+    def nothing_kept(self) -> str:
+        """The error when no question got a kept answer, and what to change."""
+        from synth.generate.responses import _reasons
+
+        return (f"no question got a kept pseudo-label ({_reasons(self.stats.dropped)}); lower min_agreement (or "
+                "threshold), raise samples, or check the model's answers in a dry run")
+
+    def preview_requests(self, records: list[dict]) -> list[ChatRequest | Rejected]:
+        """The requests a dry run shows (records that pass through ask nothing)."""
+        return [self.format_input(r) for r in records if not self.passes_through(r)]
 
     # ------------------------------------------------ requests
 
@@ -235,7 +304,7 @@ class PseudoLabeler(LLMTask):
             "model": self.backend.model_name,
             "generation": {k: v for k, v in {"temperature": cfg.temperature, "top_p": cfg.top_p,
                                              "max_tokens": cfg.max_tokens, "n": cfg.samples, "seed": cfg.seed,
-                                             "few_shot": len(cfg.few_shot) or None}.items() if v is not None},
+                                             "few_shot": len(self.few_shot) or None}.items() if v is not None},
             "pseudo_label": {"gate": cfg.gate, "samples": cfg.samples, "votes": result.votes,
                              "agreement": round(result.agreement, 4)},
             "parent_id": record.get("id"),
@@ -328,7 +397,7 @@ def stage_report(stage: PseudoLabeler) -> dict[str, Any]:
         "rejected": dict(stats.dropped),
         "failed": dict(stats.failed),
         "gate": stage.config.gate,
-        "config": stage.config.model_dump(exclude={"few_shot"}) | {"few_shot": len(stage.config.few_shot)},
+        "config": stage.config.model_dump(exclude={"few_shot"}) | {"few_shot": len(stage.few_shot)},
     }
     if stage.config.hide_labels:
         report["label_check"] = stage.label_check.as_dict()
@@ -351,7 +420,7 @@ def pseudo_label(
     """Read `source`, pseudo-label it and write the SFT dataset to `out` (streaming) with ``report.json``,
     ``usage.json``, ``rejects.jsonl`` and ``failures.jsonl`` inside; the folder appears whole or not at all.
     Every request failing, or no question getting a kept answer, is an error."""
-    from synth.generate.responses import _reasons, write_answered
+    from synth.generate.responses import write_answered
     from synth.llm.factory import report_usage
 
     config = config or PseudoLabelConfig()
@@ -362,8 +431,7 @@ def pseudo_label(
     with OutputFolder(out, overwrite) as folder:
         written = write_answered(stage, src, folder, backend, show_progress)
         if not written:
-            raise SynthError(f"{src.name}: no question got a kept pseudo-label ({_reasons(stage.stats.dropped)}); lower min_agreement "
-                             "(or threshold), raise samples, or check the model's answers in a dry run")
+            raise SynthError(f"{src.name}: {stage.nothing_kept()}")
         seconds = time.monotonic() - started
         usage = report_usage(backend, console=console)
         report = {"command": "pseudo-label", "source": src.name, "model": backend.model_name, **stage_report(stage),
@@ -415,3 +483,10 @@ def label_records(records: Iterable[dict], backend: Backend, config: PseudoLabel
     stage = PseudoLabeler(backend, config, judge_backend=judge_backend)
     kept = [r for batch in batched(records, stage.batch_size) for r in stage.run_batch(batch)]
     return kept, stage
+
+
+def _share(part: Any, whole: Any) -> float | None:
+    return round(part / whole, 4) if isinstance(part, int) and isinstance(whole, int) and whole else None
+
+
+OPERATOR_CLASSES = (PseudoLabeler,)

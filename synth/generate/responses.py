@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from synth.core.fields import FilePath
 from synth.data import (
     FAILURES,
     REJECTS,
@@ -52,8 +53,24 @@ from synth.records import (
 
 
 class FewShotExample(StageConfig):
-    instruction: str
-    response: str
+    instruction: str = Field(description="the example's instruction (a user turn)")
+    response: str = Field(description="its answer (an assistant turn)")
+
+
+def _few_shot_description() -> str:
+    """The few-shot field's description, naming the shipped examples the embedded base model is given."""
+    import json
+
+    from synth.paths import templates_dir
+
+    try:
+        with open(templates_dir() / "fewshot" / "responses.jsonl", encoding="utf-8") as f:
+            shown = "; ".join(json.dumps(json.loads(line)["instruction"]) for line in f if line.strip())
+    except (OSError, ValueError, KeyError):  # a broken install must not break every command's --help
+        shown = ""
+    return ("solved examples (instruction, response) sent before each instruction: a list, or a JSONL/CSV file. "
+            "Default: none, except for the embedded default model (a base model), which is prompted with the "
+            "shipped examples in templates/fewshot/responses.jsonl" + (f" ({shown})." if shown else "."))
 
 
 class ResponsesConfig(StageConfig):
@@ -62,15 +79,34 @@ class ResponsesConfig(StageConfig):
     system: str | None = Field(None, description="system prompt added to conversations that have none")
     regenerate: bool = Field(False, description="replace existing final answers instead of keeping them")
     n: int = Field(1, ge=1, description="answers sampled per instruction (one output record each)")
-    temperature: float | None = Field(0.7, ge=0, description="0 = greedy")
-    top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(512, ge=1)
-    stop: list[str] | None = None
-    seed: int | None = None
+    temperature: float | None = Field(0.7, ge=0, description="sampling temperature; 0 = greedy")
+    top_p: float | None = Field(
+        None, gt=0, le=1, description="nucleus sampling: draw only from the most likely tokens that together "
+                                      "reach this probability (0-1; default: the backend's)")
+    max_tokens: int | None = Field(512, ge=1, description="token limit of each answer")
+    stop: list[str] | None = Field(None, description="strings that end an answer")
+    seed: int | None = Field(None, description="sampling seed sent with each request (a recipe's seed when unset)")
     keep_truncated: bool = Field(False, description="keep answers cut at max_tokens (finish_reason 'length')")
-    few_shot: list[FewShotExample] = Field(
-        default_factory=list, description="solved examples sent before each instruction (base models need them)"
-    )
+    few_shot: list[FewShotExample] | FilePath | None = Field(None, description=_few_shot_description())
+
+
+def is_embedded_base_model(backend: Backend) -> bool:
+    """Whether `backend` serves the embedded default model (a base model: it needs few-shot prompts)."""
+    from synth.llm.embedded import EMBEDDED_MODEL
+
+    inner = getattr(backend, "inner", backend)
+    return (type(inner).__name__ == "LocalBackend" and getattr(inner, "base_model", None) == EMBEDDED_MODEL
+            and getattr(inner, "adapter", None) is None and not getattr(inner.config, "gguf_file", None))
+
+
+def few_shot_examples(few_shot: list[FewShotExample] | str | None, backend: Backend) -> list[FewShotExample]:
+    """The examples a config's ``few_shot`` names: the list, a file's, or (unset) the shipped ones for the
+    embedded base model and none for any other model. The one place that default is decided."""
+    if isinstance(few_shot, str):
+        return load_few_shot(few_shot)
+    if few_shot is None:
+        return default_few_shot() if is_embedded_base_model(backend) else []
+    return list(few_shot)
 
 
 def _is_parts_form(record: dict) -> bool:
@@ -79,13 +115,32 @@ def _is_parts_form(record: dict) -> bool:
 
 
 class ResponseGenerator(LLMTask):
-    """Input: SFT records (``messages``, ``images``?, ``id``, ``meta``). Output: the same with the final
-    assistant turn generated and provenance in ``meta`` (see the module docs); n records per input when n > 1."""
+    """Fill in (or regenerate) the assistant answers of an instruction dataset with an LLM.
 
-    name: ClassVar[str] = "responses"
+    Reads SFT records (messages; TRL, LLaVA, sharegpt, OpenAI layouts) or a table with an 'instruction'
+    column; writes the conversation with the final assistant turn generated and its provenance in meta
+    (model, sampling, finish reason, parent id); n records per input when n > 1. Records that already end
+    with an answer pass through unless regenerate is set. Empty or cut answers are rejected with their
+    reason; failed requests are retried by the next run.
+
+    With no --base-url, --backend or --model, answers come from the embedded Gemma 3 270M, a base model:
+    each instruction follows the shipped few-shot examples (see --few-shot) as "### Instruction /
+    ### Response" text (templates/chat/base.jinja).
+    """
+
+    name: ClassVar[str] = "generate"
     Config = ResponsesConfig
     reads: ClassVar[tuple[str, ...]] = ("messages", "images", "id", "meta")
     writes: ClassVar[tuple[str, ...]] = ("messages", "id", "meta")
+    output_kind: ClassVar[str] = "sft"
+
+    def __init__(self, backend: Backend, config=None, progress=None, **overrides):
+        super().__init__(backend, config, progress, **overrides)
+        self.few_shot = few_shot_examples(self.config.few_shot, backend)
+
+    @staticmethod
+    def input_records(source: Source) -> Iterator[dict]:
+        return sft_records(source)
 
     def passes_through(self, record: dict) -> bool:
         """Records that already end with an answer (unless `regenerate`)."""
@@ -115,7 +170,7 @@ class ResponseGenerator(LLMTask):
         context: list[Message] = []
         if self.config.system and messages[0].role != "system":
             context.append(Message(role="system", content=self.config.system))
-        for example in self.config.few_shot:
+        for example in self.few_shot:
             context.append(Message(role="user", content=example.instruction))
             context.append(Message(role="assistant", content=example.response))
         if context and messages[0].role == "system":
@@ -150,7 +205,7 @@ class ResponseGenerator(LLMTask):
                 "max_tokens": self.config.max_tokens,
                 "n": self.config.n,
                 "seed": self.config.seed,
-                "few_shot": len(self.config.few_shot) or None,
+                "few_shot": len(self.few_shot) or None,
             }.items()
             if v is not None
         }
@@ -185,6 +240,10 @@ class ResponseGenerator(LLMTask):
         if not out:
             return reasons[0] if reasons else Rejected("empty", "no answer")
         return out
+
+    def nothing_kept(self) -> str:
+        """The error when no record got an answer."""
+        return f"no record got an answer ({_reasons(self.stats.dropped)})"
 
     def run_batch(self, batch: list[dict]) -> Iterator[dict]:
         if self.progress:  # records that pass through count as done
@@ -276,13 +335,13 @@ def generate_responses(
     with OutputFolder(out, overwrite) as folder:
         written = write_answered(stage, src, folder, backend, show_progress)
         if not written:
-            raise SynthError(f"no record got an answer ({_reasons(stage.stats.dropped)}){_first_detail(folder)}")
+            raise SynthError(f"{stage.nothing_kept()}{_first_detail(folder)}")
         seconds = time.monotonic() - started
         usage = report_usage(backend, console=console)
         meta = {
             "command": "generate",
             "source": src.name,
-            "config": config.model_dump(exclude={"few_shot"}) | {"few_shot": len(config.few_shot)},
+            "config": config.model_dump(exclude={"few_shot"}) | {"few_shot": len(stage.few_shot)},
             "stats": stage.stats.as_dict(),
             "usage": usage,
             "seconds": round(seconds, 3),
@@ -356,3 +415,6 @@ class _progress_bar:
     def __exit__(self, *exc) -> None:
         if self.enabled:
             self.bar.__exit__(*exc)
+
+
+OPERATOR_CLASSES = (ResponseGenerator,)

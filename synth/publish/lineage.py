@@ -425,7 +425,7 @@ def _read_sidecar(file_name: str, doc: dict[str, Any], lineage: Lineage) -> Step
     if doc.get("method") in EVOLVE_METHODS and "per_round" in doc:
         base = (doc.get("config") or {}).get("base_dir")
         return _evolve_stages(doc, lineage.rejects), {doc["method"]}, [(base, None)] if base else source, [doc["method"]]
-    if doc.get("command") == "generate" or (file_name == "usage.json" and "stats" in doc):
+    if "stats" in doc and (doc.get("command") == "generate" or file_name == "usage.json"):  # the older shape
         return [_generate_stage(doc)], {"generate"}, source, ["generate"]
     if doc.get("command") == "prefs" or ("strategy" in doc and "prompts_with_pairs" in doc):
         stage = _prefs_stage(doc)
@@ -548,7 +548,8 @@ def describe(path: str | os.PathLike, name: str | None = None, depth: int = 0, _
 
 
 def _kind_of(stage_name: str) -> str:
-    known = {"adapt": "adapt", "dedup": "dedup", "capfilt": "capfilt", "decontam": "decontam", "judge": "judge"}
+    known = {"adapt": "adapt", "dedup": "dedup", "capfilt": "capfilt", "decontam": "decontam", "judge": "judge",
+             "generate": "generate", "pseudo_label": "pseudo-label"}
     return known.get(stage_name, "filter")
 
 

@@ -293,6 +293,9 @@ def run_stage_chain(adapter, spec, ctx, src, folder, tracker: Tracker) -> dict[s
     counts["rows"] = rows
     report: dict[str, Any] = {"counts": counts, "kind": kind, "multimodal": multimodal,
                               "stages": [{"name": s.name, **s.stats.as_dict()} for s in stages]}
+    own = [s for s in stages if hasattr(s, "details")]  # an operator's own figures (summed over shards)
+    if own:
+        report["details"] = own[0].details() if len(own) == 1 else {s.name: s.details() for s in own}
     usage = usage_delta(before, usage_snapshot(stages))
     if usage:
         report["usage"] = usage

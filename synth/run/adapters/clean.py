@@ -119,8 +119,9 @@ class FilterAdapter(StageAdapter):
         return llm_filter_preview(self.stages(spec, ctx, None), records, rows)
 
 
-def llm_filter_preview(stages: list, records: list[dict], rows: int | None) -> Preview:
-    """Prompts of the LLM filters in a chain for a few records; one request per record and LLM filter."""
+def llm_filter_preview(stages: list, records: list[dict], rows: int | None, title: str | None = None) -> Preview:
+    """Prompts of the LLM filters in a chain for a few records; one request per record and LLM filter.
+    Each prompt is headed by `title` (default: the filter's name) and the record it is for."""
     from synth.run.adapters.generate import render_request, request_tokens
 
     preview = Preview()
@@ -132,7 +133,8 @@ def llm_filter_preview(stages: list, records: list[dict], rows: int | None) -> P
                     else [stage.format_input(record) for record in shown])
         for request in requests:
             if hasattr(request, "messages"):
-                preview.prompts.append(render_request(request, stage.name))
+                key = getattr(request, "key", None)
+                preview.prompts.append(render_request(request, (title or stage.name) + (f": record {key}" if key else "")))
                 prompt_tokens = max(prompt_tokens, request_tokens(request))
         per_record += stage.requests_per_record() if hasattr(stage, "requests_per_record") else 1
     if rows is not None and per_record:

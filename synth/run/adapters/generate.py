@@ -1,4 +1,5 @@
-"""LLM stages that write samples: ``generate`` (answers), ``self_instruct`` and ``evolve`` (Evol-Instruct, MMEvol).
+"""LLM stages that write samples: ``self_instruct`` and ``evolve`` (Evol-Instruct, MMEvol); ``generate`` (answers)
+is an operator (`synth.generate.responses.ResponseGenerator`) run by the generic operator adapter.
 
 Each calls the engine's stage with the run's backend (``backend:`` names one of the recipe's
 ``backends``; ``default`` is the embedded model unless defined), whose request cache lives in the run
@@ -12,7 +13,6 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
-from synth.generate.responses import FewShotExample, ResponsesConfig
 from synth.generate.self_instruct.config import SelfInstructConfig
 from synth.run.adapters.base import Preview, StageAdapter
 from synth.run.adapters.sources import resolve_path
@@ -68,73 +68,6 @@ def _embedded(ctx, name: str) -> bool:
 
 def engine_fields(spec, config_cls) -> dict[str, Any]:
     return {k: getattr(spec, k) for k in config_cls.model_fields if k in type(spec).model_fields}
-
-
-# ---------------------------------------------------------------- generate
-
-
-class GenerateSpec(LLMSpec, ResponsesConfig):
-    """Answers for the instructions of `input` (the last assistant turn, or a new one)."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["generate"]
-    input: str
-    few_shot: list[FewShotExample] | str | None = Field(
-        None, description="solved examples: a list, a file (instruction/response), or unset: the shipped "
-                          "examples for the embedded base model and none for other models")
-    limit: int | None = Field(None, ge=1, description="only the first N records of the input")
-
-
-class GenerateAdapter(StageAdapter):
-    type = "generate"
-    Spec = GenerateSpec
-    llm = True
-
-    def resolve(self, spec: GenerateSpec, base_dir: Path) -> GenerateSpec:
-        if isinstance(spec.few_shot, str):
-            return spec.model_copy(update={"few_shot": resolve_path(spec.few_shot, base_dir)})
-        return spec
-
-    def fingerprint_extra(self, spec: GenerateSpec) -> Any:
-        if isinstance(spec.few_shot, str) and Path(spec.few_shot).exists():
-            from synth.run.manifest import hash_files
-
-            return hash_files(spec.few_shot)
-        return None
-
-    def config(self, spec: GenerateSpec, ctx) -> ResponsesConfig:
-        from synth.generate.responses import default_few_shot, load_few_shot
-
-        fields = engine_fields(spec, ResponsesConfig)
-        if isinstance(spec.few_shot, str):
-            fields["few_shot"] = load_few_shot(spec.few_shot)
-        elif spec.few_shot is None:
-            fields["few_shot"] = default_few_shot() if _embedded(ctx, spec.backend) else []
-        return ResponsesConfig(**fields)
-
-    def stages(self, spec: GenerateSpec, ctx, src) -> list:
-        from synth.generate.responses import ResponseGenerator
-
-        return [ResponseGenerator(ctx.backend(spec.backend), self.config(spec, ctx), progress=ctx.llm_progress())]
-
-    def records(self, spec: GenerateSpec, src):
-        from synth.generate.responses import sft_records
-
-        return sft_records(src)
-
-    def output_layout(self, spec: GenerateSpec, src) -> tuple[str, bool]:
-        return "sft", bool(src.multimodal)
-
-    def preview(self, spec: GenerateSpec, ctx, records, rows) -> Preview:
-        stage = self.stages(spec, ctx, None)[0]
-        preview, size = Preview(), 0
-        for record in records[:PREVIEW_RECORDS]:
-            request = stage.format_input(record)
-            if hasattr(request, "messages"):
-                preview.prompts.append(render_request(request, f"{spec.name}: record {record.get('id')}"))
-                size = max(size, request_tokens(request))
-        requests = min(rows, spec.limit) if rows is not None and spec.limit else rows
-        return estimate(preview, requests, size, (spec.max_tokens or 0) * spec.n)
 
 
 # ---------------------------------------------------------------- self-instruct
@@ -320,4 +253,4 @@ class EvolveAdapter(StageAdapter):
         return estimate(preview, requests, size, cfg.max_tokens)
 
 
-ADAPTERS = (GenerateAdapter, SelfInstructAdapter, EvolveAdapter)
+ADAPTERS = (SelfInstructAdapter, EvolveAdapter)

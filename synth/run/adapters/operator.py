@@ -145,12 +145,18 @@ class OperatorAdapter(StageAdapter):
         kind = getattr(self.cls, "output_kind", None)
         return (kind or src.kind), bool(src.multimodal)
 
+    def merged_report(self, spec: StageSpec, report: dict[str, Any]) -> dict[str, Any]:
+        hook = getattr(self.cls, "merged_details", None)
+        if hook is not None and isinstance(report.get("details"), dict):
+            report["details"] = hook(report["details"])
+        return report
+
     def preview(self, spec: StageSpec, ctx, records: list[dict], rows: int | None) -> Preview:
         if not self.uses_llm(spec):
             return Preview()
         from synth.run.adapters.clean import llm_filter_preview
 
-        return llm_filter_preview(self.stages(spec, ctx, None), records, rows)
+        return llm_filter_preview(self.stages(spec, ctx, None), records, rows, title=spec.name)
 
 
 def operator_adapters(taken: set[str]) -> dict[str, StageAdapter]:
