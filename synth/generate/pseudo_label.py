@@ -189,8 +189,6 @@ class PseudoLabeler(LLMTask):
     reads: ClassVar[tuple[str, ...]] = ("messages", "images", "id", "meta")
     writes: ClassVar[tuple[str, ...]] = ("messages", "id", "meta")
     output_kind: ClassVar[str] = "sft"
-    #: config fields naming another backend (built and passed to __init__ under the same name)
-    backend_fields: ClassVar[tuple[str, ...]] = ("judge_backend",)
     cli_flags: ClassVar[dict[str, list[str]]] = {"judge_backend": ["--judge-model"]}
 
     def __init__(self, backend: Backend, config=None, progress=None, *, judge_backend: Backend | None = None,
@@ -212,6 +210,19 @@ class PseudoLabeler(LLMTask):
         self.label_check = LabelCheck()
         self.passed = 0  # answered records passed through unchanged
         self._majority: dict[int, str] = {}  # id(record) → its majority answer, within one batch
+
+    @classmethod
+    def from_config(cls, config: PseudoLabelConfig, *, backend_factory=None) -> PseudoLabeler:
+        """The labeller on the stage's backend; the score gate's judge on `judge_backend` when it names one."""
+        if backend_factory is None:
+            raise SynthError("'pseudo_label' needs an LLM backend; pass --backend/--model (or a backend in the recipe)")
+        judged = config.judge_backend and config.gate != "agreement"
+        return cls(backend_factory(), config, judge_backend=backend_factory(config.judge_backend) if judged else None)
+
+    @staticmethod
+    def backend_refs(config: PseudoLabelConfig) -> list[tuple[tuple, str]]:
+        """The judge's backend, when it is another one."""
+        return [(("judge_backend",), config.judge_backend)] if config.judge_backend else []
 
     @staticmethod
     def input_records(source: Source) -> Iterator[dict]:

@@ -94,9 +94,8 @@ def is_embedded_base_model(backend: Backend) -> bool:
     """Whether `backend` serves the embedded default model (a base model: it needs few-shot prompts)."""
     from synth.llm.embedded import EMBEDDED_MODEL
 
-    inner = getattr(backend, "inner", backend)
-    return (type(inner).__name__ == "LocalBackend" and getattr(inner, "base_model", None) == EMBEDDED_MODEL
-            and getattr(inner, "adapter", None) is None and not getattr(inner.config, "gguf_file", None))
+    inner = getattr(backend, "inner", backend)  # under the request cache
+    return getattr(inner, "base_model", None) == EMBEDDED_MODEL and getattr(inner, "adapter", None) is None
 
 
 def few_shot_examples(few_shot: list[FewShotExample] | str | None, backend: Backend) -> list[FewShotExample]:

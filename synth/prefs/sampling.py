@@ -51,13 +51,9 @@ class Sampler:
 def few_shot_for(backend: Backend) -> list[tuple[str, str]]:
     """The shipped solved examples when `backend` is the embedded base model (it answers best after them);
     none for any other model (a trained adapter included)."""
-    from synth.generate.responses import default_few_shot
-    from synth.llm.embedded import EMBEDDED_MODEL
+    from synth.generate.responses import few_shot_examples
 
-    inner = getattr(backend, "inner", backend)  # under the request cache
-    if getattr(inner, "base_model", None) != EMBEDDED_MODEL or getattr(inner, "adapter", None) is not None:
-        return []
-    return [(e.instruction, e.response) for e in default_few_shot()]
+    return [(e.instruction, e.response) for e in few_shot_examples(None, backend)]
 
 
 @dataclass

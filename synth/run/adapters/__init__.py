@@ -8,16 +8,15 @@ demo           `synth.demo_data` (the offline shapes dataset)               one
 adapt          `synth.adapt` template sets (one or several)                 by record
 self_instruct  `synth.generate.self_instruct` (global novelty loop)         one
 evolve         `synth.generate.evolution` (Evol-Instruct, MMEvol)           by record
-generate       `synth.generate.responses` (answers)                         by record
 filter         `synth.clean.registry` filter chains                         by record (one with dedup)
 mix            `synth.mix`                                                  one
-pseudo_label   `synth.generate.pseudo_label` (gated answers)                by record
 export         `synth.export` (TRL, LLaMA-Factory, LLaVA, OpenAI)           one
 push           `synth.publish` (the Hub)                                    one
 =============  ===========================================================  =================
 
-Every registered operator (`synth.core.registry`: dedup, decontaminate, length, judge, capfilt, prefs, ... and
-plugins') is a stage type too, through the one generic `synth.run.adapters.operator.OperatorAdapter`.
+Every registered operator (`synth.core.registry`: generate, pseudo_label, dedup, decontaminate, length, judge,
+capfilt, prefs, ... and plugins') is a stage type too, through the one generic
+`synth.run.adapters.operator.OperatorAdapter`.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from synth.run.adapters.base import StageAdapter
 
 _REGISTRY: dict[str, StageAdapter] = {}
 
-MODULES = ("sources", "adapt", "generate", "clean", "mix", "pseudo_label", "export", "push")
+MODULES = ("sources", "adapt", "generate", "clean", "mix", "export", "push")
 
 
 def registry() -> dict[str, StageAdapter]:
