@@ -189,7 +189,7 @@ def make_command(cls) -> None:
     replaced = {f"replaced_{i}": flag for i, flag in enumerate(getattr(cls, "cli_replaced", {})) if flag not in taken}
     for param, flag in replaced.items():  # a flag it no longer has: one line naming what replaces it
         params.append(inspect.Parameter(param, K, default=None, annotation=Annotated[Optional[str], typer.Option(
-            flag, hidden=True)]))
+            flag, hidden=True, help=f"Replaced: {getattr(cls, 'cli_replaced', {})[flag]}")]))
     params += [
         inspect.Parameter("split", K, default=None, annotation=Annotated[Optional[str], typer.Option(
             help="Split to read when the source has several.")]),
