@@ -272,6 +272,15 @@ def test_python_yaml_python_yaml_is_identical(tmp_path):
     assert synth.Pipeline.from_yaml(path).to_yaml() == text
     with_source = pipeline.to_yaml(source=str(tmp_path))
     assert synth.Pipeline.from_yaml(with_source).to_yaml() == with_source
+    hub = pipeline.to_recipe(source="someone/some-dataset", split="train", limit=10)["stages"][0]
+    assert hub == {"type": "source", "name": "source", "path": "someone/some-dataset", "split": "train", "limit": 10}
+
+
+def test_a_pipeline_that_makes_its_own_data_runs_without_a_source():
+    pipeline = synth.Pipeline([synth.ops.Demo(count=3, size=64), synth.ops.Adapt(template="caption_brief")])
+    assert pipeline.to_recipe()["stages"][1]["input"] == "demo"
+    dataset = pipeline.run()
+    assert len(dataset) == 3 and len(dataset[0]["images"]) == 1
 
 
 def test_a_recipe_file_becomes_a_pipeline_with_paths_relative_to_its_folder(tmp_path, monkeypatch):

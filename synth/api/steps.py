@@ -137,7 +137,8 @@ class Step:
         try:
             spec = adapter.Spec.model_validate(data)
         except ValidationError as e:
-            valid = ["name", *[k for k in adapter.Spec.model_fields if k not in ("type", "name")]]
+            first = [k for k in ("name", "input", "inputs") if k == "name" or k in adapter.Spec.model_fields]
+            valid = [*first, *[k for k in adapter.Spec.model_fields if k not in ("type", *first)]]
             raise option_error(self.owner, e, valid, lambda loc: adapter.known_keys(loc, data), data) from None
         problems = adapter.check(spec)
         if problems:
