@@ -86,7 +86,7 @@ class Pipeline:
         if backends is None:
             backends = {}
         elif not isinstance(backends, dict):
-            backends = {b.name: b for b in backends}
+            backends = {getattr(b, "name", None): b for b in backends}
         for key, backend in backends.items():
             if not isinstance(backend, Backend) or not key:
                 raise SynthError(f"synth.Pipeline: backends: {key!r} is not a named synth.backends object")
@@ -119,9 +119,9 @@ class Pipeline:
             ids.setdefault(id(step), name)
         return names, ids
 
-    def _backend_names(self) -> dict[Backend, str]:
-        """Every backend object the steps hold → its name under ``backends:`` (its own, else b1, b2... in
-        the order steps use them); the pipeline's named backends come first."""
+    def _backend_names(self) -> tuple[dict[str, Backend], dict[Backend, str]]:
+        """The recipe's ``backends:`` (name → backend) and every backend object the steps hold → its name
+        there (its own, else b1, b2... in the order steps use them); the pipeline's named backends first."""
         found = [b for step in self.steps for b in _backends_in(step.options)]
         taken = set(self.backends) | {b.name for b in found if b.name is not None}
         named: dict[str, Backend] = dict(self.backends)
@@ -141,14 +141,13 @@ class Pipeline:
                 key = f"b{k}"
             named[key] = backend
             out[backend] = key
-        self._named_backends = named
-        return out
+        return named, out
 
     def to_recipe(self, source: Any = None, *, split: str | None = None, limit: int | None = None) -> dict:
         """The recipe `synth run` runs (only the options given, relative paths that exist made absolute);
         with `source`, its ``source`` stage first (see `run` for what a source may be)."""
         names, ids = self._names()
-        backend_names = self._backend_names()
+        named_backends, backend_names = self._backend_names()
         base_dir = Path.cwd()
         recipe: dict[str, Any] = {}
         for key, value, default in (("name", self.name, None), ("description", self.description, None),
@@ -156,8 +155,8 @@ class Pipeline:
                                     ("llm_shard_size", self.llm_shard_size, None)):
             if value != default:
                 recipe[key] = value
-        if self._named_backends:
-            recipe["backends"] = {key: b.options() for key, b in self._named_backends.items()}
+        if named_backends:
+            recipe["backends"] = {key: b.options() for key, b in named_backends.items()}
         stages = []
         if source is not None:
             if SOURCE_NAME in names:
