@@ -43,8 +43,11 @@ class Step:
         self.options = options
         self.owner = f"synth.ops.{type(self).__name__}"
         self._check_given()
-        self.spec = self._validate(self._data(name or self.type, self._ref(input) if input is not None else None,
-                                              placeholders=True))
+        placed: list[tuple] = []  # where the options hold backend objects
+        data = self._data(name or self.type, self._ref(input) if input is not None else None, placeholders=True,
+                          placed=placed)
+        self.spec = self._validate(data, placed)
+        self._check_backend_places(placed, self.spec)
 
     # -- what the step is
 
@@ -80,7 +83,18 @@ class Step:
             if str(key).lower() in SECRET_KEYS:
                 raise SynthError(f"{self.owner}: {key}: secrets never go in a pipeline (it is written out as a "
                                  "recipe); set them in the environment (a backend's api_key_env names the variable)")
-        self._substitute(self.options, lambda step: step.name or step.type, lambda b: b.name or "backend", ())
+
+    def _check_backend_places(self, placed: list[tuple], spec) -> None:
+        """A backend object belongs where the stage names a backend: a backend field, a ``backend`` key (a
+        sampler's) or a place the validated `spec` reports among the backends it uses."""
+        fields = {*self.adapter().Spec.backend_fields, "backend"}
+        used = {tuple(loc) for loc, _name in spec.backends_used()} if spec is not None else set()
+        for loc in placed:
+            if loc and (loc in used or loc[-1] in fields):
+                continue
+            dotted = ".".join(str(x) for x in loc)
+            raise SynthError(f"{self.owner}: {dotted}: takes a value, not a backend object (backends go in: "
+                             f"{', '.join(sorted(fields))})")
 
     @staticmethod
     def _ref(value: str | Step, names: dict[int, str] | None = None) -> str:
@@ -95,17 +109,11 @@ class Step:
         return names[id(value)]
 
     def _substitute(self, value: Any, step_name, backend_name, loc: tuple) -> Any:
-        """`value` with steps and backends replaced by their names (a backend only where one belongs)."""
+        """`value` with steps and backends replaced by their names (`backend_name(backend, loc)`)."""
         if isinstance(value, Step):
             return step_name(value)
         if isinstance(value, Backend):
-            key = loc[-1] if loc else None
-            if not (key in self.adapter().Spec.backend_fields or key == "backend"):
-                dotted = ".".join(str(x) for x in loc)
-                raise SynthError(f"{self.owner}: {dotted}: a backend object goes in a backend field "
-                                 f"({', '.join(self.adapter().Spec.backend_fields) or 'none here'}); "
-                                 f"give {dotted} a value")
-            return backend_name(value)
+            return backend_name(value, loc)
         if isinstance(value, dict):
             return {k: self._substitute(v, step_name, backend_name, (*loc, k)) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
@@ -115,10 +123,18 @@ class Step:
         return value
 
     def _data(self, name: str, input_name: str | None, placeholders: bool = False,
-              names: dict[int, str] | None = None, backend_names: dict[Backend, str] | None = None) -> dict:
-        """The stage's recipe mapping (before validation)."""
+              names: dict[int, str] | None = None, backend_names: dict[Backend, str] | None = None,
+              placed: list[tuple] | None = None) -> dict:
+        """The stage's recipe mapping (before validation); with `placeholders`, references wired later and
+        backends (their places noted in `placed`) stand in as names."""
         step_name = (lambda step: self._ref(step, names)) if names is not None else (lambda s: s.name or s.type)
-        backend_name = (lambda b: backend_names[b]) if backend_names is not None else (lambda b: b.name or "backend")
+
+        def backend_name(backend: Backend, loc: tuple) -> str:
+            if backend_names is not None:
+                return backend_names[backend]
+            if placed is not None:
+                placed.append(loc)
+            return f"__backend_{len(placed or ())}__"
         data: dict[str, Any] = {"type": self.type, "name": name}
         wired = self.reads_previous()
         if input_name is not None:
@@ -130,13 +146,17 @@ class Step:
             data["inputs"] = [LATER]
         return data
 
-    def _validate(self, data: dict):
+    def _validate(self, data: dict, placed: list[tuple] = ()):
         from pydantic import ValidationError
+
+        from synth.run.recipe import clean_loc
 
         adapter = self.adapter()
         try:
             spec = adapter.Spec.model_validate(data)
         except ValidationError as e:
+            wrong = [loc for loc in placed if loc in {clean_loc(tuple(i["loc"]), data) for i in e.errors()}]
+            self._check_backend_places(wrong, None)  # a backend object where a value goes: say that
             first = [k for k in ("name", "input", "inputs") if k == "name" or k in adapter.Spec.model_fields]
             valid = [*first, *[k for k in adapter.Spec.model_fields if k not in ("type", *first)]]
             raise option_error(self.owner, e, valid, lambda loc: adapter.known_keys(loc, data), data) from None

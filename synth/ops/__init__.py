@@ -7,7 +7,16 @@ type added to synth or by a plugin is a step here without any edit. A step valid
 is built; a ``source`` is not a step: it is what `synth.Pipeline.run` runs on.
 """
 
+import re
+
+_STEP_NAME = re.compile(r"[A-Z][A-Za-z0-9]*")  # what `synth.api.steps.class_name` makes
+
+
 def __getattr__(name: str):
+    # Anything else (OPERATOR_CLASSES, __path__ probes...) is answered without the registry: the registry
+    # itself looks modules up while it is being built.
+    if not _STEP_NAME.fullmatch(name):
+        raise AttributeError(f"module 'synth.ops' has no attribute '{name}'")
     from synth.api.steps import step_class, step_types
 
     types = step_types()
