@@ -19,7 +19,7 @@ _LAZY = {
     "Rejected": ("synth.pipeline.stage", "Rejected"),
     "Failed": ("synth.pipeline.stage", "Failed"),
     "ops": ("synth.ops", None),
-    "backends": ("synth.api.backends", None),
+    "backends": ("synth.backends", None),
 }
 
 __all__ = ["Failed", "Pipeline", "Rejected", "__version__", "backends", "ops", "read", "write"]

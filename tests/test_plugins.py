@@ -161,3 +161,21 @@ def test_the_docs_pages_unit_test_example_runs(tmp_path):
     exec(compile(page_files()["banned.py"], "banned.py", "exec"), namespace)
     exec(compile(example[0], "example", "exec"), namespace)
     namespace["test_banned_words_drops_and_says_why"](tmp_path)
+
+
+def test_plugin_operators_run_from_python(plugin_site, tmp_path, llm_server):
+    llm_server.script(lambda body: "Kindly: " + body["messages"][-1]["content"].split(":", 1)[1].strip())
+    answers(tmp_path / "answers.jsonl")
+    done = python(plugin_site, f"""
+        import synth
+        pipeline = synth.Pipeline([
+            synth.ops.BannedWords(words=["darn"]),
+            synth.ops.Polite(backend=synth.backends.OpenAI(base_url="{llm_server.base_url}", model="test-model")),
+        ])
+        dataset = pipeline.run("answers.jsonl")
+        print([row["messages"][-1]["content"] for row in dataset])
+        print(pipeline.to_yaml())
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "['Kindly: apple', 'Kindly: a cat']" in done.stdout
+    assert "type: banned_words" in done.stdout and "type: polite" in done.stdout
