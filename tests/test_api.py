@@ -58,6 +58,9 @@ def test_the_public_names():
 
     assert synth.Rejected is Rejected and synth.Failed is Failed
     assert {"Pipeline", "ops", "backends", "read", "write", "Rejected", "Failed"} <= set(dir(synth))
+    from synth.core.operator import Filter, LLMTask, OperatorConfig
+
+    assert synth.Filter is Filter and synth.LLMTask is LLMTask and synth.OperatorConfig is OperatorConfig
     assert synth.backends.OpenAI(model="m").options() == {"backend": "openai", "model": "m"}
     with pytest.raises(AttributeError):
         synth.nothing_here  # noqa: B018
