@@ -34,6 +34,7 @@ _json_str = json.encoder.encode_basestring
 ID_COLUMN = "id"
 REJECT_COLUMN = "_reject"
 REJECT_DETAIL_COLUMN = "_reject_detail"
+ROW_COLUMN = "_row"  # the input row an output row came from (dropped after the map)
 STAGE_NAME = "adapt"
 
 
@@ -442,6 +443,7 @@ class Renderer:
             "meta": [],
             REJECT_COLUMN: [],
             REJECT_DETAIL_COLUMN: [],
+            ROW_COLUMN: [],
         }
         if self.multimodal:
             out["images"] = []
@@ -463,6 +465,7 @@ class Renderer:
                 out[REJECT_DETAIL_COLUMN].append(
                     str(e) if isinstance(e, SynthError) else f"record {record_id}: {type(e).__name__}: {e}"
                 )
+                out[ROW_COLUMN].append(index)
                 if self.multimodal:
                     out["images"].append([])
                 continue
@@ -472,6 +475,7 @@ class Renderer:
                 out["meta"].append(self.meta_json(meta))
                 out[REJECT_COLUMN].append(None)
                 out[REJECT_DETAIL_COLUMN].append(None)
+                out[ROW_COLUMN].append(index)
                 if self.multimodal:
                     out["images"].append(images)
         return out
@@ -548,6 +552,7 @@ class AdaptResult:
     out: Path | None = None
     rejects_file: Path | None = None
     notes: list[str] = field(default_factory=list)  # e.g. where the class list came from
+    rows_from: Any = None  # numpy array: the input row of each sample, in output order
 
     @property
     def samples(self) -> int:
@@ -637,6 +642,7 @@ def _output_features(multimodal: bool):
     features = sft_features(multimodal)
     features[REJECT_COLUMN] = Value("string")
     features[REJECT_DETAIL_COLUMN] = Value("string")
+    features[ROW_COLUMN] = Value("int64")
     return features
 
 
@@ -683,7 +689,7 @@ def adapt_dataset(
 
         features = sft_features(ts.multimodal)
         return AdaptResult(dataset=Dataset.from_dict({k: [] for k in features}, features=features), records=0,
-                           notes=notes)
+                           notes=notes, rows_from=np.zeros(0, dtype=np.int64))
     dataset, label_names = _prepare(dataset, ts)
     source_label = source_name if source_label is None else source_label
     renderer = Renderer(ts, seed, source_label, base_dir, label_names, verify_images, classes)
@@ -737,8 +743,9 @@ def adapt_dataset(
             for r in part
         ]
         mapped = mapped.select(np.flatnonzero(~flags.to_numpy(zero_copy_only=False)))
-    mapped = mapped.remove_columns([REJECT_COLUMN, REJECT_DETAIL_COLUMN])
-    return AdaptResult(dataset=mapped, records=records, rejects=rejects, notes=notes)
+    rows_from = mapped.with_format("arrow")[ROW_COLUMN].to_numpy()
+    mapped = mapped.remove_columns([REJECT_COLUMN, REJECT_DETAIL_COLUMN, ROW_COLUMN])
+    return AdaptResult(dataset=mapped, records=records, rejects=rejects, notes=notes, rows_from=rows_from)
 
 
 def parse_mapping(pairs: Iterable[str]) -> dict[str, str]:

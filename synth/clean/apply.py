@@ -217,21 +217,23 @@ def clean_dataset(
     records_of=None,
     output_kind: str | None = None,
     count_requests: bool = False,
+    image_root: str | os.PathLike | None = None,
 ) -> CleanResult:
     """Read `source`, pass its records through `stages`, write the kept ones to the folder `out`.
 
     `layout` forces the reader's layout (e.g. "raw"), `records_of(source)` gives the records the stages read
     (default: the reader's), `output_kind` the kind of records they write when it is not the input's.
     `count_requests`: the bar counts the first stage's finished LLM requests (and its completion tokens)
-    rather than the records read, which run far ahead of the answers.
+    rather than the records read, which run far ahead of the answers. `image_root`: the folder image paths
+    resolve under (``--image-root``; default: the dataset's folder).
 
     Raises `SynthError` (nothing written) for an unreadable or empty source, a bad row or image, a run in
     which every LLM request failed, and a run that kept nothing when a stage's ``nothing_kept()`` says why."""
     from synth.pipeline.llm_task import LLMTask, check_not_all_failed
     from synth.progress import progress
 
-    out = check_output(out, overwrite, inputs=[source])
-    src = open_source(source, split, config=config, revision=revision, limit=limit,
+    out = check_output(out, overwrite, inputs=[source] + ([image_root] if image_root else []))
+    src = open_source(source, split, config=config, revision=revision, limit=limit, image_root=image_root,
                       **({"layout": layout} if layout else {}))
     path_columns = _image_path_columns(src.dataset.features or {}, _image_columns(stages)) if src.kind == "raw" else {}
     read = 0
@@ -304,3 +306,53 @@ def clean_dataset(
         if usage:
             folder.write_json(USAGE, usage)
     return result
+
+
+# ---------------------------------------------------------------- operators that change a whole Arrow dataset
+
+
+@dataclass
+class DatasetRunResult:
+    out: Path
+    read: int
+    rows: int
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> records
+    rejects_file: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def map_dataset(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    stage: Stage,
+    *,
+    split: str | None = None,
+    config: str | None = None,
+    revision: str | None = None,
+    overwrite: bool = False,
+    limit: int | None = None,
+    layout: str | None = None,
+    image_root: str | os.PathLike | None = None,
+) -> DatasetRunResult:
+    """Read `source` as one Arrow dataset, change it with the stage's ``map_dataset`` hook (see
+    `synth.core.operator`) and write the result to the folder `out` (whole or not at all), with
+    ``rejects.jsonl`` and the stage's ``report.json`` inside. An empty source is an error."""
+    from synth.data import save
+
+    out = check_output(out, overwrite, inputs=[source] + ([image_root] if image_root else []))  # before reading
+    src = open_source(source, split, config=config, revision=revision, limit=limit, image_root=image_root,
+                      **({"layout": layout} if layout else {}))
+    if hasattr(stage, "prepare"):
+        stage.prepare(src)
+    with OutputFolder(out, overwrite) as folder:
+        # Arrow cache files live in the output's temporary folder (same disk) and go with it
+        result = stage.map_dataset(src.dataset, name=str(source), label=src.label, base_dir=src.base_dir,
+                                   scratch=folder.scratch(stage.name))
+        for reject in result.rejects:
+            more = {k: v for k, v in reject.items() if k not in ("id", "stage", "reason", "detail")}
+            folder.rejects.write(reject["id"], stage.name, reject["reason"], reject["detail"], **more)
+        save(result.dataset, folder.path)
+        folder.write_json(REPORT, result.report or {"stage": stage.name, "read": result.read,
+                                                    "rows": len(result.dataset), "rejected": result.rejected})
+    return DatasetRunResult(out=folder.final, read=result.read, rows=len(result.dataset), rejected=result.rejected,
+                            rejects_file=folder.final / REJECTS if result.rejects else None, notes=result.notes)

@@ -2,13 +2,14 @@
 registered operator (synth's own and plugins'), and ``synth operators`` to list them.
 
 Nothing here is written per operator: a field becomes a flag (``num_perm`` → ``--num-perm``; a bool
-``--x/--no-x``; a list repeats the flag; a Literal offers its choices; anything else is read as a YAML
-value), its description the help, its default the shown default. Only the flags a user passes reach the
+``--x/--no-x``; a list repeats the flag; a mapping of names repeats ``--flag KEY=VALUE``; a Literal offers
+its choices; anything else is read as a YAML value), its description the help, its default the shown default. Only the flags a user passes reach the
 config, so the operator's own defaults apply. An operator that may ask an LLM also takes the shared LLM
 options (``--model``, ``--base-url``, ..., and a local backend's ``--batch-size`` and ``--adapter``); its
 ``max_tokens``, ``temperature`` and ``seed`` fields show as the shared ``--max-tokens``, ``--temperature``
 and ``--seed``. The run reads DATASET with the one reader and writes OUT with
-the one writer, with rejects, failures and a report inside (`synth.clean.apply.clean_dataset`).
+the one writer, with rejects, failures and a report inside (`synth.clean.apply.clean_dataset`; an operator
+with a ``map_dataset`` hook gets the input as one Arrow dataset: `synth.clean.apply.map_dataset`).
 """
 
 from __future__ import annotations
@@ -44,13 +45,13 @@ DATASET_HELP = ("Dataset: save_to_disk folder, Parquet/JSONL/CSV file or folder 
                 "alpaca or OpenAI layout), image folder, WebDataset shards, or Hub id.")
 
 #: parameters every generated command has (a field with one of these names gets the operator's name as prefix)
-_COMMON = {"dataset", "out", "overwrite", "split", "subset", "revision", "limit"}
+_COMMON = {"dataset", "out", "overwrite", "split", "subset", "revision", "limit", "image_root"}
 _LLM = {"model", "base_url", "backend", "concurrency", "cache_dir", "no_cache", "batch"}
 #: options of a local backend an LLM operator's command also takes (unless a config field has the name)
 _BACKEND_OPTIONS = {"batch_size": BatchSize, "adapter": Adapter}
 #: their flags
-_FLAGS = {"--out", "-o", "--overwrite", "--split", "--subset", "--revision", "--limit", "--model", "-m", "--base-url",
-          "--backend", "--concurrency", "--cache-dir", "--no-cache", "--batch"}
+_FLAGS = {"--out", "-o", "--overwrite", "--split", "--subset", "--revision", "--limit", "--image-root", "--model", "-m",
+          "--base-url", "--backend", "--concurrency", "--cache-dir", "--no-cache", "--batch"}
 #: --model as a list, so that repeating it is an error rather than the last one silently winning
 _Models = Annotated[Optional[list[str]], typer.Option("--model", "-m", help=typing.get_args(Model)[1].help,
                                                        rich_help_panel=LLM_PANEL)]
@@ -85,7 +86,29 @@ def _click_type(annotation: Any) -> tuple[Any, bool] | None:
         item, _ = _unwrap(typing.get_args(inner)[0])
         if item in (int, float, str):
             return item, True
+    if origin is dict and [_unwrap(a)[0] for a in typing.get_args(inner)] == [str, str]:
+        return str, True  # --flag KEY=VALUE, repeated
     return None
+
+
+def _is_mapping(annotation: Any) -> bool:
+    return typing.get_origin(_unwrap(annotation)[0]) is dict
+
+
+def _key_values(pairs: list[str], flag: str, description: str | None) -> dict[str, str]:
+    """``["key=value", ...]`` as a dict; a pair without ``=`` is the user's error, named with the form the
+    field's description gives (e.g. VARIABLE=COLUMN), else KEY=VALUE."""
+    import re
+
+    found = re.search(r"\b[A-Z][A-Z_]*=[A-Z][A-Z_]*\b", description or "")
+    form = found.group(0) if found else "KEY=VALUE"
+    mapping = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise SynthError(f"{flag} '{pair}': expected {form}, e.g. {flag} {form.lower()}")
+        mapping[key.strip()] = value.strip()
+    return mapping
 
 
 def _default_text(info: FieldInfo) -> str | None:
@@ -126,6 +149,8 @@ def _field_parameter(cls, field: str, info: FieldInfo, llm: bool) -> tuple[str, 
         return param, inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[Optional[list[str]], option])
     kind, multiple = simple
+    if _is_mapping(info.annotation) and "=" not in help_text:
+        help_text = f"{help_text} (KEY=VALUE, repeatable)".strip()
     if isinstance(kind, click.Choice):  # the config checks the value; the help lists the choices
         help_text = f"{help_text} ({' | '.join(kind.choices)})".strip()
         kind = str
@@ -161,10 +186,22 @@ def _options_from(cls, fields: dict[str, str], values: dict[str, Any]) -> dict[s
         value = values.get(param)
         if value is None or value == []:
             continue
-        if isinstance(value, str) and _click_type(cls.Config.model_fields[field].annotation) is None:
+        info = cls.Config.model_fields[field]
+        if isinstance(value, str) and _click_type(info.annotation) is None:
             value = yaml_value(value, f"--{param.replace('_', '-')}")
+        elif isinstance(value, list) and _is_mapping(info.annotation):
+            flag = next(iter(getattr(cls, "cli_flags", {}).get(field, [])), "--" + param.replace("_", "-"))
+            value = _key_values(value, flag, info.description)
         options[field] = value
     return options
+
+
+def _common_flags(cls, name: str, default: list[str]) -> list[str]:
+    """The flag names of a common option: the operator's ``cli_flags`` may give it more (adapt's --config
+    for --subset) unless a config field of that name took them."""
+    if name in cls.Config.model_fields:
+        return default
+    return list(getattr(cls, "cli_flags", {}).get(name) or default)
 
 
 def make_command(cls) -> None:
@@ -179,7 +216,8 @@ def make_command(cls) -> None:
         inspect.Parameter("out", K, annotation=Out),
     ]
     fields: dict[str, str] = {}
-    taken = set(_FLAGS)
+    common = {name: _common_flags(cls, name, [f"--{name}"]) for name in ("split", "subset", "revision", "limit")}
+    taken = set(_FLAGS) | {flag for flags in common.values() for flag in flags}
     for field, info in cls.Config.model_fields.items():
         param, parameter = _field_parameter(cls, field, info, llm)
         fields[field] = param
@@ -192,13 +230,16 @@ def make_command(cls) -> None:
             flag, hidden=True, help=f"Replaced: {getattr(cls, 'cli_replaced', {})[flag]}")]))
     params += [
         inspect.Parameter("split", K, default=None, annotation=Annotated[Optional[str], typer.Option(
-            help="Split to read when the source has several.")]),
+            *common["split"], help="Split to read when the source has several.")]),
         inspect.Parameter("subset", K, default=None, annotation=Annotated[Optional[str], typer.Option(
-            "--subset", help="Hub dataset: the configuration (subset) to load.")]),
+            *common["subset"], help="Hub dataset: the configuration (subset) to load.")]),
         inspect.Parameter("revision", K, default=None, annotation=Annotated[Optional[str], typer.Option(
-            "--revision", help="Hub dataset: a branch, tag or commit.")]),
+            *common["revision"], help="Hub dataset: a branch, tag or commit.")]),
         inspect.Parameter("limit", K, default=None, annotation=Annotated[Optional[int], typer.Option(
-            help="Only the first N records.")]),
+            *common["limit"], min=1, help="Only the first N records.")]),
+        inspect.Parameter("image_root", K, default=None, annotation=Annotated[Optional[str], typer.Option(
+            "--image-root", help="Folder that relative (and absolute) image paths resolve under and may not "
+                                 "leave (default: the dataset's folder).")]),
         inspect.Parameter("overwrite", K, default=False, annotation=Annotated[bool, typer.Option(
             "--overwrite", help="Replace OUT if synth wrote it.")]),
     ]
@@ -282,11 +323,15 @@ def run_operator(cls, dataset: str, options: dict[str, Any], values: dict[str, A
         if hasattr(cls, "run_command"):  # it writes its own output folder and summary
             cls.run_command(stages, dataset, out, console=console, **read)
             return
+        if hasattr(stages[0], "map_dataset"):  # the input as one Arrow dataset
+            _run_on_dataset(cls, stages[0], dataset, values)
+            return
         result = clean_dataset(dataset, out, stages, split=read["split"], config=read["subset"],
                                revision=read["revision"], overwrite=read["overwrite"], limit=read["limit"],
                                description=cls.name, command=cls.name,
                                layout=getattr(cls, "input_layout", None), records_of=records_of,
-                               output_kind=getattr(cls, "output_kind", None), count_requests=llm)
+                               output_kind=getattr(cls, "output_kind", None), count_requests=llm,
+                               image_root=values["image_root"])
         print_result(result, f"synth {cls.name.replace('_', '-')}")
         if hasattr(stages[0], "describe"):
             console.print(stages[0].describe(), soft_wrap=True)
@@ -299,6 +344,28 @@ def run_operator(cls, dataset: str, options: dict[str, Any], values: dict[str, A
     finally:
         for backend_ in built.values():
             backend_.close()
+
+
+def _run_on_dataset(cls, stage, dataset: str, values: dict[str, Any]) -> None:
+    """An operator with a ``map_dataset`` hook: the whole input as one Arrow dataset; its notes, then one line."""
+    from rich.text import Text
+
+    from synth.clean.apply import map_dataset
+
+    result = map_dataset(dataset, values["out"], stage, split=values["split"], config=values["subset"],
+                         revision=values["revision"], overwrite=values["overwrite"], limit=values["limit"],
+                         layout=getattr(cls, "input_layout", None), image_root=values["image_root"])
+    for note in result.notes:
+        console.print(Text.assemble(("note: ", "yellow"), note), soft_wrap=True)
+    noun = {"sft": "samples", "preference": "pairs"}.get(getattr(cls, "output_kind", None) or "", "records")
+    line = f"[green]wrote {result.rows:,} {noun}[/] from {result.read:,} records to [bold]{result.out}[/]"
+    skipped = sum(result.rejected.values())
+    if skipped:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(result.rejected.items()))
+        line += f"; skipped {skipped:,} ({reasons}), see {result.rejects_file}"
+    else:
+        line += "; skipped 0"
+    console.print(line, soft_wrap=True)
 
 
 def register_all() -> None:

@@ -5,6 +5,9 @@ relative path resolves against the recipe's folder (then the working folder), th
 and the file's *content* is part of the stage fingerprint, so editing a benchmark file reruns the stage
 that reads it instead of reusing a stale output. `DatasetRef` marks a field naming a dataset the operator
 reads besides its input (another stage's output in a recipe, a path on the command line).
+
+`NameOrFile(".yaml", ".yml")` marks a field whose value names something built in (a shipped template set)
+or, when it ends with one of those suffixes, a file: only such values resolve and are fingerprinted as files.
 """
 
 from __future__ import annotations
@@ -18,14 +21,25 @@ from pydantic import BaseModel
 
 
 class _FileMarker:
-    """Metadata marking a string as a path the operator reads."""
+    """Metadata marking a string as a path the operator reads (with `suffixes`: only a value ending so)."""
+
+    def __init__(self, suffixes: tuple[str, ...] = ()):
+        self.suffixes = suffixes
+
+    def is_file(self, value: str) -> bool:
+        return not self.suffixes or Path(value).suffix in self.suffixes
 
     def __repr__(self) -> str:
-        return "FilePath"
+        return "NameOrFile" if self.suffixes else "FilePath"
 
 
 FILE = _FileMarker()
 FilePath = Annotated[str, FILE]
+
+
+def NameOrFile(*suffixes: str) -> Any:  # noqa: N802 (a type, used like FilePath)
+    """A string naming something built in, or a file when it ends with one of `suffixes`."""
+    return Annotated[str, _FileMarker(tuple(suffixes))]
 
 
 class _DatasetMarker:
@@ -54,17 +68,21 @@ def _holds(annotation: Any, marker: type) -> bool:
     return any(_holds(arg, marker) for arg in typing.get_args(annotation))
 
 
-def _holds_file(annotation: Any) -> bool:
-    return _holds(annotation, _FileMarker)
+def _marker_in(annotation: Any) -> _FileMarker | None:
+    if typing.get_origin(annotation) is Annotated:
+        found = [m for m in typing.get_args(annotation)[1:] if isinstance(m, _FileMarker)]
+        return found[0] if found else _marker_in(typing.get_args(annotation)[0])
+    return next((m for m in map(_marker_in, typing.get_args(annotation)) if m is not None), None)
+
+
+def _file_marker(model: type[BaseModel], name: str) -> _FileMarker | None:
+    info = model.model_fields[name]
+    return next((m for m in info.metadata if isinstance(m, _FileMarker)), None) or _marker_in(info.annotation)
 
 
 def file_fields(model: type[BaseModel]) -> list[str]:
     """Names of `model`'s fields that hold a `FilePath` (or a list of them, or an optional one)."""
-    names = []
-    for name, info in model.model_fields.items():
-        if any(isinstance(m, _FileMarker) for m in info.metadata) or _holds_file(info.annotation):
-            names.append(name)
-    return names
+    return [name for name in model.model_fields if _file_marker(model, name) is not None]
 
 
 def resolve_file(value: str, base_dir: Path) -> str:
@@ -83,11 +101,11 @@ def resolve_file(value: str, base_dir: Path) -> str:
     return value
 
 
-def _map_paths(value: Any, fn) -> Any:
+def _map_paths(value: Any, fn, marker: _FileMarker = FILE) -> Any:
     if isinstance(value, str):
-        return fn(value)
+        return fn(value) if marker.is_file(value) else value
     if isinstance(value, (list, tuple)):
-        return [_map_paths(v, fn) for v in value]
+        return [_map_paths(v, fn, marker) for v in value]
     return value
 
 
@@ -97,8 +115,9 @@ def _names_paths(value: Any) -> bool:
 
 def resolve_files(config: BaseModel, base_dir: Path) -> BaseModel:
     """`config` with its file fields resolved against `base_dir` (see `resolve_file`)."""
-    update = {name: _map_paths(getattr(config, name), lambda v: resolve_file(v, base_dir))
-              for name in file_fields(type(config)) if _names_paths(getattr(config, name))}
+    model = type(config)
+    update = {name: _map_paths(getattr(config, name), lambda v: resolve_file(v, base_dir), _file_marker(model, name))
+              for name in file_fields(model) if _names_paths(getattr(config, name))}
     return config.model_copy(update=update) if update else config
 
 
@@ -128,5 +147,6 @@ def file_contents(config: BaseModel) -> dict[str, Any]:
     for name in file_fields(type(config)):
         value = getattr(config, name)
         if _names_paths(value):  # not a field's other form (e.g. examples given inline instead of a file)
-            out[name] = _map_paths(value, lambda v: content_digest(v) if Path(v).exists() else v)
+            out[name] = _map_paths(value, lambda v: content_digest(v) if Path(v).exists() else v,
+                                   _file_marker(type(config), name))
     return out

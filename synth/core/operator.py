@@ -43,7 +43,16 @@ Optional class attributes and hooks, each used by the CLI, the runner and the Py
   give (a share of the whole);
 - ``nothing_kept()`` (instance): the error line when a command's run kept no record (then nothing is
   written; a generator says why and what to change); a recipe stage writes its empty output instead;
-- ``reads`` / ``writes``: the columns it reads and writes (docs, and the runner's layout).
+- ``reads`` / ``writes``: the columns it reads and writes (docs, and the runner's layout);
+- ``map_dataset(dataset, *, name, label, base_dir, scratch)`` (instance): for an operator that changes a
+  whole Arrow dataset at once (adapt: `datasets.map` over batches, in processes) rather than record by
+  record: `name` names the input in errors, `label` is its ``meta.source``, `base_dir` the folder image paths
+  resolve in, `scratch` a folder for Arrow cache files (``prepare`` has seen the whole input first). It
+  returns a `DatasetResult`; the CLI and the runner write it (rejects, report, each output row placed after
+  its input row), and a dry run calls it on a few rows.
+
+``cli_flags`` may also give more flags to the command's own options (``split``, ``subset``, ``revision``,
+``limit``), e.g. adapt's ``{"subset": ["--config", "--subset"]}``.
 
 A config field ``seed: int | None = None`` left unset takes the recipe's seed. Register it by listing it in its module's
 ``OPERATOR_CLASSES`` tuple (inside synth) or under the ``synth.operators`` entry-point group (a plugin).
@@ -53,6 +62,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -141,9 +151,23 @@ def input_records(cls: type[Stage], source) -> Any:
     return hook(source) if hook is not None else source.records()
 
 
+@dataclass
+class DatasetResult:
+    """What an operator's ``map_dataset`` hook gives back."""
+
+    dataset: Any  # the output `datasets.Dataset` (in the layout of `output_kind`)
+    rows_from: Any  # each output row's input row (a position in the dataset it was given), in output order
+    read: int = 0  # input records
+    rejects: list[dict] = field(default_factory=list)  # {"id", "reason", "detail", **more}: rejects.jsonl lines
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> records (the report's counts)
+    notes: list[str] = field(default_factory=list)  # printed as "note: ..." by the CLI
+    multimodal: bool = False
+    report: dict[str, Any] = field(default_factory=dict)  # the CLI's report.json
+
+
 #: what an operator's config derives from (unknown keys are errors)
 OperatorConfig = StageConfig
 
-__all__ = ["Aggregate", "ChatRequest", "Completion", "Failed", "Filter", "LLMTask", "Map", "OperatorConfig",
+__all__ = ["Aggregate", "ChatRequest", "Completion", "DatasetResult", "Failed", "Filter", "LLMTask", "Map", "OperatorConfig",
            "Rejected", "Stage", "StageConfig", "build", "check_operator", "command_name", "kind_of",
            "needs_backend", "summary"]

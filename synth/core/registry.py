@@ -23,7 +23,7 @@ from synth.errors import SynthError
 
 ENTRY_POINT_GROUP = "synth.operators"
 #: packages whose modules may define ``OPERATOR_CLASSES`` (walked, so a new module needs no other edit)
-BUILTIN_PACKAGES = ("synth.clean", "synth.generate", "synth.prefs", "synth.ops")
+BUILTIN_PACKAGES = ("synth.clean", "synth.generate", "synth.prefs", "synth.ops", "synth.adapt")
 
 _OPERATORS: dict[str, type[Stage]] = {}
 _ORIGIN: dict[str, str] = {}  # name -> "synth" or the plugin distribution

@@ -22,7 +22,8 @@ def _type_text(annotation: Any) -> str:
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
     text = text or str(annotation)
     text = re.sub(r"typing\.|synth\.[\w.]+\.|pydantic\.[\w.]+\.|<class '|'>", "", text)
-    text = text.replace("Annotated[str, FilePath]", "path").replace("NoneType", "None")
+    text = text.replace("Annotated[str, FilePath]", "path").replace("Annotated[str, NameOrFile]", "name or path")
+    text = text.replace("NoneType", "None")
     return text.replace("|", "&#124;")
 
 

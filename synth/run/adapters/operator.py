@@ -6,7 +6,8 @@ may ask an LLM, ``backend`` (a name from the recipe's ``backends``), and ``limit
 of the input) unless the config declares one. File fields (`synth.core.fields.FilePath`) resolve against the
 recipe's folder and their content is part of the fingerprint; dataset fields (`DatasetRef`) name other
 stages' outputs, which run first and whose folders the operator gets. An operator that needs its whole
-input (an `Aggregate`) runs as one shard; the others shard by record id.
+input (an `Aggregate`) runs as one shard; the others shard by record id. An operator with a ``map_dataset``
+hook gets each shard as an Arrow dataset instead of records (`execute`).
 """
 
 from __future__ import annotations
@@ -144,6 +145,51 @@ class OperatorAdapter(StageAdapter):
     def output_layout(self, spec: StageSpec, src) -> tuple[str, bool]:
         kind = getattr(self.cls, "output_kind", None)
         return (kind or src.kind), bool(src.multimodal)
+
+    def execute(self, spec: StageSpec, ctx, inputs: list, folder, tracker) -> dict[str, Any]:
+        if not hasattr(self.cls, "map_dataset"):
+            return super().execute(spec, ctx, inputs, folder, tracker)
+        import numpy as np
+
+        from synth.data import save
+
+        src = inputs[0]
+        stage = self.stages(spec, ctx, src)[0]  # prepared with the whole input
+        label = (ctx.task.inputs[0].get("stage") if ctx.task else None) or src.name  # meta.source: the stage read
+        result = stage.map_dataset(src.dataset, name=label, label=label, base_dir=src.base_dir,
+                                   scratch=folder.scratch(self.type))
+        for reject in result.rejects:
+            more = {k: v for k, v in reject.items() if k not in ("id", "stage", "reason", "detail")}
+            folder.rejects.write(reject["id"], stage.name, reject["reason"], reject["detail"], **more)
+        save(result.dataset, folder.path)
+        if ctx.progress is not None:
+            ctx.progress.add(records=result.read)
+        positions = tracker.global_positions if tracker.global_positions is not None else np.arange(result.read)
+        rows_from = np.asarray(result.rows_from, dtype=np.int64)
+        tracker.positions, tracker.ok = np.asarray(positions)[rows_from].tolist(), True
+        # kept: the input records that gave at least one output row
+        return {"counts": {"read": result.read, "kept": len(set(rows_from.tolist())), "rows": len(result.dataset),
+                           "rejected": result.rejected, "failed": {}},
+                "kind": getattr(self.cls, "output_kind", None) or src.kind, "multimodal": result.multimodal}
+
+    def sample(self, spec: StageSpec, ctx, records: list[dict], src) -> list[dict] | None:
+        if not hasattr(self.cls, "map_dataset"):
+            return super().sample(spec, ctx, records, src)
+        from datasets import Dataset
+
+        from synth.data.reader import Source
+
+        stage = self.stages(spec, ctx, src)[0]  # a bad option (a broken template file) is an error now
+        if src is not None and hasattr(stage, "prepare"):
+            stage.prepare(src)
+        try:  # a dry run shows what a few rows give; the run itself reports bad rows
+            result = stage.map_dataset(Dataset.from_list(records), name=spec.input, label=spec.input,
+                                       base_dir=src.base_dir if src is not None else None, scratch=None)
+            kind = getattr(self.cls, "output_kind", None)
+            layout = {"sft": "messages", "preference": "preference"}.get(kind, "raw")
+            return list(Source(spec.name, result.dataset, None, layout).records())
+        except Exception:
+            return None
 
     def merged_report(self, spec: StageSpec, report: dict[str, Any]) -> dict[str, Any]:
         hook = getattr(self.cls, "merged_details", None)
