@@ -149,3 +149,10 @@ def test_every_generated_command_takes_image_root(tmp_path):
     result = run_cli("image-size", ann, "-o", tmp_path / "out", "--image-root", tmp_path / "data" / "images")
     assert result.exit_code == 0, result.output
     assert load_from_disk(str(tmp_path / "out"))["caption"] == ["a one", "a two"]
+
+
+def test_limit_below_one_is_one_line(tmp_path):
+    rows = write_jsonl(tmp_path / "rows.jsonl", SUMMARY_ROWS)
+    one_line_error(run_cli("adapt", rows, "-t", "summarization", "-o", tmp_path / "out", "--limit", "0"),
+                   "--limit 0", "at least 1")
+    assert not (tmp_path / "out").exists()

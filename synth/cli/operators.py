@@ -236,7 +236,7 @@ def make_command(cls) -> None:
         inspect.Parameter("revision", K, default=None, annotation=Annotated[Optional[str], typer.Option(
             *common["revision"], help="Hub dataset: a branch, tag or commit.")]),
         inspect.Parameter("limit", K, default=None, annotation=Annotated[Optional[int], typer.Option(
-            *common["limit"], min=1, help="Only the first N records.")]),
+            *common["limit"], help="Only the first N records.")]),
         inspect.Parameter("image_root", K, default=None, annotation=Annotated[Optional[str], typer.Option(
             "--image-root", help="Folder that relative (and absolute) image paths resolve under and may not "
                                  "leave (default: the dataset's folder).")]),
@@ -294,6 +294,8 @@ def run_operator(cls, dataset: str, options: dict[str, Any], values: dict[str, A
     from synth.data import check_output
 
     out = values["out"]
+    if values["limit"] is not None and values["limit"] < 1:
+        raise SynthError(f"--limit {values['limit']}: give a number of records, at least 1")
     check_output(out, values["overwrite"])  # fail before loading a model
     built: dict[str | None, Any] = {}
     taken = set(cls.Config.model_fields)  # a field named like a backend option is the operator's
