@@ -111,7 +111,7 @@ def test_help_shows_each_option_with_its_default_and_description():
     text = pydoc.render_doc(synth.ops.Dedup)
     assert "threshold (float, default 0.8): estimated Jaccard" in text
     assert synth.ops.Dedup.adapter().Spec.__doc__.strip().splitlines()[0] in text  # the stage's own summary
-    assert "template (list[str], required): template set name(s)" in pydoc.render_doc(synth.ops.Adapt)
+    assert "required): Template set: a shipped name" in pydoc.render_doc(synth.ops.Adapt)
     assert "base_url" in str(inspect.signature(synth.backends.OpenAI))
 
 
