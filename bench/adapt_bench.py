@@ -168,6 +168,7 @@ def loop_adapt(source: Path, template: str, out: Path) -> int:
 
     from synth.adapt import Renderer, class_list, load_template_set
     from synth.data import OutputFolder, base_dir_of, save
+    from synth.data.reader import source_label
     from synth.io import read_dataset
     from synth.records import sft_features
 
@@ -176,7 +177,8 @@ def loop_adapt(source: Path, template: str, out: Path) -> int:
     if ts.multimodal:
         dataset = dataset.cast_column("image", Image(decode=False))
     classes = class_list(dataset, ts)[0]  # as the engine reads it (classification, nli)
-    renderer = Renderer(ts, seed=0, source_name=str(source), base_dir=base_dir_of(source), classes=classes)
+    renderer = Renderer(ts, seed=0, source_name=source_label(str(source)), base_dir=base_dir_of(source),
+                        classes=classes)  # meta.source: the stable name the engine records
     rows = []
     for index, row in enumerate(dataset):
         record_id = str(row.get("id") or f"row-{index}")
