@@ -201,11 +201,15 @@ def clean_dataset(
     layout: str | None = None,
     records_of=None,
     output_kind: str | None = None,
+    output_multimodal: bool | None = None,
 ) -> CleanResult:
     """Read `source`, pass its records through `stages`, write the kept ones to the folder `out`.
 
     `layout` forces the reader's layout (e.g. "raw"), `records_of(source)` gives the records the stages read
-    (default: the reader's), `output_kind` the kind of records they write when it is not the input's.
+    (default: the reader's), `output_kind` the kind of records they write when it is not the input's, and
+    `output_multimodal` whether they carry images when that is not as the input's. A stage with
+    ``bind_source(source)`` gets the opened source first; one with ``details()`` adds its figures to the
+    report.
 
     Raises `SynthError` (nothing written) for an unreadable or empty source, a bad row or image, and a
     run in which every LLM request failed."""
@@ -215,6 +219,9 @@ def clean_dataset(
     out = check_output(out, overwrite, inputs=[source])
     src = open_source(source, split, config=config, revision=revision, limit=limit,
                       **({"layout": layout} if layout else {}))
+    for stage in stages:
+        if hasattr(stage, "bind_source"):
+            stage.bind_source(src)
     path_columns = _image_path_columns(src.dataset.features or {}, _image_columns(stages)) if src.kind == "raw" else {}
     read = 0
     with OutputFolder(out, overwrite) as folder, progress() as bar:
@@ -240,7 +247,8 @@ def clean_dataset(
             )
         else:
             kept = write_records(
-                kept_records, folder.path, kind=output_kind or src.kind, multimodal=src.multimodal,
+                kept_records, folder.path, kind=output_kind or src.kind,
+                multimodal=src.multimodal if output_multimodal is None else output_multimodal,
                 scratch=folder.scratch("write"),
             )
         for stage in stages:
@@ -271,6 +279,7 @@ def clean_dataset(
                 for stage in stages
             ],
             "summaries": result.summaries,
+            **{k: v for stage in stages if hasattr(stage, "details") for k, v in stage.details().items()},
         })
         usage = _usage(stages, command)
         if usage:

@@ -12,7 +12,6 @@ from synth import __version__
 from synth.cli import adapt as _adapt  # noqa: F401,E402
 from synth.cli import batches as _batches  # noqa: F401,E402
 from synth.cli import clean as _clean  # noqa: F401,E402
-from synth.cli import evolve as _evolve  # noqa: F401,E402
 from synth.cli import export as _export  # noqa: F401,E402
 from synth.cli import generate as _generate  # noqa: F401,E402
 from synth.cli import loop as _loop  # noqa: F401,E402

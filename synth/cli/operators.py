@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Optional
 import click
 import typer
 from pydantic.fields import FieldInfo
+from rich.markup import escape
 
 from synth.cli.common import command, console
 from synth.cli.llm_options import BackendName, BaseUrl, Batch, CacheDir, Concurrency, Model, NoCache, Out
@@ -79,7 +80,7 @@ def _field_parameter(cls, field: str, info: FieldInfo) -> tuple[str, inspect.Par
     flag = "--" + param.replace("_", "-")
     decls = list(getattr(cls, "cli_flags", {}).get(field, [])) or [flag]
     simple = _click_type(info.annotation)
-    help_text = (info.description or "").rstrip(".")
+    help_text = escape((info.description or "").rstrip("."))  # "[x0, y0]" is text, not rich markup
     if info.is_required():
         help_text += " [required]"
     show = _default_text(info)
@@ -177,11 +178,12 @@ def run_operator(cls, dataset: str, options: dict[str, Any], values: dict[str, A
     """Build the operator, run it over DATASET into OUT, print the counts (and the LLM usage)."""
     from synth.clean.apply import clean_dataset
     from synth.cli.clean import print_result
-    from synth.core.operator import build, input_records
+    from synth.core.operator import build, input_layout, input_records, make_config, output_multimodal
     from synth.data import check_output
 
     out = values["out"]
     check_output(out, values["overwrite"])  # fail before loading a model
+    config = make_config(cls, options)
     built = []
 
     def backend():
@@ -192,13 +194,16 @@ def run_operator(cls, dataset: str, options: dict[str, Any], values: dict[str, A
         return built[-1]
 
     try:
-        stage = build(cls, options, backend_factory=backend if llm else None)
+        stage = build(cls, config, backend_factory=backend if llm else None)
         result = clean_dataset(dataset, out, [stage], split=values["split"], config=values["subset"],
                                revision=values["revision"], overwrite=values["overwrite"], limit=values["limit"],
                                description=cls.name, command=cls.name,
-                               layout=getattr(cls, "input_layout", None),
+                               layout=input_layout(cls, config),
                                records_of=lambda src: input_records(cls, src),
-                               output_kind=getattr(cls, "output_kind", None))
+                               output_kind=getattr(cls, "output_kind", None),
+                               output_multimodal=output_multimodal(cls, config))
+        for table in stage.tables() if hasattr(stage, "tables") else ():
+            console.print(table)
         print_result(result, f"synth {cls.name.replace('_', '-')}")
         if hasattr(stage, "describe"):
             console.print(stage.describe(), soft_wrap=True)

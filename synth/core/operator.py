@@ -15,15 +15,25 @@ Optional class attributes and hooks, each used by the CLI, the runner and the Py
 - ``cli_flags``: field → flag names, e.g. ``{"benchmarks": ["--benchmark", "-b"]}``; ``cli_command = False``
   for no command of its own;
 - ``output_kind``: "sft" / "preference" when it writes another kind of record than it reads;
-  ``input_layout``: the reader layout it needs (e.g. "raw" for labelled rows);
+  ``output_multimodal``: whether its records carry images when that is not as its input's (a bool, or a
+  function of the config); ``input_layout``: the reader layout it needs (e.g. "raw" for labelled rows; a
+  string, or a function of the config);
 - ``input_records(source)`` (classmethod/staticmethod): the records it reads from an opened source;
 - ``fingerprint_extra(config)`` (classmethod): more that decides its output than the config and the files
   of its `FilePath` fields (e.g. the content of a template set named by name);
 - ``asks_llm(config)``: whether this configuration asks the backend (default: every LLM operator does);
 - ``from_config(config, *, backend_factory)``: for an operator that builds itself (one that needs a
-  backend only in some configurations);
+  backend only in some configurations, or picks an engine by an option); with a ``progress`` parameter it
+  also gets the LLM progress callback;
+- ``origin(record)`` (staticmethod): for an operator that writes records of its own (several versions per
+  input record), the id of the input record an output record came from: the runner keeps input order by it;
+- ``bind_source(source)`` (instance): called with the opened input before its records flow (e.g. to
+  resolve image paths inside the dataset's folder);
 - ``preview_requests(records)`` (instance): the requests a dry run shows (default: ``format_input``);
-- ``describe()`` (instance): one line printed after a CLI run; ``summary()``: table rows;
+  ``requests_per_record()``: the requests one record takes, for the dry run's estimate (default 1);
+- ``describe()`` (instance): one line printed after a CLI run; ``summary()``: table rows; ``tables()``:
+  rich renderables printed after a CLI run; ``details()``: a dict of its own figures, written at the top
+  level of the CLI output's report.json;
 - ``reads`` / ``writes``: the columns it reads and writes (docs, and the runner's layout).
 
 A config field ``seed: int | None = None`` left unset takes the recipe's seed. Register it by listing it in its module's
@@ -84,22 +94,29 @@ def check_operator(cls: Any, where: str) -> None:
                          "(a recipe stage's own keys)")
 
 
+def make_config(cls: type[Stage], options: dict | Any | None = None) -> Any:
+    """The operator's validated config from options; a `SynthError` naming the operator and the bad key."""
+    if isinstance(options, cls.Config):
+        return options
+    try:
+        return cls.Config(**(options or {}))
+    except ValidationError as e:
+        raise SynthError(validation_message(e, f"{cls.name}") +
+                         f"; valid options for '{cls.name}': {', '.join(cls.Config.model_fields) or '(none)'}") from None
+    except TypeError as e:  # options not a mapping
+        raise SynthError(f"{cls.name}: options must be a mapping of key: value ({e})") from None
+
+
 def build(cls: type[Stage], options: dict | Any | None = None, *,
           backend_factory: Callable[[], Any] | None = None, progress: Callable | None = None) -> Stage:
     """An operator instance from validated options; a `SynthError` naming the operator and the bad key.
     `progress` is the LLM progress callback an `LLMTask` reports each completion to."""
-    if isinstance(options, cls.Config):
-        config = options
-    else:
-        try:
-            config = cls.Config(**(options or {}))
-        except ValidationError as e:
-            raise SynthError(validation_message(e, f"{cls.name}") +
-                             f"; valid options for '{cls.name}': {', '.join(cls.Config.model_fields) or '(none)'}") from None
-        except TypeError as e:  # options not a mapping
-            raise SynthError(f"{cls.name}: options must be a mapping of key: value ({e})") from None
+    config = make_config(cls, options)
     if hasattr(cls, "from_config"):
-        return cls.from_config(config, backend_factory=backend_factory)
+        import inspect
+
+        takes_progress = "progress" in inspect.signature(cls.from_config).parameters
+        return cls.from_config(config, backend_factory=backend_factory, **({"progress": progress} if takes_progress else {}))
     if issubclass(cls, LLMTask):
         if backend_factory is None:
             raise SynthError(f"'{cls.name}' needs an LLM backend; pass --backend/--model (or a backend in the recipe)")
@@ -114,9 +131,27 @@ def input_records(cls: type[Stage], source) -> Any:
     return hook(source) if hook is not None else source.records()
 
 
+def input_layout(cls: type[Stage], config: Any) -> str | None:
+    """The reader layout the operator needs for this config (its ``input_layout``), or None: the reader's."""
+    layout = getattr(cls, "input_layout", None)
+    return layout(config) if callable(layout) else layout
+
+
+def output_multimodal(cls: type[Stage], config: Any) -> bool | None:
+    """Whether the records the operator writes carry images (its ``output_multimodal``); None: as its input's."""
+    images = getattr(cls, "output_multimodal", None)
+    return images(config) if callable(images) else images
+
+
+def output_layout(cls: type[Stage], config: Any, kind: str, multimodal: bool) -> tuple[str, bool]:
+    """(kind, multimodal) of the records the operator writes, from those of its input."""
+    images = output_multimodal(cls, config)
+    return (getattr(cls, "output_kind", None) or kind), bool(multimodal if images is None else images)
+
+
 #: what an operator's config derives from (unknown keys are errors)
 OperatorConfig = StageConfig
 
 __all__ = ["Aggregate", "ChatRequest", "Completion", "Failed", "Filter", "LLMTask", "Map", "OperatorConfig",
-           "Rejected", "Stage", "StageConfig", "build", "check_operator", "command_name", "kind_of",
-           "needs_backend", "summary"]
+           "Rejected", "Stage", "StageConfig", "build", "check_operator", "command_name", "input_layout",
+           "kind_of", "make_config", "needs_backend", "output_layout", "output_multimodal", "summary"]

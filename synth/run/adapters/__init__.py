@@ -7,7 +7,6 @@ source         `synth.data.open_source` (local path or Hub id)              (rea
 demo           `synth.demo_data` (the offline shapes dataset)               one
 adapt          `synth.adapt` template sets (one or several)                 by record
 self_instruct  `synth.generate.self_instruct` (global novelty loop)         one
-evolve         `synth.generate.evolution` (Evol-Instruct, MMEvol)           by record
 generate       `synth.generate.responses` (answers)                         by record
 filter         `synth.clean.registry` filter chains                         by record (one with dedup)
 mix            `synth.mix`                                                  one
@@ -17,7 +16,7 @@ export         `synth.export` (TRL, LLaMA-Factory, LLaVA, OpenAI)           one
 push           `synth.publish` (the Hub)                                    one
 =============  ===========================================================  =================
 
-Every registered operator (`synth.core.registry`: dedup, decontaminate, length, judge, capfilt, ... and
+Every registered operator (`synth.core.registry`: dedup, decontaminate, evolve, length, judge, capfilt, ... and
 plugins') is a stage type too, through the one generic `synth.run.adapters.operator.OperatorAdapter`.
 """
 

@@ -118,7 +118,8 @@ class FilterAdapter(StageAdapter):
 
 
 def llm_filter_preview(stages: list, records: list[dict], rows: int | None) -> Preview:
-    """Prompts of the LLM filters in a chain for a few records; one request per record and LLM filter."""
+    """Prompts of the LLM filters in a chain for a few records; one request per record and LLM filter (or
+    the filter's `requests_per_record()`)."""
     from synth.run.adapters.generate import render_request, request_tokens
 
     preview = Preview()
@@ -132,9 +133,9 @@ def llm_filter_preview(stages: list, records: list[dict], rows: int | None) -> P
             if hasattr(request, "messages"):
                 preview.prompts.append(render_request(request, stage.name))
                 prompt_tokens = max(prompt_tokens, request_tokens(request))
-        per_record += 1
+        per_record += stage.requests_per_record() if hasattr(stage, "requests_per_record") else 1
     if rows is not None and per_record:
-        preview.requests = rows * per_record
+        preview.requests = int(round(rows * per_record))
         preview.prompt_tokens = preview.requests * prompt_tokens
         max_tokens = max((getattr(s.config, "max_tokens", 0) or 0) for s in llm_stages)
         preview.completion_tokens = preview.requests * max_tokens

@@ -1,8 +1,9 @@
 """The one recipe adapter of every registered operator (`synth.core.registry`): nothing per operator.
 
 The stage's spec is made from the operator's config: the config's fields, plus the keys every stage has
-(``type``, ``name``, ``shard_size``, ``resources``), ``input`` (the output it reads) and, for an operator that
-may ask an LLM, ``backend`` (a name from the recipe's ``backends``). File fields (`synth.core.fields.FilePath`)
+(``type``, ``name``, ``shard_size``, ``resources``), ``input`` (the output it reads), ``limit`` (only the
+first N records of it) and, for an operator that may ask an LLM, ``backend`` (a name from the recipe's
+``backends``). File fields (`synth.core.fields.FilePath`)
 resolve against the recipe's folder and their content is part of the fingerprint. An operator that needs
 its whole input (an `Aggregate`) runs as one shard; the others shard by record id.
 """
@@ -10,12 +11,12 @@ its whole input (an `Aggregate`) runs as one shard; the others shard by record i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import Field, create_model
 
 from synth.core.fields import file_contents, file_fields, resolve_files
-from synth.core.operator import build, input_records, needs_backend, summary
+from synth.core.operator import build, input_layout, input_records, needs_backend, output_layout, summary
 from synth.run.adapters.base import Preview, StageAdapter
 from synth.run.recipe import DEFAULT_BACKEND, StageSpec
 
@@ -33,12 +34,15 @@ def _camel(name: str) -> str:
 def spec_model(cls) -> type[StageSpec]:
     """The recipe stage model of operator `cls`: its config's fields + the stage keys."""
     base = _LLMStageSpec if needs_backend(cls) else StageSpec
+    limit = {} if "limit" in cls.Config.model_fields else {
+        "limit": (Optional[int], Field(None, ge=1, description="only the first N records of the input"))}
     model = create_model(
         f"{_camel(cls.name)}Stage",
         __base__=(base, cls.Config),
         __doc__=summary(cls),
         type=(Literal[cls.name], ...),  # type: ignore[valid-type]
         input=(str, Field(description="the output this stage reads")),
+        **limit,
     )
     return model
 
@@ -53,6 +57,8 @@ class OperatorAdapter(StageAdapter):
         self.llm = needs_backend(cls)
         self.sharded = not cls.needs_all_input
         self.version = getattr(cls, "version", 1)
+        if hasattr(cls, "origin"):  # records written outside `account` keep their input record's place
+            self.origin = cls.origin
 
     def config(self, spec: StageSpec, ctx=None):
         """The operator's own config from the stage spec (only the config's fields); an unset optional
@@ -84,7 +90,7 @@ class OperatorAdapter(StageAdapter):
         return extra or None
 
     def open_options(self, spec: StageSpec) -> dict[str, Any]:
-        layout = getattr(self.cls, "input_layout", None)
+        layout = input_layout(self.cls, self.config(spec))
         return {"layout": layout} if layout else {}
 
     def records(self, spec: StageSpec, src):
@@ -92,11 +98,13 @@ class OperatorAdapter(StageAdapter):
 
     def stages(self, spec: StageSpec, ctx, src) -> list:
         backend = (lambda: ctx.backend(spec.backend)) if self.llm else None
-        return [build(self.cls, self.config(spec, ctx), backend_factory=backend, progress=ctx.llm_progress())]
+        stage = build(self.cls, self.config(spec, ctx), backend_factory=backend, progress=ctx.llm_progress())
+        if src is not None and hasattr(stage, "bind_source"):
+            stage.bind_source(src)
+        return [stage]
 
     def output_layout(self, spec: StageSpec, src) -> tuple[str, bool]:
-        kind = getattr(self.cls, "output_kind", None)
-        return (kind or src.kind), bool(src.multimodal)
+        return output_layout(self.cls, self.config(spec), src.kind, bool(src.multimodal))
 
     def preview(self, spec: StageSpec, ctx, records: list[dict], rows: int | None) -> Preview:
         if not self.uses_llm(spec):
