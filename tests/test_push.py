@@ -164,7 +164,7 @@ def test_card_text_says_how_each_config_was_made(hub_dir, sets):  # noqa: F811
     for key, counts in evolve_report["per_round"].items():
         assert f"| mmevol round {key} | {counts['generated']} | {counts['kept']} |" in body
     assert "judge_not_improved" in body and "identical 1" in body
-    usage = json.loads((sets["evolved"] / "usage.json").read_text())
+    usage = json.loads((sets["evolved"] / "usage.json").read_text())["usage"]  # an operator's usage.json
     assert f"{usage['requests']:,} requests, {usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,} completion tokens" in body
     assert "temperature=0.7" in body and "`test-model`" in body and "vqa_short (" in body
     # sample rows are fenced code, so model text cannot turn into markup
@@ -308,7 +308,7 @@ def test_legacy_sidecars_beside_the_folder_are_read(sets, tmp_path):  # noqa: F8
     lineage = describe(old)
     assert set(lineage.sidecars) == {"report.json", "rejects.jsonl", "usage.json"}
     assert lineage.rejects and [s.name for s in lineage.stages][-1] == "mmevol round 2"
-    assert lineage.tokens()["requests"] == json.loads((tmp_path / "evolved.usage.json").read_text())["requests"]
+    assert lineage.tokens()["requests"] == json.loads((tmp_path / "evolved.usage.json").read_text())["usage"]["requests"]
 
 
 def test_every_method_the_provenance_shows_has_a_card_entry():
