@@ -14,7 +14,9 @@ SAMPLING = ("max_tokens", "temperature", "seed")
 
 def params(name: str) -> dict:
     group = typer.main.get_command(app)
-    return {p.name: p for p in group.commands[name].params}
+    params = group.commands[name].params  # by flag (`--max-tokens` may set a field of another name)
+    return {**{o[2:].replace("-", "_"): p for p in params for o in p.opts if o.startswith("--")},
+            **{p.name: p for p in params}}
 
 
 def test_every_generating_command_has_the_same_llm_options():

@@ -33,7 +33,7 @@ def test_cli_end_to_end_then_rerun_from_cache(llm_server, tmp_path, monkeypatch)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "Self-Instruct" in result.output and "unsupported_keyword 1" in result.output
-    assert "wrote 8 samples" in result.output  # 6 tasks; the 2 classification ones have 2 instances each
+    assert "wrote 8 records" in result.output  # 6 tasks; the 2 classification ones have 2 instances each
     assert "presence penalty not applied" not in result.output
     dataset = read_dataset(out)
     assert len(dataset) == 8
@@ -58,7 +58,7 @@ def test_cli_end_to_end_then_rerun_from_cache(llm_server, tmp_path, monkeypatch)
     # Other values are other requests (the cache key holds them), and they reach the server too.
     other = CliRunner().invoke(app, [*args, "--overwrite", "--top-p", "0.9", "--presence-penalty", "0", "--max-instances", "1"])
     assert other.exit_code == 0, other.output
-    assert "wrote 6 samples" in other.output
+    assert "wrote 6 records" in other.output
     lists = [b for b in llm_server.requests[sent:] if "Continue the list with" in b["messages"][-1]["content"]]
     assert lists and all((b["top_p"], b["presence_penalty"]) == (0.9, 0) for b in lists)
 

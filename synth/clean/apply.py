@@ -254,34 +254,58 @@ def clean_dataset(
         for stage in stages:
             if hasattr(stage, "answered"):
                 check_not_all_failed(stage)  # every LLM request failed: nothing is written
-        failed = sum(stage.stats.failures for stage in stages)
-        result = CleanResult(
-            out=out,
-            read=read,
-            kept=kept,
-            failed=failed,
-            stages=[(stage.name, stage.stats.as_dict()) for stage in stages],
-            summaries={stage.name: stage.summary() for stage in stages if hasattr(stage, "summary")},
-            rejects_file=out / REJECTS if folder.rejects.count else None,
-            failures_file=out / FAILURES if folder.failures.count else None,
-            report_file=out / REPORT,
-        )
-        folder.write_json(REPORT, {
-            "command": command,
-            "source": str(source),
-            "layout": src.layout,
-            "read": read,
-            "kept": kept,
-            "failed": failed,
-            "stages": [
-                {"name": stage.name, "type": type(stage).__name__, **stage.stats.as_dict(),
-                 "config": stage.config.model_dump(mode="json")}
-                for stage in stages
-            ],
-            "summaries": result.summaries,
-            **{k: v for stage in stages if hasattr(stage, "details") for k, v in stage.details().items()},
-        })
-        usage = _usage(stages, command)
-        if usage:
-            folder.write_json(USAGE, usage)
+        result = _finish(folder, out, stages, command, {"source": str(source), "layout": src.layout}, read, kept)
+    return result
+
+
+def run_alone(out: str | os.PathLike, stage: Stage, *, overwrite: bool = False, command: str,
+              kind: str = "sft", multimodal: bool = False) -> CleanResult:
+    """Run an operator that reads no dataset (its records come from its config, e.g. Self-Instruct's seed
+    tasks) and write them to the folder `out` with the same sidecars as `clean_dataset`."""
+    from synth.pipeline.llm_task import check_not_all_failed
+
+    out = check_output(out, overwrite)
+    with OutputFolder(out, overwrite) as folder:
+        stage.rejects, stage.failures = folder.rejects, folder.failures
+        kept = write_records(stage.run(iter(())), folder.path, kind=kind, multimodal=multimodal,
+                             scratch=folder.scratch("write"))
+        if hasattr(stage, "answered"):
+            check_not_all_failed(stage)  # every LLM request failed: nothing is written
+        if hasattr(stage, "write_files"):
+            stage.write_files(folder.path)
+        return _finish(folder, out, [stage], command, {}, stage.stats.seen, kept)
+
+
+def _finish(folder: OutputFolder, out: Path, stages: Sequence[Stage], command: str, source: dict[str, Any],
+            read: int, kept: int) -> CleanResult:
+    """The run's result, and its report.json and usage.json in the output folder."""
+    failed = sum(stage.stats.failures for stage in stages)
+    result = CleanResult(
+        out=out,
+        read=read,
+        kept=kept,
+        failed=failed,
+        stages=[(stage.name, stage.stats.as_dict()) for stage in stages],
+        summaries={stage.name: stage.summary() for stage in stages if hasattr(stage, "summary")},
+        rejects_file=out / REJECTS if folder.rejects.count else None,
+        failures_file=out / FAILURES if folder.failures.count else None,
+        report_file=out / REPORT,
+    )
+    folder.write_json(REPORT, {
+        "command": command,
+        **source,
+        "read": read,
+        "kept": kept,
+        "failed": failed,
+        "stages": [
+            {"name": stage.name, "type": type(stage).__name__, **stage.stats.as_dict(),
+             "config": stage.config.model_dump(mode="json")}
+            for stage in stages
+        ],
+        "summaries": result.summaries,
+        **{k: v for stage in stages if hasattr(stage, "details") for k, v in stage.details().items()},
+    })
+    usage = _usage(stages, command)
+    if usage:
+        folder.write_json(USAGE, usage)
     return result

@@ -21,7 +21,6 @@ from synth.cli import prefs as _prefs  # noqa: F401,E402
 from synth.cli import pseudo_label as _pseudo_label  # noqa: F401,E402
 from synth.cli import publish as _publish  # noqa: F401,E402
 from synth.cli import run as _run  # noqa: F401,E402
-from synth.cli import self_instruct as _self_instruct  # noqa: F401,E402
 from synth.cli import train as _train  # noqa: F401,E402
 from synth.cli.common import app
 

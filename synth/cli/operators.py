@@ -116,37 +116,40 @@ def _options_from(cls, fields: dict[str, str], values: dict[str, Any]) -> dict[s
         if isinstance(value, str) and _click_type(cls.Config.model_fields[field].annotation) is None:
             value = yaml_value(value, f"--{param.replace('_', '-')}")
         options[field] = value
+    for field, param in fields.items():  # `--concurrency` also sets a config field of that name
+        if param != field and field in _LLM and field not in options and values.get(field) not in (None, False):
+            options[field] = values[field]
     return options
 
 
 def make_command(cls) -> None:
     """Register ``synth NAME`` for operator class `cls`."""
-    from synth.core.operator import command_name, needs_backend, summary
+    from synth.core.operator import command_name, needs_backend, needs_input, summary
 
     llm = needs_backend(cls)
+    reads = needs_input(cls)
     K = inspect.Parameter.KEYWORD_ONLY
-    params = [
-        inspect.Parameter("dataset", inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                          annotation=Annotated[str, typer.Argument(help=DATASET_HELP)]),
-        inspect.Parameter("out", K, annotation=Out),
-    ]
+    params = [inspect.Parameter("dataset", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                annotation=Annotated[str, typer.Argument(help=DATASET_HELP)])] if reads else []
+    params.append(inspect.Parameter("out", K, annotation=Out))
     fields: dict[str, str] = {}
     for field, info in cls.Config.model_fields.items():
         param, parameter = _field_parameter(cls, field, info)
         fields[field] = param
         params.append(parameter)
-    params += [
-        inspect.Parameter("split", K, default=None, annotation=Annotated[Optional[str], typer.Option(
-            help="Split to read when the source has several.")]),
-        inspect.Parameter("subset", K, default=None, annotation=Annotated[Optional[str], typer.Option(
-            "--subset", help="Hub dataset: the configuration (subset) to load.")]),
-        inspect.Parameter("revision", K, default=None, annotation=Annotated[Optional[str], typer.Option(
-            "--revision", help="Hub dataset: a branch, tag or commit.")]),
-        inspect.Parameter("limit", K, default=None, annotation=Annotated[Optional[int], typer.Option(
-            help="Only the first N records.")]),
-        inspect.Parameter("overwrite", K, default=False, annotation=Annotated[bool, typer.Option(
-            "--overwrite", help="Replace OUT if synth wrote it.")]),
-    ]
+    if reads:
+        params += [
+            inspect.Parameter("split", K, default=None, annotation=Annotated[Optional[str], typer.Option(
+                help="Split to read when the source has several.")]),
+            inspect.Parameter("subset", K, default=None, annotation=Annotated[Optional[str], typer.Option(
+                "--subset", help="Hub dataset: the configuration (subset) to load.")]),
+            inspect.Parameter("revision", K, default=None, annotation=Annotated[Optional[str], typer.Option(
+                "--revision", help="Hub dataset: a branch, tag or commit.")]),
+            inspect.Parameter("limit", K, default=None, annotation=Annotated[Optional[int], typer.Option(
+                help="Only the first N records.")]),
+        ]
+    params.append(inspect.Parameter("overwrite", K, default=False, annotation=Annotated[bool, typer.Option(
+        "--overwrite", help="Replace OUT if synth wrote it.")]))
     if llm:
         params += [
             inspect.Parameter("model", K, default=None, annotation=Model),
@@ -158,7 +161,7 @@ def make_command(cls) -> None:
             inspect.Parameter("batch", K, default=False, annotation=Batch),
         ]
 
-    def run(dataset: str, **values: Any) -> None:
+    def run(dataset: str | None = None, **values: Any) -> None:
         run_operator(cls, dataset, _options_from(cls, fields, values), values, llm)
 
     run.__signature__ = inspect.Signature(params)  # typer reads the flags from here
@@ -174,9 +177,10 @@ def _help(cls) -> str:
     return f"{doc}\n\n({kind_of(cls)} operator '{cls.name}'; in a recipe: `type: {cls.name}`)"
 
 
-def run_operator(cls, dataset: str, options: dict[str, Any], values: dict[str, Any], llm: bool) -> None:
-    """Build the operator, run it over DATASET into OUT, print the counts (and the LLM usage)."""
-    from synth.clean.apply import clean_dataset
+def run_operator(cls, dataset: str | None, options: dict[str, Any], values: dict[str, Any], llm: bool) -> None:
+    """Build the operator, run it over DATASET (None: it reads none) into OUT, print the counts (and the LLM
+    usage)."""
+    from synth.clean.apply import clean_dataset, run_alone
     from synth.cli.clean import print_result
     from synth.core.operator import build, input_layout, input_records, make_config, output_multimodal
     from synth.data import check_output
@@ -195,17 +199,22 @@ def run_operator(cls, dataset: str, options: dict[str, Any], values: dict[str, A
 
     try:
         stage = build(cls, config, backend_factory=backend if llm else None)
-        result = clean_dataset(dataset, out, [stage], split=values["split"], config=values["subset"],
-                               revision=values["revision"], overwrite=values["overwrite"], limit=values["limit"],
-                               description=cls.name, command=cls.name,
-                               layout=input_layout(cls, config),
-                               records_of=lambda src: input_records(cls, src),
-                               output_kind=getattr(cls, "output_kind", None),
-                               output_multimodal=output_multimodal(cls, config))
+        if dataset is None:  # an operator that reads no dataset
+            result = run_alone(out, stage, overwrite=values["overwrite"], command=cls.name,
+                               kind=getattr(cls, "output_kind", None) or "sft",
+                               multimodal=bool(output_multimodal(cls, config)))
+        else:
+            result = clean_dataset(dataset, out, [stage], split=values["split"], config=values["subset"],
+                                   revision=values["revision"], overwrite=values["overwrite"], limit=values["limit"],
+                                   description=cls.name, command=cls.name,
+                                   layout=input_layout(cls, config),
+                                   records_of=lambda src: input_records(cls, src),
+                                   output_kind=getattr(cls, "output_kind", None),
+                                   output_multimodal=output_multimodal(cls, config))
         for table in stage.tables() if hasattr(stage, "tables") else ():
             console.print(table)
         print_result(result, f"synth {cls.name.replace('_', '-')}")
-        if hasattr(stage, "describe"):
+        if hasattr(stage, "describe") and stage.describe():
             console.print(stage.describe(), soft_wrap=True)
         if built:
             from synth.llm.factory import report_usage

@@ -13,7 +13,11 @@ An operator is a subclass of one of the stage kinds in `synth.pipeline` — `Map
 Optional class attributes and hooks, each used by the CLI, the runner and the Python API alike:
 
 - ``cli_flags``: field → flag names, e.g. ``{"benchmarks": ["--benchmark", "-b"]}``; ``cli_command = False``
-  for no command of its own;
+  for no command of its own; a field named like a shared LLM option (``concurrency``) gets a prefixed flag
+  and takes that option's value when its own flag is not given;
+- ``needs_input = False``: it reads no dataset and makes its records from its config alone (Self-Instruct
+  from its seed tasks): no ``input`` in a recipe, no DATASET on the command line; it runs once and its
+  ``run(iter(()))`` yields the records;
 - ``output_kind``: "sft" / "preference" when it writes another kind of record than it reads;
   ``output_multimodal``: whether its records carry images when that is not as its input's (a bool, or a
   function of the config); ``input_layout``: the reader layout it needs (e.g. "raw" for labelled rows; a
@@ -33,7 +37,8 @@ Optional class attributes and hooks, each used by the CLI, the runner and the Py
   ``requests_per_record()``: the requests one record takes, for the dry run's estimate (default 1);
 - ``describe()`` (instance): one line printed after a CLI run; ``summary()``: table rows; ``tables()``:
   rich renderables printed after a CLI run; ``details()``: a dict of its own figures, written at the top
-  level of the CLI output's report.json;
+  level of the CLI output's report.json (and as ``details`` in a recipe stage's report when it reads no
+  input); ``write_files(folder)``: files of its own written into the output folder;
 - ``reads`` / ``writes``: the columns it reads and writes (docs, and the runner's layout).
 
 A config field ``seed: int | None = None`` left unset takes the recipe's seed. Register it by listing it in its module's
@@ -64,6 +69,11 @@ def kind_of(cls: type[Stage]) -> str:
     if issubclass(cls, Aggregate) or cls.needs_all_input:
         return "aggregate"
     return "map"
+
+
+def needs_input(cls: type[Stage]) -> bool:
+    """Whether the operator reads a dataset (all but those that set ``needs_input = False``)."""
+    return getattr(cls, "needs_input", True)
 
 
 def needs_backend(cls: type[Stage]) -> bool:
@@ -154,4 +164,4 @@ OperatorConfig = StageConfig
 
 __all__ = ["Aggregate", "ChatRequest", "Completion", "Failed", "Filter", "LLMTask", "Map", "OperatorConfig",
            "Rejected", "Stage", "StageConfig", "build", "check_operator", "command_name", "input_layout",
-           "kind_of", "make_config", "needs_backend", "output_layout", "output_multimodal", "summary"]
+           "kind_of", "make_config", "needs_backend", "needs_input", "output_layout", "output_multimodal", "summary"]

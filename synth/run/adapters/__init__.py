@@ -6,7 +6,6 @@ type           engine                                                       shar
 source         `synth.data.open_source` (local path or Hub id)              (reads in place)
 demo           `synth.demo_data` (the offline shapes dataset)               one
 adapt          `synth.adapt` template sets (one or several)                 by record
-self_instruct  `synth.generate.self_instruct` (global novelty loop)         one
 generate       `synth.generate.responses` (answers)                         by record
 filter         `synth.clean.registry` filter chains                         by record (one with dedup)
 mix            `synth.mix`                                                  one
@@ -16,7 +15,7 @@ export         `synth.export` (TRL, LLaMA-Factory, LLaVA, OpenAI)           one
 push           `synth.publish` (the Hub)                                    one
 =============  ===========================================================  =================
 
-Every registered operator (`synth.core.registry`: dedup, decontaminate, evolve, length, judge, capfilt, ... and
+Every registered operator (`synth.core.registry`: dedup, decontaminate, evolve, self_instruct, length, judge, capfilt, ... and
 plugins') is a stage type too, through the one generic `synth.run.adapters.operator.OperatorAdapter`.
 """
 

@@ -1,5 +1,5 @@
-"""LLM stages that write samples: ``generate`` (answers) and ``self_instruct`` (``evolve`` is an operator:
-`synth.generate.evolution.operator`).
+"""The LLM stage ``generate`` (answers); ``self_instruct`` and ``evolve`` are operators
+(`synth.generate.self_instruct`, `synth.generate.evolution.operator`).
 
 Each calls the engine's stage with the run's backend (``backend:`` names one of the recipe's
 ``backends``; ``default`` is the embedded model unless defined), whose request cache lives in the run
@@ -14,7 +14,6 @@ from typing import Any, ClassVar, Literal
 from pydantic import ConfigDict, Field
 
 from synth.generate.responses import FewShotExample, ResponsesConfig
-from synth.generate.self_instruct.config import SelfInstructConfig
 from synth.run.adapters.base import Preview, StageAdapter
 from synth.run.adapters.sources import resolve_path
 from synth.run.recipe import DEFAULT_BACKEND, StageSpec
@@ -138,83 +137,4 @@ class GenerateAdapter(StageAdapter):
         return estimate(preview, requests, size, (spec.max_tokens or 0) * spec.n)
 
 
-# ---------------------------------------------------------------- self-instruct
-
-
-class SelfInstructSpec(LLMSpec, SelfInstructConfig):
-    """Self-Instruct from seed tasks: instructions (global ROUGE-L novelty loop), classification, instances;
-    the published pipeline's filters and sampling by default (see `SelfInstructConfig`)."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["self_instruct"]
-    seeds: str | None = Field(None, description="seed tasks (JSONL); default: the 48 shipped ones")
-
-    reference_fields: ClassVar[tuple[str, ...]] = ()
-
-
-class SelfInstructAdapter(StageAdapter):
-    type = "self_instruct"
-    Spec = SelfInstructSpec
-    llm = True
-    sharded = False
-    positional = False
-
-    def resolve(self, spec: SelfInstructSpec, base_dir: Path) -> SelfInstructSpec:
-        return spec.model_copy(update={"seeds": resolve_path(spec.seeds, base_dir)}) if spec.seeds else spec
-
-    def fingerprint_extra(self, spec: SelfInstructSpec) -> Any:
-        from synth.generate.self_instruct import default_seed_path
-        from synth.run.manifest import hash_files
-
-        return hash_files(spec.seeds or default_seed_path())
-
-    def make(self, spec: SelfInstructSpec, ctx):
-        from synth.generate.self_instruct import SelfInstruct, load_seed_tasks
-
-        return SelfInstruct(ctx.backend(spec.backend), SelfInstructConfig(**engine_fields(spec, SelfInstructConfig)),
-                            ctx.llm_progress(), seeds=load_seed_tasks(spec.seeds), show_progress=False)
-
-    def execute(self, spec: SelfInstructSpec, ctx, inputs, folder, tracker) -> dict[str, Any]:
-        from synth.generate.self_instruct.driver import write_result
-        from synth.run.adapters.base import usage_delta, usage_snapshot
-
-        stage = self.make(spec, ctx)
-        stage.rejects, stage.failures = folder.rejects, folder.failures
-        before = usage_snapshot([stage])
-        result = stage.generate()
-        rows = write_result(result, folder) if result.samples else _empty(folder)
-        rejected: dict[str, int] = {}
-        for step in stage.steps():
-            for reason, n in step.stats.dropped.items():
-                key = f"{step.name}:{reason}"
-                rejected[key] = rejected.get(key, 0) + n
-        report = {"counts": {"read": stage.generation.get("parsed", 0), "kept": len(result.tasks), "rows": rows,
-                             "rejected": rejected, "failed": dict(stage.stats.failed)},
-                  "kind": "sft", "multimodal": False, "details": result.stats,
-                  "usage": usage_delta(before, usage_snapshot([stage])), "answered": stage.answered}
-        return report
-
-    def preview(self, spec: SelfInstructSpec, ctx, records, rows) -> Preview:
-        import random
-
-        stage = self.make(spec, ctx)
-        rng = random.Random(spec.seed)
-        examples = stage._pick_examples(rng, [])
-        request = stage.instruction_request(examples, 0)
-        preview = Preview(prompts=[render_request(request, f"{spec.name}: instruction request")])
-        # rounds of `concurrency` requests until `count` instructions pass (at least count / new_per_request)
-        instruction_requests = -(-spec.count // spec.new_per_request) * 2
-        per_task = 2 + (spec.max_instances if spec.responses else 0)  # classification, instances, (answers)
-        requests = instruction_requests + spec.count * per_task
-        preview.note = "instruction requests: about twice count / new_per_request (novelty rejects some)"
-        return estimate(preview, requests, request_tokens(request),
-                        max(spec.instruction_max_tokens, spec.instance_max_tokens))
-
-
-def _empty(folder) -> int:
-    from synth.data import write_records
-
-    return write_records(iter(()), folder.path, kind="sft", multimodal=False, scratch=folder.scratch("si"))
-
-
-ADAPTERS = (GenerateAdapter, SelfInstructAdapter)
+ADAPTERS = (GenerateAdapter,)

@@ -16,7 +16,15 @@ from typing import Any, ClassVar, Literal, Optional
 from pydantic import Field, create_model
 
 from synth.core.fields import file_contents, file_fields, resolve_files
-from synth.core.operator import build, input_layout, input_records, needs_backend, output_layout, summary
+from synth.core.operator import (
+    build,
+    input_layout,
+    input_records,
+    needs_backend,
+    needs_input,
+    output_layout,
+    summary,
+)
 from synth.run.adapters.base import Preview, StageAdapter
 from synth.run.recipe import DEFAULT_BACKEND, StageSpec
 
@@ -34,15 +42,17 @@ def _camel(name: str) -> str:
 def spec_model(cls) -> type[StageSpec]:
     """The recipe stage model of operator `cls`: its config's fields + the stage keys."""
     base = _LLMStageSpec if needs_backend(cls) else StageSpec
-    limit = {} if "limit" in cls.Config.model_fields else {
-        "limit": (Optional[int], Field(None, ge=1, description="only the first N records of the input"))}
+    reads: dict[str, Any] = {}
+    if needs_input(cls):
+        reads["input"] = (str, Field(description="the output this stage reads"))
+        if "limit" not in cls.Config.model_fields:
+            reads["limit"] = (Optional[int], Field(None, ge=1, description="only the first N records of the input"))
     model = create_model(
         f"{_camel(cls.name)}Stage",
         __base__=(base, cls.Config),
         __doc__=summary(cls),
         type=(Literal[cls.name], ...),  # type: ignore[valid-type]
-        input=(str, Field(description="the output this stage reads")),
-        **limit,
+        **reads,
     )
     return model
 
@@ -55,7 +65,9 @@ class OperatorAdapter(StageAdapter):
         self.type = cls.name
         self.Spec = spec_model(cls)
         self.llm = needs_backend(cls)
-        self.sharded = not cls.needs_all_input
+        self.reads = needs_input(cls)
+        self.sharded = self.reads and not cls.needs_all_input
+        self.positional = self.reads
         self.version = getattr(cls, "version", 1)
         if hasattr(cls, "origin"):  # records written outside `account` keep their input record's place
             self.origin = cls.origin
@@ -104,14 +116,39 @@ class OperatorAdapter(StageAdapter):
         return [stage]
 
     def output_layout(self, spec: StageSpec, src) -> tuple[str, bool]:
+        if src is None:  # an operator that reads no input
+            return output_layout(self.cls, self.config(spec), "sft", False)
         return output_layout(self.cls, self.config(spec), src.kind, bool(src.multimodal))
+
+    def execute(self, spec: StageSpec, ctx, inputs: list, folder, tracker) -> dict[str, Any]:
+        if self.reads:
+            return super().execute(spec, ctx, inputs, folder, tracker)
+        from synth.data import write_records
+        from synth.run.adapters.base import count_stats, usage_delta, usage_snapshot
+
+        stage = self.stages(spec, ctx, None)[0]
+        stage.rejects, stage.failures = folder.rejects, folder.failures
+        before = usage_snapshot([stage])
+        kind, multimodal = self.output_layout(spec, None)
+        rows = write_records(stage.run(iter(())), folder.path, kind=kind, multimodal=multimodal,
+                             scratch=folder.scratch("write"))
+        if hasattr(stage, "write_files"):
+            stage.write_files(folder.path)
+        report: dict[str, Any] = {"counts": {**count_stats([stage]), "rows": rows}, "kind": kind,
+                                  "multimodal": multimodal, "usage": usage_delta(before, usage_snapshot([stage]))}
+        if hasattr(stage, "answered"):
+            report["answered"] = stage.answered
+        if hasattr(stage, "details"):
+            report["details"] = stage.details()
+        return report
 
     def preview(self, spec: StageSpec, ctx, records: list[dict], rows: int | None) -> Preview:
         if not self.uses_llm(spec):
             return Preview()
         from synth.run.adapters.clean import llm_filter_preview
 
-        return llm_filter_preview(self.stages(spec, ctx, None), records, rows)
+        # an operator that reads no input runs once: its `requests_per_record()` is the whole run's
+        return llm_filter_preview(self.stages(spec, ctx, None), records, rows if self.reads else 1)
 
 
 def operator_adapters(taken: set[str]) -> dict[str, StageAdapter]:
