@@ -529,8 +529,9 @@ def test_cli_end_to_end(llm_server, tmp_path):
     taken = CliRunner().invoke(app, args)
     assert taken.exit_code == 1 and "already exists" in taken.output
     wrong = CliRunner().invoke(app, [*args, "--overwrite", "--image-column", "pic"])
-    assert wrong.exit_code == 1 and "--image-column: not an option of --method evol-instruct" in wrong.output
-    bad = CliRunner().invoke(app, [*args, "--overwrite", "--operators", "deepest=1"])
+    assert wrong.exit_code == 1 and "image_column: not an option of method evol-instruct" in wrong.output
+    # (a one-value flag given twice is an error of its own, so the weights are replaced, not repeated)
+    bad = CliRunner().invoke(app, [*(a if a != "deepen=3,in_breadth=1" else "deepest=1" for a in args), "--overwrite"])
     assert bad.exit_code == 1 and "unknown operator deepest" in bad.output
 
 

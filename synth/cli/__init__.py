@@ -12,14 +12,12 @@ from synth import __version__
 from synth.cli import adapt as _adapt  # noqa: F401,E402
 from synth.cli import batches as _batches  # noqa: F401,E402
 from synth.cli import clean as _clean  # noqa: F401,E402
-from synth.cli import evolve as _evolve  # noqa: F401,E402
 from synth.cli import export as _export  # noqa: F401,E402
 from synth.cli import loop as _loop  # noqa: F401,E402
 from synth.cli import mix as _mix  # noqa: F401,E402
 from synth.cli import operators as _operators  # noqa: F401,E402
 from synth.cli import publish as _publish  # noqa: F401,E402
 from synth.cli import run as _run  # noqa: F401,E402
-from synth.cli import self_instruct as _self_instruct  # noqa: F401,E402
 from synth.cli import train as _train  # noqa: F401,E402
 from synth.cli.common import app
 

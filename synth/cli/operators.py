@@ -7,7 +7,9 @@ its choices; anything else is read as a YAML value), its description the help, i
 config, so the operator's own defaults apply. An operator that may ask an LLM also takes the shared LLM
 options (``--model``, ``--base-url``, ..., and a local backend's ``--batch-size`` and ``--adapter``); its
 ``max_tokens``, ``temperature`` and ``seed`` fields show as the shared ``--max-tokens``, ``--temperature``
-and ``--seed``. The run reads DATASET with the one reader and writes OUT with
+and ``--seed``; another field named like a shared LLM option (``concurrency``) gets a prefixed flag and takes
+that option's value unless its own flag is given. An operator that reads no dataset (``needs_input =
+False``) has no DATASET argument and no reading options. The run reads DATASET with the one reader and writes OUT with
 the one writer, with rejects, failures and a report inside (`synth.clean.apply.clean_dataset`; an operator
 with a ``map_dataset`` hook gets the input as one Arrow dataset: `synth.clean.apply.map_dataset`).
 """
@@ -22,6 +24,7 @@ from typing import Annotated, Any, Literal, Optional
 import click
 import typer
 from pydantic.fields import FieldInfo
+from rich.markup import escape
 
 from synth.cli.common import command, console
 from synth.cli.llm_options import PANEL as LLM_PANEL
@@ -126,7 +129,7 @@ def _field_parameter(cls, field: str, info: FieldInfo, llm: bool) -> tuple[str, 
     flag = "--" + param.replace("_", "-")
     decls = list(getattr(cls, "cli_flags", {}).get(field, [])) or [flag]
     simple = _click_type(info.annotation)
-    help_text = (info.description or "").rstrip(".")
+    help_text = escape((info.description or "").rstrip("."))  # "[x0, y0]" is text, not rich markup
     if info.is_required():
         help_text += " [required]"
     show = _default_text(info)
@@ -193,6 +196,9 @@ def _options_from(cls, fields: dict[str, str], values: dict[str, Any]) -> dict[s
             flag = next(iter(getattr(cls, "cli_flags", {}).get(field, [])), "--" + param.replace("_", "-"))
             value = _key_values(value, flag, info.description)
         options[field] = value
+    for field, param in fields.items():  # `--concurrency` also sets a config field of that name
+        if param != field and field in _LLM and field not in options and values.get(field) not in (None, False):
+            options[field] = values[field]
     return options
 
 
@@ -206,15 +212,14 @@ def _common_flags(cls, name: str, default: list[str]) -> list[str]:
 
 def make_command(cls) -> None:
     """Register ``synth NAME`` for operator class `cls`."""
-    from synth.core.operator import command_name, needs_backend, summary
+    from synth.core.operator import command_name, needs_backend, needs_input, summary
 
     llm = needs_backend(cls)
+    reads = needs_input(cls)
     K = inspect.Parameter.KEYWORD_ONLY
-    params = [
-        inspect.Parameter("dataset", inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                          annotation=Annotated[str, typer.Argument(help=DATASET_HELP)]),
-        inspect.Parameter("out", K, annotation=Out),
-    ]
+    params = [inspect.Parameter("dataset", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                annotation=Annotated[str, typer.Argument(help=DATASET_HELP)])] if reads else []
+    params.append(inspect.Parameter("out", K, annotation=Out))
     fields: dict[str, str] = {}
     common = {name: _common_flags(cls, name, [f"--{name}"]) for name in ("split", "subset", "revision", "limit")}
     taken = set(_FLAGS) | {flag for flags in common.values() for flag in flags}
@@ -228,7 +233,7 @@ def make_command(cls) -> None:
     for param, flag in replaced.items():  # a flag it no longer has: one line naming what replaces it
         params.append(inspect.Parameter(param, K, default=None, annotation=Annotated[Optional[str], typer.Option(
             flag, hidden=True, help=f"Replaced: {getattr(cls, 'cli_replaced', {})[flag]}")]))
-    params += [
+    params += [] if not reads else [
         inspect.Parameter("split", K, default=None, annotation=Annotated[Optional[str], typer.Option(
             *common["split"], help="Split to read when the source has several.")]),
         inspect.Parameter("subset", K, default=None, annotation=Annotated[Optional[str], typer.Option(
@@ -240,9 +245,9 @@ def make_command(cls) -> None:
         inspect.Parameter("image_root", K, default=None, annotation=Annotated[Optional[str], typer.Option(
             "--image-root", help="Folder that relative (and absolute) image paths resolve under and may not "
                                  "leave (default: the dataset's folder).")]),
-        inspect.Parameter("overwrite", K, default=False, annotation=Annotated[bool, typer.Option(
-            "--overwrite", help="Replace OUT if synth wrote it.")]),
     ]
+    params.append(inspect.Parameter("overwrite", K, default=False, annotation=Annotated[bool, typer.Option(
+        "--overwrite", help="Replace OUT if synth wrote it.")]))
     if llm:
         params += [
             inspect.Parameter("model", K, default=None, annotation=_Models),
@@ -257,7 +262,7 @@ def make_command(cls) -> None:
         params += [inspect.Parameter(name, K, default=None, annotation=annotation)
                    for name, annotation in _BACKEND_OPTIONS.items() if name not in fields]
 
-    def run(dataset: str, **values: Any) -> None:
+    def run(dataset: str | None = None, **values: Any) -> None:
         hints = getattr(cls, "cli_replaced", {})
         for param, flag in replaced.items():
             if values.pop(param) is not None:
@@ -286,15 +291,16 @@ def _help(cls) -> str:
     return f"{doc}\n\n({kind_of(cls)} operator '{cls.name}'; in a recipe: `type: {cls.name}`)"
 
 
-def run_operator(cls, dataset: str, options: dict[str, Any], values: dict[str, Any], llm: bool) -> None:
-    """Build the operator, run it over DATASET into OUT, print the counts (and the LLM usage)."""
+def run_operator(cls, dataset: str | None, options: dict[str, Any], values: dict[str, Any], llm: bool) -> None:
+    """Build the operator, run it over DATASET (None: it reads none) into OUT, print the counts (and the LLM
+    usage)."""
     from synth.clean.apply import clean_dataset
     from synth.cli.clean import print_result
-    from synth.core.operator import build, input_records
+    from synth.core.operator import build, input_layout, input_records, make_config
     from synth.data import check_output
 
     out = values["out"]
-    if values["limit"] is not None and values["limit"] < 1:
+    if values.get("limit") is not None and values["limit"] < 1:
         raise SynthError(f"--limit {values['limit']}: give a number of records, at least 1")
     check_output(out, values["overwrite"])  # fail before loading a model
     built: dict[str | None, Any] = {}
@@ -318,20 +324,21 @@ def run_operator(cls, dataset: str, options: dict[str, Any], values: dict[str, A
             stages[0].prepare(src)
         return input_records(cls, src)
 
-    read = {k: values[k] for k in ("split", "subset", "revision", "limit", "overwrite")}
+    read = {k: values.get(k) for k in ("split", "subset", "revision", "limit", "overwrite")}
     try:
-        made = build(cls, options, backend_factory=backend if llm else None)
+        config = make_config(cls, options)
+        made = build(cls, config, backend_factory=backend if llm else None)
         stages = made if isinstance(made, list) else [made]
         if hasattr(cls, "run_command"):  # it writes its own output folder and summary
             cls.run_command(stages, dataset, out, console=console, **read)
             return
         if hasattr(stages[0], "map_dataset"):  # the input as one Arrow dataset
-            _run_on_dataset(cls, stages[0], dataset, values)
+            _run_on_dataset(cls, stages[0], dataset, values, input_layout(cls, config))
             return
         result = clean_dataset(dataset, out, stages, split=read["split"], config=read["subset"],
                                revision=read["revision"], overwrite=read["overwrite"], limit=read["limit"],
                                description=cls.name, command=cls.name,
-                               layout=getattr(cls, "input_layout", None), records_of=records_of,
+                               layout=input_layout(cls, config), records_of=records_of,
                                output_kind=getattr(cls, "output_kind", None), count_requests=llm,
                                image_root=values["image_root"])
         print_result(result, f"synth {cls.name.replace('_', '-')}")
@@ -348,7 +355,7 @@ def run_operator(cls, dataset: str, options: dict[str, Any], values: dict[str, A
             backend_.close()
 
 
-def _run_on_dataset(cls, stage, dataset: str, values: dict[str, Any]) -> None:
+def _run_on_dataset(cls, stage, dataset: str, values: dict[str, Any], layout: str | None) -> None:
     """An operator with a ``map_dataset`` hook: the whole input as one Arrow dataset; its notes, then one line."""
     from rich.text import Text
 
@@ -356,7 +363,7 @@ def _run_on_dataset(cls, stage, dataset: str, values: dict[str, Any]) -> None:
 
     result = map_dataset(dataset, values["out"], stage, split=values["split"], config=values["subset"],
                          revision=values["revision"], overwrite=values["overwrite"], limit=values["limit"],
-                         layout=getattr(cls, "input_layout", None), image_root=values["image_root"])
+                         layout=layout, image_root=values["image_root"])
     for note in result.notes:
         console.print(Text.assemble(("note: ", "yellow"), note), soft_wrap=True)
     noun = {"sft": "samples", "preference": "pairs"}.get(getattr(cls, "output_kind", None) or "", "records")

@@ -14,9 +14,14 @@ Optional class attributes and hooks, each used by the CLI, the runner and the Py
 
 - ``cli_flags``: field → flag names, e.g. ``{"benchmarks": ["--benchmark", "-b"]}``; ``cli_command = False``
   for no command of its own; ``cli_replaced``: flag → what replaces it (a flag the command no longer has
-  fails with that one line; for ``--model``, what to do instead of repeating it);
+  fails with that one line; for ``--model``, what to do instead of repeating it); a field named like a shared
+  LLM option (``concurrency``) gets a prefixed flag and takes that option's value when its own is not given;
+- ``needs_input = False``: it reads no dataset and makes its records from its config alone (Self-Instruct
+  from its seed tasks): no ``input`` in a recipe, no DATASET on the command line; a recipe runs it once
+  (``run(iter(()))`` yields the records, then ``write_files(folder)`` writes files of its own beside them);
 - ``output_kind``: "sft" / "preference" when it writes another kind of record than it reads;
-  ``input_layout``: the reader layout it needs (e.g. "raw" for labelled rows);
+  ``output_multimodal``: whether its records carry images when that is not as its input's; ``input_layout``:
+  the reader layout it needs (e.g. "raw" for labelled rows); each a value or a function of the config;
 - ``input_records(source)`` (classmethod/staticmethod): the records it reads from an opened source;
 - ``fingerprint_extra(config)`` (classmethod): more that decides its output than the config and the files
   of its `FilePath` fields (e.g. the content of a template set named by name);
@@ -33,7 +38,8 @@ Optional class attributes and hooks, each used by the CLI, the runner and the Py
   outside ``account`` (their rows then follow the input's order);
 - ``run_command(stages, dataset, out, *, console, split, subset, revision, limit, overwrite)``: an
   operator that writes its own output folder (its own report) runs its command here instead of the
-  generic `synth.clean.apply.clean_dataset`, and prints its own summary;
+  generic `synth.clean.apply.clean_dataset`, and prints its own summary (`dataset` is None for one that
+  reads none);
 - ``preview_requests(records)`` (instance): the requests a dry run shows (default: ``format_input``);
   ``requests_per_record()``: about how many requests a record costs, for its estimate (default 1);
 - ``describe()`` (instance): one line printed after a CLI run; ``summary()``: table rows;
@@ -86,6 +92,11 @@ def kind_of(cls: type[Stage]) -> str:
     return "map"
 
 
+def needs_input(cls: type[Stage]) -> bool:
+    """Whether the operator reads a dataset (all but those that set ``needs_input = False``)."""
+    return getattr(cls, "needs_input", True)
+
+
 def needs_backend(cls: type[Stage]) -> bool:
     """Whether the operator may ask an LLM (an `LLMTask`, or one that builds itself with a backend factory)."""
     return issubclass(cls, LLMTask) or hasattr(cls, "from_config")
@@ -113,6 +124,23 @@ def check_operator(cls: Any, where: str) -> None:
     if clash:
         raise SynthError(f"{where}: {cls.__name__}.Config may not declare {', '.join(sorted(clash))} "
                          "(a recipe stage's own keys)")
+    if not needs_input(cls) and getattr(cls, "cli_command", True) and not hasattr(cls, "run_command"):
+        raise SynthError(f"{where}: {cls.__name__} reads no dataset (needs_input = False): its command needs a "
+                         "`run_command` (or set cli_command = False)")
+
+
+def make_config(cls: type[Stage], options: dict | Any | None = None) -> Any:
+    """The operator's validated config from options; a `SynthError` naming the operator and the bad key."""
+    if isinstance(options, cls.Config):
+        return options
+    try:
+        return cls.Config(**(options or {}))
+    except ValidationError as e:
+        unknown = any(err.get("type") == "extra_forbidden" for err in e.errors())
+        valid = f"; valid options for '{cls.name}': {', '.join(cls.Config.model_fields) or '(none)'}"
+        raise SynthError(validation_message(e, f"{cls.name}") + (valid if unknown else "")) from None
+    except TypeError as e:  # options not a mapping
+        raise SynthError(f"{cls.name}: options must be a mapping of key: value ({e})") from None
 
 
 def build(cls: type[Stage], options: dict | Any | None = None, *,
@@ -120,17 +148,7 @@ def build(cls: type[Stage], options: dict | Any | None = None, *,
     """An operator instance (or the chain its ``from_config`` returns) from validated options; a `SynthError`
     naming the operator and the bad key. `progress` is the LLM progress callback an `LLMTask` reports each
     completion to (one that ``from_config`` built included)."""
-    if isinstance(options, cls.Config):
-        config = options
-    else:
-        try:
-            config = cls.Config(**(options or {}))
-        except ValidationError as e:
-            unknown = any(err.get("type") == "extra_forbidden" for err in e.errors())
-            valid = f"; valid options for '{cls.name}': {', '.join(cls.Config.model_fields) or '(none)'}"
-            raise SynthError(validation_message(e, f"{cls.name}") + (valid if unknown else "")) from None
-        except TypeError as e:  # options not a mapping
-            raise SynthError(f"{cls.name}: options must be a mapping of key: value ({e})") from None
+    config = make_config(cls, options)
     if hasattr(cls, "from_config"):
         built = cls.from_config(config, backend_factory=backend_factory)
         for stage in built if isinstance(built, list) else [built]:
@@ -151,6 +169,19 @@ def input_records(cls: type[Stage], source) -> Any:
     return hook(source) if hook is not None else source.records()
 
 
+def input_layout(cls: type[Stage], config: Any) -> str | None:
+    """The reader layout the operator needs for this config (its ``input_layout``), or None: the reader's."""
+    layout = getattr(cls, "input_layout", None)
+    return layout(config) if callable(layout) else layout
+
+
+def output_layout(cls: type[Stage], config: Any, kind: str, multimodal: bool) -> tuple[str, bool]:
+    """(kind, multimodal) of the records the operator writes, from those of its input."""
+    images = getattr(cls, "output_multimodal", None)
+    images = images(config) if callable(images) else images
+    return (getattr(cls, "output_kind", None) or kind), bool(multimodal if images is None else images)
+
+
 @dataclass
 class DatasetResult:
     """What an operator's ``map_dataset`` hook gives back."""
@@ -169,5 +200,5 @@ class DatasetResult:
 OperatorConfig = StageConfig
 
 __all__ = ["Aggregate", "ChatRequest", "Completion", "DatasetResult", "Failed", "Filter", "LLMTask", "Map", "OperatorConfig",
-           "Rejected", "Stage", "StageConfig", "build", "check_operator", "command_name", "kind_of",
-           "needs_backend", "summary"]
+           "Rejected", "Stage", "StageConfig", "build", "check_operator", "command_name", "input_layout",
+           "kind_of", "make_config", "needs_backend", "needs_input", "output_layout", "summary"]

@@ -49,8 +49,8 @@ class Version:
 
 
 class EvolutionConfig(StageConfig):
-    rounds: int = Field(default=3, ge=1, le=20)
-    seed: int = 0
+    rounds: int = Field(default=3, ge=1, le=20, description="evolution rounds per seed")
+    seed: int = Field(default=0, description="seed of each sample's operator per round (and of mmevol's drawn forms)")
     output: str = Field(
         default="all", pattern="^(all|final)$", description="'all': every kept evolution; 'final': the last version per seed"
     )
@@ -58,10 +58,10 @@ class EvolutionConfig(StageConfig):
     judge: bool = Field(default=True, description="ask the LLM judge; off = rule-based elimination only")
     judge_batch_size: int = Field(default=4, ge=1, le=32, description="items judged per request")
     chunk_size: int = Field(default=256, ge=1, description="samples evolved together through all rounds")
-    temperature: float = Field(default=0.7, ge=0)
-    judge_temperature: float = Field(default=0.0, ge=0)
-    max_tokens: int = Field(default=1024, ge=1)
-    judge_max_tokens: int = Field(default=512, ge=1)
+    temperature: float = Field(default=0.7, ge=0, description="sampling temperature of the evolution requests")
+    judge_temperature: float = Field(default=0.0, ge=0, description="sampling temperature of the judge requests")
+    max_tokens: int = Field(default=1024, ge=1, description="token limit of each evolution reply")
+    judge_max_tokens: int = Field(default=512, ge=1, description="token limit of each judge reply")
 
 
 class EvolutionStage(LLMTask):
@@ -77,6 +77,8 @@ class EvolutionStage(LLMTask):
     writes: ClassVar[tuple[str, ...]] = ("messages", "id", "meta")
     #: the name of the `finish` step in counts and failure lines
     finish_phase: ClassVar[str] = "finish"
+    #: requests the `finish` step sends per kept candidate (Evol-Instruct answers each)
+    finish_requests: ClassVar[int] = 0
 
     def __init__(self, backend: Backend | None, config=None, progress=None, **overrides):
         # backend None: only the format_*/parse_* methods can be used (tests, prompt previews).
@@ -176,6 +178,8 @@ class EvolutionStage(LLMTask):
             return []
         if self.progress is None:
             completions = self.backend.complete(requests)
+        elif not hasattr(self.progress, "add_task"):  # a completion callback (a recipe run's live counters)
+            completions = self.backend.complete(requests, progress=self.progress)
         else:
             task = self.progress.add_task(f"round {round_}/{self.config.rounds} {phase}", total=len(requests), tokens="")
 
@@ -253,6 +257,38 @@ class EvolutionStage(LLMTask):
             candidate.judge = {"improved": verdict.improved, "score": verdict.score, "reason": verdict.reason}
             verdict = self.judge_rule(verdict)
         return candidate if verdict is None else verdict
+
+    # -- what the CLI, the runner and a dry run ask of an operator ----------------------------------------
+
+    @staticmethod
+    def origin(record: dict) -> Any:
+        """The seed id an output record (any version) came from: the runner keeps seed order by it."""
+        from synth.records import load_meta
+
+        meta = load_meta(record.get("meta"))
+        return meta.get("root_id") or meta.get("parent_id")
+
+    def preview_requests(self, records: list[dict]) -> list[ChatRequest]:
+        """Round 1's evolution request of each record (a dry run shows them)."""
+        requests = []
+        for record in records:
+            version = self.seed_version(record)
+            if isinstance(version, Version):
+                requests.append(self.format_evolve_input(version, self.choose_operator(version, 1), 1))
+        return requests
+
+    def requests_per_record(self) -> float:
+        """At most this many requests per seed (a dry run's estimate; eliminated evolutions stop early): an
+        evolution per round, a share of a judge request, the finish step's."""
+        judged = 1 / self.judge_batch_size() if self.config.judge else 0
+        return self.config.rounds * (1 + judged + self.finish_requests)
+
+    def details(self) -> dict[str, Any]:
+        """The evolution report: counts per round, operator and reason, tokens per step, the settings."""
+        return {**self.report.as_dict(),
+                "model": self.backend.model_name if self.backend is not None else None,
+                "usage": self.backend.usage.as_dict() if self.backend is not None else {},
+                "config": self.config.model_dump(mode="json")}
 
     # -- helpers for the engines ----------------------------------------------------------------------
 

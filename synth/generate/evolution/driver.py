@@ -34,12 +34,13 @@ def make_stage(method: str, backend: Backend | None, config: dict[str, Any], pro
 
 
 def open_seeds(
-    source: str | os.PathLike, config: dict[str, Any] | None = None, split: str | None = None, limit: int | None = None
+    source: str | os.PathLike, config: dict[str, Any] | None = None, split: str | None = None, limit: int | None = None,
+    *, subset: str | None = None, revision: str | None = None,
 ) -> Source:
-    """The seed dataset. With a ``*_column`` option the rows keep their own columns (no layout conversion),
-    so the named columns are there to read."""
+    """The seed dataset (`subset`, `revision`: a Hub dataset's). With a ``*_column`` option the rows keep their
+    own columns (no layout conversion), so the named columns are there to read."""
     named = any(k.endswith("_column") and v is not None for k, v in (config or {}).items())
-    return open_source(source, split, limit=limit, layout="raw" if named else None)
+    return open_source(source, split, config=subset, revision=revision, limit=limit, layout="raw" if named else None)
 
 
 def evolve_dataset(

@@ -28,7 +28,7 @@ from synth.generate.evolution.elimination import (
     judge_outcomes,
     same_text,
 )
-from synth.generate.evolution.operators import check_weights
+from synth.generate.evolution.operators import Weights, check_weights
 from synth.llm.base import ChatRequest, Completion
 from synth.pipeline import Failed, Rejected
 from synth.pipeline.llm_task import failure_of
@@ -58,18 +58,23 @@ def default_rules(**overrides: Any) -> EliminationRules:
 
 class EvolInstructConfig(EvolutionConfig):
     rounds: int = Field(default=4, ge=1, le=20, description="evolution rounds (the paper's M = 4)")
-    operators: dict[str, float] = Field(
+    operators: Weights = Field(
         default_factory=lambda: {name: 1.0 for name in OPERATORS},
-        description="operator -> weight; each sample draws one operator per round",
+        description="operator -> weight (or NAME=W,NAME=W text); each sample draws one operator per round: "
+        + ", ".join(OPERATORS),
     )
     rules: EliminationRules = Field(
         default_factory=default_rules, description="elimination rules; keys left out keep Evol-Instruct's defaults"
     )
-    instruction_column: str | None = None
+    instruction_column: str | None = Field(
+        default=None, description="column of the instructions (default: instruction, prompt, question or query)"
+    )
     input_column: str | None = Field(default=None, description="appended to the instruction (Alpaca 'input')")
-    answer_column: str | None = None
-    answer_temperature: float = Field(default=0.7, ge=0)
-    answer_max_tokens: int = Field(default=1024, ge=1)
+    answer_column: str | None = Field(
+        default=None, description="column of the existing answers (default: output, response, answer or completion)"
+    )
+    answer_temperature: float = Field(default=0.7, ge=0, description="sampling temperature of the new answers")
+    answer_max_tokens: int = Field(default=1024, ge=1, description="token limit of each new answer")
 
     @field_validator("rules", mode="before")
     @classmethod
@@ -91,6 +96,7 @@ class EvolInstruct(EvolutionStage):
     operators = OPERATORS
     Config = EvolInstructConfig
     finish_phase = "answer"
+    finish_requests = 1
     reads: ClassVar[tuple[str, ...]] = ("messages", *INSTRUCTION_COLUMNS, "input", *ANSWER_COLUMNS, "id", "meta")
 
     # -- seeds ----------------------------------------------------------------------------------------

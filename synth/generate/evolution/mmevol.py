@@ -51,7 +51,7 @@ from synth.generate.evolution.elimination import (
     same_text,
     schema_hint,
 )
-from synth.generate.evolution.operators import check_weights, pick_weighted
+from synth.generate.evolution.operators import Weights, check_weights, pick_weighted
 from synth.llm.base import ChatRequest, Completion
 from synth.paths import templates_dir
 from synth.pipeline import Failed, Rejected
@@ -251,36 +251,40 @@ def _default_rules() -> EliminationRules:
 
 
 class MMEvolConfig(EvolutionConfig):
-    operators: dict[str, float] = Field(
+    operators: Weights = Field(
         default_factory=lambda: dict(DEFAULT_OPERATORS),
-        description="operator -> probability weight; each image draws one operator per round (MMEvol: 0.5/0.25/0.25)",
+        description="operator -> probability weight (or NAME=W,NAME=W text); each image draws one operator per "
+        "round: " + ", ".join(OPERATORS) + " (MMEvol: 0.5/0.25/0.25)",
     )
     form_choice: Literal["model", "drawn"] = Field(
         default="model",
         description="interaction: 'model' lets the LLM pick the fitting form from interaction_forms (MMEvol); "
         "'drawn' draws one form per image and round by the weights",
     )
-    interaction_forms: dict[str, float] = Field(
+    interaction_forms: Weights = Field(
         default_factory=lambda: {name: 1.0 for name in INTERACTION_FORMS},
-        description="the forms interaction evolution may use (weights count for form_choice: drawn)",
+        description="the forms interaction evolution may use, NAME=W,... (weights count for form_choice: drawn); "
+        "default: all 17 of MMEvol's, e.g. multi_choice, fill_in_the_blank, region_selection, depth_order",
     )
-    rules: EliminationRules = Field(default_factory=_default_rules)
-    image_column: str | None = None
-    caption_column: str | None = None
-    boxes_column: str | None = None
+    rules: EliminationRules = Field(
+        default_factory=_default_rules, description="elimination rules (answers of one word pass; image-description leaks fail)"
+    )
+    image_column: str | None = Field(default=None, description="image column (default: image or images)")
+    caption_column: str | None = Field(default=None, description="caption column (default: detailed_caption or caption)")
+    boxes_column: str | None = Field(default=None, description="objects with label + box (default: objects)")
     box_format: boxes.BoxFormat = Field(default="xyxy", description="xyxy: [x0, y0, x1, y1] corners; xywh: [x, y, w, h] (COCO)")
     box_units: boxes.BoxUnits = Field(
         default="auto", description="normalised (0-1), pixels, or auto (pixels when a value is above 1)"
     )
     qa_column: str | None = Field(default=None, description="a list of {question, answer} items, or one dict")
-    question_column: str | None = None
-    answer_column: str | None = None
+    question_column: str | None = Field(default=None, description="question column (with answer_column)")
+    answer_column: str | None = Field(default=None, description="answer column (with question_column)")
     max_items: int | None = Field(default=None, ge=1, description="evolve at most this many items per image (the first)")
     new_items: int = Field(default=3, ge=1, le=10, description="items to write for an image that has none")
     base_dir: str | None = Field(
         default=None, description="the dataset folder: image paths resolve inside it (and may not leave it)"
     )
-    min_reasoning_steps: int = Field(default=2, ge=0)
+    min_reasoning_steps: int = Field(default=2, ge=0, description="reasoning evolutions with fewer steps are eliminated")
     demos: bool = Field(default=True, description="few-shot demonstrations in the evolution prompts (MMEvol's scaffold)")
     answer_with_steps: bool = Field(
         default=False,
@@ -338,6 +342,14 @@ class MMEvol(EvolutionStage):
     schema: ClassVar[type[BaseModel]] = EvolvedItems
     reads: ClassVar[tuple[str, ...]] = (*IMAGE_COLUMNS, *CAPTION_COLUMNS, *BOXES_COLUMNS, *QA_COLUMNS, "messages", "id", "meta")
     writes: ClassVar[tuple[str, ...]] = ("messages", "images", "id", "meta")
+
+    def prepare(self, source) -> None:
+        """Image paths of the rows resolve inside the dataset's folder (unless `base_dir` says otherwise)."""
+        if self.config.base_dir is None and getattr(source, "base_dir", None) is not None:
+            self.config = self.config.model_copy(update={"base_dir": str(source.base_dir)})
+
+    def details(self) -> dict[str, Any]:
+        return {**super().details(), "image_input": "image" if self.show_image else "text"}
 
     @property
     def show_image(self) -> bool:

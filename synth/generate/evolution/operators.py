@@ -4,7 +4,9 @@ the same requests (the request cache then serves them) on any machine."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
 
 from synth.errors import SynthError
 from synth.hashing import unit_hash
@@ -47,3 +49,17 @@ def parse_weights(text: str | None, what: str) -> dict[str, float] | None:
         except ValueError:
             raise SynthError(f"{what}: weight {value!r} of '{name}' is not a number (write NAME=WEIGHT,NAME=WEIGHT)") from None
     return weights
+
+
+def _weights_from_text(value: Any) -> Any:
+    # `--operators deepen=2,concretize` (or the same text in a recipe) is a weight map too.
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse_weights(value, "weights") or {}
+    except SynthError as e:
+        raise ValueError(str(e)) from None
+
+
+#: a name -> weight map, also written as ``NAME=W,NAME=W`` text (a name alone weighs 1)
+Weights = Annotated[dict[str, float], BeforeValidator(_weights_from_text)]

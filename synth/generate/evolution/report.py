@@ -123,3 +123,95 @@ class EvolutionReport:
         if self.boxes_read or self.boxes_malformed:
             out["boxes"] = {"read": self.boxes_read, "malformed": dict(self.boxes_malformed.most_common())}
         return out
+
+
+def report_tables(data: dict[str, Any]) -> list:
+    """The end-of-run tables of `as_dict()` data (printed by `synth evolve`): what was generated, kept and
+    eliminated, per reason, operator and round."""
+    from rich.table import Table
+
+    out: list = []
+    summary = Table(title=f"{data['method']}: evolution", title_justify="left", header_style="bold")
+    for name in ("seeds", "skipped", "generated", "kept", "eliminated", "failed", "written"):
+        summary.add_column(name, justify="right")
+    summary.add_row(
+        str(data["seeds"]),
+        str(sum(data["seeds_skipped"].values())),
+        str(data["generated"]),
+        str(data["kept"]),
+        str(sum(data["eliminated"].values())),
+        str(sum(data.get("failed", {}).values())),
+        str(data["written"]),
+    )
+    out.append(summary)
+
+    def breakdown(title: str, rows: dict[str, dict[str, int]]) -> None:
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for name in ("", "generated", "kept", "eliminated", "failed", "kept %"):
+            table.add_column(name, justify="right" if name else "left")
+        for key, counts in rows.items():
+            generated = counts.get("generated", 0)
+            rate = f"{100 * counts.get('kept', 0) / generated:.0f}%" if generated else "-"
+            table.add_row(
+                key, str(generated), str(counts.get("kept", 0)), str(counts.get("eliminated", 0)),
+                str(counts.get("failed", 0)), rate,
+            )
+        out.append(table)
+
+    breakdown("per operator", data["per_operator"])
+    breakdown("per round", data["per_round"])
+    if data["eliminated"] or data["seeds_skipped"]:
+        reasons = Table(title="eliminated by reason", title_justify="left", header_style="bold")
+        reasons.add_column("reason")
+        reasons.add_column("count", justify="right")
+        for reason, count in data["eliminated"].items():
+            reasons.add_row(reason, str(count))
+        for reason, count in data["seeds_skipped"].items():
+            reasons.add_row(f"seed skipped: {reason}", str(count))
+        out.append(reasons)
+    if data.get("failed"):
+        failures = Table(title="failed requests by reason (retried by the next run)", title_justify="left", header_style="bold")
+        failures.add_column("reason")
+        failures.add_column("count", justify="right")
+        for reason, count in data["failed"].items():
+            failures.add_row(reason, str(count))
+        out.append(failures)
+    if data.get("items_per_round"):
+        breakdown("items per round", data["items_per_round"])
+    if data.get("data_statistics"):
+        out.append(statistics_table(data["data_statistics"]))
+    boxes = data.get("boxes") or {}
+    if boxes.get("malformed"):
+        out.append(
+            f"boxes: {boxes['read']} read, malformed left out: " + ", ".join(f"{k} {v}" for k, v in boxes["malformed"].items())
+            + " (check box_format / box_units)"
+        )
+    if data["interaction_forms"]:
+        out.append("interaction forms: " + ", ".join(f"{k} {v}" for k, v in data["interaction_forms"].items()))
+    if data["tokens"]:
+        tokens = Table(title="tokens by step", title_justify="left", header_style="bold")
+        for name in ("step", "requests", "prompt tokens", "completion tokens"):
+            tokens.add_column(name, justify="right" if name != "step" else "left")
+        for phase, counts in data["tokens"].items():
+            tokens.add_row(phase, f"{counts['requests']:,}", f"{counts['prompt_tokens']:,}", f"{counts['completion_tokens']:,}")
+        out.append(tokens)
+    return out
+
+
+def statistics_table(stats: dict[str, dict[str, Any]]):
+    """Per round, the kept items' mean judge difficulty, steps and skills per question, and their change
+    (round 0: the seeds' items, which the judge has not scored)."""
+    from rich.table import Table
+
+    def cell(row: dict[str, Any], key: str) -> str:
+        value, change = row.get(key), (row.get("change") or {}).get(key)
+        if value is None:
+            return "-"
+        return f"{value:.2f}" + (f" ({change:+.2f})" if change is not None else "")
+
+    table = Table(title="data statistics per round (kept items)", title_justify="left", header_style="bold")
+    for name in ("round", "items", "difficulty", "steps / question", "skills / question"):
+        table.add_column(name, justify="right")
+    for round_, row in stats.items():
+        table.add_row(round_, str(row["items"]), cell(row, "difficulty"), cell(row, "steps"), cell(row, "skills"))
+    return table

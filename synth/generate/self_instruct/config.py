@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from synth.core.fields import FilePath
 from synth.pipeline import StageConfig
 
 #: Words that ask for something a text-only model cannot see or produce (matched as whole words).
@@ -103,20 +104,22 @@ class SelfInstructConfig(StageConfig):
         "auto", description="continuation for base models (local backend), chat for chat APIs"
     )
     # Instruction sampling as published: temperature 0.7, top_p 0.5, presence penalty 2.
-    temperature: float = Field(0.7, ge=0, description="instruction requests")
-    top_p: float = Field(0.5, gt=0, le=1, description="instruction requests")
+    temperature: float = Field(0.7, ge=0, description="sampling temperature of the instruction requests")
+    top_p: float = Field(0.5, gt=0, le=1, description="top-p of the instruction requests")
     presence_penalty: float | None = Field(
         2.0,
         ge=-2,
         le=2,
-        description="instruction requests, where the backend supports it (OpenAI-compatible: yes; local: no)",
+        description="presence penalty of the instruction requests, where the backend has one (OpenAI-compatible "
+        "servers; the local backend has none)",
     )
     # Instances as published: greedy, presence penalty 1.5 (classification is always greedy).
-    instance_temperature: float = Field(0.0, ge=0, description="instance requests (0 = greedy)")
-    instance_top_p: float | None = Field(None, gt=0, le=1, description="instance requests (None: not sent)")
-    instance_presence_penalty: float | None = Field(1.5, ge=-2, le=2, description="instance requests")
-    instruction_max_tokens: int = Field(384, ge=16)
-    instance_max_tokens: int = Field(512, ge=16)
+    instance_temperature: float = Field(0.0, ge=0, description="sampling temperature of the instance requests (0 = greedy)")
+    instance_top_p: float | None = Field(None, gt=0, le=1, description="top-p of the instance requests (None: not sent)")
+    instance_presence_penalty: float | None = Field(1.5, ge=-2, le=2, description="presence penalty of the instance requests")
+    instruction_max_tokens: int = Field(384, ge=16, description="token limit of each instruction reply")
+    instance_max_tokens: int = Field(512, ge=16, description="token limit of each instance reply")
     patience: int = Field(5, ge=1, description="stop after this many rounds in a row that keep nothing")
-    max_rounds: int | None = Field(None, ge=1)
-    seed: int = 0
+    max_rounds: int | None = Field(None, ge=1, description="stop after this many instruction rounds (default: no limit)")
+    seed: int = Field(0, description="seed of the examples shown and of the requests")
+    seeds: FilePath | None = Field(None, description="seed tasks (JSONL); default: the 48 shipped ones")

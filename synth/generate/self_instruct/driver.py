@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from synth.data import REPORT, USAGE, OutputFolder, check_output, write_records
+from synth.data import REJECTS, REPORT, USAGE, OutputFolder, check_output, write_records
 from synth.errors import SynthError
 from synth.generate.self_instruct.config import SelfInstructConfig
 from synth.generate.self_instruct.filters import InstructionFilter
@@ -44,15 +44,26 @@ class SelfInstructResult:
 
 
 class SelfInstruct(LLMTask):
-    """The whole Self-Instruct run as a stage: `run()` yields SFT records, `stats` says what happened.
+    """Bootstrap new instruction data from seed tasks with an LLM (Self-Instruct, Wang et al. 2023).
 
-    Input records, if any, are ignored (Self-Instruct starts from its seed tasks). Its steps share this
-    stage's `rejects` and `failures` logs.
+    Rounds of instruction requests until `count` new instructions pass the filters (a global ROUGE-L
+    novelty loop), then classification and instances; the published pipeline's filters and sampling by
+    default. It reads no dataset: `run()` yields SFT records, `stats` says what happened. Its steps share
+    this stage's `rejects` and `failures` logs; the output folder also gets self_instruct_tasks.jsonl.
     """
 
-    name = "self-instruct"
+    name = "self_instruct"
     Config = SelfInstructConfig
     writes: ClassVar[tuple[str, ...]] = ("messages", "id", "meta")
+    #: it reads no dataset: its records come from its seed tasks
+    needs_input: ClassVar[bool] = False
+    output_kind: ClassVar[str] = "sft"
+    #: the flags `synth self-instruct` has always had
+    cli_flags: ClassVar[dict[str, list[str]]] = {
+        "instruction_max_tokens": ["--max-tokens"],
+        "text_only": ["--text-only/--multimodal"],
+        "responses": ["--responses/--instance-outputs"],
+    }
 
     def __init__(
         self,
@@ -61,15 +72,16 @@ class SelfInstruct(LLMTask):
         progress: Callable | None = None,
         *,
         seeds: list[SeedTask] | None = None,
-        show_progress: bool = True,
+        show_progress: bool | None = None,
         **overrides: Any,
     ):
         super().__init__(backend, config, progress, **overrides)
-        self.seeds = seeds if seeds is not None else load_seed_tasks()
+        self.seeds = seeds if seeds is not None else load_seed_tasks(self.config.seeds)
         if not self.seeds:
             raise SynthError("Self-Instruct needs at least one seed task")
         self.style = resolve_prompt_style(self.config, backend)
-        self.show_progress = show_progress
+        # its own bars, unless it reports to a caller's progress (a recipe run's live view)
+        self.show_progress = progress is None if show_progress is None else show_progress
         self.filter = InstructionFilter(self.config)
         self.filter.prime(s.instruction for s in self.seeds)
         self.classify = ClassifyTasks(backend, self.config, seeds=self.seeds, style=self.style)
@@ -187,6 +199,53 @@ class SelfInstruct(LLMTask):
                 "meta": {"round": self.rounds, "examples": [eid for eid, _ in examples]},
             }
 
+    # ------------------------------------------------------------ what the CLI, the runner and a dry run ask
+
+    @classmethod
+    def fingerprint_extra(cls, config: SelfInstructConfig):
+        """The shipped seed tasks' content, when the config names no seed file (a named one is hashed anyway)."""
+        from synth.core.fields import content_digest
+        from synth.generate.self_instruct.seeds import default_seed_path
+
+        return None if config.seeds else content_digest(default_seed_path())
+
+    def preview_requests(self, records: list[dict]) -> list[ChatRequest]:
+        """The first instruction request (a dry run shows it)."""
+        return [self.instruction_request(self._pick_examples(random.Random(self.config.seed), []), 0)]
+
+    def requests_per_record(self) -> int:
+        """All the requests of a run (it reads no records; a dry run's estimate): about twice count /
+        new_per_request instruction requests (novelty rejects some), then per task a classification and an
+        instances request (and the answers with `responses`)."""
+        cfg = self.config
+        return -(-cfg.count // cfg.new_per_request) * 2 + cfg.count * (2 + (cfg.max_instances if cfg.responses else 0))
+
+    def details(self) -> dict[str, Any]:
+        """The counts of the end-of-run table (``report.json``)."""
+        return self.result.stats if self.result is not None else {}
+
+    @classmethod
+    def run_command(cls, stages: list, dataset: None, out, *, console, overwrite: bool = False, **_reading) -> None:
+        """``synth self-instruct``: the output folder with its report.json, usage.json and tasks file
+        (`run_self_instruct`), then the end-of-run table."""
+        from synth.generate.self_instruct.report import summary_table
+        from synth.llm.factory import report_usage
+
+        run = stages[0]
+        result = run_self_instruct(run.backend, out, run.config, seeds=run.seeds, overwrite=overwrite)
+        console.print(summary_table(result.stats))
+        sampling = result.stats["sampling"]
+        if not sampling["presence_penalty_applied"] and (
+                sampling["presence_penalty"] or sampling["instance_presence_penalty"]):
+            console.print("[yellow]presence penalty not applied: this backend has none (OpenAI-compatible servers do)")
+        report_usage(run.backend, console=console)
+        rejects = Path(out) / REJECTS
+        console.print(f"wrote {len(result.samples):,} samples to {out}" + (f" (rejects: {rejects})" if rejects.exists() else ""))
+
+    def write_files(self, folder: Path) -> None:
+        """The kept instructions with their instances, beside the dataset (``self_instruct_tasks.jsonl``)."""
+        write_tasks(self.result.tasks if self.result is not None else [], folder)
+
     # ------------------------------------------------------------ steps 2-3 and the samples
 
     def run(self, records: Iterable[dict] = ()) -> Iterator[dict]:
@@ -212,7 +271,9 @@ class SelfInstruct(LLMTask):
                 self.stats.failed.update(step.stats.failed)
                 self.answered += step.answered
         self.stats.seen, self.stats.kept = self.generation["parsed"], len(tasks)
-        self.result = SelfInstructResult(tasks=tasks, samples=samples, stats=self.summary(len(samples)))
+        for step in self.steps():  # what each step rejected, by step
+            self.stats.dropped.update({f"{step.name}:{reason}": n for reason, n in step.stats.dropped.items()})
+        self.result = SelfInstructResult(tasks=tasks, samples=samples, stats=self.counts(len(samples)))
         return self.result
 
     def _step(self, bar, description: str, step: LLMTask, records: list[dict]) -> list[dict]:
@@ -293,7 +354,7 @@ class SelfInstruct(LLMTask):
             "presence_penalty_applied": applied,
         }
 
-    def summary(self, samples: int) -> dict[str, Any]:
+    def counts(self, samples: int) -> dict[str, Any]:
         """Counts for the end-of-run table and the run's ``report.json``."""
         generation = dict(self.generation)
         return {
@@ -408,9 +469,17 @@ def write_result(result: SelfInstructResult, folder: OutputFolder) -> int:
     written = write_records(
         (sample_record(s) for s in result.samples), folder.path, kind="sft", multimodal=False, scratch=folder.scratch("si")
     )
-    with open(folder.path / TASKS_FILE, "w", encoding="utf-8") as f:
-        for task in result.tasks:
-            row = {k: task[k] for k in ("id", "instruction", "is_classification", "instances", "meta")}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_tasks(result.tasks, folder.path)
     folder.write_json(REPORT, result.stats)
     return written
+
+
+def write_tasks(tasks: list[dict], folder: str | Path) -> None:
+    """The kept instructions with their instances as ``self_instruct_tasks.jsonl`` in `folder`."""
+    with open(Path(folder) / TASKS_FILE, "w", encoding="utf-8") as f:
+        for task in tasks:
+            row = {k: task[k] for k in ("id", "instruction", "is_classification", "instances", "meta")}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+OPERATOR_CLASSES = (SelfInstruct,)

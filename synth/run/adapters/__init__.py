@@ -5,16 +5,14 @@ type           engine                                                       shar
 =============  ===========================================================  =================
 source         `synth.data.open_source` (local path or Hub id)              (reads in place)
 demo           `synth.demo_data` (the offline shapes dataset)               one
-self_instruct  `synth.generate.self_instruct` (global novelty loop)         one
-evolve         `synth.generate.evolution` (Evol-Instruct, MMEvol)           by record
 filter         `synth.clean.registry` filter chains                         by record (one with dedup)
 mix            `synth.mix`                                                  one
 export         `synth.export` (TRL, LLaMA-Factory, LLaVA, OpenAI)           one
 push           `synth.publish` (the Hub)                                    one
 =============  ===========================================================  =================
 
-Every registered operator (`synth.core.registry`: adapt, generate, pseudo_label, dedup, decontaminate, length, judge,
-capfilt, prefs, ... and plugins') is a stage type too, through the one generic
+Every registered operator (`synth.core.registry`: adapt, generate, pseudo_label, evolve, self_instruct, dedup,
+decontaminate, length, judge, capfilt, prefs, ... and plugins') is a stage type too, through the one generic
 `synth.run.adapters.operator.OperatorAdapter`.
 """
 
@@ -24,7 +22,7 @@ from synth.run.adapters.base import StageAdapter
 
 _REGISTRY: dict[str, StageAdapter] = {}
 
-MODULES = ("sources", "generate", "clean", "mix", "export", "push")
+MODULES = ("sources", "clean", "mix", "export", "push")
 
 
 def registry() -> dict[str, StageAdapter]:

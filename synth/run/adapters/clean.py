@@ -119,11 +119,32 @@ class FilterAdapter(StageAdapter):
         return llm_filter_preview(self.stages(spec, ctx, None), records, rows)
 
 
-def llm_filter_preview(stages: list, records: list[dict], rows: int | None, title: str | None = None) -> Preview:
-    """Prompts of the LLM filters in a chain for a few records; one request per record and LLM filter.
-    Each prompt is headed by `title` (default: the filter's name) and the record it is for."""
-    from synth.run.adapters.generate import render_request, request_tokens
+def render_request(request, title: str = "") -> str:
+    """A request as text, the way a dry run shows it (images as [image])."""
+    lines = [f"--- {title}" if title else "---"]
+    for message in request.messages:
+        content = message.content
+        if isinstance(content, str):
+            text = content
+        else:
+            text = "".join((getattr(p, "text", None) or "") if p.type == "text" else "[image]" for p in content)
+        lines.append(f"[{message.role}] {text}")
+    return "\n".join(lines)
 
+
+def request_tokens(request) -> int:
+    """A rough prompt size: 4 characters a token (a dry run's estimate, not a tokenizer)."""
+    chars = 0
+    for message in request.messages:
+        content = message.content
+        chars += len(content) if isinstance(content, str) else sum(len(getattr(p, "text", None) or "") for p in content)
+    return chars // 4 + 8 * len(request.messages) + 256 * len(request.images)
+
+
+def llm_filter_preview(stages: list, records: list[dict], rows: int | None, title: str | None = None) -> Preview:
+    """Prompts of the LLM filters in a chain for a few records; one request per record and LLM filter (or
+    the stage's ``requests_per_record()``). Each prompt is headed by `title` (default: the filter's name) and
+    the record it is for."""
     preview = Preview()
     llm_stages = [s for s in stages if hasattr(s, "format_input") or hasattr(s, "preview_requests")]
     per_record, prompt_tokens = 0, 0

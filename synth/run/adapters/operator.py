@@ -7,7 +7,8 @@ of the input) unless the config declares one. File fields (`synth.core.fields.Fi
 recipe's folder and their content is part of the fingerprint; dataset fields (`DatasetRef`) name other
 stages' outputs, which run first and whose folders the operator gets. An operator that needs its whole
 input (an `Aggregate`) runs as one shard; the others shard by record id. An operator with a ``map_dataset``
-hook gets each shard as an Arrow dataset instead of records (`execute`).
+hook gets each shard as an Arrow dataset instead of records (`execute`). An operator that reads no dataset
+(``needs_input = False``) has no ``input`` or ``limit`` key and runs once.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, create_model
 
 from synth.core.fields import dataset_fields, file_contents, file_fields, resolve_files
-from synth.core.operator import build, input_records, needs_backend, summary
+from synth.core.operator import (
+    build,
+    input_layout,
+    input_records,
+    needs_backend,
+    needs_input,
+    output_layout,
+    summary,
+)
 from synth.run.adapters.base import Preview, StageAdapter
 from synth.run.recipe import DEFAULT_BACKEND, StageSpec
 
@@ -62,14 +71,15 @@ def spec_model(cls) -> type[StageSpec]:
     """The recipe stage model of operator `cls`: its config's fields + the stage keys."""
     base = _LLMStageSpec if needs_backend(cls) else _OperatorSpec
     stage_keys: dict[str, Any] = {}
-    if "limit" not in cls.Config.model_fields:
-        stage_keys["limit"] = (int | None, Field(None, ge=1, description="only the first N records of the input"))
+    if needs_input(cls):
+        stage_keys["input"] = (str, Field(description="the output this stage reads"))
+        if "limit" not in cls.Config.model_fields:
+            stage_keys["limit"] = (int | None, Field(None, ge=1, description="only the first N records of the input"))
     model = create_model(
         f"{_camel(cls.name)}Stage",
         __base__=(base, cls.Config),
         __doc__=summary(cls),
         type=(Literal[cls.name], ...),  # type: ignore[valid-type]
-        input=(str, Field(description="the output this stage reads")),
         **stage_keys,
     )
     model.operator = cls
@@ -84,7 +94,9 @@ class OperatorAdapter(StageAdapter):
         self.type = cls.name
         self.Spec = spec_model(cls)
         self.llm = needs_backend(cls)
-        self.sharded = not cls.needs_all_input
+        self.reads = needs_input(cls)
+        self.sharded = self.reads and not cls.needs_all_input
+        self.positional = self.reads
         self.version = getattr(cls, "version", 1)
         self.origin = getattr(cls, "origin", None)  # places records made outside `account` (the Tracker)
 
@@ -125,7 +137,7 @@ class OperatorAdapter(StageAdapter):
         return extra or None
 
     def open_options(self, spec: StageSpec) -> dict[str, Any]:
-        layout = getattr(self.cls, "input_layout", None)
+        layout = input_layout(self.cls, self.config(spec))
         return {"layout": layout} if layout else {}
 
     def records(self, spec: StageSpec, src):
@@ -135,7 +147,7 @@ class OperatorAdapter(StageAdapter):
         backend = (lambda name=None: ctx.backend(name or spec.backend)) if self.llm else None
         built = build(self.cls, self.config(spec, ctx), backend_factory=backend, progress=ctx.llm_progress())
         stages = built if isinstance(built, list) else [built]
-        if hasattr(stages[0], "prepare") and ctx.task is not None:
+        if hasattr(stages[0], "prepare") and ctx.task is not None and self.reads:
             from synth.run.adapters.base import DataRef
 
             # the whole input, not the shard: every shard then prepares alike
@@ -143,10 +155,13 @@ class OperatorAdapter(StageAdapter):
         return stages
 
     def output_layout(self, spec: StageSpec, src) -> tuple[str, bool]:
-        kind = getattr(self.cls, "output_kind", None)
-        return (kind or src.kind), bool(src.multimodal)
+        if src is None:  # an operator that reads no input
+            return output_layout(self.cls, self.config(spec), "sft", False)
+        return output_layout(self.cls, self.config(spec), src.kind, bool(src.multimodal))
 
     def execute(self, spec: StageSpec, ctx, inputs: list, folder, tracker) -> dict[str, Any]:
+        if not self.reads:
+            return self._execute_alone(spec, ctx, folder)
         if not hasattr(self.cls, "map_dataset"):
             return super().execute(spec, ctx, inputs, folder, tracker)
         import numpy as np
@@ -171,6 +186,27 @@ class OperatorAdapter(StageAdapter):
         return {"counts": {"read": result.read, "kept": len(set(rows_from.tolist())), "rows": len(result.dataset),
                            "rejected": result.rejected, "failed": {}},
                 "kind": getattr(self.cls, "output_kind", None) or src.kind, "multimodal": result.multimodal}
+
+    def _execute_alone(self, spec: StageSpec, ctx, folder) -> dict[str, Any]:
+        """An operator that reads no dataset: one run of ``run(iter(()))``, then its ``write_files``."""
+        from synth.data import write_records
+        from synth.run.adapters.base import count_stats, usage_delta, usage_snapshot
+
+        stage = self.stages(spec, ctx, None)[0]
+        stage.rejects, stage.failures = folder.rejects, folder.failures
+        before = usage_snapshot([stage])
+        kind, multimodal = self.output_layout(spec, None)
+        rows = write_records(stage.run(iter(())), folder.path, kind=kind, multimodal=multimodal,
+                             scratch=folder.scratch("write"))
+        if hasattr(stage, "write_files"):
+            stage.write_files(folder.path)
+        report: dict[str, Any] = {"counts": {**count_stats([stage]), "rows": rows}, "kind": kind,
+                                  "multimodal": multimodal, "usage": usage_delta(before, usage_snapshot([stage]))}
+        if hasattr(stage, "answered"):
+            report["answered"] = stage.answered
+        if hasattr(stage, "details"):
+            report["details"] = stage.details()
+        return report
 
     def sample(self, spec: StageSpec, ctx, records: list[dict], src) -> list[dict] | None:
         if not hasattr(self.cls, "map_dataset"):
@@ -202,7 +238,8 @@ class OperatorAdapter(StageAdapter):
             return Preview()
         from synth.run.adapters.clean import llm_filter_preview
 
-        return llm_filter_preview(self.stages(spec, ctx, None), records, rows, title=spec.name)
+        # an operator that reads no input runs once: its `requests_per_record()` is the whole run's
+        return llm_filter_preview(self.stages(spec, ctx, None), records, rows if self.reads else 1, title=spec.name)
 
 
 def operator_adapters(taken: set[str]) -> dict[str, StageAdapter]:
