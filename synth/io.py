@@ -207,10 +207,26 @@ def atomic_path(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Pa
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside `path` durable (a crash after it keeps the new name); best effort where the
+    filesystem cannot sync a folder."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_file(final: str | os.PathLike, mode: str = "w") -> Iterator:
+def atomic_file(final: str | os.PathLike, mode: str = "w", sync_folder: bool = False) -> Iterator:
     """A file opened on a temporary sibling (``.NAME.PID.tmp``); fsynced and renamed onto `final` when the
-    block ends, removed on any error (a full disk: `DiskFull`), so `final` is the old file or the new one."""
+    block ends, removed on any error (a full disk: `DiskFull`), so `final` is the old file or the new one.
+    `sync_folder` also fsyncs the folder after the rename (run folders: the new name survives a crash)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
@@ -225,6 +241,27 @@ def atomic_file(final: str | os.PathLike, mode: str = "w") -> Iterator:
         if disk_full_error(e) is not None:
             raise DiskFull(final) from None
         raise
+    if sync_folder:
+        fsync_dir(final.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync_folder: bool = False) -> None:
+    """`path` holds `data` whole, or keeps its old content (see `atomic_file`)."""
+    with atomic_file(path, "wb", sync_folder=sync_folder) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, sync_folder: bool = False) -> None:
+    """`path` holds `text` (UTF-8) whole, or keeps its old content (see `atomic_file`)."""
+    with atomic_file(path, "w", sync_folder=sync_folder) as f:
+        f.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any, sync_folder: bool = False, indent: int | None = 2) -> None:
+    """`value` as JSON (UTF-8, a final newline) in `path`, whole or not at all (see `atomic_file`)."""
+    with atomic_file(path, "w", sync_folder=sync_folder) as f:
+        json.dump(value, f, ensure_ascii=False, indent=indent, default=str)
+        f.write("\n")
 
 
 def write_jsonl(rows: Iterable[dict], out: str | os.PathLike, overwrite: bool = True) -> int:

@@ -114,7 +114,7 @@ def stage_backends(stage) -> set[str]:
     adapter = registry()[stage.type]
     names = {name for _loc, name in stage.backends_used()}
     if adapter.uses_llm(stage):
-        from synth.run.recipe import DEFAULT_BACKEND
+        from synth.run.spec import DEFAULT_BACKEND
 
         names.add(adapter.backend_name(stage) or DEFAULT_BACKEND)
     return names
@@ -142,7 +142,7 @@ def active_stages(recipe, round_: int) -> set[str]:
 
 
 def check_loop(recipe, doc) -> None:
-    from synth.run.recipe import issue
+    from synth.run.spec import issue
 
     looped = loop_backends(recipe)
     spec: LoopSpec | None = recipe.loop

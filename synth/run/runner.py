@@ -39,9 +39,11 @@ from synth.run.manifest import (
     load_manifest,
     new_manifest,
     output_damage,
+    read_json,
     save_manifest,
     source_fingerprint,
     stage_fingerprint,
+    write_json_atomic,
 )
 from synth.run.recipe import (
     DEFAULT_BACKEND,
@@ -56,10 +58,8 @@ from synth.run.shards import (
     assign,
     completed,
     merge_reports,
-    read_json,
     record_ids,
     world_size_for,
-    write_json_atomic,
 )
 
 STATE_DIR = "state"
@@ -460,29 +460,3 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
     with atomic_file(path) as f:
         f.write(text)
-
-
-def run_recipe(path: str | os.PathLike, overrides: list[str] | None = None, options: RunOptions | None = None,
-               view=None) -> RunResult:
-    """Run (or resume) a recipe; see the module docs. Raises `SynthError` with one clear line."""
-    from synth.run.progress import RunView
-
-    options = options or RunOptions()
-    plan = prepare(path, overrides)
-    if plan.recipe.loop is not None and options.rerun:
-        raise SynthError("--rerun does not apply to a loop; change the recipe (a changed stage reruns in every round)")
-    for name in options.rerun:
-        if name not in plan.specs:
-            raise SynthError(f"--rerun {name}: no such stage (stages: {', '.join(plan.order)})")
-    if options.rerun:
-        from synth.run.dag import downstream
-
-        options.rerun = sorted(downstream(plan.recipe, set(options.rerun)))
-    run_dir = run_dir_for(plan, options)
-    if plan.recipe.loop is not None:  # a closed loop: rounds of data → train → eval (synth.run.loop)
-        from synth.console import Console
-        from synth.run.loop import Loop
-
-        return Loop(plan, run_dir, options, console=getattr(view, "console", None) or Console(stderr=True)).run()
-    view = view or RunView(live=options.live)
-    return Runner(plan, run_dir, options, view).run()
