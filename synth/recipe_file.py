@@ -210,7 +210,8 @@ def format_items(items: list[dict], doc: YamlDoc, prefix: tuple = (), known_keys
                 loc = (*loc, key)
                 dotted = ".".join(str(x) for x in loc)
         msg = msg.replace("Value error, ", "")
-        parts.append(f"{doc.where(loc)}: {dotted}: {msg}")
+        # a check of the whole recipe (no key) reads as a plain sentence
+        parts.append(f"{doc.where(loc)}: {dotted}: {msg}" if loc else f"{doc.where(loc)}: {msg}")
     more = "" if len(items) <= 3 else f" (+{len(items) - 3} more)"
     return "; ".join(parts) + more
 
