@@ -6,7 +6,7 @@ SYNTH  := $(VENV)/bin/synth
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: install demo loop-demo browser test test-fast test-slow lint docs bench clean
+.PHONY: install demo loop-demo browser layers test test-fast test-slow lint docs bench clean
 
 # torch and torchvision are installed first, pinned to a pair built for each other that lies on this
 # machine's disk (a CUDA-enabled build; it runs on CPU too). The package itself does not cap torch.
@@ -48,7 +48,11 @@ loop-demo: install
 browser:
 	bash .ci/install-browser.sh
 
-test: install browser
+# lint-imports first: the layer contracts of pyproject.toml's [tool.importlinter] (no import circles).
+layers: install
+	$(VENV)/bin/lint-imports
+
+test: install browser layers
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow

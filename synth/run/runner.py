@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.errors import SynthError, redact_data
+from synth.io import atomic_write_text
 from synth.pipeline.llm_task import all_failed
 from synth.run import hooks
 from synth.run.adapters import registry
@@ -167,7 +168,7 @@ def opened_run(plan: Plan, run_dir: Path, options: RunOptions, stages: list[str]
             if stale.is_file():
                 stale.unlink()
         (run_dir / STATE_DIR).mkdir(exist_ok=True)
-        _write_text_atomic(run_dir / RESOLVED_RECIPE, _resolved_recipe_text(plan))
+        atomic_write_text(run_dir / RESOLVED_RECIPE, _resolved_recipe_text(plan))
         executor = make_executor(options.executor, options.workers, options.ray_address)
         previous = load_manifest(run_dir) or {}
         manifest = new_manifest(run_dir.name, plan.loaded.path, plan.recipe.model_dump(mode="json"),
@@ -455,8 +456,3 @@ def _failed(report: dict) -> int:
     return sum((report.get("counts", {}).get("failed") or {}).values())
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    from synth.io import atomic_file
-
-    with atomic_file(path) as f:
-        f.write(text)
