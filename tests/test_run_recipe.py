@@ -172,7 +172,7 @@ def test_shipped_recipes_validate(name):
 
 def test_several_servers_for_one_backend():
     from synth.paths import recipes_dir
-    from synth.run.recipe import backend_options
+    from synth.run.spec import backend_options
 
     loaded = load_recipe(recipes_dir() / "evol_instruct_vllm.yaml",
                          ["backends.vllm.base_url=[http://a:8000/v1, http://b:8000/v1]"])

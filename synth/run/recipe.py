@@ -20,41 +20,9 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field, ValidationError
 
-from synth.recipe_file import (
-    SECRET_KEYS,
-    RecipeError,
-    YamlDoc,
-    apply_overrides,
-    issue,
-    read_recipe,
-    validate,
-)
-from synth.recipe_file import (
-    format_items as _format_items,
-)
-from synth.run.spec import (
-    DEFAULT_BACKEND,
-    NAME_PATTERN,
-    RESERVED_NAMES,
-    RUNTIME_BACKEND_FIELDS,
-    Recipe,
-    StageResources,
-    StageSpec,
-    backend_identity,
-    backend_options,
-    backend_spec,
-    backend_spec_types,
-    check_name,
-)
-
-# names other modules (and users' code) have imported from here; they live in synth.run.spec / synth.recipe_file
-__all__ = [
-    "DEFAULT_BACKEND", "NAME_PATTERN", "RESERVED_NAMES", "RUNTIME_BACKEND_FIELDS", "SECRET_KEYS", "LoadedRecipe",
-    "Recipe", "RecipeError", "StageResources", "StageSpec", "YamlDoc", "apply_overrides", "backend_identity",
-    "backend_options", "backend_spec", "backend_spec_types", "check_name", "format_errors", "format_items", "issue",
-    "load_recipe", "recipe_model",
-]
-
+from synth import recipe_file
+from synth.recipe_file import SECRET_KEYS, RecipeError, YamlDoc, issue, read_recipe, validate
+from synth.run.spec import Recipe, backend_spec_types
 
 _RECIPE_MODEL: list[type[Recipe]] = []
 
@@ -124,7 +92,7 @@ def format_errors(error: ValidationError, doc: YamlDoc) -> str:
 
 def format_items(items: list[dict], doc: YamlDoc, prefix: tuple = ()) -> str:
     """`format_errors` for pydantic error dicts whose locations start at `prefix`."""
-    return _format_items(items, doc, prefix, _known_keys, _tag_choices)
+    return recipe_file.format_items(items, doc, prefix, _known_keys, _tag_choices)
 
 
 # ---------------------------------------------------------------- loading

@@ -46,13 +46,7 @@ from synth.run.manifest import (
     stage_fingerprint,
     write_json_atomic,
 )
-from synth.run.recipe import (
-    DEFAULT_BACKEND,
-    LoadedRecipe,
-    backend_identity,
-    backend_spec,
-    load_recipe,
-)
+from synth.run.recipe import LoadedRecipe, load_recipe
 from synth.run.shards import (
     ShardTask,
     assemble,
@@ -62,6 +56,7 @@ from synth.run.shards import (
     record_ids,
     world_size_for,
 )
+from synth.run.spec import DEFAULT_BACKEND, NAME_PATTERN, backend_identity, backend_spec
 
 STATE_DIR = "state"
 SHARDS_DIR = "shards"
@@ -133,8 +128,6 @@ def prepare(path: str | os.PathLike, overrides: list[str] | None = None) -> Plan
 
 def run_dir_for(plan: Plan, options: RunOptions) -> Path:
     name = options.name or plan.recipe.name or plan.loaded.path.stem
-    from synth.run.recipe import NAME_PATTERN
-
     if not NAME_PATTERN.match(name):
         raise SynthError(f"run name '{name}': use letters, digits, '_', '-' or '.'; pass --name NAME")
     return Path(options.runs_dir) / name
