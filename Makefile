@@ -43,7 +43,8 @@ loop-demo: export HF_HUB_OFFLINE := 1
 loop-demo: install
 	$(SYNTH) loop recipes/loop_shapes.yaml
 
-# The docs site (--strict), then the fast tests, then the slow ones on the real embedded model.
+# The layer contracts, the docs site (--strict), then the fast tests, then the slow ones on the real
+# embedded model.
 # The report's browser test needs Debian's chromium (installed here when missing; needs root).
 browser:
 	bash .ci/install-browser.sh
@@ -52,12 +53,12 @@ browser:
 layers: install
 	$(VENV)/bin/lint-imports
 
-test: install browser layers
+test: install layers browser
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
 
-test-fast: install
+test-fast: install layers
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 test-slow: install
