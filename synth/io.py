@@ -70,6 +70,12 @@ def _loader():
             self._sizes[id(node)] = 1 + sum(self._sizes.get(id(child), 1) for child in children)
             return node
 
+    class DuplicateKeyError(yaml.constructor.ConstructorError):
+        def __init__(self, *args, first_line: int):
+            super().__init__(*args)
+            self.first_line = first_line
+
+    SynthLoader.DuplicateKeyError = DuplicateKeyError
     merge_tag = "tag:yaml.org,2002:merge"
 
     def construct_mapping(loader, node, deep=False):
@@ -83,9 +89,8 @@ def _loader():
             except TypeError:
                 continue
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}' (first at line {seen[key] + 1}); keep one", key_node.start_mark
-                )
+                raise DuplicateKeyError(None, None, f"duplicate key '{key}' (first at line {seen[key] + 1}); keep one",
+                                        key_node.start_mark, first_line=seen[key] + 1)
             seen[key] = key_node.start_mark.line
         return loader.construct_mapping(node, deep=deep)
 
@@ -100,12 +105,41 @@ def _yaml_problem(e, source: str, what: str, lines: bool = True) -> SynthError:
     return SynthError(f"{where}: invalid {what}: {problem}")
 
 
+def _key_path(node, line: int, column: int, path: tuple = ()) -> tuple | None:
+    """The path of keys (list items by index) to the mapping key that starts at (line, column)."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            step = (*path, key_node.value)
+            if (key_node.start_mark.line, key_node.start_mark.column) == (line, column):
+                return step
+            found = _key_path(value_node, line, column, step)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found = _key_path(item, line, column, (*path, index))
+            if found:
+                return found
+    return None
+
+
 def parse_yaml(text: str, source: str, what: str) -> Any:
-    """Parse YAML text with synth's one loader; errors name `source` (a file, or ``-s key``) and `what`."""
+    """Parse YAML text with synth's one loader; errors name `source` (a file, or ``-s key``) and `what`.
+    A duplicate key names its path too: ``r.yaml:4: invalid recipe: sources.0.weight: duplicate key ...``."""
     import yaml
 
     try:
         return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
+    except _loader().DuplicateKeyError as e:
+        mark = e.problem_mark
+        path = _key_path(compose_yaml(text), mark.line, mark.column)  # it composes: keys are checked later
+        if not path:
+            raise _yaml_problem(e, source, what) from None
+        dotted = ".".join(str(step) for step in path)
+        raise SynthError(f"{source}:{mark.line + 1}: invalid {what}: {dotted}: duplicate key "
+                         f"(first at line {e.first_line}); keep one") from None
     except yaml.YAMLError as e:
         raise _yaml_problem(e, source, what) from None
 

@@ -333,7 +333,7 @@ def test_a_duplicate_key_in_a_recipe_is_an_error(tmp_path, two_sources):
     result = runner.invoke(app, ["mix", str(tmp_path / "dup.yaml"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1, result.output
     line = " ".join(result.output.split())
-    assert "dup.yaml:4: invalid recipe: duplicate key 'weight' (first at line 3)" in line
+    assert "dup.yaml:4: invalid recipe: sources.0.weight: duplicate key (first at line 3)" in line
     assert not (tmp_path / "out").exists()
 
 

@@ -67,8 +67,7 @@ def test_duplicate_key_and_wrong_types_name_each_line(tmp_path):
     """The one recipe loader (as `synth run` and `synth mix`): each error at its own line, or its override."""
     recipe = tmp_path / "sft.yaml"
     recipe.write_text("model: embedded\ndataset: data\noutput_dir: out\nlora:\n  r: 8\n  r: 16\n")
-    one_line_error(run_cli("train", "sft", recipe), f"error: {recipe}:6: invalid training recipe: duplicate key 'r'",
-                   "first at line 5")
+    one_line_error(run_cli("train", "sft", recipe), f"error: {recipe}:6: invalid training recipe: lora.r: duplicate key (first at line 5)")
     recipe.write_text("model: embedded\ndataset: data\noutput_dir: out\nbatch_size: many\nlora:\n  r: eight\n")
     line = one_line_error(run_cli("train", "sft", recipe), f"{recipe}:4: batch_size: Input should be a valid integer",
                           f"{recipe}:6: lora.r: Input should be a valid integer")
