@@ -21,8 +21,39 @@ from typing import Annotated, Any, Union
 from pydantic import Field, ValidationError
 
 from synth import recipe_file
-from synth.recipe_file import SECRET_KEYS, RecipeError, YamlDoc, issue, read_recipe, validate
-from synth.run.spec import Recipe, backend_spec_types
+from synth.recipe_file import (
+    SECRET_KEYS,
+    RecipeError,
+    YamlDoc,
+    apply_overrides,
+    clean_loc,
+    issue,
+    read_recipe,
+    validate,
+)
+from synth.run.spec import (
+    DEFAULT_BACKEND,
+    NAME_PATTERN,
+    RESERVED_NAMES,
+    RUNTIME_BACKEND_FIELDS,
+    Recipe,
+    StageResources,
+    StageSpec,
+    backend_identity,
+    backend_options,
+    backend_spec,
+    backend_spec_types,
+    check_name,
+)
+
+# names other code imports from here (the Python API, tests, users); they live in synth.run.spec (what a
+# recipe is made of) and synth.recipe_file (the file, overrides, errors), which code inside synth.run uses
+__all__ = [
+    "DEFAULT_BACKEND", "NAME_PATTERN", "RESERVED_NAMES", "RUNTIME_BACKEND_FIELDS", "SECRET_KEYS", "LoadedRecipe",
+    "Recipe", "RecipeError", "StageResources", "StageSpec", "YamlDoc", "apply_overrides", "backend_identity",
+    "backend_options", "backend_spec", "backend_spec_types", "check_name", "clean_loc", "format_errors",
+    "format_items", "issue", "load_recipe", "recipe_model",
+]
 
 _RECIPE_MODEL: list[type[Recipe]] = []
 
