@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field
 from synth.generate.self_instruct.config import SelfInstructConfig
 from synth.run.adapters.base import Preview, StageAdapter
 from synth.run.adapters.sources import resolve_path
-from synth.run.recipe import DEFAULT_BACKEND, StageSpec
+from synth.run.spec import DEFAULT_BACKEND, StageSpec
 
 PREVIEW_RECORDS = 2
 
@@ -108,7 +108,7 @@ class SelfInstructAdapter(StageAdapter):
 
     def execute(self, spec: SelfInstructSpec, ctx, inputs, folder, tracker) -> dict[str, Any]:
         from synth.generate.self_instruct.driver import write_result
-        from synth.run.adapters.base import usage_delta, usage_snapshot
+        from synth.run.chain import usage_delta, usage_snapshot
 
         stage = self.make(spec, ctx)
         stage.rejects, stage.failures = folder.rejects, folder.failures

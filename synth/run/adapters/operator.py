@@ -20,7 +20,7 @@ from pydantic import Field, create_model
 from synth.core.fields import dataset_fields, file_contents, file_fields, resolve_files
 from synth.core.operator import build, input_records, needs_backend, summary
 from synth.run.adapters.base import Preview, StageAdapter
-from synth.run.recipe import DEFAULT_BACKEND, StageSpec
+from synth.run.spec import DEFAULT_BACKEND, StageSpec
 
 
 class _OperatorSpec(StageSpec):
