@@ -6,7 +6,7 @@ SYNTH  := $(VENV)/bin/synth
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: install demo loop-demo browser test test-fast test-slow lint docs bench clean
+.PHONY: install demo loop-demo browser layers test test-fast test-slow lint docs bench clean
 
 # torch and torchvision are installed first, pinned to a pair built for each other that lies on this
 # machine's disk (a CUDA-enabled build; it runs on CPU too). The package itself does not cap torch.
@@ -43,17 +43,22 @@ loop-demo: export HF_HUB_OFFLINE := 1
 loop-demo: install
 	$(SYNTH) loop recipes/loop_shapes.yaml
 
-# The docs site (--strict), then the fast tests, then the slow ones on the real embedded model.
+# The layer contracts, the docs site (--strict), then the fast tests, then the slow ones on the real
+# embedded model.
 # The report's browser test needs Debian's chromium (installed here when missing; needs root).
 browser:
 	bash .ci/install-browser.sh
 
-test: install browser
+# lint-imports first: the layer contracts of pyproject.toml's [tool.importlinter] (no import circles).
+layers: install
+	$(VENV)/bin/lint-imports
+
+test: install layers browser
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
 
-test-fast: install
+test-fast: install layers
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 test-slow: install

@@ -4,6 +4,8 @@ holds every figure whole. On a terminal it behaves as rich does (the terminal's 
 
 from __future__ import annotations
 
+import os
+
 import rich.console
 from rich.console import Group
 from rich.measure import Measurement
@@ -31,3 +33,8 @@ class Console(rich.console.Console):
                 finally:
                     self._width = saved
         super().print(*objects, **kwargs)
+
+
+def debug() -> bool:
+    """SYNTH_DEBUG=1: errors keep their traceback instead of the one red ``error:`` line."""
+    return os.environ.get("SYNTH_DEBUG", "") not in ("", "0")

@@ -70,6 +70,12 @@ def _loader():
             self._sizes[id(node)] = 1 + sum(self._sizes.get(id(child), 1) for child in children)
             return node
 
+    class DuplicateKeyError(yaml.constructor.ConstructorError):
+        def __init__(self, *args, first_line: int):
+            super().__init__(*args)
+            self.first_line = first_line
+
+    SynthLoader.DuplicateKeyError = DuplicateKeyError
     merge_tag = "tag:yaml.org,2002:merge"
 
     def construct_mapping(loader, node, deep=False):
@@ -83,9 +89,8 @@ def _loader():
             except TypeError:
                 continue
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}' (first at line {seen[key] + 1}); keep one", key_node.start_mark
-                )
+                raise DuplicateKeyError(None, None, f"duplicate key '{key}' (first at line {seen[key] + 1}); keep one",
+                                        key_node.start_mark, first_line=seen[key] + 1)
             seen[key] = key_node.start_mark.line
         return loader.construct_mapping(node, deep=deep)
 
@@ -100,12 +105,41 @@ def _yaml_problem(e, source: str, what: str, lines: bool = True) -> SynthError:
     return SynthError(f"{where}: invalid {what}: {problem}")
 
 
+def _key_path(node, line: int, column: int, path: tuple = ()) -> tuple | None:
+    """The path of keys (list items by index) to the mapping key that starts at (line, column)."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            step = (*path, key_node.value)
+            if (key_node.start_mark.line, key_node.start_mark.column) == (line, column):
+                return step
+            found = _key_path(value_node, line, column, step)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found = _key_path(item, line, column, (*path, index))
+            if found:
+                return found
+    return None
+
+
 def parse_yaml(text: str, source: str, what: str) -> Any:
-    """Parse YAML text with synth's one loader; errors name `source` (a file, or ``-s key``) and `what`."""
+    """Parse YAML text with synth's one loader; errors name `source` (a file, or ``-s key``) and `what`.
+    A duplicate key names its path too: ``r.yaml:4: invalid recipe: sources.0.weight: duplicate key ...``."""
     import yaml
 
     try:
         return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
+    except _loader().DuplicateKeyError as e:
+        mark = e.problem_mark
+        path = _key_path(compose_yaml(text), mark.line, mark.column)  # it composes: keys are checked later
+        if not path:
+            raise _yaml_problem(e, source, what) from None
+        dotted = ".".join(str(step) for step in path)
+        raise SynthError(f"{source}:{mark.line + 1}: invalid {what}: {dotted}: duplicate key "
+                         f"(first at line {e.first_line}); keep one") from None
     except yaml.YAMLError as e:
         raise _yaml_problem(e, source, what) from None
 
@@ -207,10 +241,26 @@ def atomic_path(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Pa
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside `path` durable (a crash after it keeps the new name); best effort where the
+    filesystem cannot sync a folder."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_file(final: str | os.PathLike, mode: str = "w") -> Iterator:
+def atomic_file(final: str | os.PathLike, mode: str = "w", sync_folder: bool = False) -> Iterator:
     """A file opened on a temporary sibling (``.NAME.PID.tmp``); fsynced and renamed onto `final` when the
-    block ends, removed on any error (a full disk: `DiskFull`), so `final` is the old file or the new one."""
+    block ends, removed on any error (a full disk: `DiskFull`), so `final` is the old file or the new one.
+    `sync_folder` also fsyncs the folder after the rename (run folders: the new name survives a crash)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
@@ -225,6 +275,27 @@ def atomic_file(final: str | os.PathLike, mode: str = "w") -> Iterator:
         if disk_full_error(e) is not None:
             raise DiskFull(final) from None
         raise
+    if sync_folder:
+        fsync_dir(final.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync_folder: bool = False) -> None:
+    """`path` holds `data` whole, or keeps its old content (see `atomic_file`)."""
+    with atomic_file(path, "wb", sync_folder=sync_folder) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, sync_folder: bool = False) -> None:
+    """`path` holds `text` (UTF-8) whole, or keeps its old content (see `atomic_file`)."""
+    with atomic_file(path, "w", sync_folder=sync_folder) as f:
+        f.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any, sync_folder: bool = False, indent: int | None = 2) -> None:
+    """`value` as JSON (UTF-8, a final newline) in `path`, whole or not at all (see `atomic_file`)."""
+    with atomic_file(path, "w", sync_folder=sync_folder) as f:
+        json.dump(value, f, ensure_ascii=False, indent=indent, default=str)
+        f.write("\n")
 
 
 def write_jsonl(rows: Iterable[dict], out: str | os.PathLike, overwrite: bool = True) -> int:

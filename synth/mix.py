@@ -41,6 +41,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from synth.errors import SynthError, validation_message
+from synth.recipe_file import read_recipe, validate
 
 FilterItem = str | dict[str, dict[str, Any] | None]
 
@@ -96,23 +97,11 @@ def _default_name(path: str) -> str:
     return Path(path.rstrip("/")).name.split(".")[0] or path
 
 
-def load_recipe(path: str | os.PathLike) -> MixRecipe:
-    """Parse and validate a recipe file; errors name the file and the key path."""
-    from synth.io import read_yaml
-
-    path = Path(path)
-    data = read_yaml(path, "recipe")
-    if not isinstance(data, dict):
-        raise SynthError(f"{path}: a recipe is a mapping with at least 'sources:'")
-    try:
-        return MixRecipe.model_validate(data)
-    except ValidationError as e:
-        raise SynthError(recipe_error(e, str(path))) from None
-
-
-def recipe_error(error: ValidationError, source: str) -> str:
-    """One line naming the file and the key path; our own checks read as plain sentences."""
-    return validation_message(error, source).replace("Value error, ", "").replace(" <root>: ", " ")
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> MixRecipe:
+    """Read, override (``-s path=value``) and validate a recipe file through synth's one recipe loader;
+    every error names the file and line of the key (or the override)."""
+    doc = read_recipe(path, "recipe", overrides, shape="a mapping with at least 'sources:'")
+    return validate(MixRecipe, doc)
 
 
 # ---------------------------------------------------------------- the math
@@ -540,7 +529,9 @@ def run_mix(
     return result
 
 
-def mix_file(recipe_path: str | os.PathLike, out: str | os.PathLike, **kwargs) -> MixResult:
-    """Load a recipe file and run it; relative source paths resolve against the recipe's folder."""
-    recipe = load_recipe(recipe_path)
+def mix_file(recipe_path: str | os.PathLike, out: str | os.PathLike, overrides: list[str] | None = None,
+             **kwargs) -> MixResult:
+    """Load a recipe file (with ``-s path=value`` overrides) and run it; relative source paths resolve
+    against the recipe's folder."""
+    recipe = load_recipe(recipe_path, overrides)
     return run_mix(recipe, out, recipe_name=str(recipe_path), base_dir=Path(recipe_path).resolve().parent, **kwargs)

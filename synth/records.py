@@ -16,6 +16,7 @@ force one schema on all of them.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal, Union
@@ -137,9 +138,18 @@ def image_bytes(image: Any) -> bytes:
     if isinstance(image, str):
         with open(image, "rb") as f:
             return f.read()
-    from synth.data.images import encode_pil
-
     return encode_pil(image)  # a PIL image: encoded as the writer stores it
+
+
+def encode_pil(image) -> bytes:
+    """Encoded bytes of a PIL image, as the `datasets` Image feature would store them (its own format
+    when PIL knows it, else PNG)."""
+    fmt = image.format if image.format in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF") else "PNG"
+    if fmt == "JPEG" and image.mode not in ("RGB", "L", "CMYK"):
+        fmt = "PNG"
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
 
 
 def image_hash(image: Any) -> str:

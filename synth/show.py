@@ -96,7 +96,7 @@ def render_row(row: dict, kind: str, base_dir: Path | None = None, title: str = 
     elif kind == "preference":  # chosen | rejected side by side, the words that differ highlighted
         from synth.prefs.show import render_pair
 
-        return render_pair(row, base_dir, title)
+        return render_pair(row, title, images)
     else:
         lines += _plain_columns(row, base_dir)
     if kind in ("sft", "preference"):

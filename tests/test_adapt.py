@@ -234,7 +234,7 @@ def test_a_duplicate_key_in_a_template_set_is_an_error(tmp_path):
     text = Path(load_template_set("summarization").origin).read_text()
     path = tmp_path / "dup.yaml"
     path.write_text(text + "answer: \"{{ document }}\"\n")
-    with pytest.raises(SynthError, match=r"dup\.yaml:\d+: invalid template set: duplicate key 'answer' \(first at line \d+\)"):
+    with pytest.raises(SynthError, match=r"dup\.yaml:\d+: invalid template set: answer: duplicate key \(first at line \d+\)"):
         load_template_set(path)
 
 

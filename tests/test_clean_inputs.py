@@ -243,7 +243,7 @@ def test_a_duplicate_key_in_a_filter_chain_is_an_error(tmp_path):
     chain = tmp_path / "chain.yaml"
     chain.write_text("filters:\n  - length:\n      min_answer_words: 3\n      min_answer_words: 5\n  - dedup\n")
     out = tmp_path / "out"
-    one_line_error(run_cli("filter", source, "--out", out, "--config", chain), f"{chain}:4", "duplicate key 'min_answer_words'")
+    one_line_error(run_cli("filter", source, "--out", out, "--config", chain), f"{chain}:4: invalid filter config: filters.0.length.min_answer_words: duplicate key")
     nothing_written(out)
 
 

@@ -234,7 +234,7 @@ def test_refuses_to_overwrite_without_flag(tmp_path):
 def test_yaml_duplicate_keys_are_errors_with_line(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("total: 10\nseed: 1\nsources:\n  - path: a\n    weight: 1\n    weight: 2\n")
-    with pytest.raises(SynthError, match=r"r\.yaml:6: invalid recipe: duplicate key 'weight' \(first at line 5\)"):
+    with pytest.raises(SynthError, match=r"r\.yaml:6: invalid recipe: sources\.0\.weight: duplicate key \(first at line 5\)"):
         read_yaml(path, "recipe")
     path.write_text("a: [1, 2\n")
     with pytest.raises(SynthError, match=r"r\.yaml:\d+: invalid recipe"):

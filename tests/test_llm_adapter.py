@@ -187,7 +187,7 @@ def test_model_folder_rewritten_in_place_is_not_replayed(base, tmp_path):
 
 
 def test_recipe_backend_spec_takes_adapter_options(base, tmp_path):
-    from synth.run.recipe import backend_spec_types
+    from synth.run.spec import backend_spec_types
 
     _, local_spec = backend_spec_types()
     spec = local_spec.model_validate({"backend": "local", "model": str(base), "adapter": str(tmp_path / "a"),

@@ -274,7 +274,7 @@ def test_generate_with_batch_on_the_cli(tmp_path, llm_server_factory):
 
 
 def test_recipe_backend_takes_batch_options_without_changing_its_fingerprint():
-    from synth.run.recipe import backend_identity, backend_spec_types
+    from synth.run.spec import backend_identity, backend_spec_types
 
     openai_spec, _ = backend_spec_types()
     online = openai_spec(backend="openai", model="m")

@@ -266,7 +266,9 @@ def test_recipe_mistakes_name_their_line(server, tmp_path):
     bad = tmp_path / "bad.yaml"
     cases = {
         text.replace("{data: [labelled, pseudo],", "{data: [labelled, pseudo], max_step: 3,"):
-            "loop.sft.max_step: unknown key",
+            "loop.sft.max_step: unknown key (did you mean 'max_steps'?)",
+        text.replace("{data: [labelled, pseudo],", "{data: [labelled, pseudo], lora: {r: eight},"):
+            "loop.sft.lora.r: Input should be a valid integer",
         text.replace("data: heldout", "data: pseudo"): "the held-out split must be fixed",
         text.replace("[labelled, pseudo]", "[labeled, pseudo]"): "no stage named 'labeled' (did you mean 'labelled'?)",
         text.replace("{data: [labelled, pseudo],", "{data: [labelled, pseudo], output_dir: x,"):

@@ -17,6 +17,7 @@ from synth.cli import app
 from synth.errors import SynthError
 from synth.mix import apportion, load_recipe, sample_plan, source_probabilities
 from synth.records import Message, PreferencePair, Sample, pairs_to_dataset, samples_to_dataset
+from tests.cli_helpers import one_line_error
 
 runner = CliRunner()
 
@@ -259,15 +260,15 @@ def test_text_and_image_sources_mix_into_the_parts_layout(tmp_path):
 @pytest.mark.parametrize(
     "recipe, message",
     [
-        ({"sources": [{"path": "alpha"}, {"path": "beta", "weigth": 2}]}, "recipe.yaml: sources.1.weigth: unknown key"),
-        ({"sources": [{"path": "alpha"}], "totl": 5}, "recipe.yaml: totl: unknown key"),
+        ({"sources": [{"path": "alpha"}, {"path": "beta", "weigth": 2}]}, "recipe.yaml:4: sources.1.weigth: unknown key"),
+        ({"sources": [{"path": "alpha"}], "totl": 5}, "recipe.yaml:3: totl: unknown key"),
         ({"sources": [{"path": "./missing"}]}, "sources.0 (missing): ./missing: no such file or folder"),
         ({"sources": [{"path": "alpha", "count": 500}]}, "sources.0 (alpha): count 500 needs 500 samples but the source has only 400"),
         ({"sources": [{"path": "alpha", "weight": 1}, {"path": "beta", "weight": 1}], "total": 1000},
          "sources.0 (alpha): its weight needs 500 samples but the source has only 400 after filters and dedup; set upsample: true"),
-        ({"sources": [{"path": "alpha", "weight": -1}]}, "recipe.yaml: sources.0.weight: Input should be greater than or equal to 0"),
-        ({"sources": []}, "recipe.yaml: no sources"),
-        ({"sources": [{"path": "alpha", "weight": 1, "count": 3}]}, "sources.0: give a weight or a count, not both"),
+        ({"sources": [{"path": "alpha", "weight": -1}]}, "recipe.yaml:3: sources.0.weight: Input should be greater than or equal to 0"),
+        ({"sources": []}, "recipe.yaml:1: no sources"),
+        ({"sources": [{"path": "alpha", "weight": 1, "count": 3}]}, "recipe.yaml:2: sources.0: give a weight or a count, not both"),
         ({"sources": [{"path": "alpha", "count": 5}, {"path": "pairs", "count": 5}]}, "sources.1 (pairs): a preference dataset, but sources.0 (alpha) is sft"),
         ({"sources": [{"path": "alpha", "weight": 0}, {"path": "beta", "weight": 0}]}, "zero total weight"),
         ({"sources": [{"path": "alpha"}, {"path": "alpha"}]}, "source name 'alpha' is used twice"),
@@ -332,8 +333,29 @@ def test_a_duplicate_key_in_a_recipe_is_an_error(tmp_path, two_sources):
     result = runner.invoke(app, ["mix", str(tmp_path / "dup.yaml"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1, result.output
     line = " ".join(result.output.split())
-    assert "dup.yaml:4: invalid recipe: duplicate key 'weight' (first at line 3)" in line
+    assert "dup.yaml:4: invalid recipe: sources.0.weight: duplicate key (first at line 3)" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_wrong_type_names_its_line_and_set_overrides_the_recipe(tmp_path, two_sources):
+    """`synth mix` reads its recipe with the loader of `synth run` and `synth train`: file:line errors and
+    ``-s path=value`` overrides, checked like file values."""
+    recipe = write_recipe(tmp_path / "r.yaml", {"sources": [{"path": "alpha", "count": 3}, {"path": "beta", "count": 2}]})
+    out = tmp_path / "out"
+    recipe.write_text(recipe.read_text().replace("count: 2", "count: two"))
+    line = one_line_error(runner.invoke(app, ["mix", str(recipe), "-o", str(out)]),
+                          f"error: {recipe}:5: sources.1.count: Input should be a valid integer")
+    assert not out.exists(), line
+    result = runner.invoke(app, ["mix", str(recipe), "-o", str(out), "-s", "sources.1.count=4", "--set", "validation=1"])
+    assert result.exit_code == 0, result.output
+    dsd = load_from_disk(str(out))
+    assert (len(dsd["train"]), len(dsd["validation"])) == (6, 1)
+    assert sources_of(dsd["train"]) + sources_of(dsd["validation"]) == {"alpha": 3, "beta": 4}
+    recipe.write_text(recipe.read_text().replace("count: two", "count: 2"))
+    one_line_error(runner.invoke(app, ["mix", str(recipe), "-o", str(out), "--overwrite", "-s", "sources.0.count=many"]),
+                   "error: -s sources.0.count=many: sources.0.count: Input should be a valid integer")
+    one_line_error(runner.invoke(app, ["mix", str(recipe), "-o", str(out), "--overwrite", "-s", "totl=5"]),
+                   "error: -s totl=5: totl: unknown key (did you mean 'total'?)")
 
 
 def test_peer_layout_sources_with_relative_images_from_another_directory(tmp_path, monkeypatch):

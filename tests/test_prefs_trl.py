@@ -102,11 +102,11 @@ def test_exports_for_trl_llamafactory_and_openai(prefs, tmp_path):
 def test_show_renders_pairs_side_by_side(prefs):
     from rich.console import Console
 
-    from synth.prefs.show import render_pair
+    from synth.show import render_row
 
     row = load_from_disk(str(prefs["vqa_short"]))[0]
     console = Console(width=100, record=True, color_system=None)
-    console.print(render_pair(row, title="#0"))
+    console.print(render_row(row, "preference", title="#0"))  # synth show's path: images labelled, then the pair
     out = console.export_text()
     chosen, rejected = row["chosen"][0]["content"][0]["text"], row["rejected"][0]["content"][0]["text"]
     line = next(line for line in out.splitlines() if chosen in line and rejected in line)

@@ -106,7 +106,7 @@ def test_duplicate_names_and_reserved_names(tmp_path):
 
 def test_duplicate_yaml_key_is_an_error_at_its_line(tmp_path):
     path = write(tmp_path, GOOD.replace("    max_tokens: 16", "    max_tokens: 16\n    max_tokens: 8"))
-    assert error_of(path).startswith(f"{path}:15: invalid recipe: duplicate key 'max_tokens'")
+    assert error_of(path).startswith(f"{path}:15: invalid recipe: stages.2.max_tokens: duplicate key (first at line 14)")
 
 
 def test_reading_an_export_is_an_error(tmp_path):
@@ -172,7 +172,7 @@ def test_shipped_recipes_validate(name):
 
 def test_several_servers_for_one_backend():
     from synth.paths import recipes_dir
-    from synth.run.recipe import backend_options
+    from synth.run.spec import backend_options
 
     loaded = load_recipe(recipes_dir() / "evol_instruct_vllm.yaml",
                          ["backends.vllm.base_url=[http://a:8000/v1, http://b:8000/v1]"])

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from synth.errors import SynthError
-from synth.train.recipe import apply_overrides, load_recipe, parse_overrides
+from synth.recipe_file import apply_overrides
+from synth.train.recipe import load_recipe
 from tests.cli_helpers import one_line_error, run_cli
 from tests.train_helpers import (
     adapted,
@@ -59,12 +60,27 @@ def test_top_level_unknown_key_and_wrong_type(tmp_path):
 def test_override_is_validated_and_named(tmp_path):
     recipe = write_recipe(tmp_path, model="embedded", dataset="data", output_dir="out")
     one_line_error(run_cli("train", "sft", recipe, "-s", "lora.rank=4"), "-s lora.rank", "unknown key")
-    one_line_error(run_cli("train", "sft", recipe, "-s", "oops"), "expected KEY=VALUE")
+    one_line_error(run_cli("train", "sft", recipe, "-s", "oops"), "expected path.to.key=value")
+
+
+def test_duplicate_key_and_wrong_types_name_each_line(tmp_path):
+    """The one recipe loader (as `synth run` and `synth mix`): each error at its own line, or its override."""
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text("model: embedded\ndataset: data\noutput_dir: out\nlora:\n  r: 8\n  r: 16\n")
+    one_line_error(run_cli("train", "sft", recipe), f"error: {recipe}:6: invalid training recipe: lora.r: duplicate key (first at line 5)")
+    recipe.write_text("model: embedded\ndataset: data\noutput_dir: out\nbatch_size: many\nlora:\n  r: eight\n")
+    line = one_line_error(run_cli("train", "sft", recipe), f"{recipe}:4: batch_size: Input should be a valid integer",
+                          f"{recipe}:6: lora.r: Input should be a valid integer")
+    assert line.startswith(f"error: {recipe}:4: ")
+    recipe.write_text("model: embedded\ndataset: data\noutput_dir: out\n")
+    one_line_error(run_cli("train", "sft", recipe, "-s", "lora.r=abc"),
+                   "error: -s lora.r=abc: lora.r: Input should be a valid integer")
+    one_line_error(run_cli("train", "sft", recipe, "-s", "lora.alpah=4"), "lora.alpah: unknown key (did you mean 'alpha'?)")
 
 
 def test_overrides_parse_yaml_values_and_nest():
-    pairs = parse_overrides(["learning_rate=1e-4", "lora.r=8", "report_to=[wandb]", "resume=true", "chat_template=default"])
-    data = apply_overrides({"lora": {"alpha": 4}}, pairs)
+    texts = ["learning_rate=1e-4", "lora.r=8", "report_to=[wandb]", "resume=true", "chat_template=default"]
+    data, _ = apply_overrides({"lora": {"alpha": 4}}, texts)
     assert data == {
         "learning_rate": 1e-4, "lora": {"alpha": 4, "r": 8}, "report_to": ["wandb"], "resume": True,
         "chat_template": "default",

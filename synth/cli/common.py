@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 
 import typer
 from rich.text import Text
 
-from synth.console import Console
+from synth.console import Console, debug
 from synth.errors import DiskFull, SynthError, disk_full_error, redact
 
 app = typer.Typer(
@@ -21,10 +20,6 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
-
-
-def debug() -> bool:
-    return os.environ.get("SYNTH_DEBUG", "") not in ("", "0")
 
 
 def handle_errors(fn: Callable, out_option: str = "-o") -> Callable:

@@ -68,6 +68,7 @@ def mix(
     model: str | None = typer.Option(None, help="Model for LLM filters in the recipe (judge, capfilt captioner)."),
     base_url: str | None = typer.Option(None, "--base-url", help="OpenAI-compatible server URL for that model."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a recipe value: path.to.key=value (repeatable)."),
 ) -> None:
     """Mix several SFT or preference datasets by a weighted recipe into one train/validation dataset."""
     import datasets
@@ -75,5 +76,5 @@ def mix(
     from synth.mix import mix_file
 
     datasets.disable_progress_bars()  # our own table tells the story
-    result = mix_file(recipe, out, seed=seed, overwrite=overwrite, backend_factory=_backend_factory(model, base_url))
+    result = mix_file(recipe, out, set_, seed=seed, overwrite=overwrite, backend_factory=_backend_factory(model, base_url))
     _print_report(result)

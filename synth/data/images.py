@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.errors import SynthError
+from synth.records import encode_pil
 
 
 class ImageError(SynthError):
@@ -95,17 +96,6 @@ def image_ref(value: Any, base_dir: Path | str | None, record_id: str = "?", *, 
     if check:
         check_image_bytes(data, record_id, path or "(inline bytes)")
     return {"bytes": data, "path": path}
-
-
-def encode_pil(image) -> bytes:
-    """Encoded bytes of a PIL image, as the `datasets` Image feature would store them (its own format
-    when PIL knows it, else PNG)."""
-    fmt = image.format if image.format in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF") else "PNG"
-    if fmt == "JPEG" and image.mode not in ("RGB", "L", "CMYK"):
-        fmt = "PNG"
-    buf = io.BytesIO()
-    image.save(buf, format=fmt)
-    return buf.getvalue()
 
 
 def _read_file(path: Path, record_id: str) -> bytes:

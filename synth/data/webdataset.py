@@ -178,7 +178,7 @@ def load_shards(paths: list[Path], members: Members | dict | None = None, stream
 
     from datasets import Dataset, IterableDataset
 
-    from synth.data.reader import EmptyDatasetError, quiet_datasets
+    from synth.data.hf import EmptyDatasetError, quiet_datasets
 
     spec = Members.parse(members)
     if all(p.stat().st_size == 0 for p in paths):
@@ -243,7 +243,7 @@ def from_builder(dataset, members: Members | dict | None = None):
             out["json"] = json.dumps(row[meta], ensure_ascii=False)
         return out
 
-    from synth.data.reader import without_image_decoding
+    from synth.data.hf import without_image_decoding
 
     return without_image_decoding(dataset).map(convert, remove_columns=columns, features=features())
 

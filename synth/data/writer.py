@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from synth.data.reader import quiet_datasets
+from synth.data.hf import quiet_datasets
 from synth.errors import DiskFull, SynthError, disk_full_error, known_secrets, redact_data
 from synth.ownership import check_replaceable, mark
 

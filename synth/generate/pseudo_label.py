@@ -105,14 +105,14 @@ class PseudoLabelConfig(StageConfig):
 
 def answer_of(text: str, extract: str = "line") -> str:
     """The answer in one sampled reply: its first line (the evaluation's extraction) or the whole reply."""
-    from synth.train.evaluate import extract_answer
+    from synth.answers import extract_answer
 
     return extract_answer(text) if extract == "line" else text.strip()
 
 
 def vote_key(answer: str) -> str:
     """What answers are compared by: synth's evaluation normalisation ("Three." and "3" agree)."""
-    from synth.train.evaluate import normalize_answer
+    from synth.answers import normalize_answer
 
     return normalize_answer(answer)
 
@@ -157,7 +157,7 @@ class LabelCheck:
     kept_correct: int = 0
 
     def add(self, answer: str, hidden: str, kept: bool) -> None:
-        from synth.train.evaluate import score_answer
+        from synth.answers import score_answer
 
         correct = score_answer(answer, answer_of(hidden))[1]
         self.majority += 1
@@ -462,7 +462,7 @@ def compare_labels(pseudo: str | os.PathLike, reference: str | os.PathLike) -> d
     """Accuracy of pseudo-labels against a labelled copy of the same questions: each pseudo-labelled
     record's ``meta.parent_id`` is looked up among the reference's ids (a stage output, a file, a Hub id),
     and its last answer scored against the reference's, as `synth eval` scores a reply (normalised match)."""
-    from synth.train.evaluate import score_answer
+    from synth.answers import score_answer
 
     answers = {}
     for record in _sft(reference).records():

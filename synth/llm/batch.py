@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 from synth.errors import SynthError, redact
+from synth.io import atomic_write_bytes, atomic_write_json
 from synth.llm.base import ChatRequest, Completion, gather_or_cancel
 from synth.llm.cache import CachedBackend, request_hash, sample_key
 from synth.llm.structured import parse_structured
@@ -67,22 +68,14 @@ class BatchJournal:
         return [r for r in self.records() if r["state"] != "done"]
 
     def save(self, record: dict[str, Any]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{record['local_id']}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_json(self.folder / f"{record['local_id']}.json", record, indent=1)
 
     def path(self, record: dict[str, Any], kind: str) -> Path:
         """The record's `input`, `output` or `errors` JSONL file."""
         return self.folder / f"{record['local_id']}.{kind}.jsonl"
 
     def write_file(self, record: dict[str, Any], kind: str, data: bytes) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.path(record, kind)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write_bytes(self.path(record, kind), data)
 
 
 def journal_dir(cache_folder: str | os.PathLike) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from pathlib import Path
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -61,11 +60,11 @@ def _summary(meta: dict) -> Text:
     return Text(" ".join(fields) or "-", style="dim")
 
 
-def render_pair(row: dict, base_dir: Path | None = None, title: str = "") -> RenderableType:
-    """One preference row as a panel: prompt turns, then chosen | rejected in two columns."""
-    from synth.show import image_label
-
-    images = [image_label(v, base_dir) for v in (row.get("images") or [])]
+def render_pair(row: dict, title: str = "", images: list[str] | None = None) -> RenderableType:
+    """One preference row as a panel: prompt turns, then chosen | rejected in two columns. `images` are
+    the labels the caller made for the row's images (`synth.show.image_label`); default ``[image]``."""
+    if images is None:
+        images = ["[image]"] * len(row.get("images") or [])
     lines: list[RenderableType] = []
     for message in row["prompt"]:
         line = Text()

@@ -7,7 +7,7 @@ where each comes after everything it reads (ties keep the recipe's order, so run
 
 from __future__ import annotations
 
-from synth.run.recipe import DEFAULT_BACKEND, Recipe, YamlDoc, check_name, issue
+from synth.run.spec import DEFAULT_BACKEND, Recipe, YamlDoc, check_name, issue
 
 
 def dependencies(recipe: Recipe) -> dict[str, list[str]]:

@@ -123,7 +123,7 @@ def operators_table(link_prefix: str = "") -> str:
 
 
 def recipe_page() -> str:
-    from synth.run.recipe import Recipe, StageSpec, backend_spec_types
+    from synth.run.spec import Recipe, StageSpec, backend_spec_types
 
     openai_spec, local_spec = backend_spec_types()
     return "\n\n".join([

@@ -47,8 +47,8 @@ def _cost(backend: dict[str, Any], preview: Preview) -> float | None:
 
 def _last_run_rows(run_dir: Path | None, stage: str) -> int | None:
     """The rows a stage wrote in the run folder's last run (its completion marker), if it has run."""
+    from synth.run.manifest import read_json
     from synth.run.runner import STATE_DIR
-    from synth.run.shards import read_json
 
     marker = read_json(run_dir / STATE_DIR / f"{stage}.json") if run_dir is not None else None
     return ((marker or {}).get("output") or {}).get("rows")

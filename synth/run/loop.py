@@ -36,9 +36,8 @@ from synth.errors import SynthError
 from synth.run import hooks
 from synth.run.adapters.base import close_backends
 from synth.run.loop_recipe import LOOP_MODEL, LoopSpec, active_stages, loop_backends, round_stages
-from synth.run.manifest import digest, hash_files, save_manifest
+from synth.run.manifest import digest, hash_files, read_json, save_manifest, write_json_atomic
 from synth.run.runner import STATE_DIR, Plan, Runner, RunOptions, opened_run
-from synth.run.shards import read_json, write_json_atomic
 
 BEST = "best.json"
 #: files of an adapter (or model) folder that decide what it generates (train_summary.json holds timings)

@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from synth.errors import SynthError
+from synth.recipe_file import validate
+from synth.run.spec import DEFAULT_BACKEND, issue
 
 #: the `model:` value of a backend that means "the loop's current model"
 LOOP_MODEL = "loop"
@@ -114,8 +115,6 @@ def stage_backends(stage) -> set[str]:
     adapter = registry()[stage.type]
     names = {name for _loc, name in stage.backends_used()}
     if adapter.uses_llm(stage):
-        from synth.run.recipe import DEFAULT_BACKEND
-
         names.add(adapter.backend_name(stage) or DEFAULT_BACKEND)
     return names
 
@@ -142,8 +141,6 @@ def active_stages(recipe, round_: int) -> set[str]:
 
 
 def check_loop(recipe, doc) -> None:
-    from synth.run.recipe import issue
-
     looped = loop_backends(recipe)
     spec: LoopSpec | None = recipe.loop
     if spec is None:
@@ -174,14 +171,11 @@ def check_loop(recipe, doc) -> None:
         if owned:
             raise issue(doc, ("loop", step, owned[0]),
                         f"the loop sets {owned[0]} itself (the round's model, data and folder); leave it out")
-        from synth.train.recipe import recipe_from_dict
+        # the training keys as `synth train` checks them, each error at its line of this recipe
+        from synth.train.recipe import RECIPES
 
-        try:
-            recipe_from_dict({**train.train_fields(), "model": "m", "dataset": "d", "output_dir": "o"}, step)
-        except SynthError as e:  # "<recipe>: KEY: what"; give it the recipe's line
-            parts = str(e).split(": ", 2)
-            key, message = (parts[1], parts[2]) if len(parts) == 3 else ("", str(e))
-            raise issue(doc, ("loop", step, *[k for k in key.split(".") if k]), message) from None
+        fields = {**train.train_fields(), "model": "m", "dataset": "d", "output_dir": "o"}
+        validate(RECIPES[step], doc, data=fields, prefix=("loop", step))
     check_ref(("loop", "eval", "data"), spec.eval.data, "eval.data names the held-out output")
     if spec.eval.preferences:
         check_ref(("loop", "eval", "preferences"), spec.eval.preferences, "eval.preferences names a preference output")

@@ -26,8 +26,8 @@ def seeds_path(runs_dir: Path, name: str) -> Path:
 def run_loop_seeds(path: str | os.PathLike, overrides: list[str] | None, options, seeds: int, console=None):
     """Run the loop once per seed; return (the runs' LoopResults, the summary written to NAME-seeds.json)."""
     from synth.run.loop import run_loop
+    from synth.run.manifest import write_json_atomic
     from synth.run.runner import prepare
-    from synth.run.shards import write_json_atomic
 
     plan = prepare(path, overrides)
     if plan.recipe.loop is None:

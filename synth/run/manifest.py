@@ -24,7 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from synth.run.shards import read_json, write_json_atomic
+from synth.errors import redact_data
+from synth.io import atomic_write_json
 
 MANIFEST = "manifest.json"
 RESOLVED_RECIPE = "recipe.yaml"
@@ -33,6 +34,20 @@ RESOLVED_RECIPE = "recipe.yaml"
 VOLATILE_FILES = {"state.json", "report.json", "usage.json", "rejects.jsonl", "failures.jsonl"}
 LIBRARIES = ("datasets", "pyarrow", "pydantic", "transformers", "torch", "openai", "huggingface_hub",
              "trl", "peft", "ray", "xgrammar")
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """A run folder's JSON file (manifest, marker): temp file → fsync → rename → fsync the folder, so it is
+    the old file or the new one, whole, after a crash too. Secrets are redacted: a run folder is shared."""
+    atomic_write_json(path, redact_data(value), sync_folder=True)
+
+
+def read_json(path: Path) -> Any:
+    """A run folder's JSON file; None when it is missing or damaged (the run redoes what it describes)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def versions() -> dict[str, str]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.errors import SynthError, redact_data
+from synth.io import atomic_write_text
 from synth.pipeline.llm_task import all_failed
 from synth.run import hooks
 from synth.run.adapters import registry
@@ -39,28 +40,23 @@ from synth.run.manifest import (
     load_manifest,
     new_manifest,
     output_damage,
+    read_json,
     save_manifest,
     source_fingerprint,
     stage_fingerprint,
+    write_json_atomic,
 )
-from synth.run.recipe import (
-    DEFAULT_BACKEND,
-    LoadedRecipe,
-    backend_identity,
-    backend_spec,
-    load_recipe,
-)
+from synth.run.recipe import LoadedRecipe, load_recipe
 from synth.run.shards import (
     ShardTask,
     assemble,
     assign,
     completed,
     merge_reports,
-    read_json,
     record_ids,
     world_size_for,
-    write_json_atomic,
 )
+from synth.run.spec import DEFAULT_BACKEND, NAME_PATTERN, backend_identity, backend_spec
 
 STATE_DIR = "state"
 SHARDS_DIR = "shards"
@@ -132,8 +128,6 @@ def prepare(path: str | os.PathLike, overrides: list[str] | None = None) -> Plan
 
 def run_dir_for(plan: Plan, options: RunOptions) -> Path:
     name = options.name or plan.recipe.name or plan.loaded.path.stem
-    from synth.run.recipe import NAME_PATTERN
-
     if not NAME_PATTERN.match(name):
         raise SynthError(f"run name '{name}': use letters, digits, '_', '-' or '.'; pass --name NAME")
     return Path(options.runs_dir) / name
@@ -167,7 +161,7 @@ def opened_run(plan: Plan, run_dir: Path, options: RunOptions, stages: list[str]
             if stale.is_file():
                 stale.unlink()
         (run_dir / STATE_DIR).mkdir(exist_ok=True)
-        _write_text_atomic(run_dir / RESOLVED_RECIPE, _resolved_recipe_text(plan))
+        atomic_write_text(run_dir / RESOLVED_RECIPE, _resolved_recipe_text(plan))
         executor = make_executor(options.executor, options.workers, options.ray_address)
         previous = load_manifest(run_dir) or {}
         manifest = new_manifest(run_dir.name, plan.loaded.path, plan.recipe.model_dump(mode="json"),
@@ -455,34 +449,3 @@ def _failed(report: dict) -> int:
     return sum((report.get("counts", {}).get("failed") or {}).values())
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    from synth.io import atomic_file
-
-    with atomic_file(path) as f:
-        f.write(text)
-
-
-def run_recipe(path: str | os.PathLike, overrides: list[str] | None = None, options: RunOptions | None = None,
-               view=None) -> RunResult:
-    """Run (or resume) a recipe; see the module docs. Raises `SynthError` with one clear line."""
-    from synth.run.progress import RunView
-
-    options = options or RunOptions()
-    plan = prepare(path, overrides)
-    if plan.recipe.loop is not None and options.rerun:
-        raise SynthError("--rerun does not apply to a loop; change the recipe (a changed stage reruns in every round)")
-    for name in options.rerun:
-        if name not in plan.specs:
-            raise SynthError(f"--rerun {name}: no such stage (stages: {', '.join(plan.order)})")
-    if options.rerun:
-        from synth.run.dag import downstream
-
-        options.rerun = sorted(downstream(plan.recipe, set(options.rerun)))
-    run_dir = run_dir_for(plan, options)
-    if plan.recipe.loop is not None:  # a closed loop: rounds of data → train → eval (synth.run.loop)
-        from synth.console import Console
-        from synth.run.loop import Loop
-
-        return Loop(plan, run_dir, options, console=getattr(view, "console", None) or Console(stderr=True)).run()
-    view = view or RunView(live=options.live)
-    return Runner(plan, run_dir, options, view).run()

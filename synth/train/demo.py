@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-s", "--set", dest="overrides", action="append", default=[], help="override an SFT recipe key")
     parser.add_argument("--seeds", type=int, default=None, help="train the SFT step with N seeds (mean ± sd)")
     args = parser.parse_args(argv)
-    from synth.cli.common import debug, err_console
+    from synth.console import Console, debug
     from synth.errors import SynthError
 
     try:
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     except SynthError as e:
         if debug():
             raise
-        err_console.print(f"[bold red]error:[/] [red]{e}[/]", soft_wrap=True)
+        Console(stderr=True).print(f"[bold red]error:[/] [red]{e}[/]", soft_wrap=True)
         raise SystemExit(1) from None
 
 

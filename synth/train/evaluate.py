@@ -31,68 +31,20 @@ default), the one training used. Results: a table, ``eval.json`` and ``eval_pred
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from synth.answers import (
+    contains_answer,
+    extract_answer,
+    is_choice_letter,
+    is_short_answer,
+    normalize_answer,
+    score_answer,
+)
 from synth.errors import SynthError
-
-_ARTICLES = {"a", "an", "the"}
-_NUMBER_WORDS = {
-    w: str(i)
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-        "seventeen eighteen nineteen twenty".split()
-    )
-}
-_CHOICE = re.compile(r"[A-Ha-h]")
-_LEADING_CHOICE = re.compile(r"\W*([A-Ha-h])(?:\W|$)")
-#: Where a reply ends when the template's end-of-turn token is not generated (base models).
-STOPS = ("\n### ", "### Instruction", "### Response", "<|im_end|>", "<|im_start|>")
-
-
-# ---------------------------------------------------------------- answers
-
-
-def normalize_answer(text: str) -> str:
-    text = re.sub(r"[^\w\s]", " ", text.lower())
-    return " ".join(_NUMBER_WORDS.get(t, t) for t in text.split() if t not in _ARTICLES)
-
-
-def extract_answer(reply: str) -> str:
-    """The answer in a generated reply: text before any stop marker, first non-empty line, stripped."""
-    for stop in STOPS:
-        cut = reply.find(stop)
-        if cut >= 0:
-            reply = reply[:cut]
-    for line in reply.strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
-
-
-def is_short_answer(reference: str, max_words: int) -> bool:
-    return 0 < len(reference.split()) <= max_words
-
-
-def contains_answer(prediction: str, reference: str) -> bool:
-    """Lenient: the normalised reference appears as whole words in the normalised answer
-    ("The answer is 3." contains "3"), whatever the answer's format."""
-    ref, pred = normalize_answer(reference), normalize_answer(prediction)
-    return bool(ref) and f" {ref} " in f" {pred} "
-
-
-def score_answer(prediction: str, reference: str) -> tuple[bool, bool]:
-    """(exact match, normalised match) of an extracted answer against the reference."""
-    prediction, reference = prediction.strip(), reference.strip()
-    exact = prediction == reference
-    if _CHOICE.fullmatch(reference):
-        match = _LEADING_CHOICE.match(prediction)
-        return exact, bool(match) and match.group(1).upper() == reference.upper()
-    return exact, exact or normalize_answer(prediction) == normalize_answer(reference)
-
 
 # ---------------------------------------------------------------- rows
 
@@ -367,7 +319,7 @@ def sft_metrics(
     scorer: Scorer, data: EvalData, *, max_new_tokens: int, short_answer_words: int
 ) -> tuple[dict, list, Samples]:
     references = data.references
-    short = [i for i, ref in enumerate(references) if is_short_answer(ref, short_answer_words) or _CHOICE.fullmatch(ref.strip())]
+    short = [i for i, ref in enumerate(references) if is_short_answer(ref, short_answer_words) or is_choice_letter(ref)]
     replies = scorer.generate([data.prompts[i] for i in short], [data.images[i] for i in short], max_new_tokens)
     predictions: list[dict] = []
     exact = normalized = lenient = 0

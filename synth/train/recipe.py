@@ -1,15 +1,15 @@
 """Training recipes: YAML → pydantic models (unknown keys are errors with file:line) → TRL configs.
 
 A recipe names the model, the dataset and its splits, the chat template, LoRA, the schedule and where
-the run goes. ``-s key=value`` overrides (dotted keys for nested fields, values parsed as YAML) are
-applied before validation, so they are checked like file values. Relative paths are resolved against
+the run goes. The file goes through synth's one recipe loader (`synth.recipe_file`, as run and mix
+recipes do): ``-s key=value`` overrides (dotted keys for nested fields, values parsed as YAML) are
+applied before validation, so they are checked like file values, and every error names its line. Relative paths are resolved against
 the recipe's folder first, then the current folder (as `synth mix` does).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -18,12 +18,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from synth.errors import SynthError, validation_message
+from synth.recipe_file import YamlDoc, read_recipe, validate
 
 Stage = Literal["align", "sft", "dpo", "merge"]
 #: `model:` values that mean the embedded Gemma 3 270M base (converted on first use).
@@ -185,90 +184,6 @@ RECIPES: dict[str, type[BaseModel]] = {
 _PATH_FIELDS = ("model", "dataset", "eval_dataset", "adapter", "output_dir", "chat_template", "resume")
 
 
-# ---------------------------------------------------------------- overrides
-
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
-    """``key=value`` strings → (dotted key, YAML-parsed value)."""
-    from synth.io import yaml_value
-
-    out = []
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise SynthError(f"-s {item}: expected KEY=VALUE (e.g. -s learning_rate=1e-4 or -s lora.r=8)")
-        value = yaml_value(raw, f"-s {key}") if raw.strip() else None
-        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads 1e-4 as a string
-        out.append((key, value))
-    return out
-
-
-def apply_overrides(data: dict, overrides: list[tuple[str, Any]]) -> dict:
-    for key, value in overrides:
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[parts[-1]] = value
-    return data
-
-
-# ---------------------------------------------------------------- locations
-
-
-def _key_lines(text: str) -> dict[tuple[str, ...], int]:
-    """1-based line of every mapping key in a YAML document, by its path of keys (list items by index)."""
-    import yaml
-
-    lines: dict[tuple[str, ...], int] = {}
-
-    def walk(node, prefix: tuple[str, ...]) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                path = (*prefix, str(key.value))
-                lines[path] = key.start_mark.line + 1
-                walk(value, path)
-        elif isinstance(node, yaml.SequenceNode):
-            for index, value in enumerate(node.value):
-                path = (*prefix, str(index))
-                lines[path] = value.start_mark.line + 1
-                walk(value, path)
-
-    from synth.io import compose_yaml
-
-    root = compose_yaml(text)
-    if root is not None:
-        walk(root, ())
-    return lines
-
-
-def _error_where(error: ValidationError, source: str, lines: dict, overridden: set[str]) -> str:
-    """`source:LINE` of the first error's key, or `-s KEY` when an override supplied it."""
-    first = error.errors()[0]
-    loc = tuple(str(x) for x in first.get("loc", ()))
-    dotted = ".".join(loc)
-    if any(dotted == k or dotted.startswith(k + ".") for k in overridden):
-        return f"{source} (-s {dotted})"
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in lines:
-            return f"{source}:{lines[loc[:n]]}"
-    return source
-
-
-def recipe_error(error: ValidationError, source: str, lines: dict, overridden: set[str]) -> SynthError:
-    where = _error_where(error, source, lines, overridden)
-    message = validation_message(error, where).replace("Value error, ", "")
-    return SynthError(message)
-
-
 # ---------------------------------------------------------------- loading
 
 
@@ -283,23 +198,11 @@ def _resolve(value: str, base_dir: Path) -> str:
 
 
 def load_recipe(path: str | os.PathLike, stage: Stage, overrides: list[str] | None = None):
-    """Read, override and validate a recipe for `stage`; relative paths resolved against its folder."""
-    from synth.io import read_yaml
-
+    """Read, override and validate a recipe for `stage` (synth's one recipe loader: file:line errors,
+    duplicate keys, ``-s path=value``); relative paths resolved against its folder."""
+    doc = read_recipe(path, "training recipe", overrides, shape="a mapping of keys (model, dataset, output_dir, ...)")
+    recipe = validate(RECIPES[stage], doc)
     path = Path(path)
-    data = read_yaml(path, "training recipe")
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise SynthError(f"{path}: a training recipe is a mapping of keys (model, dataset, output_dir, ...)")
-    pairs = parse_overrides(overrides)
-    data = apply_overrides(data, pairs)
-    lines = _key_lines(path.read_text(encoding="utf-8"))
-    model_cls = RECIPES[stage]
-    try:
-        recipe = model_cls.model_validate(data)
-    except ValidationError as e:
-        raise recipe_error(e, str(path), lines, {k for k, _ in pairs}) from None
     base_dir = path.resolve().parent
     # Output folders are made where the user runs from (or as written, when absolute).
     updates = {
@@ -313,8 +216,5 @@ def load_recipe(path: str | os.PathLike, stage: Stage, overrides: list[str] | No
 
 
 def recipe_from_dict(data: dict, stage: Stage, source: str = "<recipe>"):
-    """Validate a recipe given as a dict (library use, tests); errors name `source`."""
-    try:
-        return RECIPES[stage].model_validate(data)
-    except ValidationError as e:
-        raise recipe_error(e, source, {}, set()) from None
+    """Validate a recipe given as a dict (library use, tests); errors name `source` and the key."""
+    return validate(RECIPES[stage], YamlDoc(path=Path(source), data=data))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.errors import SynthError
+from synth.io import atomic_write_json
 from synth.ownership import MARKER, mark
 
 SEEDS_FILE = "seeds.json"
@@ -75,7 +76,7 @@ def run_seeds(stage: str, recipe, seeds: int) -> dict[str, Any]:
         runs.append({"seed": seed, "output_dir": one.output_dir, **{k: summary.get(k) for k in SUMMARISED}})
     across = {k: mean_sd([r[k] for r in runs]) for k in SUMMARISED if any(r[k] is not None for r in runs)}
     result = {"stage": stage, "seeds": [r["seed"] for r in runs], "runs": runs, "across_seeds": across}
-    (out / SEEDS_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out / SEEDS_FILE, result)
     parts = [f"{k.replace('_', ' ')} {v['mean']:.4f} ± {v['sd']:.4f}" if v["sd"] is not None
              else f"{k.replace('_', ' ')} {v['mean']:.4f}" for k, v in across.items()]
     console.print(f"[bold green]{seeds} seeds[/] ({out / SEEDS_FILE}): " + "; ".join(parts) + " (mean ± sd)")

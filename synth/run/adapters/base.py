@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from synth.errors import SynthError
-from synth.run.recipe import StageSpec
+from synth.run.chain import run_stage_chain
+from synth.run.spec import StageSpec
 
 
 @dataclass
@@ -162,7 +163,7 @@ _BACKENDS_LOCK = threading.Lock()
 
 def _make_backend(spec: dict[str, Any], cache_dir: Path):
     from synth.llm.factory import make_backend
-    from synth.run.recipe import backend_options, backend_spec_types
+    from synth.run.spec import backend_options, backend_spec_types
 
     openai_spec, local_spec = backend_spec_types()
     model = (openai_spec if spec.get("backend") == "openai" else local_spec).model_validate(spec)
@@ -183,24 +184,6 @@ def close_backends() -> None:
             backend.close()
         except Exception:  # closing must not hide the run's own outcome
             pass
-
-
-def usage_snapshot(stages: Iterable[Any]) -> dict[str, Any]:
-    """Usage totals of the distinct backends behind `stages` (a later snapshot minus this one = a shard's use)."""
-    seen, totals = set(), {}
-    for stage in stages:
-        backend = getattr(stage, "backend", None)
-        if backend is None or id(backend) in seen:
-            continue
-        seen.add(id(backend))
-        for key, value in backend.usage.as_dict().items():
-            if isinstance(value, (int, float)) and value is not None:
-                totals[key] = totals.get(key, 0) + value
-    return totals
-
-
-def usage_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    return {k: after.get(k, 0) - before.get(k, 0) for k in after}
 
 
 @dataclass
@@ -293,8 +276,6 @@ class StageAdapter:
     def execute(self, spec: StageSpec, ctx: StageContext, inputs: list, folder, tracker) -> dict[str, Any]:
         """Run one shard: read `inputs` (opened `Source`s), write into ``folder.path`` (an `OutputFolder`).
         Returns the shard's report (``counts``: read/kept/rows/rejected/failed; ``usage``)."""
-        from synth.run.shards import run_stage_chain
-
         return run_stage_chain(self, spec, ctx, inputs[0], folder, tracker)
 
     def merged_report(self, spec: StageSpec, report: dict[str, Any]) -> dict[str, Any]:
@@ -318,24 +299,3 @@ class StageAdapter:
         from synth.pipeline import run_stages
 
         return list(run_stages(stages, iter(records)))
-
-
-def count_stats(stages: Iterable[Any]) -> dict[str, Any]:
-    """A chain's counts: read = the first stage's input, kept = the last's, reasons from every stage
-    (prefixed by the stage's name when the chain has several)."""
-    stages = list(stages)
-    rejected: dict[str, int] = {}
-    failed: dict[str, int] = {}
-    for stage in stages:
-        prefix = f"{stage.name}:" if len(stages) > 1 else ""
-        for reason, n in stage.stats.dropped.items():
-            rejected[prefix + reason] = rejected.get(prefix + reason, 0) + n
-        for reason, n in stage.stats.failed.items():
-            failed[prefix + reason] = failed.get(prefix + reason, 0) + n
-    return {
-        "read": stages[0].stats.seen if stages else 0,
-        "kept": stages[-1].stats.kept if stages else 0,
-        "rejected": rejected,
-        "failed": failed,
-    }
-

@@ -18,7 +18,7 @@ from synth.clean.registry import FILTERS, parse_filter_spec
 from synth.core.fields import file_contents, file_fields, resolve_files
 from synth.core.operator import needs_backend
 from synth.run.adapters.base import Preview, StageAdapter
-from synth.run.recipe import DEFAULT_BACKEND, StageSpec
+from synth.run.spec import DEFAULT_BACKEND, StageSpec
 
 
 def _item_model(name: str, cls) -> type:

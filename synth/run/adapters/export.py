@@ -13,7 +13,7 @@ from pydantic import Field
 
 from synth.export import FORMATS
 from synth.run.adapters.base import StageAdapter
-from synth.run.recipe import StageSpec
+from synth.run.spec import StageSpec
 
 
 class ExportSpec(StageSpec):

@@ -13,7 +13,7 @@ from pydantic import ConfigDict, Field
 
 from synth.mix import MixRecipe, MixSource
 from synth.run.adapters.base import StageAdapter
-from synth.run.recipe import DEFAULT_BACKEND, StageSpec
+from synth.run.spec import DEFAULT_BACKEND, StageSpec
 
 
 class MixInput(MixSource):

@@ -29,7 +29,7 @@ from synth.core.operator import (
     summary,
 )
 from synth.run.adapters.base import Preview, StageAdapter
-from synth.run.recipe import DEFAULT_BACKEND, StageSpec
+from synth.run.spec import DEFAULT_BACKEND, StageSpec
 
 
 class _OperatorSpec(StageSpec):
@@ -190,7 +190,7 @@ class OperatorAdapter(StageAdapter):
     def _execute_alone(self, spec: StageSpec, ctx, folder) -> dict[str, Any]:
         """An operator that reads no dataset: one run of ``run(iter(()))``, then its ``write_files``."""
         from synth.data import write_records
-        from synth.run.adapters.base import count_stats, usage_delta, usage_snapshot
+        from synth.run.chain import count_stats, usage_delta, usage_snapshot
 
         stage = self.stages(spec, ctx, None)[0]
         stage.rejects, stage.failures = folder.rejects, folder.failures

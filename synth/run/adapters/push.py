@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from synth.run.adapters.base import StageAdapter
-from synth.run.recipe import StageSpec
+from synth.run.spec import StageSpec
 
 
 class PushSpec(StageSpec):

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from synth.core.fields import resolve_file
 from synth.run.adapters.base import DataRef, StageAdapter
-from synth.run.recipe import StageSpec
+from synth.run.spec import StageSpec
 
 
 def resolve_path(value: str, base_dir: Path) -> str:
