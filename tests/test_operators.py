@@ -104,3 +104,23 @@ def test_a_benchmark_file_edited_after_a_run_reruns_the_stages_that_read_it(tmp_
     assert states["chained"] == "ran" and states["alone"] == "ran"
     kept = [r["messages"][-1]["content"] for r in load_from_disk(str(run_dir / "chained"))]
     assert kept == [rows[0]] == [r["messages"][-1]["content"] for r in load_from_disk(str(run_dir / "alone"))]
+
+
+def test_an_operator_that_reads_no_dataset_needs_its_own_command_run():
+    """`needs_input = False` has no DATASET to run `clean_dataset` over: its command needs a `run_command`
+    (or none at all); registering it otherwise is one line naming where."""
+    from synth import Map, OperatorConfig
+    from synth.core.operator import check_operator
+    from synth.errors import SynthError
+
+    class Made(Map):
+        """Makes records from its config."""
+
+        name = "made"
+        Config = OperatorConfig
+        needs_input = False
+
+    with pytest.raises(SynthError, match=r"^plugin x: Made reads no dataset .*needs a `run_command`"):
+        check_operator(Made, "plugin x")
+    Made.cli_command = False
+    check_operator(Made, "plugin x")  # a recipe stage only
