@@ -26,7 +26,7 @@ timing). Agreement: the share of pairs with the same keep decision as the plain 
 T (the median of the plain scores of the first chunk, computed before timing: the hardest place, half the pairs
 on each side), and the largest score difference.
 
-    nice python bench/capfilt_bench.py --n 256            # what the README reports
+    nice python bench/capfilt_bench.py --n 256            # what docs/benchmarks.md reports
     python bench/capfilt_bench.py --device cuda --n 5000  # the GPU mode (fp16, decode workers)
 """
 

@@ -15,7 +15,7 @@ run beside mean ± sd across them (no DPO step then: it would need one per seed)
 
     python -m synth.train.demo demo [--prefs demo/prefs] [--seeds 3]
 
-The same steps as CLI commands are in the README ("Training and evaluation").
+The same steps as CLI commands are in docs/training.md.
 """
 
 from __future__ import annotations
