@@ -156,3 +156,22 @@ def test_limit_below_one_is_one_line(tmp_path):
     one_line_error(run_cli("adapt", rows, "-t", "summarization", "-o", tmp_path / "out", "--limit", "0"),
                    "--limit 0", "at least 1")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_image_set_beside_a_text_set_gives_one_image_text_layout(tmp_path):
+    """Text samples join image samples as text parts with no images (this was a traceback: a features cast
+    between the two layouts)."""
+    from datasets import load_from_disk
+
+    from tests.cli_helpers import run_cli
+
+    assert run_cli("demo-data", tmp_path / "shapes", "--count", 4, "--size", 64).exit_code == 0
+    result = run_cli("adapt", tmp_path / "shapes", "-t", "vqa_short", "-t", "scene_qa_text", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    rows = list(load_from_disk(str(tmp_path / "out")))
+    text_rows = [r for r in rows if not r["images"]]
+    image_rows = [r for r in rows if r["images"]]
+    assert text_rows and image_rows
+    first = text_rows[0]["messages"][0]["content"]
+    assert first[0]["type"] == "text" and first[0]["text"] and len(first) == 1
+    assert "Casting" not in result.output

@@ -136,8 +136,6 @@ class Adapt(Map):
         from datasets import concatenate_datasets
 
         from synth.adapt.engine import adapt_dataset
-        from synth.records import sft_features
-
         parts, rows_from, rejects, notes, rejected = [], [], [], list(self.notes), Counter()
         for ts in self.sets:
             classes = self.config.classes or self.classes.get(ts.name)
@@ -150,8 +148,8 @@ class Adapt(Map):
                 rejects.append({**reject, "template": ts.name})
                 rejected[prefix + reject["reason"]] += 1
             out = result.dataset
-            if ts.multimodal != self.multimodal:  # text sets beside image sets: one layout for the operator
-                out = out.cast(sft_features(self.multimodal)) if len(out) else out
+            if ts.multimodal != self.multimodal and len(out):  # text sets beside image sets: one layout
+                out = _as_image_text(out)
             parts.append(out)
             rows_from.append(result.rows_from)
         merged = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
@@ -190,3 +188,23 @@ class Adapt(Map):
 
 
 OPERATOR_CLASSES = (Adapt,)
+
+
+def _as_image_text(dataset):
+    """A text set's samples in the image-text layout: each turn's text as one text part, no images."""
+    from synth.records import sft_features
+
+    features = sft_features(True)
+
+    def convert(batch: dict) -> dict:
+        return {
+            "messages": [[{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in turns]
+                         for turns in batch["messages"]],
+            "images": [[] for _ in batch["messages"]],
+        }
+
+    from synth.data.hf import quiet_datasets
+
+    with quiet_datasets():  # no progress bars of datasets' own in synth's output
+        converted = dataset.map(convert, batched=True)
+        return converted.select_columns(list(features)).cast(features)
