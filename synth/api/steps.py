@@ -14,12 +14,12 @@ a backend name or a `synth.backends` object.
 from __future__ import annotations
 
 import inspect
-import re
 from pathlib import Path
 from typing import Any, ClassVar
 
 from synth.api.backends import Backend
 from synth.api.specs import docstring, option_error, signature
+from synth.core.operator import class_name
 from synth.errors import SynthError
 
 #: stands in for a reference the pipeline wires later (the previous step's output), while validating
@@ -27,9 +27,6 @@ LATER = "__wired_later__"
 SOURCE_NAME = "source"  # the output name of the source a pipeline runs on
 
 
-def class_name(type_: str) -> str:
-    """``self_instruct`` → ``SelfInstruct``."""
-    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", type_) if part)
 
 
 class Step:

@@ -67,6 +67,7 @@ A config field ``seed: int | None = None`` left unset takes the recipe's seed. R
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +108,11 @@ def summary(cls: type) -> str:
     doc = inspect.cleandoc(cls.__doc__ or "")
     first = " ".join(doc.split("\n\n")[0].split())
     return first.replace("``", "`") if first else cls.__name__
+
+
+def class_name(name: str) -> str:
+    """An operator's (or stage type's) Python name: ``self_instruct`` → ``SelfInstruct`` (`synth.ops.SelfInstruct`)."""
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", name) if part)
 
 
 def command_name(cls: type[Stage]) -> str:

@@ -52,10 +52,6 @@ def fields_table(model: type[BaseModel], skip: tuple[str, ...] = STAGE_KEYS) -> 
     return "\n".join(rows)
 
 
-def _camel(name: str) -> str:
-    return "".join(part.title() for part in name.split("_"))
-
-
 def _example_yaml(type_: str, spec: type[BaseModel]) -> str:
     lines = [f"  - type: {type_}", f"    name: my_{type_}"]
     if "input" in spec.model_fields:
@@ -69,7 +65,7 @@ def _example_yaml(type_: str, spec: type[BaseModel]) -> str:
 
 def stage_page(type_: str, adapter) -> str:
     """The reference page of one stage type."""
-    from synth.core.operator import command_name, kind_of
+    from synth.core.operator import class_name, command_name, kind_of
 
     cls = getattr(adapter, "cls", None)
     spec = adapter.Spec
@@ -91,7 +87,7 @@ def stage_page(type_: str, adapter) -> str:
     if cls is not None and getattr(cls, "cli_command", True):
         parts.append(f"## From the command line\n\n```bash\nsynth {command_name(cls)} DATASET -o OUT "
                      f"[--option VALUE ...]\nsynth {command_name(cls)} --help\n```")
-    parts.append(f"## From Python\n\n```python\nimport synth\n\nstep = synth.ops.{_camel(type_)}(...)\n```")
+    parts.append(f"## From Python\n\n```python\nimport synth\n\nstep = synth.ops.{class_name(type_)}(...)\n```")
     return "\n\n".join(parts) + "\n"
 
 

@@ -21,6 +21,7 @@ from pydantic import Field, create_model
 from synth.core.fields import dataset_fields, file_contents, file_fields, resolve_files
 from synth.core.operator import (
     build,
+    class_name,
     input_layout,
     input_records,
     needs_backend,
@@ -63,10 +64,6 @@ class _LLMStageSpec(_OperatorSpec):
     backend_fields: ClassVar[tuple[str, ...]] = ("backend",)
 
 
-def _camel(name: str) -> str:
-    return "".join(part.title() for part in name.split("_"))
-
-
 def spec_model(cls) -> type[StageSpec]:
     """The recipe stage model of operator `cls`: its config's fields + the stage keys."""
     base = _LLMStageSpec if needs_backend(cls) else _OperatorSpec
@@ -76,7 +73,7 @@ def spec_model(cls) -> type[StageSpec]:
         if "limit" not in cls.Config.model_fields:
             stage_keys["limit"] = (int | None, Field(None, ge=1, description="only the first N records of the input"))
     model = create_model(
-        f"{_camel(cls.name)}Stage",
+        f"{class_name(cls.name)}Stage",
         __base__=(base, cls.Config),
         __doc__=summary(cls),
         type=(Literal[cls.name], ...),  # type: ignore[valid-type]
