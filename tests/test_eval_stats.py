@@ -120,3 +120,58 @@ def test_two_prediction_files_differing_on_known_rows(tmp_path):
     same = compare_prediction_files(before, after, "contains_accuracy")
     assert same["difference"] == 0 and same["p_value"] == 1.0
     assert compare_prediction_files(before, write(tmp_path / "c.jsonl", set(), ids=range(50, 60))) is None
+
+
+def test_t_interval_across_seeds_planted():
+    from synth.train.stats import t_interval
+
+    low, high = t_interval([0.10, 0.20, 0.15])  # mean 0.15, sd 0.05, t(2) = 4.303: ± 4.303 * 0.05 / sqrt(3)
+    assert (low, high) == pytest.approx((0.15 - 0.124217, 0.15 + 0.124217), abs=1e-5)
+    assert t_interval([0.3]) is None
+
+
+def test_t_interval_against_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    from synth.train.stats import t_interval
+
+    for values in ([0.1, 0.2, 0.15], [0.5, 0.52, 0.49, 0.61, 0.55], [0.0, 1.0]):
+        n = len(values)
+        mean, sem = sum(values) / n, stats.sem(values)
+        assert t_interval(values) == pytest.approx(stats.t.interval(0.95, n - 1, loc=mean, scale=sem), abs=1e-3)
+
+
+def _arm(rights: list[int], rows: int = 200) -> list[list[bool]]:
+    """Per seed: right on the first `k` rows of `rows`."""
+    return [[i < k for i in range(rows)] for k in rights]
+
+
+def test_two_arms_with_a_known_gain_on_every_seed_are_established():
+    from synth.train.stats import compare_arms
+
+    # control right on 100 of 200 rows with every seed; treatment on 120, 124, 116: +10, +12, +8 points
+    result = compare_arms(_arm([100, 100, 100]), _arm([120, 124, 116]))
+    assert result["per_seed"] == pytest.approx([0.10, 0.12, 0.08])
+    assert result["difference"] == pytest.approx(0.10) and result["sd"] == pytest.approx(0.02)
+    half = 4.303 * 0.02 / math.sqrt(3)
+    assert result["seed_interval"] == pytest.approx([0.10 - half, 0.10 + half], abs=1e-4)
+    assert 0 < result["row_interval"][0] < 0.10 < result["row_interval"][1]
+    assert result["distinguishable"] is True
+
+
+def test_two_arms_whose_seeds_disagree_are_noise():
+    from synth.train.stats import compare_arms
+
+    # +10, -10 and +2 points: the mean is +0.67 and the seeds' spread covers zero
+    result = compare_arms(_arm([100, 100, 100]), _arm([120, 80, 104]))
+    assert result["difference"] == pytest.approx(0.02 / 3)
+    assert result["seed_interval"][0] < 0 < result["seed_interval"][1]
+    assert result["distinguishable"] is False
+
+
+def test_a_gain_within_the_rows_noise_is_not_established_even_when_seeds_agree():
+    from synth.train.stats import compare_arms
+
+    # +1 point with every seed on 200 rows: the seeds agree exactly (sd 0), but 2 rows prove nothing
+    result = compare_arms(_arm([100, 100, 100]), _arm([102, 102, 102]))
+    assert result["sd"] == pytest.approx(0.0) and result["seed_interval"] == pytest.approx([0.01, 0.01])
+    assert result["row_interval"][0] <= 0 and result["distinguishable"] is False

@@ -392,3 +392,33 @@ def test_dpo_after_sft_each_round_and_its_reward_accuracy_in_the_table(tmp_path)
     console = Console(width=120, record=True)
     console.print(loop_tables(result.manifest))
     assert "reward" in console.export_text()
+
+
+def test_loop_compare_pairs_two_arms_by_seed_on_the_same_rows(server, tmp_path):
+    """Two arms of one recipe with the same two seeds (with pseudo-labels, and a control on the labelled rows
+    only), then `synth loop-compare`: each round's per-seed difference is the two manifests' scores apart,
+    with both intervals, and RUNS/A-vs-B.json holds it."""
+    from tests.cli_helpers import run_cli
+
+    recipe, runs = write(tmp_path, server, rounds=1), tmp_path / "runs"
+    assert run_cli("loop", recipe, "--runs-dir", runs, "--seeds", 2).exit_code == 0
+    control = run_cli("loop", recipe, "--runs-dir", runs, "--seeds", 2, "--name", "control",
+                      "-s", "loop.start.pseudo=99", "-s", "loop.sft.data=[labelled]")
+    assert control.exit_code == 0, control.output
+    result = run_cli("loop-compare", "loopy", "control", "--runs-dir", runs)
+    assert result.exit_code == 0, result.output
+    comparison = json.loads((runs / "loopy-vs-control.json").read_text())
+    assert comparison["seeds"] == ["0", "1"] and [r["round"] for r in comparison["rounds"]] == ["base", "0"]
+    base, round0 = comparison["rounds"]
+    assert base["difference"] == 0 and base["distinguishable"] is False  # the same model 0 in both arms
+    for seed, row in zip((0, 1), round0["seeds"]):
+        scores = [json.loads((runs / f"{arm}-seed-{seed}" / "manifest.json").read_text())["rounds"][0]["eval"]["exact_match"]
+                  for arm in ("loopy", "control")]
+        assert row["treatment"] == pytest.approx(scores[0]) and row["control"] == pytest.approx(scores[1])
+        assert row["difference"] == pytest.approx(scores[0] - scores[1])
+    assert round0["row_interval"] and round0["seed_interval"] and round0["rows"] == base["rows"]
+    text = " ".join(result.output.split())
+    assert "loopy vs control" in text and "95% seeds" in text and "loopy-vs-control.json" in text
+
+    missing = run_cli("loop-compare", "loopy", "nothing", "--runs-dir", runs)
+    assert missing.exit_code == 1 and "no loop run 'nothing'" in missing.output and "Traceback" not in missing.output

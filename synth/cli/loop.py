@@ -51,3 +51,22 @@ def loop(
     console.print(loop_tables(result.manifest))
     console.print(f"outputs in [bold]{result.run_dir}/[/] (manifest: {result.run_dir / 'manifest.json'}, "
                   f"best model: {result.run_dir / 'best.json'})", soft_wrap=True)
+
+
+@command("loop-compare", out_option="--runs-dir")
+def loop_compare(
+    treatment: str = typer.Argument(..., help="The arm to test: a loop run's name (its NAME-seed-S folders, or NAME)."),
+    control: str = typer.Argument(..., help="The arm to compare it with, run with the same seeds (e.g. labelled rows only)."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run folders live."),
+    metric: str = typer.Option("exact_match", "--metric", help="exact_match, normalized_accuracy or contains_accuracy."),
+) -> None:
+    """Compare two arms of a loop round by round on the same held-out rows, paired by seed: the mean
+    difference, its 95% intervals across seeds and over rows, and whether it is established."""
+    from synth.io import atomic_write_json
+    from synth.run.loop_compare import compare_loop_arms, comparison_path, comparison_table
+
+    result = compare_loop_arms(runs_dir, treatment, control, metric)
+    path = comparison_path(runs_dir, treatment, control)
+    atomic_write_json(path, result)
+    console.print(comparison_table(result))
+    console.print(f"written: {path}", soft_wrap=True)

@@ -7,6 +7,9 @@
 - Two models, mean metrics: a **paired bootstrap** (both models resampled on the same rows); the
   difference is distinguishable from zero when its interval leaves zero out.
 - Several training seeds: mean ± sample standard deviation across them.
+- Two arms (e.g. a loop with pseudo-labels and its control) run with the same seeds on the same rows: the
+  mean paired difference across seeds, with a t interval across the seeds (how much another seed could
+  move it) and a bootstrap over rows (how much other held-out questions could move it).
 
 Written by hand (a few lines each) rather than with scipy: scipy is no dependency of synth's `train`
 extra (it only arrives with a dev tool), and `synth eval` must not fail on a plain install. The tests
@@ -138,3 +141,51 @@ def mean_sd(values: Sequence[float | None]) -> dict[str, Any] | None:
     mean = sum(present) / len(present)
     sd = math.sqrt(sum((v - mean) ** 2 for v in present) / (len(present) - 1)) if len(present) > 1 else None
     return {"mean": mean, "sd": sd, "runs": len(present), "values": list(values)}
+
+
+# Student's t, 97.5% points, for 1-30 degrees of freedom (beyond 30 the normal's 1.96 is within 2%).
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float] | None:
+    """95% t interval of the mean of a few runs (None for fewer than two)."""
+    n = len(values)
+    if n < 2:
+        return None
+    spread = mean_sd(values)
+    half = (T_975[n - 2] if n - 1 <= len(T_975) else Z) * spread["sd"] / math.sqrt(n)
+    return spread["mean"] - half, spread["mean"] + half
+
+
+def compare_arms(control: Sequence[Sequence[bool]], treatment: Sequence[Sequence[bool]]) -> dict[str, Any]:
+    """Two arms run with the same seeds, scored on the same rows: control[s][i] / treatment[s][i] is seed s's
+    right/wrong on row i. The effect is the mean over seeds of (treatment share - control share), with:
+
+    - `seed_interval`: a t interval across the seeds' differences (the spread between training runs);
+    - `row_interval`: a bootstrap over rows, the same resampled rows for every seed (the held-out sample);
+    - `distinguishable`: both intervals leave zero out (with one seed, the row interval alone decides).
+    """
+    import numpy as np
+
+    if len(control) != len(treatment) or not control:
+        raise ValueError(f"arms differ in seeds: {len(control)} vs {len(treatment)}")
+    a = np.asarray(control, dtype=float)
+    b = np.asarray(treatment, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"arms differ in rows: {a.shape} vs {b.shape}")
+    per_seed = (b.mean(axis=1) - a.mean(axis=1)).tolist()
+    idx = _resamples(a.shape[1])
+    resampled = (b[:, idx].mean(axis=2) - a[:, idx].mean(axis=2)).mean(axis=0)
+    row_interval = _percentiles(resampled)
+    seed_interval = t_interval(per_seed)
+    intervals = [row_interval] + ([seed_interval] if seed_interval else [])
+    return {
+        "difference": sum(per_seed) / len(per_seed),
+        "per_seed": per_seed,
+        "sd": mean_sd(per_seed)["sd"],
+        "seed_interval": list(seed_interval) if seed_interval else None,
+        "row_interval": list(row_interval),
+        "distinguishable": all(low > 0 or high < 0 for low, high in intervals),
+    }
