@@ -13,6 +13,9 @@ Sides, each scoring the same N pairs at batch 32:
   own batching, decoding and scoring (`decoded_batches` + `score_batch`: every pair's score, kept or not).
 - synth bf16: `CapFilt` with ``dtype: bfloat16`` (bf16 autocast over fp32 weights; AVX512-BF16 / AMX);
   pairs within ``exact_margin`` (0.005) of T are scored again in fp32.
+- synth bf16 + compile: the same with ``compile: true`` (torch.compile of both encoders, batches padded to 32);
+  its compile time (once per process; inductor's disk cache makes later processes quicker) is measured before
+  timing, like the model loads, and printed apart.
 - synth bf16 + 1 decode worker: the same with ``decode_workers: 1`` (decoding beside the model).
 - data-juicer (``--data-juicer PYTHON``: a Python with ``py-data-juicer`` installed, run as its own process
   that scores the chunks it is sent): ``image_text_similarity_filter``'s ``compute_stats_single`` per
@@ -130,8 +133,10 @@ class Synth:
         self.stage = CapFilt({"model": model, "threshold": threshold, "batch_size": 32, "device": device, **options})
         self.name = "synth CapFilt " + (", ".join(f"{k}={v}" for k, v in options.items()) or "defaults (fp32)")
         self.stage.scorer  # noqa: B018 (load the model before timing)
-        if self.stage.decode_workers():  # start the decode workers before timing too
+        started = time.perf_counter()
+        if self.stage.decode_workers() or options.get("compile"):  # start workers / compile before timing too
             self.score(make_pairs(2, seed=99))
+        self.warm_up = time.perf_counter() - started
 
     def score(self, pairs: list[dict]) -> list[float]:
         out = []
@@ -197,7 +202,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--skip", nargs="*", default=[], help="sides to leave out: plain, fp32, bf16, workers")
+    parser.add_argument("--skip", nargs="*", default=[], help="sides to leave out: plain, fp32, bf16, compile, workers")
     parser.add_argument("--data-juicer", metavar="PYTHON", help="a Python with py-data-juicer installed")
     args = parser.parse_args()
 
@@ -216,6 +221,7 @@ def main() -> None:
         threshold = (first[len(first) // 2 - 1] + first[len(first) // 2]) / 2
         sides = {"plain": lambda: plain, "fp32": lambda: Synth(model, args.device, threshold),
                  "bf16": lambda: Synth(model, args.device, threshold, dtype=bf16),
+                 "compile": lambda: Synth(model, args.device, threshold, dtype=bf16, compile=True),
                  "workers": lambda: Synth(model, args.device, threshold, dtype=bf16,
                                           decode_workers=1 if args.device == "cpu" else 8)}
         if args.data_juicer:
@@ -244,6 +250,8 @@ def main() -> None:
         same = sum((a >= threshold) == (b >= threshold) for a, b in zip(scores[key], reference)) / len(reference)
         diff = max(abs(a - b) for a, b in zip(scores[key], reference))
         print(f"{runners[key].name:55} {rate:8.2f} {rate / base:6.2f} {same:10.2%} {diff:10.2e}")
+    if "compile" in runners:
+        print(f"compile (once per process, before timing): {runners['compile'].warm_up:.1f} s")
     print(f"peak RSS of the synth and plain sides (one process): "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024:.2f} GiB")
     if "data-juicer" in runners:

@@ -933,3 +933,63 @@ def test_bf16_scores_near_the_threshold_are_scored_again_in_fp32(tiny_clip):
     assert exact[records[k]["id"]] == pytest.approx(fp32[k], abs=1e-6)
     rough = kept(0.0)  # no second look: pair k keeps its bf16 score, a little off
     assert rough.get(records[k]["id"], threshold - 1) != pytest.approx(fp32[k], abs=1e-6)
+
+
+def test_exact_margin_auto_calibrates_on_the_first_pairs_and_keeps_fp32s_decisions(tiny_clip):
+    """exact_margin: auto (the default): the first 32 pairs are scored both ways (their fp32 scores kept), the
+    margin becomes 3x their largest bf16-fp32 difference, and later pairs inside it are scored again in fp32.
+    The keep decisions equal fp32's; details() says how many pairs were scored twice and the margin."""
+    from synth.clean.capfilt import CALIBRATION_PAIRS, load_scorer
+
+    load_scorer.cache_clear()  # the margin is calibrated once per loaded model
+    records = raw_records(48)
+    fp32 = [r["meta"]["scores"]["capfilt"] for r in run(CapFilt(model=tiny_clip, score_only=True), records)]
+    threshold = sorted(fp32)[24] - 1e-7
+    stage = CapFilt(model=tiny_clip, threshold=threshold, device="cpu", dtype="bfloat16", batch_size=16)
+    kept = {r["id"]: r["meta"]["scores"]["capfilt"] for r in run(stage, records)}
+    assert sorted(kept) == sorted(records[i]["id"] for i in range(48) if fp32[i] >= threshold)
+    for i in range(CALIBRATION_PAIRS):  # calibration batches keep their fp32 scores
+        if records[i]["id"] in kept:
+            assert kept[records[i]["id"]] == pytest.approx(fp32[i], abs=1e-6)
+
+    scorer = load_scorer(tiny_clip, "cpu", "bfloat16", False, 16)
+    bf16 = []
+    with scorer._forward():
+        for start in range(0, CALIBRATION_PAIRS, 16):
+            batch = records[start:start + 16]
+            bf16 += scorer.score_pairs([r["image"] for r in batch], [r["caption"] for r in batch])
+    largest = max(abs(a - b) for a, b in zip(bf16, fp32[:CALIBRATION_PAIRS]))
+    assert scorer.calibrated_margin == pytest.approx(max(3 * largest, 1e-4), rel=1e-3)
+    later = [i for i in range(CALIBRATION_PAIRS, 48) if abs(fp32[i] - threshold) < scorer.calibrated_margin]
+    details = stage.details()
+    assert details["exact_margin"] == scorer.calibrated_margin
+    assert CALIBRATION_PAIRS <= details["fp32_rescored"] <= CALIBRATION_PAIRS + len(later) + 2
+    load_scorer.cache_clear()
+
+
+def test_compiled_encoders_score_like_the_eager_model_with_one_graph_per_side(tiny_clip):
+    """compile: true runs torch.compile'd encoders; a short last batch is padded to batch_size, so nothing is
+    compiled twice, and the scores equal the eager model's."""
+    import shutil
+
+    import torch
+
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("torch.compile on a CPU needs a C++ compiler (CI installs g++: .ci/install-browser.sh)")
+    from synth.clean.capfilt import load_scorer
+
+    records = raw_records(10)
+    eager = [r["meta"]["scores"]["capfilt"] for r in run(CapFilt(model=tiny_clip, score_only=True, batch_size=4), records)]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = run(CapFilt(model=tiny_clip, score_only=True, batch_size=4, compile=True), records)
+    assert [r["meta"]["scores"]["capfilt"] for r in compiled] == pytest.approx(eager, abs=1e-5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # image side, text side: batches 4, 4, 2
+    load_scorer.cache_clear()
+
+
+def test_batch_size_auto_is_per_device(tiny_clip):
+    """batch_size: auto scores 32 pairs per call on a CPU and 256 on CUDA (a GPU idles on 32); a number wins."""
+    assert CapFilt(model=tiny_clip, score_only=True, device="cpu").batch_size == 32
+    assert CapFilt(model=tiny_clip, score_only=True, device="cuda:1").batch_size == 256
+    assert CapFilt(model=tiny_clip, score_only=True, device="cuda", batch_size=64).batch_size == 64

@@ -35,7 +35,7 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -47,6 +47,15 @@ from synth.records import load_meta
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 CAPTION_TEMPLATE = "prompts/capfilt/caption.jinja"
+
+# exact_margin: auto. bf16 moves a cosine by up to ~1e-3 (CLIP ViT-B/32); a margin of 3x the largest move seen
+# on the first pairs leaves the decisions fp32's while scoring only the pairs that close to the threshold twice.
+CALIBRATION_PAIRS = 32
+# batch_size: auto. A CPU is saturated by 32 pairs of ViT-B/32 (1,600 patch tokens per matmul); a GPU needs
+# far more rows per call to stay busy.
+AUTO_BATCH = {"cuda": 256, "cpu": 32}
+MARGIN_FACTOR = 3.0
+MIN_MARGIN = 1e-4
 
 
 class CapFiltConfig(StageConfig):
@@ -82,14 +91,21 @@ class CapFiltConfig(StageConfig):
         description="with the captioner: all_passing = every text that passes, web and synthetic (BLIP: up to two "
         "records per image); best = only the better-scoring text of each image (ties keep the web text)",
     )
-    batch_size: int = Field(32, ge=1, description="image-text pairs scored per model call")
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description=f"image-text pairs scored per model call; auto = {AUTO_BATCH['cuda']} on CUDA (keeps "
+        f"the GPU busy), {AUTO_BATCH['cpu']} elsewhere")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto = float16 on CUDA, float32 elsewhere (today's exact scores); bfloat16 on CPU = "
         "bf16 autocast over fp32 weights (about 2x faster where the CPU has AVX512-BF16/AMX; scores within ~1e-2)")
-    exact_margin: float = Field(
-        0.005, ge=0, description="with dtype bfloat16 on a CPU: pairs scoring within this of `threshold` are scored "
-        "again in fp32, so keep decisions equal fp32's (bf16 moves a CLIP cosine by ~1e-3)")
+    compile: bool = Field(
+        False, description="torch.compile the image and text encoders (inductor; needs a C++ compiler on a CPU): "
+        "about a minute once per process, then ~1.5-2x faster on a CPU under bfloat16; worth it from a few "
+        "thousand pairs. Batches are padded to batch_size so one compiled graph serves them all")
+    exact_margin: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="with dtype bfloat16 on a CPU: pairs scoring within this of `threshold` are scored "
+        "again in fp32, so keep decisions equal fp32's; auto = 3x the largest bf16-fp32 difference on the first "
+        f"{CALIBRATION_PAIRS} pairs (scored both ways), at least {MIN_MARGIN}; 0 = never")
     decode_workers: int | Literal["auto"] = Field(
         "auto", description="processes that decode and preprocess the next batches' images while the model scores "
         "this one; 0 = in this process; auto = up to 8 on CUDA, none on a CPU (the model needs the cores)")
@@ -146,7 +162,8 @@ class ImageTextScorer:
     embeddings; a BLIP image-text matching model (BLIP's own CapFilt filter, e.g.
     Salesforce/blip-itm-base-coco) gives its ITM head's probability that the text matches the image."""
 
-    def __init__(self, model: str, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", compile: bool = False,
+                 batch_size: int = 32):
         import torch
         from transformers import AutoConfig, AutoModel, AutoProcessor
 
@@ -188,6 +205,39 @@ class ImageTextScorer:
         self.max_text_tokens = getattr(text_config, "max_position_embeddings", None)
         # SigLIP was trained on texts padded to the full length; CLIP pads to the longest in the batch.
         self.pad_to_max = "siglip" in getattr(self.model.config, "model_type", "")
+        # The encoders the fast path calls; the exact (fp32) second look always runs the model as loaded.
+        self._image_features = getattr(self.model, "get_image_features", None)
+        self._text_features = getattr(self.model, "get_text_features", None)
+        self._itm = self.model
+        self.compiled_batch = None
+        if compile:
+            self._compile(batch_size)
+
+    def _compile(self, batch_size: int) -> None:
+        """torch.compile the encoders. Every call is padded to `batch_size` rows, so the image side has one
+        static graph; the text side's length varies per batch, hence a dynamic graph."""
+        import torch
+
+        self.compiled_batch = batch_size
+        if self.kind == "itm":
+            self._itm = _compiled(torch.compile(self.model, dynamic=True))
+        else:
+            # two functions of their own: transformers wraps both get_*_features in one decorator, whose
+            # shared code object would make the second compile count as a recompile of the first
+            model = self.model
+            self._image_features = _compiled(torch.compile(lambda **kw: model.get_image_features(**kw)))
+            self._text_features = _compiled(torch.compile(lambda **kw: model.get_text_features(**kw), dynamic=True))
+
+    def _padded(self, tensors: dict):
+        """Rows repeated up to the compiled batch size (their outputs are dropped): a batch of another size
+        would compile a new graph, a minute each."""
+        import torch
+
+        rows = len(next(iter(tensors.values())))
+        if self.compiled_batch is None or self._exact or rows >= self.compiled_batch:
+            return tensors, rows
+        extra = self.compiled_batch - rows
+        return {k: torch.cat([v, v[-1:].expand(extra, *v.shape[1:])]) for k, v in tensors.items()}, rows
 
     @staticmethod
     def _pooled(output):
@@ -218,6 +268,18 @@ class ImageTextScorer:
         finally:
             self._exact = False
 
+    calibrated_margin: float | None = None
+    _differences: tuple[float, ...] = ()
+
+    def calibrate(self, pixel_values, texts: Sequence[str], fast_scores: Sequence[float]) -> list[float]:
+        """Score a batch in fp32 too, until CALIBRATION_PAIRS pairs are seen both ways; then fix the margin
+        (`exact_margin: auto`). Returns the batch's fp32 scores."""
+        exact = self.exact_scores(pixel_values, texts)
+        self._differences += tuple(abs(a - b) for a, b in zip(fast_scores, exact, strict=True))
+        if len(self._differences) >= CALIBRATION_PAIRS:
+            self.calibrated_margin = max(MARGIN_FACTOR * max(self._differences), MIN_MARGIN)
+        return exact
+
     def pixels(self, images: Sequence[Any]):
         """The model's input for decoded images (the image processor's ``pixel_values``, a CPU tensor)."""
         return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
@@ -231,8 +293,10 @@ class ImageTextScorer:
     def embed_pixels(self, pixel_values):
         import torch
 
+        inputs, rows = self._padded({"pixel_values": pixel_values})  # padded first: channels-last strides kept
+        encode = self.model.get_image_features if self._exact else self._image_features
         with self._forward():
-            features = self._pooled(self.model.get_image_features(pixel_values=self._on_device(pixel_values)))
+            features = self._pooled(encode(pixel_values=self._on_device(inputs["pixel_values"])))[:rows]
         return torch.nn.functional.normalize(features.float(), dim=-1)
 
     def embed_images(self, images: Sequence[Any]):
@@ -248,9 +312,10 @@ class ImageTextScorer:
         """Text embeddings of a whole batch in one forward pass."""
         import torch
 
-        inputs = self._tokens(texts, "max_length" if self.pad_to_max else True)
+        inputs, rows = self._padded(self._tokens(texts, "max_length" if self.pad_to_max else True))
+        encode = self.model.get_text_features if self._exact else self._text_features
         with self._forward():
-            features = self._pooled(self.model.get_text_features(**inputs))
+            features = self._pooled(encode(**inputs))[:rows]
         return torch.nn.functional.normalize(features.float(), dim=-1)
 
     def score_pairs(self, images: Sequence[Any], texts: Sequence[str]) -> list[float]:
@@ -269,10 +334,29 @@ class ImageTextScorer:
         """BLIP's filter: the image-grounded text encoder's ITM head, softmax over (no match, match)."""
         import torch
 
-        inputs = self._tokens(texts, True)
+        inputs, rows = self._padded({"pixel_values": pixel_values, **self._tokens(texts, True)})
+        inputs["pixel_values"] = self._on_device(inputs["pixel_values"])
+        model = self.model if self._exact else self._itm
         with self._forward():
-            logits = self.model(pixel_values=self._on_device(pixel_values), **inputs, use_itm_head=True).itm_score
+            logits = model(**inputs, use_itm_head=True).itm_score[:rows]
         return torch.softmax(logits.float(), dim=-1)[:, 1].tolist()
+
+
+def _compiled(fn):
+    """A compiled encoder whose compiler failure (no C++ compiler, an unsupported op) is one line saying
+    what to do, not torch's page of traceback."""
+
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise
+            first = next((line for line in str(e).strip().splitlines() if line.strip()), type(e).__name__)
+            raise SynthError(f"capfilt: compile: true failed ({first[:300]}); torch.compile needs a C++ compiler "
+                             "on a CPU (apt install g++) and a model it supports; set compile: false") from None
+
+    return call
 
 
 def decode_batch(processor, sources: Sequence[Any], ids: Sequence[str]):
@@ -318,9 +402,10 @@ def decode_pool(model: str, workers: int):
 
 
 @functools.lru_cache(maxsize=2)
-def load_scorer(model: str, device: str = "auto", dtype: str = "auto") -> ImageTextScorer:
-    """One loaded model per (model, device, dtype), shared by every CapFilt stage in the process."""
-    return ImageTextScorer(model, device, dtype)
+def load_scorer(model: str, device: str = "auto", dtype: str = "auto", compile: bool = False,
+                batch_size: int = 32) -> ImageTextScorer:
+    """One loaded model per (model, device, dtype, compile), shared by every CapFilt stage in the process."""
+    return ImageTextScorer(model, device, dtype, compile, batch_size if compile else 32)
 
 
 # ---------------------------------------------------------------- which records are captions
@@ -481,9 +566,20 @@ class CapFilt(Map):
             backend = backend_factory()
         return cls(config, backend=backend)
 
+    _scorer_loaded: ImageTextScorer | None = None
+
+    @functools.cached_property
+    def batch_size(self) -> int:
+        size = self.config.batch_size
+        if size == "auto":
+            size = AUTO_BATCH["cuda" if _pick_device(self.config.device).startswith("cuda") else "cpu"]
+        return size
+
     @property
     def scorer(self) -> ImageTextScorer:
-        return load_scorer(self.config.model, self.config.device, self.config.dtype)
+        self._scorer_loaded = load_scorer(self.config.model, self.config.device, self.config.dtype,
+                                          self.config.compile, self.batch_size)
+        return self._scorer_loaded
 
     # -- which records are captions
 
@@ -705,7 +801,14 @@ class CapFilt(Map):
         threshold = self.config.threshold
         if threshold is None or not self.scorer.autocast or not self.config.exact_margin or not scores:
             return scores
-        near = [j for j, score in enumerate(scores) if abs(score - threshold) < self.config.exact_margin]
+        margin = self.config.exact_margin
+        if margin == "auto":
+            margin = self.scorer.calibrated_margin
+            if margin is None:  # still calibrating: this batch scored both ways, its fp32 scores kept
+                self.rescored += len(scores)
+                return self.scorer.calibrate(pixels, texts, scores)
+        near = [j for j, score in enumerate(scores) if abs(score - threshold) < margin]
+        self.rescored += len(near)
         if near:
             exact = self.scorer.exact_scores(pixels[near], [texts[j] for j in near])
             scores = list(scores)
@@ -788,14 +891,14 @@ class CapFilt(Map):
         `score_batch`, in this process)."""
         workers = self.decode_workers()
         if workers == 0:
-            for batch in batched(records, self.config.batch_size):
+            for batch in batched(records, self.batch_size):
                 yield batch, None
             return
         from collections import deque
 
         pool = decode_pool(self.config.model, workers)
         pending: deque = deque()
-        for batch in batched(records, self.config.batch_size):
+        for batch in batched(records, self.batch_size):
             sources, ids = self._sources(batch)
             job = pool.apply_async(_decode_in_worker, (self.config.model, sources, ids))
             pending.append((batch, job))
@@ -818,6 +921,16 @@ class CapFilt(Map):
                 sources.append(source)
                 ids.append(str(record.get("id", "?")))
         return sources, ids
+
+    rescored = 0
+
+    def details(self) -> dict[str, Any]:
+        """Under bf16 autocast: how many pairs were scored again in fp32, and the margin that decided it."""
+        if not self.config.dtype == "bfloat16" or self._scorer_loaded is None or not self._scorer_loaded.autocast:
+            return {}
+        margin = self.config.exact_margin
+        return {"fp32_rescored": self.rescored,
+                "exact_margin": self._scorer_loaded.calibrated_margin if margin == "auto" else margin}
 
     def summary(self) -> list[dict]:
         """Pairs scored and kept by text source and record kind (for the command's table and report.json)."""
