@@ -30,7 +30,8 @@ T (the median of the plain scores of the first chunk, computed before timing: th
 on each side), and the largest score difference.
 
     nice python bench/capfilt_bench.py --n 256            # what docs/benchmarks.md reports
-    python bench/capfilt_bench.py --device cuda --n 5000  # the GPU mode (fp16, decode workers)
+    python bench/capfilt_bench.py --device cuda --n 5000 --chunk 1000  # the GPU mode (fp16, batch 256, decode
+                                                                        # workers, GPU busy %)
 """
 
 from __future__ import annotations
@@ -130,7 +131,9 @@ class Synth:
     def __init__(self, model: str, device: str, threshold: float, **options):
         from synth.clean.capfilt import CapFilt
 
-        self.stage = CapFilt({"model": model, "threshold": threshold, "batch_size": 32, "device": device, **options})
+        # batch 32 on a CPU, like the plain loop; on CUDA CapFilt's own (batch_size: auto), within --chunk
+        batch = 32 if device == "cpu" else "auto"
+        self.stage = CapFilt({"model": model, "threshold": threshold, "batch_size": batch, "device": device, **options})
         self.name = "synth CapFilt " + (", ".join(f"{k}={v}" for k, v in options.items()) or "defaults (fp32)")
         self.stage.scorer  # noqa: B018 (load the model before timing)
         started = time.perf_counter()
@@ -197,6 +200,34 @@ class DataJuicer:
         return reply["scores"]
 
 
+class GpuBusy:
+    """On CUDA: the GPU's utilisation (nvidia-smi, every 0.2 s) while a side scores, averaged per side."""
+
+    def __init__(self):
+        import shutil
+        import threading
+
+        self.samples: dict[str, list[int]] = {}
+        self.side = None
+        self.available = shutil.which("nvidia-smi") is not None
+        if self.available:
+            threading.Thread(target=self._poll, daemon=True).start()
+
+    def _poll(self) -> None:
+        while True:
+            side = self.side
+            if side is not None:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                      "-i", "0"], capture_output=True, text=True).stdout.strip()
+                if out.isdigit():
+                    self.samples.setdefault(side, []).append(int(out))
+            time.sleep(0.2)
+
+    def mean(self, side: str) -> str:
+        values = self.samples.get(side)
+        return f"{sum(values) / len(values):.0f}%" if values else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=256)
@@ -230,12 +261,17 @@ def main() -> None:
         seconds = dict.fromkeys(runners, 0.0)
         scores: dict[str, list[float]] = {key: [] for key in runners}
         keys = list(runners)
+        busy = GpuBusy() if args.device.startswith("cuda") else None
         for k, start in enumerate(range(0, args.n, args.chunk)):
             chunk = pairs[start:start + args.chunk]
             for key in keys[k % len(keys):] + keys[:k % len(keys)]:
+                if busy:
+                    busy.side = key
                 started = time.perf_counter()
                 scores[key] += runners[key].score(chunk)
                 seconds[key] += time.perf_counter() - started
+                if busy:
+                    busy.side = None
         if "data-juicer" in runners:
             runners["data-juicer"].process.stdin.close()
             runners["data-juicer"].process.wait()
@@ -244,12 +280,13 @@ def main() -> None:
     kept = sum(s >= threshold for s in reference)
     print(f"threshold T = {threshold:.5f} (plain keeps {kept} of {args.n}); score spread (std) "
           f"{(sum((s - sum(reference) / len(reference)) ** 2 for s in reference) / len(reference)) ** 0.5:.4f}")
-    print(f"{'side':55} {'pairs/s':>8} {'x':>6} {'same keep':>10} {'max |diff|':>10}")
+    print(f"{'side':55} {'pairs/s':>8} {'x':>6} {'same keep':>10} {'max |diff|':>10}" + (" GPU busy" if busy else ""))
     for key in keys:
         rate = args.n / seconds[key]
         same = sum((a >= threshold) == (b >= threshold) for a, b in zip(scores[key], reference)) / len(reference)
         diff = max(abs(a - b) for a, b in zip(scores[key], reference))
-        print(f"{runners[key].name:55} {rate:8.2f} {rate / base:6.2f} {same:10.2%} {diff:10.2e}")
+        print(f"{runners[key].name:55} {rate:8.2f} {rate / base:6.2f} {same:10.2%} {diff:10.2e}"
+              + (f" {busy.mean(key):>8}" if busy else ""))
     if "compile" in runners:
         print(f"compile (once per process, before timing): {runners['compile'].warm_up:.1f} s")
     print(f"peak RSS of the synth and plain sides (one process): "

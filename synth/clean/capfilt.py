@@ -51,11 +51,11 @@ CAPTION_TEMPLATE = "prompts/capfilt/caption.jinja"
 # exact_margin: auto. bf16 moves a cosine by up to ~1e-3 (CLIP ViT-B/32); a margin of 3x the largest move seen
 # on the first pairs leaves the decisions fp32's while scoring only the pairs that close to the threshold twice.
 CALIBRATION_PAIRS = 32
+MARGIN_FACTOR = 3.0
+MIN_MARGIN = 1e-4
 # batch_size: auto. A CPU is saturated by 32 pairs of ViT-B/32 (1,600 patch tokens per matmul); a GPU needs
 # far more rows per call to stay busy.
 AUTO_BATCH = {"cuda": 256, "cpu": 32}
-MARGIN_FACTOR = 3.0
-MIN_MARGIN = 1e-4
 
 
 class CapFiltConfig(StageConfig):
@@ -97,7 +97,7 @@ class CapFiltConfig(StageConfig):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto = float16 on CUDA, float32 elsewhere (today's exact scores); bfloat16 on CPU = "
-        "bf16 autocast over fp32 weights (about 2x faster where the CPU has AVX512-BF16/AMX; scores within ~1e-2)")
+        "bf16 autocast over fp32 weights (about 2x faster where the CPU has AVX512-BF16/AMX; scores within ~1e-3)")
     compile: bool = Field(
         False, description="torch.compile the image and text encoders (inductor; needs a C++ compiler on a CPU): "
         "about a minute once per process, then ~1.5-2x faster on a CPU under bfloat16; worth it from a few "
@@ -267,18 +267,6 @@ class ImageTextScorer:
             return self.score_pixels(pixel_values, texts)
         finally:
             self._exact = False
-
-    calibrated_margin: float | None = None
-    _differences: tuple[float, ...] = ()
-
-    def calibrate(self, pixel_values, texts: Sequence[str], fast_scores: Sequence[float]) -> list[float]:
-        """Score a batch in fp32 too, until CALIBRATION_PAIRS pairs are seen both ways; then fix the margin
-        (`exact_margin: auto`). Returns the batch's fp32 scores."""
-        exact = self.exact_scores(pixel_values, texts)
-        self._differences += tuple(abs(a - b) for a, b in zip(fast_scores, exact, strict=True))
-        if len(self._differences) >= CALIBRATION_PAIRS:
-            self.calibrated_margin = max(MARGIN_FACTOR * max(self._differences), MIN_MARGIN)
-        return exact
 
     def pixels(self, images: Sequence[Any]):
         """The model's input for decoded images (the image processor's ``pixel_values``, a CPU tensor)."""
@@ -795,6 +783,21 @@ class CapFilt(Map):
                                      synthetic_scores[j], notes[j])
         return [r for r in results if r is not None]
 
+    # exact_margin: auto, per instance (one per shard), so a shard's scores do not depend on which shards its
+    # process ran before it (a resumed run writes the same bytes)
+    calibrated_margin: float | None = None
+    _differences: tuple[float, ...] = ()
+
+    def _calibrate(self, pixels, texts: list[str], fast_scores: list[float]) -> list[float]:
+        """Score a batch in fp32 too, until CALIBRATION_PAIRS pairs are seen both ways; then fix the margin.
+        Returns the batch's fp32 scores."""
+        exact = self.scorer.exact_scores(pixels, texts)
+        self.rescored += len(exact)
+        self._differences += tuple(abs(a - b) for a, b in zip(fast_scores, exact, strict=True))
+        if len(self._differences) >= CALIBRATION_PAIRS:
+            self.calibrated_margin = max(MARGIN_FACTOR * max(self._differences), MIN_MARGIN)
+        return exact
+
     def _exact_near_threshold(self, pixels, texts: list[str], scores: list[float]) -> list[float]:
         """bf16 scores within `exact_margin` of the threshold, replaced by their fp32 scores: the keep
         decision is then fp32's (a top_fraction cutoff is not known per batch: those stay bf16)."""
@@ -803,10 +806,9 @@ class CapFilt(Map):
             return scores
         margin = self.config.exact_margin
         if margin == "auto":
-            margin = self.scorer.calibrated_margin
+            margin = self.calibrated_margin
             if margin is None:  # still calibrating: this batch scored both ways, its fp32 scores kept
-                self.rescored += len(scores)
-                return self.scorer.calibrate(pixels, texts, scores)
+                return self._calibrate(pixels, texts, scores)
         near = [j for j, score in enumerate(scores) if abs(score - threshold) < margin]
         self.rescored += len(near)
         if near:
@@ -930,7 +932,7 @@ class CapFilt(Map):
             return {}
         margin = self.config.exact_margin
         return {"fp32_rescored": self.rescored,
-                "exact_margin": self._scorer_loaded.calibrated_margin if margin == "auto" else margin}
+                "exact_margin": self.calibrated_margin if margin == "auto" else margin}
 
     def summary(self) -> list[dict]:
         """Pairs scored and kept by text source and record kind (for the command's table and report.json)."""
