@@ -43,14 +43,14 @@ loop-demo: export HF_HUB_OFFLINE := 1
 loop-demo: install
 	$(SYNTH) loop recipes/loop_shapes.yaml
 
-# Do the pseudo-labels help? Both arms of the loop demo with 3 round seeds each, on 463 held-out questions
+# Do the pseudo-labels help? Both arms of the loop demo with 5 round seeds each, on 463 held-out questions
 # (100 images), rounds 0-1: seeds_pseudo (round 1 adds the kept pseudo-labels) against seeds_control (round 1
-# trains on the labelled rows alone), compared round by round on the same rows (docs/loop.md).
+# trains on the labelled rows alone), compared round by round on the same rows (docs/loop.md; ~75 min).
 LOOP_SEEDS_SET = -s stages.shapes_heldout.count=100 -s loop.eval.limit=500 -s loop.eval.base=false -s loop.rounds=2
 loop-seeds: export HF_HUB_OFFLINE := 1
 loop-seeds: install
-	$(SYNTH) loop recipes/loop_shapes.yaml --seeds 3 --name seeds_pseudo $(LOOP_SEEDS_SET)
-	$(SYNTH) loop recipes/loop_shapes.yaml --seeds 3 --name seeds_control $(LOOP_SEEDS_SET) \
+	$(SYNTH) loop recipes/loop_shapes.yaml --seeds 5 --name seeds_pseudo $(LOOP_SEEDS_SET)
+	$(SYNTH) loop recipes/loop_shapes.yaml --seeds 5 --name seeds_control $(LOOP_SEEDS_SET) \
 	    -s loop.start.pseudo=99 -s "loop.sft.data=[labelled_qa]"
 	$(SYNTH) loop-compare seeds_pseudo seeds_control
 

@@ -287,6 +287,11 @@ def main() -> None:
         diff = max(abs(a - b) for a, b in zip(scores[key], reference))
         print(f"{runners[key].name:55} {rate:8.2f} {rate / base:6.2f} {same:10.2%} {diff:10.2e}"
               + (f" {busy.mean(key):>8}" if busy else ""))
+    for key in keys:
+        details = runners[key].stage.details() if isinstance(runners[key], Synth) else {}
+        if details:
+            print(f"{runners[key].name}: {details['fp32_rescored']} of {args.n} pairs scored in fp32 too "
+                  f"(the first 32 to calibrate, then those within exact_margin {details['exact_margin']:.2e} of T)")
     if "compile" in runners:
         print(f"compile (once per process, before timing): {runners['compile'].warm_up:.1f} s")
     print(f"peak RSS of the synth and plain sides (one process): "

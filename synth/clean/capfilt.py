@@ -48,10 +48,11 @@ from synth.records import load_meta
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 CAPTION_TEMPLATE = "prompts/capfilt/caption.jinja"
 
-# exact_margin: auto. bf16 moves a cosine by up to ~1e-3 (CLIP ViT-B/32); a margin of 3x the largest move seen
-# on the first pairs leaves the decisions fp32's while scoring only the pairs that close to the threshold twice.
+# exact_margin: auto. bf16 moves a cosine by up to ~1e-3 (CLIP ViT-B/32: 1.2e-3 at most over the benchmark's
+# 512 pairs); twice the largest move seen on the first pairs leaves the decisions fp32's while scoring only the
+# pairs that close to the threshold twice (each fp32 look costs ~4 bf16 ones on a CPU).
 CALIBRATION_PAIRS = 32
-MARGIN_FACTOR = 3.0
+MARGIN_FACTOR = 2.0
 MIN_MARGIN = 1e-4
 # batch_size: auto. A CPU is saturated by 32 pairs of ViT-B/32 (1,600 patch tokens per matmul); a GPU needs
 # far more rows per call to stay busy.
@@ -104,7 +105,7 @@ class CapFiltConfig(StageConfig):
         "thousand pairs. Batches are padded to batch_size so one compiled graph serves them all")
     exact_margin: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="with dtype bfloat16 on a CPU: pairs scoring within this of `threshold` are scored "
-        "again in fp32, so keep decisions equal fp32's; auto = 3x the largest bf16-fp32 difference on the first "
+        "again in fp32, so keep decisions equal fp32's; auto = 2x the largest bf16-fp32 difference on the first "
         f"{CALIBRATION_PAIRS} pairs (scored both ways), at least {MIN_MARGIN}; 0 = never")
     decode_workers: int | Literal["auto"] = Field(
         "auto", description="processes that decode and preprocess the next batches' images while the model scores "
@@ -389,7 +390,9 @@ def decode_pool(model: str, workers: int):
     return pool
 
 
-@functools.lru_cache(maxsize=2)
+# Four: a process that alternates between more loaded configurations than it keeps (three CapFilt stages
+# of one recipe, the benchmark's sides) would load a model, and compile it, again on every switch.
+@functools.lru_cache(maxsize=4)
 def load_scorer(model: str, device: str = "auto", dtype: str = "auto", compile: bool = False,
                 batch_size: int = 32) -> ImageTextScorer:
     """One loaded model per (model, device, dtype, compile), shared by every CapFilt stage in the process."""
