@@ -221,7 +221,9 @@ def test_error_kind_names_each_failure(llm_server, make_llm_backend):
     class Answer(BaseModel):
         answer: str
 
-    backend = make_llm_backend(max_retries=0, timeout=0.3, max_reask=0)
+    # 1.5 s: far below the slow fault's 3 s, and above a stall of the shared machine (at 0.3 s a full-suite run
+    # once saw every request, the instant ones too, time out)
+    backend = make_llm_backend(max_retries=0, timeout=1.5, max_reask=0)
     assert backend.complete([ask("warm-up")])[0].ok
     llm_server.script({"structured": "not json"})
     llm_server.fault("503", marker="five-oh-three")
