@@ -557,8 +557,6 @@ class CapFilt(Map):
             backend = backend_factory()
         return cls(config, backend=backend)
 
-    _scorer_loaded: ImageTextScorer | None = None
-
     @functools.cached_property
     def batch_size(self) -> int:
         size = self.config.batch_size
@@ -568,9 +566,8 @@ class CapFilt(Map):
 
     @property
     def scorer(self) -> ImageTextScorer:
-        self._scorer_loaded = load_scorer(self.config.model, self.config.device, self.config.dtype,
-                                          self.config.compile, self.batch_size)
-        return self._scorer_loaded
+        return load_scorer(self.config.model, self.config.device, self.config.dtype, self.config.compile,
+                           self.batch_size)
 
     # -- which records are captions
 
@@ -931,8 +928,8 @@ class CapFilt(Map):
 
     def details(self) -> dict[str, Any]:
         """Under bf16 autocast: how many pairs were scored again in fp32, and the margin that decided it."""
-        if not self.config.dtype == "bfloat16" or self._scorer_loaded is None or not self._scorer_loaded.autocast:
-            return {}
+        if self.config.dtype != "bfloat16" or (not self.rescored and self.calibrated_margin is None):
+            return {}  # fp32, or bf16 weights on a GPU (no second look), or nothing scored yet
         margin = self.config.exact_margin
         return {"fp32_rescored": self.rescored,
                 "exact_margin": self.calibrated_margin if margin == "auto" else margin}

@@ -42,7 +42,8 @@ def round_predictions(run_dir: Path) -> dict[str, Path]:
     try:
         manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise SynthError(f"loop-compare: cannot read {run_dir / 'manifest.json'}: {e}") from e
+        raise SynthError(f"loop-compare: cannot read {run_dir / 'manifest.json'}: {e}; run that loop again "
+                         "(synth loop RECIPE --name NAME) to rewrite it") from e
     found = {}
     rows = ([{"round": "base", "eval": manifest["base_eval"]}] if manifest.get("base_eval") else []) + list(
         manifest.get("rounds") or [])
@@ -62,13 +63,13 @@ def compare_loop_arms(runs_dir: Path, treatment: str, control: str, metric: str 
         raise SynthError(f"loop-compare: --metric must be one of {', '.join(PREDICTION_FIELDS)} (got '{metric}')")
     key = PREDICTION_FIELDS[metric]
     first, second = arm_runs(runs_dir, treatment), arm_runs(runs_dir, control)
-    seeds = [s for s in first if s in second] or (
-        ["-"] if len(first) == 1 and len(second) == 1 else [])
-    if not seeds:
+    pairs = [(seed, first[seed], second[seed]) for seed in first if seed in second]
+    if not pairs and len(first) == len(second) == 1:  # two single runs: compared as they are
+        pairs = [("-", *first.values(), *second.values())]
+    if not pairs:
         raise SynthError(f"loop-compare: '{treatment}' (seeds {', '.join(first)}) and '{control}' (seeds "
                          f"{', '.join(second)}) share no seed; run both with the same --seeds")
-    pairs = [(seed, first[seed] if seed in first else next(iter(first.values())),
-              second[seed] if seed in second else next(iter(second.values()))) for seed in seeds]
+    seeds = [seed for seed, _, _ in pairs]
     files = [(seed, round_predictions(a), round_predictions(b)) for seed, a, b in pairs]
     labels = [label for label in files[0][1] if all(label in fa and label in fb for _, fa, fb in files)]
     rounds = []
